@@ -1,0 +1,19 @@
+//! rstile: stream georeferenced rasters through a fully-convolutional network
+//! into land-cover GeoTIFFs, in memory bounded by the configuration.
+//!
+//! The modules follow the data path: `read` → [`window`] → batch →
+//! `model` → [`stitch`] → `write`, wired together by `pipeline`.
+//! [`window`] and [`stitch`] are pure: they know neither GDAL nor candle.
+
+pub mod classes;
+pub mod error;
+pub mod model;
+// pub mod pipeline; (enabled once model lands)
+pub mod qml;
+pub mod read;
+pub mod stitch;
+pub mod synth;
+pub mod window;
+pub mod write;
+
+pub use error::{Error, Result};

@@ -1,0 +1,22 @@
+//! The `rstile` binary: parses flags, resolves them into the library's
+//! validated plans, runs them, and prints errors once, with their chain, on
+//! one line. Exit codes: 0 success, 1 error, 2 usage, 130 interrupted.
+
+mod cli;
+
+fn main() {
+    let code = match cli::run() {
+        Ok(()) => 0,
+        Err(e) => {
+            let interrupted = e.chain().any(|c| matches!(c.downcast_ref::<rstile::Error>(), Some(rstile::Error::Interrupted)));
+            let msg = format!("{e:#}");
+            eprintln!("rstile: error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
+            if interrupted {
+                130
+            } else {
+                1
+            }
+        }
+    };
+    std::process::exit(code);
+}

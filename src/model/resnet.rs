@@ -1,0 +1,442 @@
+//! The ResNet backbone, laid out exactly like torchvision's.
+//!
+//! Parameter names and shapes follow torchvision's `state_dict` keys
+//! (`conv1.weight`, `layer1.0.downsample.0.weight`, ...) so that ImageNet
+//! weights can later be imported by adding the `backbone.` prefix, the way
+//! torchvision's own segmentation models store them. Only `conv1` differs in
+//! shape, because it takes however many bands the imagery has.
+//!
+//! The max pool is written by hand for two reasons: candle's max pool has no
+//! padding, and its backward pass refuses overlapping windows (3x3, stride
+//! 2), which would make the backbone untrainable. Since it follows a ReLU,
+//! zero padding is equivalent to torchvision's `-inf` padding.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
+
+/// How a convolution's weights are drawn at random initialisation.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum WInit {
+    /// Kaiming normal, fan-out, ReLU gain: what torchvision's ResNet applies
+    /// to every convolution of the backbone.
+    KaimingFanOut,
+    /// PyTorch's `Conv2d` default (uniform in ±1/sqrt(fan_in)), which is what
+    /// torchvision's segmentation heads are left with.
+    TorchDefault,
+}
+
+/// A square convolution whose parameters are `<vb>.weight` (and `<vb>.bias`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv(
+    vb: VarBuilder,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    bias: bool,
+    init: WInit,
+) -> Result<Conv2d> {
+    let w_init = match init {
+        WInit::KaimingFanOut => Init::Kaiming {
+            dist: candle_nn::init::NormalOrUniform::Normal,
+            fan: candle_nn::init::FanInOut::FanOut,
+            non_linearity: candle_nn::init::NonLinearity::ReLU,
+        },
+        WInit::TorchDefault => {
+            let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            }
+        }
+    };
+    let weight = vb.get_with_hints((c_out, c_in, k, k), "weight", w_init)?;
+    let bias = if bias {
+        let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
+        Some(vb.get_with_hints(
+            c_out,
+            "bias",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?)
+    } else {
+        None
+    };
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    Ok(Conv2d::new(weight, bias, cfg))
+}
+
+/// Batch norm with PyTorch's defaults (eps 1e-5, momentum 0.1); candle's
+/// `BatchNorm` uses batch statistics and updates the running ones (which are
+/// the `VarMap`'s own variables) when called with `train = true`.
+pub(super) fn bn(vb: VarBuilder, c: usize) -> Result<BatchNorm> {
+    candle_nn::batch_norm(c, BatchNormConfig::default(), vb)
+}
+
+/// The supported depths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Depth {
+    R18,
+    R34,
+    R50,
+}
+
+impl Depth {
+    fn blocks(self) -> [usize; 4] {
+        match self {
+            Depth::R18 => [2, 2, 2, 2],
+            Depth::R34 | Depth::R50 => [3, 4, 6, 3],
+        }
+    }
+
+    fn expansion(self) -> usize {
+        match self {
+            Depth::R18 | Depth::R34 => 1,
+            Depth::R50 => 4,
+        }
+    }
+
+    /// Output channels of layer1..layer4.
+    pub(super) fn channels(self) -> [usize; 4] {
+        let e = self.expansion();
+        [64 * e, 128 * e, 256 * e, 512 * e]
+    }
+}
+
+/// `downsample.0` (1x1 conv) + `downsample.1` (BN) on the identity path.
+#[derive(Debug, Clone)]
+struct Downsample {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl Downsample {
+    fn new(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Result<Self> {
+        Ok(Self {
+            conv: conv(
+                vb.pp("0"),
+                c_in,
+                c_out,
+                1,
+                stride,
+                0,
+                false,
+                WInit::KaimingFanOut,
+            )?,
+            bn: bn(vb.pp("1"), c_out)?,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.bn.forward_t(&self.conv.forward(x)?, train)
+    }
+}
+
+/// torchvision's `BasicBlock` (ResNet-18/34).
+#[derive(Debug, Clone)]
+struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    downsample: Option<Downsample>,
+}
+
+impl BasicBlock {
+    fn new(vb: VarBuilder, c_in: usize, planes: usize, stride: usize) -> Result<Self> {
+        let downsample = if stride != 1 || c_in != planes {
+            Some(Downsample::new(vb.pp("downsample"), c_in, planes, stride)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: conv(
+                vb.pp("conv1"),
+                c_in,
+                planes,
+                3,
+                stride,
+                1,
+                false,
+                WInit::KaimingFanOut,
+            )?,
+            bn1: bn(vb.pp("bn1"), planes)?,
+            conv2: conv(
+                vb.pp("conv2"),
+                planes,
+                planes,
+                3,
+                1,
+                1,
+                false,
+                WInit::KaimingFanOut,
+            )?,
+            bn2: bn(vb.pp("bn2"), planes)?,
+            downsample,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
+        let identity = match &self.downsample {
+            Some(d) => d.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        (y + identity)?.relu()
+    }
+}
+
+/// torchvision's `Bottleneck` (ResNet-50), "v1.5": the stride sits on the
+/// 3x3 convolution.
+#[derive(Debug, Clone)]
+struct Bottleneck {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    conv3: Conv2d,
+    bn3: BatchNorm,
+    downsample: Option<Downsample>,
+}
+
+impl Bottleneck {
+    fn new(vb: VarBuilder, c_in: usize, planes: usize, stride: usize) -> Result<Self> {
+        let width = planes;
+        let c_out = planes * 4;
+        let downsample = if stride != 1 || c_in != c_out {
+            Some(Downsample::new(vb.pp("downsample"), c_in, c_out, stride)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: conv(
+                vb.pp("conv1"),
+                c_in,
+                width,
+                1,
+                1,
+                0,
+                false,
+                WInit::KaimingFanOut,
+            )?,
+            bn1: bn(vb.pp("bn1"), width)?,
+            conv2: conv(
+                vb.pp("conv2"),
+                width,
+                width,
+                3,
+                stride,
+                1,
+                false,
+                WInit::KaimingFanOut,
+            )?,
+            bn2: bn(vb.pp("bn2"), width)?,
+            conv3: conv(
+                vb.pp("conv3"),
+                width,
+                c_out,
+                1,
+                1,
+                0,
+                false,
+                WInit::KaimingFanOut,
+            )?,
+            bn3: bn(vb.pp("bn3"), c_out)?,
+            downsample,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let y = self
+            .bn2
+            .forward_t(&self.conv2.forward(&y)?, train)?
+            .relu()?;
+        let y = self.bn3.forward_t(&self.conv3.forward(&y)?, train)?;
+        let identity = match &self.downsample {
+            Some(d) => d.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        (y + identity)?.relu()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Block {
+    Basic(BasicBlock),
+    Bottleneck(Bottleneck),
+}
+
+impl Block {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Block::Basic(b) => b.forward_t(x, train),
+            Block::Bottleneck(b) => b.forward_t(x, train),
+        }
+    }
+}
+
+/// The outputs of layer1..layer4, at strides 4, 8, 16 and 32 (rounded up
+/// for sizes that are not multiples of the stride).
+#[derive(Debug, Clone)]
+pub(super) struct Features {
+    #[allow(dead_code)]
+    pub s4: Tensor,
+    pub s8: Tensor,
+    pub s16: Tensor,
+    pub s32: Tensor,
+}
+
+/// A torchvision ResNet without its pooling and fully-connected layers.
+#[derive(Debug, Clone)]
+pub(super) struct ResNet {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    layers: [Vec<Block>; 4],
+}
+
+impl ResNet {
+    /// `vb` is the backbone's root (its paths are prefixed `backbone.` by
+    /// the caller).
+    pub(super) fn new(depth: Depth, bands: usize, vb: VarBuilder) -> Result<Self> {
+        let conv1 = conv(
+            vb.pp("conv1"),
+            bands,
+            64,
+            7,
+            2,
+            3,
+            false,
+            WInit::KaimingFanOut,
+        )?;
+        let bn1 = bn(vb.pp("bn1"), 64)?;
+        let mut c_in = 64;
+        let planes = [64, 128, 256, 512];
+        let strides = [1, 2, 2, 2];
+        let mut layers: [Vec<Block>; 4] = Default::default();
+        for (l, layer) in layers.iter_mut().enumerate() {
+            let vbl = vb.pp(format!("layer{}", l + 1));
+            for i in 0..depth.blocks()[l] {
+                let stride = if i == 0 { strides[l] } else { 1 };
+                let block = match depth {
+                    Depth::R18 | Depth::R34 => {
+                        Block::Basic(BasicBlock::new(vbl.pp(i), c_in, planes[l], stride)?)
+                    }
+                    Depth::R50 => {
+                        Block::Bottleneck(Bottleneck::new(vbl.pp(i), c_in, planes[l], stride)?)
+                    }
+                };
+                layer.push(block);
+                c_in = planes[l] * depth.expansion();
+            }
+        }
+        Ok(Self { conv1, bn1, layers })
+    }
+
+    pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Features> {
+        let x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let mut x = if train {
+            max_pool_3x3_s2_differentiable(&x)?
+        } else {
+            max_pool_3x3_s2(&x)?
+        };
+        let mut outs = Vec::with_capacity(4);
+        for layer in &self.layers {
+            for block in layer {
+                x = block.forward_t(&x, train)?;
+            }
+            outs.push(x.clone());
+        }
+        let mut it = outs.into_iter();
+        let mut next = || it.next().expect("four layers");
+        Ok(Features {
+            s4: next(),
+            s8: next(),
+            s16: next(),
+            s32: next(),
+        })
+    }
+}
+
+/// torchvision's `MaxPool2d(3, 2, padding=1)` for non-negative input, with
+/// candle's pooling kernel. Forward only.
+pub(super) fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    let x = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+    x.max_pool2d_with_stride(3, 2)
+}
+
+/// Same result as [`max_pool_3x3_s2`], built from strided picks and
+/// element-wise maxima, all of which have a backward pass in candle.
+pub(super) fn max_pool_3x3_s2_differentiable(x: &Tensor) -> Result<Tensor> {
+    // Separable: the max over a 3x3 window is the max over 3 columns of the
+    // max over 3 rows. Zero padding on the left/top is torchvision's
+    // padding=1; the extra zero on the right/bottom only lets the strided
+    // picks below be written as "narrow then take every other element".
+    let x = x.pad_with_zeros(2, 1, 2)?.pad_with_zeros(3, 1, 2)?;
+    let (_, _, hp, wp) = x.dims4()?;
+    let (ho, wo) = ((hp - 3 - 1) / 2 + 1, (wp - 3 - 1) / 2 + 1);
+    let rows = max3(
+        &every_other(&x, 2, 0, ho)?,
+        &every_other(&x, 2, 1, ho)?,
+        &every_other(&x, 2, 2, ho)?,
+    )?;
+    max3(
+        &every_other(&rows, 3, 0, wo)?,
+        &every_other(&rows, 3, 1, wo)?,
+        &every_other(&rows, 3, 2, wo)?,
+    )
+}
+
+fn max3(a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
+    a.maximum(b)?.maximum(c)
+}
+
+/// Elements `start, start + 2, ..., start + 2 (count - 1)` along `dim`.
+fn every_other(x: &Tensor, dim: usize, start: usize, count: usize) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let y = x.narrow(dim, start, 2 * count)?.contiguous()?;
+    dims[dim] = count;
+    dims.insert(dim + 1, 2);
+    y.reshape(dims)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn max_pools_agree_with_each_other_and_with_torch_sizes() {
+        let dev = Device::Cpu;
+        for (h, w) in [(8, 8), (7, 9), (1, 2), (33, 16)] {
+            let x = Tensor::rand(0f32, 1f32, (2, 3, h, w), &dev).unwrap();
+            let a = max_pool_3x3_s2(&x).unwrap();
+            let b = max_pool_3x3_s2_differentiable(&x).unwrap();
+            // torch: floor((h + 2 - 3) / 2) + 1
+            assert_eq!(a.dims(), &[2, 3, (h - 1) / 2 + 1, (w - 1) / 2 + 1]);
+            assert_eq!(a.dims(), b.dims());
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        }
+    }
+
+    #[test]
+    fn differentiable_max_pool_has_a_gradient() {
+        let v = candle_core::Var::rand(0f32, 1f32, (1, 2, 6, 6), &Device::Cpu).unwrap();
+        let y = max_pool_3x3_s2_differentiable(v.as_tensor()).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g = g.get(v.as_tensor()).unwrap();
+        // Each output routes its unit gradient to its window's maximum.
+        let total = g.sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!((total - 18.0).abs() < 1e-5, "{total}");
+        assert_eq!(g.dtype(), DType::F32);
+    }
+}

@@ -1,0 +1,528 @@
+//! The streaming pipeline: reader(s) → window/normalise → batch → model →
+//! stitch → writer, each stage on its own thread(s), joined by bounded
+//! crossbeam channels.
+//!
+//! Order without a reorder buffer (the gzp idea): the dispatcher walks the
+//! windows in the stitcher's order and, for each, sends the job to the
+//! readers and a one-shot receiver to the stitcher, in that order. Readers
+//! and the model may finish windows in any order and batch them in any
+//! composition; the stitcher simply waits on the receivers in submission
+//! order. Because the model is batch-invariant and the stitcher sums in grid
+//! order, the map is identical for any thread count or batch size.
+//!
+//! In-flight data is bounded by the channel capacities: at most `queue`
+//! windows are between the dispatcher and the stitcher, so at most that many
+//! inputs or predictions exist at once. [`MemoryBound`] adds it all up.
+//!
+//! The scene is processed in column chunks of `chunk` px (a multiple of the
+//! 512 px output tile) so that the stitcher's strip does not grow with the
+//! scene width; windows that straddle a chunk border are computed for both
+//! chunks. Nothing in the pipeline grows with the scene size.
+
+use crate::error::{Error, Result};
+use crate::model::{Model, ModelMeta};
+use crate::read::{Normalize, Reader, SceneInfo, WindowData};
+use crate::stitch::{Band, Blend, ChunkStitcher, Prediction};
+use crate::window::{Window, WindowGrid};
+use crate::write::{MapFiles, MapSpec, MapWriter, TILE};
+use candle_core::{Device, Tensor};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A validated inference plan: the only thing the pipeline sees.
+#[derive(Debug, Clone)]
+pub struct InferPlan {
+    pub scene: SceneInfo,
+    pub output: PathBuf,
+    pub window: usize,
+    pub overlap: f64,
+    pub batch: usize,
+    /// Reader threads, each with its own GDAL handle.
+    pub readers: usize,
+    pub blend: Blend,
+    /// 1-based band indices.
+    pub bands: Vec<usize>,
+    pub normalize: Normalize,
+    /// Column chunk width in px, a multiple of 512.
+    pub chunk: usize,
+    pub confidence: bool,
+    pub creation_options: Vec<(String, String)>,
+    pub overwrite: bool,
+    /// GDAL block cache, MiB.
+    pub gdal_cache_mb: usize,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct InferReport {
+    pub files: MapFiles,
+    pub pixels: u64,
+    pub seconds: f64,
+    pub windows: u64,
+    pub windows_skipped: u64,
+    pub memory_bound: MemoryBound,
+}
+
+/// The peak-memory bound of a configuration, in bytes, by part.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryBound {
+    pub model: u64,
+    pub in_flight: u64,
+    pub stitcher: u64,
+    pub writer: u64,
+    pub gdal_cache: u64,
+    pub base: u64,
+}
+
+impl MemoryBound {
+    /// Sum of the parts.
+    pub fn total(&self) -> u64 {
+        self.model + self.in_flight + self.stitcher + self.writer + self.gdal_cache + self.base
+    }
+
+    /// The bound for a plan and a model. See the README for the formula.
+    pub fn of(plan: &InferPlan, meta: &ModelMeta, params: usize) -> MemoryBound {
+        let px = (plan.window * plan.window) as u64;
+        let bands = plan.bands.len() as u64;
+        let k = meta.classes.len() as u64;
+        let q = queue_len(plan) as u64;
+        // each in-flight window holds its input (or its prediction) and mask
+        let per_window = px * (4 * bands.max(k) + 1);
+        let in_flight = (q + plan.readers as u64) * per_window;
+        let model = params as u64 * 4 + plan.batch as u64 * px * activation_bytes_per_px(&meta.arch);
+        let width = plan.chunk.min(plan.scene.size.width.next_multiple_of(TILE));
+        let stitcher = ChunkStitcher::bytes_for(plan.window, TILE, width, k as usize) as u64;
+        let writer = 4 * (width * TILE) as u64 * (1 + plan.confidence as u64);
+        MemoryBound {
+            model,
+            in_flight,
+            stitcher,
+            writer,
+            gdal_cache: plan.gdal_cache_mb as u64 * (1 << 20),
+            base: 64 << 20,
+        }
+    }
+}
+
+/// Peak activation memory of one forward pass per input pixel, in bytes,
+/// measured on the CPU (f32, eval mode) with a safety margin.
+pub fn activation_bytes_per_px(arch: &str) -> u64 {
+    match arch {
+        "linear" => 64,
+        "tiny" => 512,
+        a if a.starts_with("resnet18") || a.starts_with("resnet34") => 1024,
+        _ => 3072,
+    }
+}
+
+/// Windows allowed between the dispatcher and the stitcher.
+fn queue_len(plan: &InferPlan) -> usize {
+    2 * plan.batch + 2 * plan.readers
+}
+
+/// The column chunks `[x0, x1)` of a scene.
+pub fn chunks(width: usize, chunk: usize) -> Vec<(usize, usize)> {
+    let mut v = Vec::new();
+    let mut x0 = 0;
+    while x0 < width {
+        let x1 = (x0 + chunk).min(width);
+        v.push((x0, x1));
+        x0 = x1;
+    }
+    v
+}
+
+/// Number of windows the run computes or skips (chunk borders count twice).
+pub fn window_count(grid: &WindowGrid, chunk: usize) -> u64 {
+    chunks(grid.raster().width, chunk)
+        .iter()
+        .map(|&(a, b)| (grid.cols_touching(a, b).len() * grid.rows()) as u64)
+        .sum()
+}
+
+/// Progress callbacks, so the library knows no terminal.
+pub trait Progress: Send + Sync {
+    fn start(&self, _windows: u64) {}
+    fn window_done(&self, _pixels: u64) {}
+}
+
+/// No progress output.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+enum Slot {
+    Skipped,
+    Done { probs: Vec<f32>, valid: Vec<u8> },
+}
+
+type SlotResult = Result<Slot>;
+
+enum Order {
+    Window(Window, Receiver<SlotResult>),
+    EndRow(usize),
+    EndChunk,
+}
+
+struct Job {
+    window: Window,
+    reply: Sender<SlotResult>,
+}
+
+struct ModelJob {
+    data: WindowData,
+    reply: Sender<SlotResult>,
+}
+
+/// Runs the whole pipeline for `plan` with `model`, on `device`.
+pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: &dyn Progress) -> Result<InferReport> {
+    let t0 = Instant::now();
+    let _ = gdal::config::set_config_option("GDAL_CACHEMAX", &plan.gdal_cache_mb.to_string());
+    let grid = WindowGrid::new(plan.scene.size, plan.window, plan.overlap)
+        .map_err(|e| Error::Config(format!("window settings: {e}")))?;
+    let meta = model.meta.clone();
+    let bound = MemoryBound::of(plan, &meta, model.num_params());
+    let total = window_count(&grid, plan.chunk);
+    progress.start(total);
+
+    let writer = MapWriter::create(MapSpec {
+        path: plan.output.clone(),
+        size: plan.scene.size,
+        geo_transform: plan.scene.geo_transform,
+        srs_wkt: plan.scene.srs_wkt.clone(),
+        classes: meta.classes.clone(),
+        creation_options: plan.creation_options.clone(),
+        overwrite: plan.overwrite,
+        confidence: plan.confidence,
+    })?;
+
+    // readers open their handles up front, so a bad scene fails before work
+    let mut readers = Vec::with_capacity(plan.readers);
+    for _ in 0..plan.readers {
+        readers.push(Reader::open(&plan.scene.path, &plan.bands, plan.normalize.clone(), grid)?);
+    }
+
+    let abort = Arc::new(AtomicBool::new(false));
+    let skipped = Arc::new(AtomicU64::new(0));
+    let q = queue_len(plan);
+    let (job_tx, job_rx) = bounded::<Job>(2 * plan.readers);
+    let (model_tx, model_rx) = bounded::<ModelJob>(2 * plan.batch);
+    let (order_tx, order_rx) = bounded::<Order>(q);
+    let (band_tx, band_rx) = bounded::<Band>(2);
+
+    let class_ids: Vec<u8> = meta.classes.classes.iter().map(|c| c.id).collect();
+    let result = std::thread::scope(|s| -> Result<MapFiles> {
+        // dispatcher
+        let d_abort = abort.clone();
+        let d_cancel = cancel.clone();
+        let dispatcher = s.spawn(move || {
+            for (x0, x1) in chunks(grid.raster().width, plan.chunk) {
+                for r in 0..grid.rows() {
+                    for c in grid.cols_touching(x0, x1) {
+                        if d_abort.load(Ordering::Relaxed) || d_cancel.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let (tx, rx) = bounded(1);
+                        let w = grid.window(c, r);
+                        if order_tx.send(Order::Window(w, rx)).is_err() {
+                            return;
+                        }
+                        if job_tx.send(Job { window: w, reply: tx }).is_err() {
+                            return;
+                        }
+                    }
+                    if order_tx.send(Order::EndRow(r)).is_err() {
+                        return;
+                    }
+                }
+                if order_tx.send(Order::EndChunk).is_err() {
+                    return;
+                }
+            }
+        });
+
+        // readers
+        let mut reader_handles = Vec::new();
+        for mut reader in readers.drain(..) {
+            let job_rx = job_rx.clone();
+            let model_tx = model_tx.clone();
+            let abort = abort.clone();
+            let skipped = skipped.clone();
+            reader_handles.push(s.spawn(move || {
+                for job in job_rx.iter() {
+                    match reader.read_window(&job.window) {
+                        Ok(data) if !data.any_valid => {
+                            skipped.fetch_add(1, Ordering::Relaxed);
+                            let _ = job.reply.send(Ok(Slot::Skipped));
+                        }
+                        Ok(data) => {
+                            if model_tx.send(ModelJob { data, reply: job.reply }).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            abort.store(true, Ordering::Relaxed);
+                            let _ = job.reply.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        drop(job_rx);
+        drop(model_tx);
+
+        // model
+        let m_abort = abort.clone();
+        let batch = plan.batch;
+        let nb = plan.bands.len();
+        let n = plan.window;
+        let model_handle = s.spawn(move || {
+            let mut jobs: Vec<ModelJob> = Vec::with_capacity(batch);
+            loop {
+                jobs.clear();
+                match model_rx.recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => return,
+                }
+                while jobs.len() < batch {
+                    match model_rx.recv_timeout(Duration::from_millis(5)) {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                match run_batch(&model, &jobs, nb, n) {
+                    Ok(outs) => {
+                        for (job, probs) in jobs.drain(..).zip(outs) {
+                            let valid = job.data.valid;
+                            let _ = job.reply.send(Ok(Slot::Done { probs, valid }));
+                        }
+                    }
+                    Err(e) => {
+                        m_abort.store(true, Ordering::Relaxed);
+                        let msg = e.to_string();
+                        for job in jobs.drain(..) {
+                            let _ = job.reply.send(Err(Error::Config(format!("model forward failed: {msg}"))));
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+
+        // stitcher
+        let s_cancel = cancel.clone();
+        let s_abort = abort.clone();
+        let stitcher = s.spawn(move || -> Result<()> {
+            let mut chunk_iter = chunks(grid.raster().width, plan.chunk).into_iter();
+            let new_stitcher = |(x0, x1): (usize, usize)| {
+                ChunkStitcher::new(grid, plan.blend, class_ids.clone(), x0, x1, TILE, plan.confidence)
+            };
+            let mut st = chunk_iter.next().map(new_stitcher);
+            let fail = |e: Error| {
+                s_abort.store(true, Ordering::Relaxed);
+                Err(e)
+            };
+            for msg in order_rx.iter() {
+                if s_cancel.load(Ordering::Relaxed) {
+                    return fail(Error::Interrupted);
+                }
+                let cur = st.as_mut().expect("stitcher present");
+                match msg {
+                    Order::Window(w, rx) => {
+                        let slot = match rx.recv() {
+                            Ok(r) => r,
+                            Err(_) if s_cancel.load(Ordering::Relaxed) => return fail(Error::Interrupted),
+                            Err(_) => return fail(Error::Config("a pipeline stage stopped early".into())),
+                        };
+                        match slot {
+                            Ok(Slot::Skipped) => cur.add(&w, None),
+                            Ok(Slot::Done { probs, valid }) => cur.add(&w, Some(Prediction { probs: &probs, valid: &valid })),
+                            Err(e) => return fail(e),
+                        }
+                        let clip = grid.clip(&w);
+                        progress.window_done(clip.area() as u64);
+                    }
+                    Order::EndRow(r) => {
+                        for b in cur.end_row(r) {
+                            if band_tx.send(b).is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Order::EndChunk => {
+                        let done = st.take().expect("stitcher present");
+                        for b in done.finish() {
+                            if band_tx.send(b).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        st = chunk_iter.next().map(new_stitcher);
+                        if st.is_none() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if s_cancel.load(Ordering::Relaxed) {
+                return fail(Error::Interrupted);
+            }
+            Ok(())
+        });
+
+        // writer, on this thread
+        let mut writer = writer;
+        let mut write_err = None;
+        for band in band_rx.iter() {
+            if let Err(e) = writer.write(&band) {
+                abort.store(true, Ordering::Relaxed);
+                write_err = Some(e);
+                break;
+            }
+        }
+        drop(band_rx);
+        let st_res = join(stitcher);
+        join(dispatcher);
+        for h in reader_handles {
+            join(h);
+        }
+        join(model_handle);
+        if let Some(e) = write_err {
+            return Err(e);
+        }
+        st_res?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        writer.finish()
+    })?;
+
+    Ok(InferReport {
+        files: result,
+        pixels: (plan.scene.size.width * plan.scene.size.height) as u64,
+        seconds: t0.elapsed().as_secs_f64(),
+        windows: total,
+        windows_skipped: skipped.load(Ordering::Relaxed),
+        memory_bound: bound,
+    })
+}
+
+/// Joins a scoped thread, re-raising its panic.
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    match h.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+fn run_batch(model: &Model, jobs: &[ModelJob], bands: usize, n: usize) -> Result<Vec<Vec<f32>>> {
+    let b = jobs.len();
+    let mut input = Vec::with_capacity(b * bands * n * n);
+    for j in jobs {
+        input.extend_from_slice(&j.data.input);
+    }
+    let x = Tensor::from_vec(input, (b, bands, n, n), &Device::Cpu)?.to_device(model.device())?;
+    let probs = model.forward_probs(&x)?;
+    let probs = probs.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let per = probs.len() / b;
+    Ok(probs.chunks(per).map(|c| c.to_vec()).collect())
+}
+
+/// Peak resident memory of this process so far (VmHWM), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// What the user asked for; `None` means "the model's default".
+#[derive(Debug, Clone, Default)]
+pub struct InferOptions {
+    pub window: Option<usize>,
+    pub overlap: Option<f64>,
+    pub batch: usize,
+    pub readers: usize,
+    pub blend: Blend,
+    pub bands: Option<Vec<usize>>,
+    pub chunk: Option<usize>,
+    pub confidence: bool,
+    pub creation_options: Vec<(String, String)>,
+    pub overwrite: bool,
+    pub gdal_cache_mb: usize,
+}
+
+/// Default column chunk: 4096 px.
+pub const DEFAULT_CHUNK: usize = 4096;
+
+impl InferPlan {
+    /// Checks the scene against the model and resolves defaults.
+    pub fn resolve(scene: SceneInfo, output: PathBuf, meta: &ModelMeta, o: &InferOptions) -> Result<InferPlan> {
+        let path = scene.path.clone();
+        let bands = match &o.bands {
+            Some(b) => b.clone(),
+            None => {
+                if scene.band_count < meta.bands {
+                    return Err(Error::file(
+                        &path,
+                        format!(
+                            "has {} band(s) but the model needs {}; choose bands with --bands",
+                            scene.band_count, meta.bands
+                        ),
+                    ));
+                }
+                (1..=meta.bands).collect()
+            }
+        };
+        if bands.len() != meta.bands {
+            return Err(Error::Config(format!(
+                "--bands selects {} band(s) but the model takes {}",
+                bands.len(),
+                meta.bands
+            )));
+        }
+        for &b in &bands {
+            if b == 0 || b > scene.band_count {
+                return Err(Error::file(
+                    &path,
+                    format!("has no band {b} (it has {} band(s))", scene.band_count),
+                ));
+            }
+            let t = scene.band_types[b - 1];
+            if !crate::read::supported_type(t) {
+                return Err(Error::file(&path, format!("band {b} has type {t:?}, which rstile cannot read")));
+            }
+        }
+        let window = o.window.unwrap_or(meta.window);
+        let overlap = o.overlap.unwrap_or(meta.overlap);
+        WindowGrid::new(scene.size, window, overlap).map_err(|e| Error::Config(format!("window settings: {e}")))?;
+        if o.batch == 0 || o.readers == 0 {
+            return Err(Error::Config("--batch and --readers must be at least 1".into()));
+        }
+        let chunk = o.chunk.unwrap_or(DEFAULT_CHUNK);
+        if chunk == 0 || chunk % TILE != 0 {
+            return Err(Error::Config(format!("--chunk must be a positive multiple of {TILE}")));
+        }
+        Ok(InferPlan {
+            scene,
+            output,
+            window,
+            overlap,
+            batch: o.batch,
+            readers: o.readers,
+            blend: o.blend,
+            bands,
+            normalize: Normalize {
+                mean: meta.mean.clone(),
+                std: meta.std.clone(),
+            },
+            chunk,
+            confidence: o.confidence,
+            creation_options: o.creation_options.clone(),
+            overwrite: o.overwrite,
+            gdal_cache_mb: o.gdal_cache_mb,
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! Reading windows from any raster GDAL opens.
+//!
+//! A GDAL `Dataset` is `Send` but not `Sync`, so each reader thread owns a
+//! [`Reader`] with its own handle and hands out owned buffers. Reads go
+//! through GDAL's block cache (bounded by the configuration), so the
+//! overlapping parts of neighbouring windows are decoded once.
+//!
+//! Validity follows GDAL's mask bands, which cover nodata values, alpha
+//! bands and per-dataset masks alike. With per-band nodata values a pixel is
+//! valid when any selected band is valid (rasterio's `dataset_mask`
+//! convention); NaN is never valid. Invalid pixels enter the network as the
+//! band mean (0 after normalisation) and leave the map as nodata.
+
+use crate::error::{Error, Result};
+use crate::window::{reflect, Rect, Size, Window, WindowGrid};
+use gdal::raster::GdalDataType;
+use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
+use std::path::{Path, PathBuf};
+
+/// What rstile needs to know about a scene before reading it.
+#[derive(Debug, Clone)]
+pub struct SceneInfo {
+    pub path: PathBuf,
+    pub size: Size,
+    pub band_count: usize,
+    pub band_types: Vec<GdalDataType>,
+    /// `None` when the scene has no geotransform.
+    pub geo_transform: Option<[f64; 6]>,
+    /// `None` when the scene has no CRS.
+    pub srs_wkt: Option<String>,
+    pub block: Size,
+    /// True when some band has a mask other than "all valid".
+    pub has_nodata: bool,
+}
+
+/// Opens `path` as a raster, with an error that names the file.
+pub fn open_raster(path: &Path) -> Result<Dataset> {
+    if !path.exists() {
+        return Err(Error::file(path, "no such file"));
+    }
+    if path.is_dir() && path.extension().is_none() {
+        return Err(Error::file(path, "is a directory, not a raster"));
+    }
+    let opts = DatasetOptions {
+        open_flags: GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY,
+        ..Default::default()
+    };
+    Dataset::open_ex(path, opts).map_err(|e| {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len == 0 {
+            Error::file(path, "empty file (0 bytes), not a raster")
+        } else {
+            Error::file(path, format!("not a raster GDAL can open ({})", one_line(&e.to_string())))
+        }
+    })
+}
+
+/// Collapses a GDAL message to one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl SceneInfo {
+    /// Reads the scene's metadata.
+    pub fn probe(path: &Path) -> Result<SceneInfo> {
+        let ds = open_raster(path)?;
+        Self::of(&ds, path)
+    }
+
+    fn of(ds: &Dataset, path: &Path) -> Result<SceneInfo> {
+        let (w, h) = ds.raster_size();
+        let n = ds.raster_count();
+        if n == 0 || w == 0 || h == 0 {
+            return Err(Error::file(path, "the raster has no bands or no pixels"));
+        }
+        let mut types = Vec::with_capacity(n);
+        let mut has_nodata = false;
+        let mut block = Size { width: w, height: 1 };
+        for i in 1..=n {
+            let b = ds.rasterband(i).map_err(|e| Error::file(path, e))?;
+            types.push(b.band_type());
+            if i == 1 {
+                let (bw, bh) = b.block_size();
+                block = Size { width: bw, height: bh };
+            }
+            let flags = b.mask_flags().map_err(|e| Error::file(path, e))?;
+            if !flags.is_all_valid() {
+                has_nodata = true;
+            }
+        }
+        let gt = ds.geo_transform().ok();
+        let srs = ds.spatial_ref().ok().and_then(|s| s.to_wkt().ok()).filter(|s| !s.is_empty());
+        Ok(SceneInfo {
+            path: path.to_path_buf(),
+            size: Size { width: w, height: h },
+            band_count: n,
+            band_types: types,
+            geo_transform: gt,
+            srs_wkt: srs,
+            block,
+            has_nodata,
+        })
+    }
+}
+
+/// Checks that a GDAL band type is one rstile reads.
+pub fn supported_type(t: GdalDataType) -> bool {
+    use GdalDataType::*;
+    matches!(t, UInt8 | UInt16 | Int16 | UInt32 | Int32 | Float32 | Float64)
+}
+
+/// Per-band normalisation `(v - mean) / std`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalize {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// One window's data, ready for the network.
+#[derive(Debug, Clone)]
+pub struct WindowData {
+    /// Normalised input, `[bands][size][size]`.
+    pub input: Vec<f32>,
+    /// Validity, `[size][size]`, 1 = valid.
+    pub valid: Vec<u8>,
+    /// Whether any pixel inside the raster is valid.
+    pub any_valid: bool,
+}
+
+enum MaskMode {
+    AllValid,
+    /// One mask shared by all bands (alpha or per-dataset mask).
+    Shared,
+    /// One mask per selected band (nodata values).
+    PerBand,
+}
+
+/// A reader thread's own handle on a scene.
+pub struct Reader {
+    ds: Dataset,
+    path: PathBuf,
+    bands: Vec<usize>,
+    norm: Normalize,
+    grid: WindowGrid,
+    mask: MaskMode,
+    band_buf: Vec<f32>,
+    mask_buf: Vec<u8>,
+    any_mask: Vec<u8>,
+}
+
+impl Reader {
+    /// Opens its own handle on `path`, reading the 1-based `bands`.
+    pub fn open(path: &Path, bands: &[usize], norm: Normalize, grid: WindowGrid) -> Result<Reader> {
+        let ds = open_raster(path)?;
+        let mut per_dataset = false;
+        let mut all_valid = true;
+        for &b in bands {
+            let band = ds.rasterband(b).map_err(|e| Error::file(path, e))?;
+            let f = band.mask_flags().map_err(|e| Error::file(path, e))?;
+            if !f.is_all_valid() {
+                all_valid = false;
+            }
+            if f.is_per_dataset() || f.is_alpha() {
+                per_dataset = true;
+            }
+        }
+        let mask = if all_valid {
+            MaskMode::AllValid
+        } else if per_dataset {
+            MaskMode::Shared
+        } else {
+            MaskMode::PerBand
+        };
+        Ok(Reader {
+            ds,
+            path: path.to_path_buf(),
+            bands: bands.to_vec(),
+            norm,
+            grid,
+            mask,
+            band_buf: Vec::new(),
+            mask_buf: Vec::new(),
+            any_mask: Vec::new(),
+        })
+    }
+
+    /// Reads, pads by reflection and normalises one window.
+    pub fn read_window(&mut self, w: &Window) -> Result<WindowData> {
+        let n = w.size;
+        let src = self.grid.source_rect(w);
+        let size = self.grid.raster();
+        let npx = src.area();
+        // source offsets of each window row and column
+        let xs: Vec<usize> = (0..n).map(|i| reflect(w.x + i as i64, size.width) - src.x).collect();
+        let ys: Vec<usize> = (0..n).map(|j| reflect(w.y + j as i64, size.height) - src.y).collect();
+
+        // validity over the source rectangle
+        self.any_mask.clear();
+        match self.mask {
+            MaskMode::AllValid => self.any_mask.resize(npx, 1),
+            MaskMode::Shared => {
+                self.any_mask.resize(npx, 0);
+                let b = self.bands[0];
+                self.read_mask(b, &src)?;
+                for (a, &m) in self.any_mask.iter_mut().zip(&self.mask_buf) {
+                    *a = (m != 0) as u8;
+                }
+            }
+            MaskMode::PerBand => {
+                self.any_mask.resize(npx, 0);
+                for bi in 0..self.bands.len() {
+                    let b = self.bands[bi];
+                    self.read_mask(b, &src)?;
+                    for (a, &m) in self.any_mask.iter_mut().zip(&self.mask_buf) {
+                        *a |= (m != 0) as u8;
+                    }
+                }
+            }
+        }
+
+        let nb = self.bands.len();
+        let mut input = vec![0f32; nb * n * n];
+        let mut valid = vec![0u8; n * n];
+        for bi in 0..nb {
+            let b = self.bands[bi];
+            self.read_band(b, &src)?;
+            let (mean, std) = (self.norm.mean[bi], self.norm.std[bi]);
+            let plane = &mut input[bi * n * n..(bi + 1) * n * n];
+            for (j, &sy) in ys.iter().enumerate() {
+                let row = sy * src.width;
+                for (i, &sx) in xs.iter().enumerate() {
+                    let v = self.band_buf[row + sx];
+                    let ok = self.any_mask[row + sx] != 0 && v.is_finite();
+                    if bi == 0 {
+                        valid[j * n + i] = ok as u8;
+                    } else if !ok {
+                        valid[j * n + i] &= v.is_finite() as u8;
+                    }
+                    plane[j * n + i] = if ok { (v - mean) / std } else { 0.0 };
+                }
+            }
+        }
+        // a pixel NaN in one band is invalid in all
+        if nb > 1 {
+            for bi in 0..nb {
+                let plane = &mut input[bi * n * n..(bi + 1) * n * n];
+                for (p, &v) in plane.iter_mut().zip(&valid) {
+                    if v == 0 {
+                        *p = 0.0;
+                    }
+                }
+            }
+        }
+        let clip = self.grid.clip(w);
+        let mut any_valid = false;
+        'outer: for y in clip.y..clip.y + clip.height {
+            let j = (y as i64 - w.y) as usize;
+            for x in clip.x..clip.x + clip.width {
+                let i = (x as i64 - w.x) as usize;
+                if valid[j * n + i] != 0 {
+                    any_valid = true;
+                    break 'outer;
+                }
+            }
+        }
+        Ok(WindowData {
+            input,
+            valid,
+            any_valid,
+        })
+    }
+
+    fn read_band(&mut self, b: usize, src: &Rect) -> Result<()> {
+        self.band_buf.resize(src.area(), 0.0);
+        let band = self.ds.rasterband(b).map_err(|e| Error::file(&self.path, e))?;
+        let r = band.read_into_slice::<f32>(
+            (src.x as isize, src.y as isize),
+            (src.width, src.height),
+            (src.width, src.height),
+            &mut self.band_buf,
+            None,
+        );
+        if let Err(e) = r {
+            return Err(self.locate_bad_block(b, src, false, &e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn read_mask(&mut self, b: usize, src: &Rect) -> Result<()> {
+        self.mask_buf.resize(src.area(), 0);
+        let band = self.ds.rasterband(b).map_err(|e| Error::file(&self.path, e))?;
+        let mask = band.open_mask_band().map_err(|e| Error::file(&self.path, e))?;
+        let r = mask.read_into_slice::<u8>(
+            (src.x as isize, src.y as isize),
+            (src.width, src.height),
+            (src.width, src.height),
+            &mut self.mask_buf,
+            None,
+        );
+        if let Err(e) = r {
+            return Err(self.locate_bad_block(b, src, true, &e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// After a failed read, finds the first block of `src` that fails, so
+    /// the error names it.
+    fn locate_bad_block(&self, b: usize, src: &Rect, mask: bool, msg: &str) -> Error {
+        let what = if mask { "mask of band" } else { "band" };
+        let Ok(band) = self.ds.rasterband(b) else {
+            return Error::file(&self.path, format!("cannot read {what} {b}: {}", one_line(msg)));
+        };
+        let (bw, bh) = band.block_size();
+        let size = self.grid.raster();
+        let mut scratch = Vec::new();
+        for by in src.y / bh..=(src.y + src.height - 1) / bh {
+            for bx in src.x / bw..=(src.x + src.width - 1) / bw {
+                let x = bx * bw;
+                let y = by * bh;
+                let w = bw.min(size.width - x);
+                let h = bh.min(size.height - y);
+                scratch.resize(w * h, 0f32);
+                if let Err(e) = band.read_into_slice::<f32>((x as isize, y as isize), (w, h), (w, h), &mut scratch, None) {
+                    return Error::file(
+                        &self.path,
+                        format!(
+                            "corrupt or unreadable data in {what} {b}, block (col {bx}, row {by}) at pixel ({x}, {y}): {}",
+                            one_line(&e.to_string())
+                        ),
+                    );
+                }
+            }
+        }
+        Error::file(
+            &self.path,
+            format!(
+                "cannot read {what} {b} in pixels ({}, {}) to ({}, {}): {}",
+                src.x,
+                src.y,
+                src.x + src.width,
+                src.y + src.height,
+                one_line(msg)
+            ),
+        )
+    }
+}

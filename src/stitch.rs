@@ -1,0 +1,440 @@
+//! Stitching: blend overlapping window predictions into final class ids,
+//! holding only a strip of the scene at a time.
+//!
+//! A [`ChunkStitcher`] owns the accumulator of one column chunk `[x0, x1)` of
+//! the scene. Windows arrive in row-major grid order; once window row `r` is
+//! complete, every raster row above window row `r + 1` can receive no more
+//! contributions and is final. Final rows leave in bands of whole output tile
+//! rows, so the writer only ever writes complete GeoTIFF tiles and GDAL never
+//! reads a compressed tile back. The accumulator therefore holds at most
+//! `window + tile_rows` rows of `x1 - x0` pixels, whatever the scene size.
+//!
+//! Determinism: each pixel's sum runs over the windows that touch it in global
+//! row-major order, in f32, the same order whatever the chunk width, the batch
+//! size or the thread count. The map is thus bit-identical across all of them.
+//! Argmax ties go to the lowest channel.
+//!
+//! This module is pure: it knows neither GDAL nor candle.
+
+use crate::window::{Rect, Window, WindowGrid};
+
+/// How overlapping predictions are weighted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Blend {
+    /// sin² taper, strictly positive at every pixel.
+    #[default]
+    Hann,
+    /// Gaussian taper with sigma = window / 8.
+    Gaussian,
+    /// Only the centre `stride x stride` region of each window counts.
+    Crop,
+}
+
+impl std::str::FromStr for Blend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hann" => Ok(Blend::Hann),
+            "gaussian" => Ok(Blend::Gaussian),
+            "crop" => Ok(Blend::Crop),
+            _ => Err(format!("unknown blend '{s}' (hann, gaussian or crop)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Blend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Blend::Hann => "hann",
+            Blend::Gaussian => "gaussian",
+            Blend::Crop => "crop",
+        })
+    }
+}
+
+/// The 1-D taper of a window; the 2-D weight is `w[y] * w[x]`.
+pub fn weights_1d(blend: Blend, grid: &WindowGrid) -> Vec<f32> {
+    let n = grid.window_size();
+    match blend {
+        Blend::Hann => (0..n)
+            .map(|i| {
+                let s = (std::f64::consts::PI * (i as f64 + 0.5) / n as f64).sin();
+                (s * s) as f32
+            })
+            .collect(),
+        Blend::Gaussian => {
+            let sigma = n as f64 / 8.0;
+            let c = n as f64 / 2.0;
+            (0..n)
+                .map(|i| {
+                    let d = (i as f64 + 0.5 - c) / sigma;
+                    (-0.5 * d * d).exp().max(1e-6) as f32
+                })
+                .collect()
+        }
+        Blend::Crop => {
+            let (lo, hi) = (grid.lead(), grid.lead() + grid.stride());
+            (0..n).map(|i| if (lo..hi).contains(&i) { 1.0 } else { 0.0 }).collect()
+        }
+    }
+}
+
+/// One window's prediction: class probabilities `[k][size][size]` and the
+/// input validity `[size][size]` (non-zero = valid).
+#[derive(Debug, Clone, Copy)]
+pub struct Prediction<'a> {
+    pub probs: &'a [f32],
+    pub valid: &'a [u8],
+}
+
+/// A finished band of the map: whole rows of the chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Band {
+    pub rect: Rect,
+    /// Class ids, row-major, [`crate::classes::NODATA`] where no data.
+    pub classes: Vec<u8>,
+    /// Confidence 0..=100 (255 = nodata), when asked for.
+    pub confidence: Option<Vec<u8>>,
+}
+
+/// The accumulator of one column chunk.
+pub struct ChunkStitcher {
+    grid: WindowGrid,
+    k: usize,
+    wts: Vec<f32>,
+    ids: Vec<u8>,
+    confidence: bool,
+    x0: usize,
+    width: usize,
+    tile_rows: usize,
+    cap: usize,
+    /// Raster row of buffer row 0 (= first row not yet emitted).
+    top: usize,
+    acc: Vec<f32>,
+    wsum: Vec<f32>,
+    valid: Vec<u8>,
+}
+
+impl ChunkStitcher {
+    /// A stitcher for raster columns `[x0, x1)`. `class_ids[c]` is the map
+    /// value of model channel `c`; bands leave in multiples of `tile_rows`.
+    pub fn new(
+        grid: WindowGrid,
+        blend: Blend,
+        class_ids: Vec<u8>,
+        x0: usize,
+        x1: usize,
+        tile_rows: usize,
+        confidence: bool,
+    ) -> Self {
+        assert!(x0 < x1 && x1 <= grid.raster().width && tile_rows > 0);
+        let k = class_ids.len();
+        let width = x1 - x0;
+        let cap = grid.window_size() + tile_rows;
+        ChunkStitcher {
+            wts: weights_1d(blend, &grid),
+            grid,
+            k,
+            ids: class_ids,
+            confidence,
+            x0,
+            width,
+            tile_rows,
+            cap,
+            top: 0,
+            acc: vec![0.0; cap * width * k],
+            wsum: vec![0.0; cap * width],
+            valid: vec![0; cap * width],
+        }
+    }
+
+    /// Bytes held by the accumulator: `(window + tile_rows) * width * (4k + 5)`.
+    pub fn bytes(&self) -> usize {
+        Self::bytes_for(self.grid.window_size(), self.tile_rows, self.width, self.k)
+    }
+
+    /// The accumulator size for a configuration, for the memory bound.
+    pub fn bytes_for(window: usize, tile_rows: usize, width: usize, k: usize) -> usize {
+        (window + tile_rows) * width * (4 * k + 4 + 1)
+    }
+
+    /// Adds a window. `pred` is `None` for a window skipped as all-nodata.
+    /// Windows must come in row-major order.
+    pub fn add(&mut self, w: &Window, pred: Option<Prediction<'_>>) {
+        let Some(p) = pred else { return };
+        let n = w.size;
+        let k = self.k;
+        debug_assert_eq!(p.probs.len(), k * n * n);
+        let clip = self.grid.clip(w);
+        let cx0 = clip.x.max(self.x0);
+        let cx1 = (clip.x + clip.width).min(self.x0 + self.width);
+        if cx0 >= cx1 {
+            return;
+        }
+        assert!(clip.y >= self.top, "window row arrived after its rows were emitted");
+        assert!(clip.y + clip.height <= self.top + self.cap, "window beyond the strip");
+        let plane = n * n;
+        for y in clip.y..clip.y + clip.height {
+            let j = (y as i64 - w.y) as usize;
+            let wy = self.wts[j];
+            let brow = (y - self.top) * self.width;
+            for x in cx0..cx1 {
+                let i = (x as i64 - w.x) as usize;
+                let wt = wy * self.wts[i];
+                let b = brow + (x - self.x0);
+                let src = j * n + i;
+                if p.valid[src] != 0 {
+                    self.valid[b] = 1;
+                }
+                self.wsum[b] += wt;
+                let a = &mut self.acc[b * k..(b + 1) * k];
+                for (c, slot) in a.iter_mut().enumerate() {
+                    *slot += wt * p.probs[c * plane + src];
+                }
+            }
+        }
+    }
+
+    /// Declares window row `row` complete and returns the bands that became
+    /// final. Call [`finish`](Self::finish) after the last row.
+    pub fn end_row(&mut self, row: usize) -> Vec<Band> {
+        let h = self.grid.raster().height;
+        let final_to = if row + 1 >= self.grid.rows() {
+            h
+        } else {
+            (self.grid.row_origin(row + 1).max(0) as usize).min(h)
+        };
+        let mut out = Vec::new();
+        while final_to >= self.top + self.tile_rows {
+            out.push(self.emit(self.tile_rows));
+        }
+        if final_to == h && self.top < h {
+            out.push(self.emit(h - self.top));
+        }
+        out
+    }
+
+    /// Emits everything left (the scene's last rows).
+    pub fn finish(mut self) -> Vec<Band> {
+        let h = self.grid.raster().height;
+        let mut out = Vec::new();
+        while self.top < h {
+            let n = (h - self.top).min(self.tile_rows);
+            out.push(self.emit(n));
+        }
+        out
+    }
+
+    fn emit(&mut self, rows: usize) -> Band {
+        let (k, width) = (self.k, self.width);
+        let npx = rows * width;
+        let mut classes = vec![crate::classes::NODATA; npx];
+        let mut conf = self.confidence.then(|| vec![crate::classes::NODATA; npx]);
+        for b in 0..npx {
+            let ws = self.wsum[b];
+            if self.valid[b] == 0 || ws <= 0.0 {
+                continue;
+            }
+            let a = &self.acc[b * k..(b + 1) * k];
+            let (mut best, mut bv) = (0usize, a[0]);
+            for (c, &v) in a.iter().enumerate().skip(1) {
+                if v > bv {
+                    best = c;
+                    bv = v;
+                }
+            }
+            classes[b] = self.ids[best];
+            if let Some(cf) = conf.as_mut() {
+                cf[b] = ((bv / ws).clamp(0.0, 1.0) * 100.0).round() as u8;
+            }
+        }
+        let band = Band {
+            rect: Rect {
+                x: self.x0,
+                y: self.top,
+                width,
+                height: rows,
+            },
+            classes,
+            confidence: conf,
+        };
+        // shift the strip up by `rows`
+        self.acc.copy_within(npx * k.., 0);
+        self.wsum.copy_within(npx.., 0);
+        self.valid.copy_within(npx.., 0);
+        let keep = (self.cap - rows) * width;
+        self.acc[keep * k..].fill(0.0);
+        self.wsum[keep..].fill(0.0);
+        self.valid[keep..].fill(0);
+        self.top += rows;
+        band
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::Size;
+    use proptest::prelude::*;
+
+    /// A deterministic fake prediction that depends on the window position,
+    /// so that overlapping windows disagree.
+    fn fake_probs(w: &Window, k: usize) -> Vec<f32> {
+        let n = w.size;
+        let mut p = vec![0.0f32; k * n * n];
+        for j in 0..n {
+            for i in 0..n {
+                let gx = w.x + i as i64;
+                let gy = w.y + j as i64;
+                let mut tot = 0.0;
+                for c in 0..k {
+                    let h = ((gx * 31 + gy * 17 + c as i64 * 7 + w.col as i64 * 13 + w.row as i64 * 5)
+                        .rem_euclid(97)) as f32
+                        + 1.0;
+                    p[c * n * n + j * n + i] = h;
+                    tot += h;
+                }
+                for c in 0..k {
+                    p[c * n * n + j * n + i] /= tot;
+                }
+            }
+        }
+        p
+    }
+
+    /// Stitches a whole raster with the given chunk width and tile rows.
+    fn stitch_all(
+        size: Size,
+        win: usize,
+        ov: f64,
+        blend: Blend,
+        chunk: usize,
+        tile_rows: usize,
+        k: usize,
+        probs: &dyn Fn(&Window) -> Vec<f32>,
+    ) -> Vec<u8> {
+        let g = WindowGrid::new(size, win, ov).unwrap();
+        let mut map = vec![0u8; size.width * size.height];
+        let ids: Vec<u8> = (0..k as u8).collect();
+        let mut x0 = 0;
+        while x0 < size.width {
+            let x1 = (x0 + chunk).min(size.width);
+            let mut st = ChunkStitcher::new(g, blend, ids.clone(), x0, x1, tile_rows, false);
+            let mut bands = Vec::new();
+            for r in 0..g.rows() {
+                for c in g.cols_touching(x0, x1) {
+                    let w = g.window(c, r);
+                    let p = probs(&w);
+                    let v = vec![1u8; win * win];
+                    st.add(&w, Some(Prediction { probs: &p, valid: &v }));
+                }
+                bands.extend(st.end_row(r));
+            }
+            bands.extend(st.finish());
+            let mut covered = 0;
+            for b in bands {
+                assert!(b.rect.height <= tile_rows);
+                assert!(b.rect.y % tile_rows == 0, "band not tile aligned");
+                for y in 0..b.rect.height {
+                    for x in 0..b.rect.width {
+                        map[(b.rect.y + y) * size.width + b.rect.x + x] = b.classes[y * b.rect.width + x];
+                    }
+                }
+                covered += b.rect.height;
+            }
+            assert_eq!(covered, size.height);
+            x0 = x1;
+        }
+        map
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// The map does not depend on the chunk width or the band height.
+        #[test]
+        fn invariant_to_tiling(w in 1usize..90, h in 1usize..90, win in 8usize..40, ov in 0.0f64..0.8,
+                               chunk in 1usize..100, tile in 1usize..40, blend_i in 0usize..3) {
+            let blend = [Blend::Hann, Blend::Gaussian, Blend::Crop][blend_i];
+            let size = Size { width: w, height: h };
+            let f = |wd: &Window| fake_probs(wd, 4);
+            let a = stitch_all(size, win, ov, blend, usize::MAX / 2, h.max(1), 4, &f);
+            let b = stitch_all(size, win, ov, blend, chunk, tile, 4, &f);
+            prop_assert_eq!(a, b);
+        }
+
+        /// A constant prediction stitches to that constant, everywhere.
+        #[test]
+        fn constant_stays_constant(w in 1usize..80, h in 1usize..80, win in 8usize..40, ov in 0.0f64..0.8, cls in 0usize..5, blend_i in 0usize..3) {
+            let blend = [Blend::Hann, Blend::Gaussian, Blend::Crop][blend_i];
+            let k = 5;
+            let f = |wd: &Window| {
+                let n = wd.size * wd.size;
+                let mut p = vec![0.1f32; k * n];
+                p[cls * n..(cls + 1) * n].fill(0.6);
+                p
+            };
+            let m = stitch_all(Size { width: w, height: h }, win, ov, blend, 37, 16, k, &f);
+            prop_assert!(m.iter().all(|&v| v as usize == cls));
+        }
+    }
+
+    #[test]
+    fn crop_takes_the_centre_window() {
+        // With crop, each pixel equals the argmax of the one window whose
+        // centre holds it.
+        let size = Size { width: 50, height: 30 };
+        let g = WindowGrid::new(size, 16, 0.5).unwrap();
+        let f = |wd: &Window| fake_probs(wd, 3);
+        let m = stitch_all(size, 16, 0.5, Blend::Crop, 1000, 30, 3, &f);
+        for y in 0..30 {
+            for x in 0..50 {
+                let c = (x + g.lead()) / g.stride();
+                let r = (y + g.lead()) / g.stride();
+                // centre of window c is [c*s, c*s+s)
+                let c = if x >= c * g.stride() { c } else { c - 1 };
+                let r = if y >= r * g.stride() { r } else { r - 1 };
+                let w = g.window(c.min(g.cols() - 1), r.min(g.rows() - 1));
+                let p = f(&w);
+                let n = w.size;
+                let (i, j) = ((x as i64 - w.x) as usize, (y as i64 - w.y) as usize);
+                let best = (0..3)
+                    .max_by(|&a, &b| p[a * n * n + j * n + i].partial_cmp(&p[b * n * n + j * n + i]).unwrap().then(b.cmp(&a)))
+                    .unwrap();
+                assert_eq!(m[y * 50 + x] as usize, best, "pixel {x},{y}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_and_skipped_pixels_are_nodata() {
+        let size = Size { width: 20, height: 20 };
+        let g = WindowGrid::new(size, 16, 0.25).unwrap();
+        let mut st = ChunkStitcher::new(g, Blend::Hann, vec![7, 9], 0, 20, 64, true);
+        for r in 0..g.rows() {
+            for c in 0..g.cols() {
+                let w = g.window(c, r);
+                if c == 1 && r == 1 {
+                    st.add(&w, None);
+                    continue;
+                }
+                let p = vec![0.5f32; 2 * 256];
+                let mut v = vec![1u8; 256];
+                // mark raster pixel (3,3) invalid in every window holding it
+                let (i, j) = (3 - w.x, 3 - w.y);
+                if (0..16).contains(&i) && (0..16).contains(&j) {
+                    v[(j * 16 + i) as usize] = 0;
+                }
+                st.add(&w, Some(Prediction { probs: &p, valid: &v }));
+            }
+            assert!(st.end_row(r).is_empty() || r + 1 == g.rows());
+        }
+        let bands = st.finish();
+        let b = &bands[0];
+        assert_eq!(b.classes[3 * 20 + 3], 255);
+        assert_eq!(b.classes[0], 7, "ties go to the first channel");
+        assert_eq!(b.confidence.as_ref().unwrap()[0], 50);
+        // the bottom-right corner is only in the skipped window
+        assert_eq!(b.classes[19 * 20 + 19], 255);
+    }
+}
