@@ -8,7 +8,7 @@
 pub mod classes;
 pub mod error;
 pub mod model;
-// pub mod pipeline; (enabled once model lands)
+pub mod pipeline;
 pub mod qml;
 pub mod read;
 pub mod stitch;

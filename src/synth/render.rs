@@ -120,6 +120,17 @@ fn sample(f: &Feature, keys: &Keys, x: i64, y: i64, px: f64, py: f64) -> Option<
             let z = f.height * (0.55 + 0.45 * (1.0 - d2 / (e * e)).sqrt()) + 1.2 * (clump - 0.5);
             Some((z, clump))
         }
+        (Kind::Hedge, Shape::Rect { x0, y0, x1, y1 }) => {
+            if !f.shape.contains(px, py) {
+                return None;
+            }
+            let edge = (px - x0).min(x1 - px).min(py - y0).min(y1 - py) as f32;
+            if edge < m(0.35) as f32 * vnoise(keys.edge, 3, x, y) {
+                return None;
+            }
+            let clump = vnoise(keys.crown, 2, x, y);
+            Some((f.height * (0.8 + 0.2 * clump), clump))
+        }
         (Kind::Car { along_x }, Shape::Rect { x0, y0, x1, y1 }) => {
             if !f.shape.contains(px, py) {
                 return None;
@@ -181,6 +192,7 @@ fn colour(f: &Feature, keys: &Keys, x: i64, y: i64, px: f64, py: f64, aux: f32, 
             let s = (0.88 + 0.18 * sun) * (1.0 - 0.22 * (dx * dx + dy * dy)) * (0.74 + 0.45 * aux);
             (scale(s), 9.0)
         }
+        (Kind::Hedge, _) => (scale(0.7 + 0.45 * aux), 9.0),
         (Kind::Car { .. }, Shape::Rect { x0, y0, x1, y1 }) => {
             let edge = (px - x0).min(x1 - px).min(py - y0).min(y1 - py);
             if (0.2..0.36).contains(&aux) || (0.72..0.83).contains(&aux) {
@@ -313,6 +325,8 @@ pub(crate) fn render(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> Tile {
             continue;
         }
         let Some((c0, r0, c1, r1)) = clip(f.shadow_bbox(), x0, y0, w, h) else { continue };
+        // Bottom of the shadow-casting volume above the ground.
+        let base = if f.kind == Kind::Tree { f.height * CROWN_BASE } else { 0.0 };
         for r in r0..r1 {
             let py = (y0 + r as i64) as f64 + 0.5;
             for c in c0..c1 {
@@ -321,7 +335,8 @@ pub(crate) fn render(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> Tile {
                     continue;
                 }
                 let tmax = (f.height - z[p]) as f64 * SHADOW_PX_PER_M;
-                if f.shape.shades((x0 + c as i64) as f64 + 0.5, py, tmax) {
+                let tmin = (base - z[p]).max(0.0) as f64 * SHADOW_PX_PER_M;
+                if f.shape.shades((x0 + c as i64) as f64 + 0.5, py, tmin, tmax) {
                     shadow[p] = true;
                 }
             }

@@ -26,8 +26,8 @@ pub(crate) const TREE: u8 = 3;
 pub(crate) const CAR: u8 = 4;
 pub(crate) const CLUTTER: u8 = 5;
 
-/// Mean spacing of the street lines, in pixels (about 58 m).
-pub(crate) const CELL: i64 = 640;
+/// Mean spacing of the street lines, in pixels (about 61 m).
+pub(crate) const CELL: i64 = 680;
 /// Each street line is moved by up to this many pixels from its regular place.
 pub(crate) const JITTER: i64 = 120;
 /// How far (pixels) features and shadows may reach beyond their cell.
@@ -36,8 +36,11 @@ pub(crate) const MARGIN: i64 = 320;
 /// Unit vector, in pixel coordinates (x east, y south), pointing toward the sun
 /// (azimuth 150°): shadows fall toward the north-north-west.
 pub(crate) const SUN: (f64, f64) = (0.5, 0.866_025_403_784_438_6);
-/// Shadow length in pixels per metre of height (sun elevation 50°).
-pub(crate) const SHADOW_PX_PER_M: f64 = PX_PER_M / 1.191_753_592_594_209_7;
+/// Shadow length in pixels per metre of height (sun elevation 55°).
+pub(crate) const SHADOW_PX_PER_M: f64 = PX_PER_M / 1.428_148_006_742_114_3;
+/// Tree crowns start at this fraction of the tree's height (the trunk casts
+/// no shadow to speak of).
+pub(crate) const CROWN_BASE: f32 = 0.45;
 
 /// Tallest feature (m): bounds shadow reach.
 pub(crate) const MAX_HEIGHT: f64 = 20.0;
@@ -83,7 +86,7 @@ fn line(k: u64, i: i64) -> Line {
     let mut r = Rng::new(h2(k, i, 1));
     Line {
         pos: line_pos(k, i),
-        hw: m(r.range(3.0, 5.0)),
+        hw: m(r.range(3.0, 4.6)),
         sw: m(r.range(1.5, 2.5)),
         marking: r.chance(0.6),
     }
@@ -160,18 +163,18 @@ impl Shape {
     }
 
     /// Whether the ray from (px, py) toward the sun meets the shape (as a
-    /// prism) within `tmax` pixels of horizontal travel.
+    /// prism) between `tmin` and `tmax` pixels of horizontal travel.
     #[inline]
-    pub(crate) fn shades(&self, px: f64, py: f64, tmax: f64) -> bool {
+    pub(crate) fn shades(&self, px: f64, py: f64, tmin: f64, tmax: f64) -> bool {
         let (ux, uy) = SUN;
         let disc = |cx: f64, cy: f64, r: f64| {
-            let t = ((cx - px) * ux + (cy - py) * uy).clamp(0.0, tmax);
+            let t = ((cx - px) * ux + (cy - py) * uy).clamp(tmin, tmax);
             let (qx, qy) = (px + t * ux - cx, py + t * uy - cy);
             qx * qx + qy * qy < r * r
         };
         match *self {
             Shape::Rect { x0, y0, x1, y1 } => {
-                let lo = ((x0 - px) / ux).max((y0 - py) / uy).max(0.0);
+                let lo = ((x0 - px) / ux).max((y0 - py) / uy).max(tmin);
                 let hi = ((x1 - px) / ux).min((y1 - py) / uy).min(tmax);
                 lo < hi
             }
@@ -201,6 +204,8 @@ pub(crate) enum Kind {
     Bed,
     Building(Roof),
     Tree,
+    /// A hedge: a strip of shrubs, labelled as tree.
+    Hedge,
     /// A car; `along_x` when its long axis is parallel to x.
     Car { along_x: bool },
     Clutter,
@@ -293,6 +298,12 @@ fn tree(cx: f64, cy: f64, r: f64, height: f64, rng: &mut Rng) -> Feature {
     let base = if rng.chance(0.05) { [150.0, 96.0, 76.0] } else { [214.0, 84.0, 80.0] };
     let col = jitter(rng, base, 14.0);
     Feature::new(Kind::Tree, TREE, Shape::Circle { cx, cy, r }, height, col, rng)
+}
+
+fn hedge(shape: Shape, rng: &mut Rng) -> Feature {
+    let col = jitter(rng, [196.0, 86.0, 80.0], 12.0);
+    let h = rng.range(1.5, 3.0);
+    Feature::new(Kind::Hedge, TREE, shape, h, col, rng)
 }
 
 fn car(shape: Shape, along_x: bool, rng: &mut Rng) -> Feature {
@@ -429,7 +440,7 @@ fn place_trees(f: &Frame, n: usize, avoid: Option<[f64; 4]>, big: bool, rng: &mu
                 }
             }
             let (cx, cy) = f.point(a.min(along), d.min(depth));
-            let h = (r_m * 2.3 + rng.range(1.0, 6.0)).clamp(5.0, MAX_HEIGHT);
+            let h = (r_m * 2.0 + rng.range(0.0, 5.0)).clamp(5.0, MAX_HEIGHT);
             out.push(tree(cx, cy, r, h, rng));
             break;
         }
@@ -457,8 +468,8 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
     }
     let mut bld = None;
     if rng.chance(0.92) && along > m(9.0) && depth > m(11.0) {
-        let bw = (along * rng.range(0.55, 0.8)).min(m(24.0));
-        let bd = (depth * rng.range(0.45, 0.68)).clamp(m(8.0), m(17.0)).min(depth - m(3.0));
+        let bw = (along * rng.range(0.6, 0.85)).min(m(24.0));
+        let bd = (depth * rng.range(0.5, 0.72)).clamp(m(8.0), m(17.0)).min(depth - m(3.0));
         let setback = rng.range(m(2.0), m(6.0)).min(depth - bd - m(1.0)).max(m(0.5));
         let a0 = rng.range(m(1.0), (along - bw - m(1.0)).max(m(1.0)));
         let (a1, d0, d1) = (a0 + bw, setback, setback + bd);
@@ -511,7 +522,19 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
         let dd = rng.range(depth * 0.5, depth - d);
         out.push(bed(f.rect(a, a + w, dd, dd + d), rng));
     }
-    let n_trees = [0, 1, 1, 2, 2, 2, 3, 3, 4][rng.below(9)];
+    // Hedges along the sides and the back of the lot.
+    for border in 0..3 {
+        if rng.chance(0.4) {
+            let t = m(rng.range(0.8, 1.6));
+            let shape = match border {
+                0 => f.rect(0.0, t, m(1.0), depth),
+                1 => f.rect(along - t, along, m(1.0), depth),
+                _ => f.rect(0.0, along, depth - t, depth),
+            };
+            out.push(hedge(shape, rng));
+        }
+    }
+    let n_trees = [2, 2, 3, 3, 4, 4, 5, 6, 7][rng.below(9)];
     place_trees(f, n_trees, bld, false, rng, out);
     for _ in 0..[0, 0, 1, 1, 2][rng.below(5)] {
         let (cx, cy) = f.point(rng.range(m(1.0), along - m(1.0)), rng.range(m(1.0), depth - m(1.0)));
@@ -545,7 +568,7 @@ fn apartments(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
         } else {
             &[(0.0, 5.0)]
         };
-        let fill = rng.range(0.35, 0.8);
+        let fill = rng.range(0.25, 0.7);
         for &(r0, r1) in rows {
             let (d0, d1) = if r0 >= 0.0 { (p0 + m(r0), p0 + m(r1)) } else { (p1 + m(r0), p1 + m(r1)) };
             let mut a = a0 + m(0.5);
@@ -618,7 +641,7 @@ fn street_side(line: &Line, dir: f64, vertical: bool, a0: f64, a1: f64, rng: &mu
         }
     };
     let pitch = m(6.2);
-    let (p_park, p_drive) = (rng.range(0.1, 0.45), 0.07);
+    let (p_park, p_drive) = (rng.range(0.05, 0.3), 0.04);
     let mut a = a0;
     while a + pitch <= a1 {
         let r = rng.f();
@@ -631,7 +654,7 @@ fn street_side(line: &Line, dir: f64, vertical: bool, a0: f64, a1: f64, rng: &mu
         }
         a += pitch;
     }
-    if rng.chance(0.3) {
+    if rng.chance(0.5) {
         let step = m(rng.range(9.0, 13.0));
         let r_m = rng.range(2.5, 4.5);
         let off = line.hw + m(0.4);

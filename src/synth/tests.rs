@@ -257,7 +257,8 @@ fn errors_name_the_path_and_leave_nothing_behind() {
 #[test]
 #[ignore]
 fn stats_and_throughput() {
-    let side = 8192usize;
+    let side: usize = std::env::var("SYNTH_SIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(8192);
+    let side = side.div_ceil(512) * 512;
     let t = std::time::Instant::now();
     let tiles: Vec<render::Tile> = (0..(side / 512) * (side / 512))
         .into_par_iter()
@@ -286,4 +287,14 @@ fn stats_and_throughput() {
         (side * side) as f64 / dt / 1e6,
         size as f64 / 1e6
     );
+}
+
+/// Writes a scene for eyeballing: `SYNTH_PREVIEW=/some/dir cargo test --lib synth::tests::preview -- --ignored`.
+#[test]
+#[ignore]
+fn preview() {
+    let Some(dir) = std::env::var_os("SYNTH_PREVIEW") else { return };
+    let side: usize = std::env::var("SYNTH_SIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(2048);
+    let seed: u64 = std::env::var("SYNTH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    scene(Path::new(&dir), side, side, seed, 512);
 }

@@ -1,0 +1,146 @@
+//! Helpers shared by the integration tests: they run the real `rstile`
+//! binary on scenes it generates itself.
+#![allow(dead_code)]
+
+use gdal::Dataset;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rstile")
+}
+
+pub fn rstile(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run rstile")
+}
+
+/// Runs rstile and panics with its stderr if it fails.
+pub fn ok(args: &[&str]) -> String {
+    let out = rstile(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rstile {args:?} failed:\n{err}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Runs rstile, expects failure with a one-line error mentioning `needle`.
+pub fn fails(args: &[&str], needle: &str) -> String {
+    let out = rstile(args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "rstile {args:?} should fail");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty() && !l.contains("warning:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{err}");
+    assert!(lines[0].starts_with("rstile: error: "), "{err}");
+    assert!(lines[0].contains(needle), "error should mention {needle:?}: {err}");
+    err
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A generated scene; returns the folder with image.tif, dsm.tif, gt.tif.
+pub fn synth(dir: &Path, w: usize, h: usize, seed: u64) -> PathBuf {
+    let out = dir.join(format!("scene_{w}x{h}_{seed}"));
+    ok(&["synth", "--size", &format!("{w}x{h}"), "--seed", &seed.to_string(), "-o", s(&out), "--quiet"]);
+    out
+}
+
+/// A randomly initialised model file.
+pub fn model(dir: &Path, arch: &str, bands: usize, window: usize) -> PathBuf {
+    let p = dir.join(format!("{arch}_{bands}_{window}.safetensors"));
+    if !p.exists() {
+        let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+        ok(&[
+            "model", "new", "--arch", arch, "--bands", &bands.to_string(), "--classes", classes, "-o", s(&p),
+            "--window", &window.to_string(), "--seed", "3",
+        ]);
+    }
+    p
+}
+
+/// Map pixels and grid.
+pub struct Map {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+    pub gt: Option<[f64; 6]>,
+    pub wkt: Option<String>,
+    pub nodata: Option<f64>,
+    pub bands: usize,
+    pub overviews: i32,
+    pub palette: usize,
+}
+
+pub fn read_map(p: &Path) -> Map {
+    let ds = Dataset::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let (w, h) = ds.raster_size();
+    let b = ds.rasterband(1).unwrap();
+    let data = b.read_as::<u8>((0, 0), (w, h), (w, h), None).unwrap().data().to_vec();
+    Map {
+        width: w,
+        height: h,
+        data,
+        gt: ds.geo_transform().ok(),
+        wkt: ds.spatial_ref().ok().and_then(|s| s.to_wkt().ok()),
+        nodata: b.no_data_value(),
+        bands: ds.raster_count(),
+        overviews: b.overview_count().unwrap(),
+        palette: b.color_table().map(|c| c.entry_count()).unwrap_or(0),
+    }
+}
+
+pub fn grid_of(p: &Path) -> (usize, usize, Option<[f64; 6]>, Option<String>) {
+    let ds = Dataset::open(p).unwrap();
+    let (w, h) = ds.raster_size();
+    (w, h, ds.geo_transform().ok(), ds.spatial_ref().ok().and_then(|s| s.to_wkt().ok()))
+}
+
+/// Runs a GDAL command-line tool.
+pub fn gdal_tool(tool: &str, args: &[&str]) {
+    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Checks a finished map against its scene and the ISPRS classes.
+pub fn check_map_files(map: &Path, scene: &Path) {
+    let m = read_map(map);
+    let (w, h, gt, wkt) = grid_of(scene);
+    assert_eq!((m.width, m.height), (w, h), "size carries over");
+    assert_eq!(m.gt, gt, "geotransform carries over exactly");
+    assert_eq!(m.wkt, wkt, "CRS carries over");
+    assert_eq!(m.bands, 1);
+    assert_eq!(m.nodata, Some(255.0));
+    assert!(m.overviews >= 1, "overviews built");
+    assert!(m.palette >= 6, "palette present");
+    assert!(m.data.iter().all(|&v| v <= 5 || v == 255), "only class ids and nodata");
+    let aux = std::fs::read_to_string(format!("{}.aux.xml", map.display())).expect("aux.xml with category names");
+    assert!(aux.contains("<Category>building</Category>"), "category names in aux.xml: {aux}");
+    let qml = std::fs::read_to_string(map.with_extension("qml")).expect("qml");
+    for name in ["impervious surfaces", "building", "low vegetation", "tree", "car", "clutter"] {
+        assert!(qml.contains(&format!("label=\"{name}\"")), "qml lists {name}");
+    }
+    assert_eq!(qml.matches("<paletteEntry").count(), 6);
+    // no temporary leftovers
+    let dir = map.parent().unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().to_string();
+        assert!(!n.ends_with(".partial"), "left a temporary file {n}");
+    }
+}
+
+/// The real samples folder, or None with a skip line.
+pub fn real_data(what: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        println!("SKIP {what}: ../shared/data/real is absent");
+        None
+    }
+}
