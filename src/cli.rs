@@ -156,7 +156,7 @@ struct ModelNewArgs {
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     // GDAL errors come back as values; its own stderr printing would garble logs
-    gdal::config::set_error_handler(|_, _| {});
+    gdal::config::set_error_handler(|_, _, _| {});
     match cli.cmd {
         Cmd::Infer(a) => infer(a),
         Cmd::Synth(a) => synth(a),

@@ -1012,7 +1012,8 @@ mod tests {
     fn metadata_validation() {
         let ok = meta("resnet18-fcn", 3);
         ok.validate().unwrap();
-        let cases: Vec<(fn(&mut ModelMeta), &str)> = vec![
+        type Edit = fn(&mut ModelMeta);
+        let cases: Vec<(Edit, &str)> = vec![
             (|m| m.arch = "vgg16".into(), "unknown architecture"),
             (|m| m.bands = 0, "bands"),
             (|m| m.mean.push(0.0), "mean"),
