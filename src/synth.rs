@@ -49,7 +49,7 @@ pub struct SynthConfig {
     pub origin_y: f64,
     /// EPSG code of the CRS; default 32632 (UTM 32N, where Vaihingen is).
     pub epsg: u32,
-    /// Tile size of the GeoTIFFs and generation block (pixels, a multiple of 16).
+    /// Tile size of the GeoTIFFs and generation block (pixels, a multiple of 16, at most 2048).
     pub block: usize,
 }
 
@@ -72,19 +72,28 @@ impl Default for SynthConfig {
 impl SynthConfig {
     fn validate(&self) -> Result<()> {
         if self.width == 0 || self.height == 0 {
-            return Err(Error::Config(format!("synthetic scene size {}x{} is empty", self.width, self.height)));
+            return Err(Error::Config(format!(
+                "synthetic scene size {}x{} is empty",
+                self.width, self.height
+            )));
         }
         if self.width > i32::MAX as usize || self.height > i32::MAX as usize {
-            return Err(Error::Config(format!("synthetic scene size {}x{} is too large", self.width, self.height)));
-        }
-        if self.block == 0 || self.block % 16 != 0 || self.block > 4096 {
             return Err(Error::Config(format!(
-                "synthetic scene block size {} must be a multiple of 16 between 16 and 4096",
+                "synthetic scene size {}x{} is too large",
+                self.width, self.height
+            )));
+        }
+        if self.block == 0 || self.block % 16 != 0 || self.block > 2048 {
+            return Err(Error::Config(format!(
+                "synthetic scene block size {} must be a multiple of 16 between 16 and 2048",
                 self.block
             )));
         }
         if !(self.pixel_size.is_finite() && self.pixel_size > 0.0) {
-            return Err(Error::Config(format!("pixel size {} must be positive", self.pixel_size)));
+            return Err(Error::Config(format!(
+                "pixel size {} must be positive",
+                self.pixel_size
+            )));
         }
         if !(self.origin_x.is_finite() && self.origin_y.is_finite()) {
             return Err(Error::Config("the scene origin must be finite".into()));
@@ -94,7 +103,14 @@ impl SynthConfig {
 
     /// The GDAL geotransform of the scene.
     pub fn geo_transform(&self) -> [f64; 6] {
-        [self.origin_x, self.pixel_size, 0.0, self.origin_y, 0.0, -self.pixel_size]
+        [
+            self.origin_x,
+            self.pixel_size,
+            0.0,
+            self.origin_y,
+            0.0,
+            -self.pixel_size,
+        ]
     }
 }
 
@@ -154,7 +170,8 @@ pub fn pixel(cfg_seed: u64, x: i64, y: i64) -> SynthPixel {
 /// On error the three files are removed.
 pub fn synth(cfg: &SynthConfig, dir: &Path, progress: &dyn Fn(u64, u64)) -> Result<SynthOutput> {
     cfg.validate()?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create the directory: {e}")))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::file(dir, format!("cannot create the directory: {e}")))?;
     let out = SynthOutput {
         image: dir.join("image.tif"),
         dsm: dir.join("dsm.tif"),
@@ -177,7 +194,13 @@ fn aux_xml(p: &Path) -> PathBuf {
 }
 
 /// Creates a tiled, compressed GeoTIFF on the grid of `cfg`.
-fn create<T: GdalType>(cfg: &SynthConfig, path: &Path, bands: usize, predictor: u8, srs: &SpatialRef) -> Result<Dataset> {
+fn create<T: GdalType>(
+    cfg: &SynthConfig,
+    path: &Path,
+    bands: usize,
+    predictor: u8,
+    srs: &SpatialRef,
+) -> Result<Dataset> {
     let fail = |e: gdal::errors::GdalError| Error::file(path, e);
     // A stale side-car from an earlier run would override what we write.
     let _ = std::fs::remove_file(aux_xml(path));
@@ -205,7 +228,10 @@ fn create<T: GdalType>(cfg: &SynthConfig, path: &Path, bands: usize, predictor: 
 }
 
 /// Sets the category names of `band` (entry k names value k).
-fn set_category_names(band: &gdal::raster::RasterBand, names: &[String]) -> std::result::Result<(), String> {
+fn set_category_names(
+    band: &gdal::raster::RasterBand,
+    names: &[String],
+) -> std::result::Result<(), String> {
     let owned: Vec<CString> = names
         .iter()
         .map(|n| CString::new(n.as_str()).map_err(|e| e.to_string()))
@@ -214,7 +240,8 @@ fn set_category_names(band: &gdal::raster::RasterBand, names: &[String]) -> std:
     list.push(std::ptr::null_mut());
     // SAFETY: `list` is a null-terminated array of valid C strings that
     // outlive the call; GDAL copies the list.
-    let rv = unsafe { gdal_sys::GDALSetRasterCategoryNames(band.c_rasterband(), list.as_mut_ptr()) };
+    let rv =
+        unsafe { gdal_sys::GDALSetRasterCategoryNames(band.c_rasterband(), list.as_mut_ptr()) };
     if rv != gdal_sys::CPLErr::CE_None {
         return Err("GDAL refused the category names".into());
     }
@@ -252,20 +279,32 @@ fn label_gt(ds: &Dataset, path: &Path) -> Result<()> {
     let mut names = vec![String::new(); max_id + 1];
     for c in &table.classes {
         let [r, g, b] = c.rgb();
-        ct.set_color_entry(c.id as u16, &ColorEntry::rgba(r as i16, g as i16, b as i16, 255));
+        ct.set_color_entry(
+            c.id as u16,
+            &ColorEntry::rgba(r as i16, g as i16, b as i16, 255),
+        );
         names[c.id as usize] = c.name.clone();
     }
     band.set_color_table(&ct);
     match band.color_table() {
         Some(t) if t.entry_count() > max_id => {}
-        _ => return Err(Error::file(path, "GDAL did not keep the colour table of the ground truth")),
+        _ => {
+            return Err(Error::file(
+                path,
+                "GDAL did not keep the colour table of the ground truth",
+            ))
+        }
     }
     set_category_names(&band, &names).map_err(|e| Error::file(path, e))?;
-    band.set_description("class").map_err(|e| Error::file(path, e))?;
+    band.set_description("class")
+        .map_err(|e| Error::file(path, e))?;
     Ok(())
 }
 
-/// One generated tile, padded to the block size.
+/// Most pixels generated in one parallel chunk (8 tiles of 512 x 512).
+const MAX_CHUNK_PIXELS: usize = 8 * 512 * 512;
+
+/// One generated tile and the block it goes to.
 struct Block {
     bx: usize,
     by: usize,
@@ -285,24 +324,39 @@ fn pad<T: Copy + Default>(v: &[T], w: usize, h: usize, b: usize) -> Vec<T> {
     out
 }
 
-fn write_block<T: GdalType + Copy + Default>(ds: &Dataset, band: usize, blk: &Block, data: &[T], b: usize, path: &Path) -> Result<()> {
+fn write_block<T: GdalType + Copy + Default>(
+    ds: &Dataset,
+    band: usize,
+    blk: &Block,
+    data: &[T],
+    b: usize,
+    path: &Path,
+) -> Result<()> {
     let fail = |e: gdal::errors::GdalError| Error::file(path, e);
     let mut buf = Buffer::new((b, b), pad(data, blk.tile.w, blk.tile.h, b));
-    ds.rasterband(band).map_err(fail)?.write_block((blk.bx, blk.by), &mut buf).map_err(fail)
+    ds.rasterband(band)
+        .map_err(fail)?
+        .write_block((blk.bx, blk.by), &mut buf)
+        .map_err(fail)
 }
 
 fn write_all(cfg: &SynthConfig, out: &SynthOutput, progress: &dyn Fn(u64, u64)) -> Result<()> {
-    let mut srs = SpatialRef::from_epsg(cfg.epsg).map_err(|e| Error::Config(format!("EPSG:{}: {e}", cfg.epsg)))?;
+    let mut srs = SpatialRef::from_epsg(cfg.epsg)
+        .map_err(|e| Error::Config(format!("EPSG:{}: {e}", cfg.epsg)))?;
     srs.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
     let image = create::<u8>(cfg, &out.image, 3, 2, &srs)?;
     let dsm = create::<f32>(cfg, &out.dsm, 1, 3, &srs)?;
     let gt = create::<u8>(cfg, &out.gt, 1, 2, &srs)?;
     for (k, name) in ["IR", "R", "G"].iter().enumerate() {
-        image.rasterband(k + 1)?.set_description(name).map_err(|e| Error::file(&out.image, e))?;
+        image
+            .rasterband(k + 1)?
+            .set_description(name)
+            .map_err(|e| Error::file(&out.image, e))?;
     }
     {
         let mut band = dsm.rasterband(1).map_err(|e| Error::file(&out.dsm, e))?;
-        band.set_description("height").map_err(|e| Error::file(&out.dsm, e))?;
+        band.set_description("height")
+            .map_err(|e| Error::file(&out.dsm, e))?;
         let unit = CString::new("m").expect("no NUL");
         // SAFETY: valid band handle and C string; GDAL copies the string.
         unsafe { gdal_sys::GDALSetRasterUnitType(band.c_rasterband(), unit.as_ptr()) };
@@ -312,9 +366,10 @@ fn write_all(cfg: &SynthConfig, out: &SynthOutput, progress: &dyn Fn(u64, u64)) 
     let b = cfg.block;
     let (nbx, nby) = (cfg.width.div_ceil(b), cfg.height.div_ceil(b));
     let total = cfg.width as u64 * cfg.height as u64;
-    // Tiles of one block row are generated in chunks of up to 8 in parallel
-    // while the previous chunk is written: at most three chunks in memory.
-    let chunk = rayon::current_num_threads().clamp(1, 8);
+    // Tiles of one block row are generated in chunks of up to 8 (and up to
+    // 2 Mpx) in parallel while the previous chunk is written: at most three
+    // chunks in memory, whatever the scene size.
+    let chunk = (MAX_CHUNK_PIXELS / (b * b)).clamp(1, rayon::current_num_threads().clamp(1, 8));
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Block>>(1);
     let seed = cfg.seed;
     let (w, h) = (cfg.width, cfg.height);

@@ -24,7 +24,10 @@ pub(crate) fn key(seed: u64, tag: u64) -> u64 {
 /// A well-mixed hash of two integers under `key` (structure: lines, cells).
 #[inline]
 pub(crate) fn h2(key: u64, a: i64, b: i64) -> u64 {
-    mix(key ^ mix((a as u64).wrapping_mul(GOLDEN).wrapping_add((b as u64).wrapping_mul(K2))))
+    mix(key
+        ^ mix((a as u64)
+            .wrapping_mul(GOLDEN)
+            .wrapping_add((b as u64).wrapping_mul(K2))))
 }
 
 /// A cheaper hash of a pixel position under `key` (texture noise).
@@ -80,7 +83,7 @@ impl Rng {
 
     /// Uniform in 0..n (n > 0).
     pub(crate) fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
     /// An index drawn with the given weights.
@@ -139,7 +142,14 @@ pub(crate) fn vnoise(key: u64, shift: u32, x: i64, y: i64) -> f32 {
 
 /// [`vnoise`] over the window `w` x `h` at (x0, y0), row-major, bit-identical to
 /// calling [`vnoise`] per pixel but hashing each lattice point once per row.
-pub(crate) fn vnoise_window(key: u64, shift: u32, x0: i64, y0: i64, w: usize, h: usize) -> Vec<f32> {
+pub(crate) fn vnoise_window(
+    key: u64,
+    shift: u32,
+    x0: i64,
+    y0: i64,
+    w: usize,
+    h: usize,
+) -> Vec<f32> {
     let cols: Vec<(i64, f32)> = (0..w as i64).map(|c| weight(x0 + c, shift)).collect();
     let ix0 = cols.first().map_or(0, |c| c.0);
     let nl = cols.last().map_or(0, |c| (c.0 - ix0) as usize) + 2;
@@ -170,7 +180,11 @@ mod tests {
 
     #[test]
     fn window_noise_equals_pointwise_noise() {
-        for &(x0, y0, w, h, shift) in &[(-37i64, 5i64, 70usize, 9usize, 4u32), (1000, -2000, 33, 40, 6), (3, 3, 1, 1, 10)] {
+        for &(x0, y0, w, h, shift) in &[
+            (-37i64, 5i64, 70usize, 9usize, 4u32),
+            (1000, -2000, 33, 40, 6),
+            (3, 3, 1, 1, 10),
+        ] {
             let win = vnoise_window(77, shift, x0, y0, w, h);
             for r in 0..h {
                 for c in 0..w {

@@ -36,7 +36,12 @@ struct Axis {
     d_hi: f64,
 }
 
-fn axes(start: i64, len: usize, cell: impl Fn(i64) -> i64, line: impl Fn(i64) -> Line) -> Vec<Axis> {
+fn axes(
+    start: i64,
+    len: usize,
+    cell: impl Fn(i64) -> i64,
+    line: impl Fn(i64) -> Line,
+) -> Vec<Axis> {
     let mut out: Vec<Axis> = Vec::with_capacity(len);
     for k in 0..len as i64 {
         let x = start + k;
@@ -46,7 +51,13 @@ fn axes(start: i64, len: usize, cell: impl Fn(i64) -> i64, line: impl Fn(i64) ->
             _ => (line(idx), line(idx + 1)),
         };
         let c = x as f64 + 0.5;
-        out.push(Axis { idx, lo, hi, d_lo: c - lo.pos as f64, d_hi: hi.pos as f64 - c });
+        out.push(Axis {
+            idx,
+            lo,
+            hi,
+            d_lo: c - lo.pos as f64,
+            d_hi: hi.pos as f64 - c,
+        });
     }
     out
 }
@@ -57,7 +68,14 @@ fn clip(b: [i64; 4], x0: i64, y0: i64, w: usize, h: usize) -> Option<(usize, usi
     let cy0 = b[1].max(y0);
     let cx1 = b[2].min(x0 + w as i64);
     let cy1 = b[3].min(y0 + h as i64);
-    (cx0 < cx1 && cy0 < cy1).then(|| ((cx0 - x0) as usize, (cy0 - y0) as usize, (cx1 - x0) as usize, (cy1 - y0) as usize))
+    (cx0 < cx1 && cy0 < cy1).then(|| {
+        (
+            (cx0 - x0) as usize,
+            (cy0 - y0) as usize,
+            (cx1 - x0) as usize,
+            (cy1 - y0) as usize,
+        )
+    })
 }
 
 #[inline]
@@ -112,12 +130,15 @@ fn sample(f: &Feature, keys: &Keys, x: i64, y: i64, px: f64, py: f64) -> Option<
             if d2 >= 1.0 {
                 return None;
             }
-            let e = 0.8 + 0.2 * vnoise(keys.edge, 3, x, y);
-            if d2 >= e * e {
-                return None;
+            // A ragged crown outline (inside 0.8 r the crown is always full).
+            if d2 >= 0.64 {
+                let e = 0.8 + 0.2 * vnoise(keys.edge, 3, x, y);
+                if d2 >= e * e {
+                    return None;
+                }
             }
             let clump = vnoise(keys.crown, 2, x, y);
-            let z = f.height * (0.55 + 0.45 * (1.0 - d2 / (e * e)).sqrt()) + 1.2 * (clump - 0.5);
+            let z = f.height * (0.55 + 0.45 * (1.0 - d2).sqrt()) + 1.2 * (clump - 0.5);
             Some((z, clump))
         }
         (Kind::Hedge, Shape::Rect { x0, y0, x1, y1 }) => {
@@ -141,8 +162,16 @@ fn sample(f: &Feature, keys: &Keys, x: i64, y: i64, px: f64, py: f64) -> Option<
             if ex > 0.0 && ey > 0.0 && ex * ex + ey * ey > rc * rc {
                 return None;
             }
-            let t = if along_x { (px - x0) / (x1 - x0) } else { (py - y0) / (y1 - y0) } as f32;
-            let z = if !(0.2..=0.85).contains(&t) { f.height * 0.65 } else { f.height };
+            let t = if along_x {
+                (px - x0) / (x1 - x0)
+            } else {
+                (py - y0) / (y1 - y0)
+            } as f32;
+            let z = if !(0.2..=0.85).contains(&t) {
+                f.height * 0.65
+            } else {
+                f.height
+            };
             Some((z, t))
         }
         _ => f.shape.contains(px, py).then_some((f.height, 0.0)),
@@ -151,11 +180,24 @@ fn sample(f: &Feature, keys: &Keys, x: i64, y: i64, px: f64, py: f64) -> Option<
 
 /// Colour (IR, R, G) and noise level of feature `f` at a pixel.
 #[inline]
-fn colour(f: &Feature, keys: &Keys, x: i64, y: i64, px: f64, py: f64, aux: f32, mid: f32) -> ([f32; 3], f32) {
+#[allow(clippy::too_many_arguments)]
+fn colour(
+    f: &Feature,
+    keys: &Keys,
+    x: i64,
+    y: i64,
+    px: f64,
+    py: f64,
+    aux: f32,
+    mid: f32,
+) -> ([f32; 3], f32) {
     let c = f.col;
     let scale = |s: f32| [c[0] * s, c[1] * s, c[2] * s];
     match (f.kind, f.shape) {
-        (Kind::Pave(tone), _) => (scale(0.92 + 0.16 * mid), [6.0, 7.0, 14.0, 6.0][tone as usize & 3]),
+        (Kind::Pave(tone), _) => (
+            scale(0.92 + 0.16 * mid),
+            [6.0, 7.0, 14.0, 6.0][tone as usize & 3],
+        ),
         (Kind::Bed, _) => (scale(0.82 + 0.36 * mid), 10.0),
         (Kind::Building(roof), Shape::Rect { x0, y0, x1, y1 }) => {
             let (cx, cy) = ((x0 + x1) * 0.5, (y0 + y1) * 0.5);
@@ -165,7 +207,11 @@ fn colour(f: &Feature, keys: &Keys, x: i64, y: i64, px: f64, py: f64, aux: f32, 
                 Roof::RidgeY => (px - cx, (x1 - x0) * 0.5, 1.04, 0.88, py - y0, y1 - y0),
                 Roof::Flat => {
                     let edge = (px - x0).min(x1 - px).min(py - y0).min(y1 - py);
-                    let s = if edge < 2.0 { 1.12 } else { 0.96 + 0.08 * unit(hp(keys.grain, x, y)) };
+                    let s = if edge < 2.0 {
+                        1.12
+                    } else {
+                        0.96 + 0.08 * unit(hp(keys.grain, x, y))
+                    };
                     return (scale(s * (0.92 + 0.16 * mid)), 9.0);
                 }
             };
@@ -174,7 +220,11 @@ fn colour(f: &Feature, keys: &Keys, x: i64, y: i64, px: f64, py: f64, aux: f32, 
             if f.var & 7 == 0 && (0.15..0.85).contains(&fa) && (0.2..0.85).contains(&fd) {
                 // Solar panels on the sun-facing slope.
                 let grid = (along as i64 % 11 == 0) || ((d as i64) % 9 == 0);
-                let p = if grid { [95.0, 98.0, 110.0] } else { [46.0, 50.0, 72.0] };
+                let p = if grid {
+                    [95.0, 98.0, 110.0]
+                } else {
+                    [46.0, 50.0, 72.0]
+                };
                 return (p, 5.0);
             }
             let mut s = if d >= 0.0 { lit } else { dark };
@@ -212,6 +262,17 @@ pub(crate) fn render(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> Tile {
     let grid = Grid::new(seed);
     let keys = Keys::new(seed);
     let n = w * h;
+    if n == 0 {
+        return Tile {
+            w,
+            h,
+            ir: vec![],
+            r: vec![],
+            g: vec![],
+            dsm: vec![],
+            gt: vec![],
+        };
+    }
     let (wx1, wy1) = (x0 + w as i64, y0 + h as i64);
 
     // Features of every cell that comes within MARGIN of the window, in a fixed order.
@@ -226,7 +287,10 @@ pub(crate) fn render(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> Tile {
     let cols = axes(x0, w, |x| grid.cell_x(x), |i| grid.xline(i));
     let rows = axes(y0, h, |y| grid.cell_y(y), |j| grid.yline(j));
     let (i0, j0) = (cols[0].idx, rows[0].idx);
-    let (ni, nj) = ((cols[w - 1].idx - i0 + 2) as usize, (rows[h - 1].idx - j0 + 2) as usize);
+    let (ni, nj) = (
+        (cols[w - 1].idx - i0 + 2) as usize,
+        (rows[h - 1].idx - j0 + 2) as usize,
+    );
     let mut seg_v = vec![false; ni * nj];
     let mut seg_h = vec![false; ni * nj];
     for b in 0..nj {
@@ -282,7 +346,9 @@ pub(crate) fn render(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> Tile {
         if f.is_3d() {
             continue;
         }
-        let Some((c0, r0, c1, r1)) = clip(f.bbox, x0, y0, w, h) else { continue };
+        let Some((c0, r0, c1, r1)) = clip(f.bbox, x0, y0, w, h) else {
+            continue;
+        };
         for r in r0..r1 {
             let py = (y0 + r as i64) as f64 + 0.5;
             for c in c0..c1 {
@@ -300,7 +366,9 @@ pub(crate) fn render(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> Tile {
         if !f.is_3d() {
             continue;
         }
-        let Some((c0, r0, c1, r1)) = clip(f.bbox, x0, y0, w, h) else { continue };
+        let Some((c0, r0, c1, r1)) = clip(f.bbox, x0, y0, w, h) else {
+            continue;
+        };
         for r in r0..r1 {
             let y = y0 + r as i64;
             let py = y as f64 + 0.5;
@@ -324,9 +392,15 @@ pub(crate) fn render(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> Tile {
         if !f.is_3d() || f.height < 0.3 {
             continue;
         }
-        let Some((c0, r0, c1, r1)) = clip(f.shadow_bbox(), x0, y0, w, h) else { continue };
+        let Some((c0, r0, c1, r1)) = clip(f.shadow_bbox(), x0, y0, w, h) else {
+            continue;
+        };
         // Bottom of the shadow-casting volume above the ground.
-        let base = if f.kind == Kind::Tree { f.height * CROWN_BASE } else { 0.0 };
+        let base = if f.kind == Kind::Tree {
+            f.height * CROWN_BASE
+        } else {
+            0.0
+        };
         for r in r0..r1 {
             let py = (y0 + r as i64) as f64 + 0.5;
             for c in c0..c1 {
@@ -377,7 +451,11 @@ pub(crate) fn render(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> Tile {
                 OWN_LAWN => {
                     let dry = lo[p] * lo[p];
                     let v = mid[p] - 0.5;
-                    let col = [198.0 - 40.0 * dry + 14.0 * v, 102.0 + 22.0 * dry + 5.0 * v, 96.0 + 12.0 * dry + 4.0 * v];
+                    let col = [
+                        198.0 - 40.0 * dry + 14.0 * v,
+                        102.0 + 22.0 * dry + 5.0 * v,
+                        96.0 + 12.0 * dry + 4.0 * v,
+                    ];
                     (col, 8.0, LOW_VEG, 0.08 * (1.0 + nz[0]))
                 }
                 k => {

@@ -87,7 +87,7 @@ fn line(k: u64, i: i64) -> Line {
     Line {
         pos: line_pos(k, i),
         hw: m(r.range(3.0, 4.6)),
-        sw: m(r.range(1.5, 2.5)),
+        sw: m(r.range(1.2, 2.2)),
         marking: r.chance(0.6),
     }
 }
@@ -131,10 +131,21 @@ impl Grid {
 /// [x, x+1) x [y, y+1); a pixel belongs to a shape when its centre does).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Shape {
-    Rect { x0: f64, y0: f64, x1: f64, y1: f64 },
-    Circle { cx: f64, cy: f64, r: f64 },
+    Rect {
+        x0: f64,
+        y0: f64,
+        x1: f64,
+        y1: f64,
+    },
+    Circle {
+        cx: f64,
+        cy: f64,
+        r: f64,
+    },
     /// Union of three discs: an irregular patch.
-    Blob { c: [[f64; 3]; 3] },
+    Blob {
+        c: [[f64; 3]; 3],
+    },
 }
 
 impl Shape {
@@ -156,10 +167,22 @@ impl Shape {
             Shape::Circle { cx, cy, r } => (cx - r, cy - r, cx + r, cy + r),
             Shape::Blob { c } => c.iter().fold(
                 (f64::MAX, f64::MAX, f64::MIN, f64::MIN),
-                |(a, b, cc, d), e| (a.min(e[0] - e[2]), b.min(e[1] - e[2]), cc.max(e[0] + e[2]), d.max(e[1] + e[2])),
+                |(a, b, cc, d), e| {
+                    (
+                        a.min(e[0] - e[2]),
+                        b.min(e[1] - e[2]),
+                        cc.max(e[0] + e[2]),
+                        d.max(e[1] + e[2]),
+                    )
+                },
             ),
         };
-        [x0.floor() as i64, y0.floor() as i64, x1.ceil() as i64 + 1, y1.ceil() as i64 + 1]
+        [
+            x0.floor() as i64,
+            y0.floor() as i64,
+            x1.ceil() as i64 + 1,
+            y1.ceil() as i64 + 1,
+        ]
     }
 
     /// Whether the ray from (px, py) toward the sun meets the shape (as a
@@ -207,7 +230,9 @@ pub(crate) enum Kind {
     /// A hedge: a strip of shrubs, labelled as tree.
     Hedge,
     /// A car; `along_x` when its long axis is parallel to x.
-    Car { along_x: bool },
+    Car {
+        along_x: bool,
+    },
     Clutter,
 }
 
@@ -252,7 +277,12 @@ impl Feature {
     pub(crate) fn shadow_bbox(&self) -> [i64; 4] {
         let l = self.height as f64 * SHADOW_PX_PER_M;
         let b = self.bbox;
-        [b[0] - (l * SUN.0).ceil() as i64 - 1, b[1] - (l * SUN.1).ceil() as i64 - 1, b[2], b[3]]
+        [
+            b[0] - (l * SUN.0).ceil() as i64 - 1,
+            b[1] - (l * SUN.1).ceil() as i64 - 1,
+            b[2],
+            b[3],
+        ]
     }
 }
 
@@ -263,18 +293,34 @@ fn jitter(rng: &mut Rng, c: [f32; 3], amount: f32) -> [f32; 3] {
 }
 
 fn pave(shape: Shape, tone: u8, rng: &mut Rng) -> Feature {
-    const TONES: [[f32; 3]; 4] = [[120.0, 123.0, 127.0], [160.0, 150.0, 142.0], [174.0, 168.0, 158.0], [150.0, 150.0, 150.0]];
+    const TONES: [[f32; 3]; 4] = [
+        [120.0, 123.0, 127.0],
+        [160.0, 150.0, 142.0],
+        [174.0, 168.0, 158.0],
+        [150.0, 150.0, 150.0],
+    ];
     let col = jitter(rng, TONES[tone as usize & 3], 6.0);
     Feature::new(Kind::Pave(tone), IMPERVIOUS, shape, 0.0, col, rng)
 }
 
 fn bed(shape: Shape, rng: &mut Rng) -> Feature {
-    let base = if rng.chance(0.5) { [160.0, 98.0, 86.0] } else { [182.0, 122.0, 106.0] };
+    let base = if rng.chance(0.5) {
+        [160.0, 98.0, 86.0]
+    } else {
+        [182.0, 122.0, 106.0]
+    };
     let col = jitter(rng, base, 8.0);
     Feature::new(Kind::Bed, LOW_VEG, shape, 0.0, col, rng)
 }
 
-fn building(shape: Shape, roof: Roof, eave: f64, height: f64, flat_roof: bool, rng: &mut Rng) -> Feature {
+fn building(
+    shape: Shape,
+    roof: Roof,
+    eave: f64,
+    height: f64,
+    flat_roof: bool,
+    rng: &mut Rng,
+) -> Feature {
     const TILED: [[f32; 3]; 5] = [
         [178.0, 150.0, 96.0],  // red tiles
         [190.0, 162.0, 128.0], // salmon
@@ -282,7 +328,11 @@ fn building(shape: Shape, roof: Roof, eave: f64, height: f64, flat_roof: bool, r
         [84.0, 82.0, 90.0],    // anthracite
         [138.0, 114.0, 92.0],  // brown
     ];
-    const FLAT: [[f32; 3]; 3] = [[166.0, 160.0, 154.0], [96.0, 93.0, 97.0], [150.0, 146.0, 130.0]];
+    const FLAT: [[f32; 3]; 3] = [
+        [166.0, 160.0, 154.0],
+        [96.0, 93.0, 97.0],
+        [150.0, 146.0, 130.0],
+    ];
     let base = if flat_roof {
         FLAT[rng.pick(&[5.0, 3.0, 2.0])]
     } else {
@@ -295,9 +345,20 @@ fn building(shape: Shape, roof: Roof, eave: f64, height: f64, flat_roof: bool, r
 }
 
 fn tree(cx: f64, cy: f64, r: f64, height: f64, rng: &mut Rng) -> Feature {
-    let base = if rng.chance(0.05) { [150.0, 96.0, 76.0] } else { [214.0, 84.0, 80.0] };
+    let base = if rng.chance(0.05) {
+        [150.0, 96.0, 76.0]
+    } else {
+        [214.0, 84.0, 80.0]
+    };
     let col = jitter(rng, base, 14.0);
-    Feature::new(Kind::Tree, TREE, Shape::Circle { cx, cy, r }, height, col, rng)
+    Feature::new(
+        Kind::Tree,
+        TREE,
+        Shape::Circle { cx, cy, r },
+        height,
+        col,
+        rng,
+    )
 }
 
 fn hedge(shape: Shape, rng: &mut Rng) -> Feature {
@@ -413,7 +474,17 @@ impl Frame {
 
 /// A building in lot frame `f` at local [a0, a1] x [d0, d1].
 #[allow(clippy::too_many_arguments)]
-fn house(f: &Frame, a0: f64, a1: f64, d0: f64, d1: f64, eave: f64, flat: bool, rng: &mut Rng, out: &mut Vec<Feature>) {
+fn house(
+    f: &Frame,
+    a0: f64,
+    a1: f64,
+    d0: f64,
+    d1: f64,
+    eave: f64,
+    flat: bool,
+    rng: &mut Rng,
+    out: &mut Vec<Feature>,
+) {
     let shape = f.rect(a0, a1, d0, d1);
     if flat {
         out.push(building(shape, Roof::Flat, eave, eave, true, rng));
@@ -421,21 +492,37 @@ fn house(f: &Frame, a0: f64, a1: f64, d0: f64, d1: f64, eave: f64, flat: bool, r
     }
     let along = rng.chance(0.75);
     let roof = f.ridge(along);
-    let half_span_m = if along { (d1 - d0) / 2.0 } else { (a1 - a0) / 2.0 } / PX_PER_M;
+    let half_span_m = if along {
+        (d1 - d0) / 2.0
+    } else {
+        (a1 - a0) / 2.0
+    } / PX_PER_M;
     let height = (eave + half_span_m * rng.range(0.55, 1.0)).min(15.0);
     out.push(building(shape, roof, eave, height, false, rng));
 }
 
-fn place_trees(f: &Frame, n: usize, avoid: Option<[f64; 4]>, big: bool, rng: &mut Rng, out: &mut Vec<Feature>) {
+fn place_trees(
+    f: &Frame,
+    n: usize,
+    avoid: Option<[f64; 4]>,
+    big: bool,
+    rng: &mut Rng,
+    out: &mut Vec<Feature>,
+) {
     let (along, depth) = (f.along(), f.depth());
     for _ in 0..n {
-        let r_m = if big || rng.chance(0.4) { rng.range(4.0, 6.0) } else { rng.range(2.0, 4.0) };
+        let r_m = if big || rng.chance(0.4) {
+            rng.range(4.0, 6.0)
+        } else {
+            rng.range(2.0, 4.0)
+        };
         let r = m(r_m);
         for _attempt in 0..4 {
             let a = rng.range(r * 0.3, (along - r * 0.3).max(r * 0.3));
             let d = rng.range(r * 0.3, (depth - r * 0.3).max(r * 0.3));
             if let Some(b) = avoid {
-                if a > b[0] - m(1.0) && a < b[1] + m(1.0) && d > b[2] - m(1.0) && d < b[3] + m(1.0) {
+                if a > b[0] - m(1.0) && a < b[1] + m(1.0) && d > b[2] - m(1.0) && d < b[3] + m(1.0)
+                {
                     continue;
                 }
             }
@@ -468,14 +555,40 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
     }
     let mut bld = None;
     if rng.chance(0.92) && along > m(9.0) && depth > m(11.0) {
-        let bw = (along * rng.range(0.6, 0.85)).min(m(24.0));
-        let bd = (depth * rng.range(0.5, 0.72)).clamp(m(8.0), m(17.0)).min(depth - m(3.0));
-        let setback = rng.range(m(2.0), m(6.0)).min(depth - bd - m(1.0)).max(m(0.5));
+        let bw = (along * rng.range(0.65, 0.9)).min(m(25.0));
+        let bd = (depth * rng.range(0.55, 0.78))
+            .clamp(m(8.0), m(18.0))
+            .min(depth - m(3.0));
+        let setback = rng
+            .range(m(2.0), m(6.0))
+            .min(depth - bd - m(1.0))
+            .max(m(0.5));
         let a0 = rng.range(m(1.0), (along - bw - m(1.0)).max(m(1.0)));
         let (a1, d0, d1) = (a0 + bw, setback, setback + bd);
-        let eave = if rng.chance(0.12) { rng.range(8.0, 11.0) } else { rng.range(3.5, 7.5) };
+        let eave = if rng.chance(0.12) {
+            rng.range(8.0, 11.0)
+        } else {
+            rng.range(3.5, 7.5)
+        };
         house(f, a0, a1, d0, d1, eave, rng.chance(0.18), rng, out);
         bld = Some([a0, a1, d0, d1]);
+        // An annex at the back.
+        if rng.chance(0.35) && depth - d1 > m(4.0) {
+            let aw = bw * rng.range(0.3, 0.55);
+            let ax = if rng.chance(0.5) { a0 } else { a1 - aw };
+            let ad = (d1 + m(rng.range(3.0, 6.0))).min(depth - m(1.0));
+            house(
+                f,
+                ax,
+                ax + aw,
+                d1,
+                ad,
+                rng.range(2.8, 4.0),
+                rng.chance(0.6),
+                rng,
+                out,
+            );
+        }
         // Driveway beside the house, from the street to the middle of the house.
         if rng.chance(0.75) {
             let width = m(rng.range(2.8, 3.5));
@@ -488,22 +601,53 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
             } else {
                 (a0 + bw * 0.3, a0 + bw * 0.3 + width)
             };
-            let dend = if left || right { setback + bd * 0.6 } else { setback };
+            let dend = if left || right {
+                setback + bd * 0.6
+            } else {
+                setback
+            };
             out.push(pave(f.rect(da0, da1, 0.0, dend), rng.below(4) as u8, rng));
+            // A garage at the end of the driveway.
+            if (left || right) && rng.chance(0.4) && dend + m(6.5) < depth {
+                let gd = dend + m(rng.range(5.5, 6.5));
+                house(
+                    f,
+                    da0 - m(0.2),
+                    da1 + m(0.2),
+                    dend,
+                    gd,
+                    rng.range(2.6, 3.2),
+                    true,
+                    rng,
+                    out,
+                );
+            }
             if dend > m(5.5) && rng.chance(0.4) {
                 let cw = m(rng.range(1.75, 1.95));
                 let cl = m(rng.range(4.2, 4.8));
                 let ca0 = (da0 + da1) / 2.0 - cw / 2.0;
                 let cd0 = rng.range(m(0.3), dend - cl);
-                out.push(car(f.rect(ca0, ca0 + cw, cd0, cd0 + cl), f.depth_is_x(), rng));
+                out.push(car(
+                    f.rect(ca0, ca0 + cw, cd0, cd0 + cl),
+                    f.depth_is_x(),
+                    rng,
+                ));
             }
             if rng.chance(0.45) {
                 // Bins at the street end of the driveway.
                 for k in 0..1 + rng.below(3) {
                     let s = m(rng.range(0.55, 0.8));
-                    let ba = if da0 > s + m(0.2) { da0 - s - m(0.1) } else { da1 + m(0.1) };
+                    let ba = if da0 > s + m(0.2) {
+                        da0 - s - m(0.1)
+                    } else {
+                        da1 + m(0.1)
+                    };
                     let bd0 = m(0.3) + k as f64 * m(0.9);
-                    out.push(clutter(f.rect(ba, ba + s, bd0, bd0 + s), rng.range(1.0, 1.2), rng));
+                    out.push(clutter(
+                        f.rect(ba, ba + s, bd0, bd0 + s),
+                        rng.range(1.0, 1.2),
+                        rng,
+                    ));
                 }
             }
         }
@@ -512,7 +656,11 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
             let tw = bw * rng.range(0.3, 0.7);
             let ta0 = a0 + rng.range(0.0, bw - tw);
             let td1 = d1 + m(rng.range(2.5, 4.5)).min(depth - d1 - m(0.5));
-            out.push(pave(f.rect(ta0, ta0 + tw, d1, td1), 1 + rng.below(3) as u8, rng));
+            out.push(pave(
+                f.rect(ta0, ta0 + tw, d1, td1),
+                1 + rng.below(3) as u8,
+                rng,
+            ));
         }
     }
     if rng.chance(0.35) {
@@ -524,7 +672,7 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
     }
     // Hedges along the sides and the back of the lot.
     for border in 0..3 {
-        if rng.chance(0.4) {
+        if rng.chance(0.5) {
             let t = m(rng.range(0.8, 1.6));
             let shape = match border {
                 0 => f.rect(0.0, t, m(1.0), depth),
@@ -534,10 +682,13 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
             out.push(hedge(shape, rng));
         }
     }
-    let n_trees = [2, 2, 3, 3, 4, 4, 5, 6, 7][rng.below(9)];
+    let n_trees = [2, 3, 3, 4, 4, 5, 5, 6, 8][rng.below(9)];
     place_trees(f, n_trees, bld, false, rng, out);
     for _ in 0..[0, 0, 1, 1, 2][rng.below(5)] {
-        let (cx, cy) = f.point(rng.range(m(1.0), along - m(1.0)), rng.range(m(1.0), depth - m(1.0)));
+        let (cx, cy) = f.point(
+            rng.range(m(1.0), along - m(1.0)),
+            rng.range(m(1.0), depth - m(1.0)),
+        );
         let s = blob(cx, cy, m(rng.range(0.6, 1.8)), rng);
         out.push(clutter(s, rng.range(0.4, 2.0), rng));
     }
@@ -549,7 +700,9 @@ fn apartments(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
     let parts = if along > m(50.0) { 2 } else { 1 };
     let part = along / parts as f64;
     let setback = m(rng.range(3.0, 6.0));
-    let bd = (depth * rng.range(0.35, 0.55)).clamp(m(10.0), m(18.0)).min(depth - setback - m(1.0));
+    let bd = (depth * rng.range(0.45, 0.65))
+        .clamp(m(10.0), m(20.0))
+        .min(depth - setback - m(1.0));
     let flat = rng.chance(0.7);
     let eave = rng.range(9.0, 14.0);
     for k in 0..parts {
@@ -570,7 +723,11 @@ fn apartments(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
         };
         let fill = rng.range(0.25, 0.7);
         for &(r0, r1) in rows {
-            let (d0, d1) = if r0 >= 0.0 { (p0 + m(r0), p0 + m(r1)) } else { (p1 + m(r0), p1 + m(r1)) };
+            let (d0, d1) = if r0 >= 0.0 {
+                (p0 + m(r0), p0 + m(r1))
+            } else {
+                (p1 + m(r0), p1 + m(r1))
+            };
             let mut a = a0 + m(0.5);
             while a + m(2.5) <= a1 {
                 if rng.chance(fill) {
@@ -587,13 +744,27 @@ fn apartments(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
         for _ in 0..rng.below(3) {
             let (w, l) = (m(rng.range(1.4, 2.2)), m(rng.range(2.0, 4.0)));
             let a = rng.range(a0, (a1 - l).max(a0));
-            out.push(clutter(f.rect(a, a + l, p1 - w, p1), rng.range(1.2, 2.2), rng));
+            out.push(clutter(
+                f.rect(a, a + l, p1 - w, p1),
+                rng.range(1.2, 2.2),
+                rng,
+            ));
         }
     }
     let n = 2 + rng.below(6);
-    place_trees(f, n, Some([0.0, along, setback - m(1.0), p1]), false, rng, out);
+    place_trees(
+        f,
+        n,
+        Some([0.0, along, setback - m(1.0), p1]),
+        false,
+        rng,
+        out,
+    );
     for _ in 0..rng.below(4) {
-        let (cx, cy) = f.point(rng.range(m(2.0), along - m(2.0)), rng.range(m(1.0), setback.max(m(1.5))));
+        let (cx, cy) = f.point(
+            rng.range(m(2.0), along - m(2.0)),
+            rng.range(m(1.0), setback.max(m(1.5))),
+        );
         let s = blob(cx, cy, m(rng.range(0.6, 1.5)), rng);
         out.push(clutter(s, rng.range(0.5, 1.5), rng));
     }
@@ -610,18 +781,33 @@ fn park(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
     }
     let pw = m(rng.range(2.0, 3.5));
     let pa = rng.range(along * 0.2, along * 0.8);
-    out.push(pave(f.rect(pa, pa + pw, 0.0, depth), 2 + rng.below(2) as u8, rng));
+    out.push(pave(
+        f.rect(pa, pa + pw, 0.0, depth),
+        2 + rng.below(2) as u8,
+        rng,
+    ));
     if rng.chance(0.6) {
         let pd = rng.range(depth * 0.2, depth * 0.8);
-        out.push(pave(f.rect(0.0, along, pd, pd + pw), 2 + rng.below(2) as u8, rng));
+        out.push(pave(
+            f.rect(0.0, along, pd, pd + pw),
+            2 + rng.below(2) as u8,
+            rng,
+        ));
     }
     if rng.chance(0.4) {
         let (w, d) = (m(rng.range(6.0, 12.0)), m(rng.range(5.0, 9.0)));
-        let (a, dd) = (rng.range(0.0, (along - w).max(0.0)), rng.range(0.0, (depth - d).max(0.0)));
-        out.push(clutter(f.rect(a, a + w, dd, dd + d), rng.range(0.3, 2.0), rng));
+        let (a, dd) = (
+            rng.range(0.0, (along - w).max(0.0)),
+            rng.range(0.0, (depth - d).max(0.0)),
+        );
+        out.push(clutter(
+            f.rect(a, a + w, dd, dd + d),
+            rng.range(0.3, 2.0),
+            rng,
+        ));
     }
-    let n = ((along * depth) / (m(11.0) * m(11.0))).round() as usize;
-    place_trees(f, n.clamp(3, 40), None, true, rng, out);
+    let n = ((along * depth) / (m(9.0) * m(9.0))).round() as usize;
+    place_trees(f, n.clamp(3, 60), None, true, rng, out);
 }
 
 /// Cars and trees along the cell's half of one street side.
@@ -629,15 +815,33 @@ fn park(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
 /// `line_pos` is the street's centre line, `dir` +1 when the cell lies on its
 /// positive side, `vertical` for streets parallel to y; `a0..a1` is the stretch.
 #[allow(clippy::too_many_arguments)]
-fn street_side(line: &Line, dir: f64, vertical: bool, a0: f64, a1: f64, rng: &mut Rng, out: &mut Vec<Feature>) {
+fn street_side(
+    line: &Line,
+    dir: f64,
+    vertical: bool,
+    a0: f64,
+    a1: f64,
+    rng: &mut Rng,
+    out: &mut Vec<Feature>,
+) {
     let pos = line.pos as f64;
     let rect = |off0: f64, off1: f64, b0: f64, b1: f64| {
         let (c0, c1) = (pos + dir * off0, pos + dir * off1);
         let (lo, hi) = (c0.min(c1), c0.max(c1));
         if vertical {
-            Shape::Rect { x0: lo, y0: b0, x1: hi, y1: b1 }
+            Shape::Rect {
+                x0: lo,
+                y0: b0,
+                x1: hi,
+                y1: b1,
+            }
         } else {
-            Shape::Rect { x0: b0, y0: lo, x1: b1, y1: hi }
+            Shape::Rect {
+                x0: b0,
+                y0: lo,
+                x1: b1,
+                y1: hi,
+            }
         }
     };
     let pitch = m(6.2);
@@ -648,13 +852,21 @@ fn street_side(line: &Line, dir: f64, vertical: bool, a0: f64, a1: f64, rng: &mu
         if r < p_park + p_drive {
             let cw = m(rng.range(1.75, 1.95));
             let cl = m(rng.range(4.2, 4.8));
-            let off = if r < p_park { line.hw - m(1.15) } else { line.hw * 0.5 };
+            let off = if r < p_park {
+                line.hw - m(1.15)
+            } else {
+                line.hw * 0.5
+            };
             let c = a + pitch / 2.0 + rng.range(-m(0.4), m(0.4));
-            out.push(car(rect(off - cw / 2.0, off + cw / 2.0, c - cl / 2.0, c + cl / 2.0), !vertical, rng));
+            out.push(car(
+                rect(off - cw / 2.0, off + cw / 2.0, c - cl / 2.0, c + cl / 2.0),
+                !vertical,
+                rng,
+            ));
         }
         a += pitch;
     }
-    if rng.chance(0.5) {
+    if rng.chance(0.65) {
         let step = m(rng.range(9.0, 13.0));
         let r_m = rng.range(2.5, 4.5);
         let off = line.hw + m(0.4);
@@ -671,8 +883,18 @@ fn street_side(line: &Line, dir: f64, vertical: bool, a0: f64, a1: f64, rng: &mu
 
 /// Appends the features of cell (i, j) to `out`.
 pub(crate) fn cell_features(seed: u64, grid: &Grid, i: i64, j: i64, out: &mut Vec<Feature>) {
-    let (l, r, t, b) = (grid.xline(i), grid.xline(i + 1), grid.yline(j), grid.yline(j + 1));
-    let (pl, pr, pt, pb) = (grid.seg_v(i, j), grid.seg_v(i + 1, j), grid.seg_h(i, j), grid.seg_h(i, j + 1));
+    let (l, r, t, b) = (
+        grid.xline(i),
+        grid.xline(i + 1),
+        grid.yline(j),
+        grid.yline(j + 1),
+    );
+    let (pl, pr, pt, pb) = (
+        grid.seg_v(i, j),
+        grid.seg_v(i + 1, j),
+        grid.seg_h(i, j),
+        grid.seg_h(i, j + 1),
+    );
     let mut rng = Rng::new(h2(key(seed, 5), i, j));
     let (x0, x1, y0, y1) = (l.pos as f64, r.pos as f64, t.pos as f64, b.pos as f64);
     // Streets: cars and street trees between the crossings.
@@ -691,14 +913,20 @@ pub(crate) fn cell_features(seed: u64, grid: &Grid, i: i64, j: i64, out: &mut Ve
         street_side(&b, -1.0, false, sx0, sx1, &mut rng, out);
     }
     // Interior: inside the sidewalks, or a garden strip where a road is missing.
-    let margin = |ln: &Line, present: bool| if present { ln.hw + ln.sw } else { ln.hw * 0.5 + m(1.0) };
+    let margin = |ln: &Line, present: bool| {
+        if present {
+            ln.hw + ln.sw
+        } else {
+            ln.hw * 0.5 + m(1.0)
+        }
+    };
     let (ix0, ix1) = (x0 + margin(&l, pl), x1 - margin(&r, pr));
     let (iy0, iy1) = (y0 + margin(&t, pt), y1 - margin(&b, pb));
     let (w, h) = (ix1 - ix0, iy1 - iy0);
     if w < m(8.0) || h < m(8.0) {
         return;
     }
-    let kind = rng.pick(&[72.0, 16.0, 12.0]);
+    let kind = rng.pick(&[72.0, 20.0, 8.0]);
     let horiz = w >= h;
     let (long, short) = if horiz { (w, h) } else { (h, w) };
     let facing = |first: bool| match (horiz, first) {
@@ -709,9 +937,21 @@ pub(crate) fn cell_features(seed: u64, grid: &Grid, i: i64, j: i64, out: &mut Ve
     };
     let frame = |a0: f64, a1: f64, d0: f64, d1: f64, side: Side| {
         if horiz {
-            Frame { x0: ix0 + a0, y0: iy0 + d0, x1: ix0 + a1, y1: iy0 + d1, side }
+            Frame {
+                x0: ix0 + a0,
+                y0: iy0 + d0,
+                x1: ix0 + a1,
+                y1: iy0 + d1,
+                side,
+            }
         } else {
-            Frame { x0: ix0 + d0, y0: iy0 + a0, x1: ix0 + d1, y1: iy0 + a1, side }
+            Frame {
+                x0: ix0 + d0,
+                y0: iy0 + a0,
+                x1: ix0 + d1,
+                y1: iy0 + a1,
+                side,
+            }
         }
     };
     let first_present = if horiz { pt } else { pl };
@@ -732,7 +972,11 @@ pub(crate) fn cell_features(seed: u64, grid: &Grid, i: i64, j: i64, out: &mut Ve
                 }
             }
         }
-        1 => apartments(&frame(0.0, long, 0.0, short, facing(first_present)), &mut rng, out),
+        1 => apartments(
+            &frame(0.0, long, 0.0, short, facing(first_present)),
+            &mut rng,
+            out,
+        ),
         _ => park(&frame(0.0, long, 0.0, short, facing(true)), &mut rng, out),
     }
 }
@@ -746,7 +990,10 @@ mod tests {
         let g = Grid::new(3);
         for x in -3000..3000 {
             let i = g.cell_x(x);
-            assert!(g.xline(i).pos <= x && x < g.xline(i + 1).pos, "x {x} cell {i}");
+            assert!(
+                g.xline(i).pos <= x && x < g.xline(i + 1).pos,
+                "x {x} cell {i}"
+            );
         }
     }
 
@@ -763,7 +1010,10 @@ mod tests {
                     for ft in &f {
                         let s = ft.shadow_bbox();
                         assert!(
-                            s[0] >= x0 - MARGIN && s[1] >= y0 - MARGIN && s[2] <= x1 + MARGIN && s[3] <= y1 + MARGIN,
+                            s[0] >= x0 - MARGIN
+                                && s[1] >= y0 - MARGIN
+                                && s[2] <= x1 + MARGIN
+                                && s[3] <= y1 + MARGIN,
                             "{ft:?} leaves cell ({i},{j})"
                         );
                         assert!(ft.height as f64 <= MAX_HEIGHT);

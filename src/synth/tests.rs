@@ -2,7 +2,13 @@ use super::*;
 use gdal::raster::GdalType;
 
 fn scene(dir: &Path, width: usize, height: usize, seed: u64, block: usize) -> SynthOutput {
-    let cfg = SynthConfig { width, height, seed, block, ..SynthConfig::default() };
+    let cfg = SynthConfig {
+        width,
+        height,
+        seed,
+        block,
+        ..SynthConfig::default()
+    };
     synth(&cfg, dir, &|_, _| {}).unwrap()
 }
 
@@ -20,7 +26,12 @@ fn bands(out: &SynthOutput) -> (usize, usize, Vec<Vec<u8>>, Vec<u32>) {
     let (_, _, g) = read::<u8>(&out.image, 3);
     let (_, _, gt) = read::<u8>(&out.gt, 1);
     let (_, _, dsm) = read::<f32>(&out.dsm, 1);
-    (w, h, vec![ir, r, g, gt], dsm.iter().map(|v| v.to_bits()).collect())
+    (
+        w,
+        h,
+        vec![ir, r, g, gt],
+        dsm.iter().map(|v| v.to_bits()).collect(),
+    )
 }
 
 fn fractions(gt: &[u8]) -> [f64; 6] {
@@ -28,13 +39,21 @@ fn fractions(gt: &[u8]) -> [f64; 6] {
     for &v in gt {
         n[v as usize] += 1;
     }
-    assert_eq!(n[6..].iter().sum::<u64>(), 0, "ids above 5 in the ground truth");
+    assert_eq!(
+        n[6..].iter().sum::<u64>(),
+        0,
+        "ids above 5 in the ground truth"
+    );
     std::array::from_fn(|k| n[k] as f64 / gt.len() as f64)
 }
 
 fn print_fractions(what: &str, f: &[f64; 6]) {
     let t = ClassTable::isprs();
-    let parts: Vec<String> = t.classes.iter().map(|c| format!("{} {:.1}%", c.name, 100.0 * f[c.id as usize])).collect();
+    let parts: Vec<String> = t
+        .classes
+        .iter()
+        .map(|c| format!("{} {:.1}%", c.name, 100.0 * f[c.id as usize]))
+        .collect();
     println!("{what}: {}", parts.join(", "));
 }
 
@@ -52,18 +71,32 @@ fn all_three_files_share_grid_crs_and_tiling() {
         let ds = Dataset::open(path).unwrap();
         assert_eq!(ds.raster_size(), (1024, 1024), "{path:?}");
         assert_eq!(ds.raster_count(), bands, "{path:?}");
-        assert_eq!(ds.geo_transform().unwrap(), [496_000.0, 0.09, 0.0, 5_420_000.0, 0.0, -0.09], "{path:?}");
+        assert_eq!(
+            ds.geo_transform().unwrap(),
+            [496_000.0, 0.09, 0.0, 5_420_000.0, 0.0, -0.09],
+            "{path:?}"
+        );
         let srs = ds.spatial_ref().unwrap();
         assert_eq!(srs.auth_code().unwrap(), 32632, "{path:?}");
         let wkt = srs.to_wkt().unwrap();
-        assert!(wkt.contains("32632") && wkt.contains("UTM zone 32N"), "{path:?}: {wkt}");
+        assert!(
+            wkt.contains("32632") && wkt.contains("UTM zone 32N"),
+            "{path:?}: {wkt}"
+        );
         let band = ds.rasterband(1).unwrap();
         assert_eq!(band.band_type(), ty, "{path:?}");
         assert_eq!(band.block_size(), (512, 512), "{path:?}");
-        assert_eq!(ds.metadata_item("COMPRESSION", "IMAGE_STRUCTURE").as_deref(), Some("DEFLATE"), "{path:?}");
+        assert_eq!(
+            ds.metadata_item("COMPRESSION", "IMAGE_STRUCTURE")
+                .as_deref(),
+            Some("DEFLATE"),
+            "{path:?}"
+        );
     }
     let ds = Dataset::open(&out.image).unwrap();
-    let names: Vec<String> = (1..=3).map(|k| ds.rasterband(k).unwrap().description().unwrap()).collect();
+    let names: Vec<String> = (1..=3)
+        .map(|k| ds.rasterband(k).unwrap().description().unwrap())
+        .collect();
     assert_eq!(names, ["IR", "R", "G"]);
 }
 
@@ -74,10 +107,21 @@ fn ground_truth_has_all_six_classes_in_plausible_proportions() {
     let (_, _, gt) = read::<u8>(&out.gt, 1);
     let f = fractions(&gt);
     print_fractions("1024x1024 seed 0", &f);
-    let ranges = [(0.12, 0.45), (0.12, 0.40), (0.08, 0.40), (0.08, 0.40), (0.003, 0.05), (0.002, 0.06)];
+    let ranges = [
+        (0.12, 0.45),
+        (0.12, 0.40),
+        (0.08, 0.40),
+        (0.08, 0.40),
+        (0.003, 0.05),
+        (0.002, 0.06),
+    ];
     for (k, (lo, hi)) in ranges.iter().enumerate() {
         assert!(f[k] > 0.0, "class {k} is missing");
-        assert!((*lo..*hi).contains(&f[k]), "class {k}: fraction {} outside {lo}..{hi}", f[k]);
+        assert!(
+            (*lo..*hi).contains(&f[k]),
+            "class {k}: fraction {} outside {lo}..{hi}",
+            f[k]
+        );
     }
 }
 
@@ -99,7 +143,13 @@ fn image_and_heights_are_plausible_per_class() {
     }
     let mean = |c: usize, k: usize| sum[c][k] / n[c];
     for c in 0..6 {
-        println!("class {c}: IR {:.0} R {:.0} G {:.0} z {:.1}", mean(c, 0), mean(c, 1), mean(c, 2), mean(c, 3));
+        println!(
+            "class {c}: IR {:.0} R {:.0} G {:.0} z {:.1}",
+            mean(c, 0),
+            mean(c, 1),
+            mean(c, 2),
+            mean(c, 3)
+        );
     }
     // Vegetation is bright in IR relative to red; sealed surfaces are not.
     for c in [2, 3] {
@@ -113,12 +163,19 @@ fn image_and_heights_are_plausible_per_class() {
 
 #[test]
 fn same_seed_same_bytes_other_seed_other_scene() {
-    let (d1, d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (d1, d2, d3) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     let a = bands(&scene(d1.path(), 512, 384, 7, 256));
     let b = bands(&scene(d2.path(), 512, 384, 7, 256));
     let c = bands(&scene(d3.path(), 512, 384, 8, 256));
     assert!(a == b, "same seed, different content");
-    assert!(a.2[0] != c.2[0] && a.2[3] != c.2[3], "different seeds, same content");
+    assert!(
+        a.2[0] != c.2[0] && a.2[3] != c.2[3],
+        "different seeds, same content"
+    );
 }
 
 #[test]
@@ -130,9 +187,17 @@ fn a_small_scene_is_the_corner_of_a_larger_one() {
     assert_eq!((sw, sh, lw), (512, 512, 1024));
     for r in 0..sh {
         for k in 0..4 {
-            assert_eq!(small[k][r * sw..(r + 1) * sw], large[k][r * lw..r * lw + sw], "band {k} row {r}");
+            assert_eq!(
+                small[k][r * sw..(r + 1) * sw],
+                large[k][r * lw..r * lw + sw],
+                "band {k} row {r}"
+            );
         }
-        assert_eq!(small_z[r * sw..(r + 1) * sw], large_z[r * lw..r * lw + sw], "dsm row {r}");
+        assert_eq!(
+            small_z[r * sw..(r + 1) * sw],
+            large_z[r * lw..r * lw + sw],
+            "dsm row {r}"
+        );
     }
 }
 
@@ -144,8 +209,14 @@ fn odd_sizes_and_edge_tiles_work() {
         let (w, h, v, z) = bands(&out);
         assert_eq!((w, h), (333, 517));
         let t = render::render(11, 0, 0, 333, 517);
-        assert!(v[0] == t.ir && v[1] == t.r && v[2] == t.g && v[3] == t.gt, "block {block}");
-        assert!(z == t.dsm.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "block {block}");
+        assert!(
+            v[0] == t.ir && v[1] == t.r && v[2] == t.g && v[3] == t.gt,
+            "block {block}"
+        );
+        assert!(
+            z == t.dsm.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "block {block}"
+        );
     }
 }
 
@@ -160,7 +231,11 @@ fn the_pixel_oracle_matches_the_files() {
     for (x, y) in picks {
         let p = pixel(5, x as i64, y as i64);
         let q = y * w + x;
-        assert_eq!((p.ir, p.r, p.g, p.class), (v[0][q], v[1][q], v[2][q], v[3][q]), "pixel ({x}, {y})");
+        assert_eq!(
+            (p.ir, p.r, p.g, p.class),
+            (v[0][q], v[1][q], v[2][q], v[3][q]),
+            "pixel ({x}, {y})"
+        );
         assert_eq!(p.height.to_bits(), z[q], "height at ({x}, {y})");
     }
 }
@@ -186,7 +261,13 @@ fn windows_render_without_seams() {
                     let p = r * pw + c;
                     assert_eq!(
                         (t.ir[p], t.r[p], t.g[p], t.gt[p], t.dsm[p].to_bits()),
-                        (whole.ir[q], whole.r[q], whole.g[q], whole.gt[q], whole.dsm[q].to_bits()),
+                        (
+                            whole.ir[q],
+                            whole.r[q],
+                            whole.g[q],
+                            whole.gt[q],
+                            whole.dsm[q].to_bits()
+                        ),
                         "split ({sx}, {sy}) at ({}, {})",
                         px + c,
                         py + r
@@ -208,7 +289,12 @@ fn the_ground_truth_carries_colours_and_names() {
     for c in &table.classes {
         let e = ct.entry_as_rgb(c.id as usize).unwrap();
         let [r, g, b] = c.rgb();
-        assert_eq!((e.r, e.g, e.b, e.a), (r as i16, g as i16, b as i16, 255), "{}", c.name);
+        assert_eq!(
+            (e.r, e.g, e.b, e.a),
+            (r as i16, g as i16, b as i16, 255),
+            "{}",
+            c.name
+        );
     }
     let names = category_names(&band);
     let want: Vec<String> = table.classes.iter().map(|c| c.name.clone()).collect();
@@ -218,7 +304,12 @@ fn the_ground_truth_carries_colours_and_names() {
 #[test]
 fn progress_counts_every_pixel() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig { width: 300, height: 200, block: 128, ..SynthConfig::default() };
+    let cfg = SynthConfig {
+        width: 300,
+        height: 200,
+        block: 128,
+        ..SynthConfig::default()
+    };
     let seen = std::cell::RefCell::new(Vec::new());
     synth(&cfg, dir.path(), &|d, t| seen.borrow_mut().push((d, t))).unwrap();
     let seen = seen.into_inner();
@@ -232,8 +323,14 @@ fn errors_name_the_path_and_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let cfg = SynthConfig { width: 64, height: 64, ..SynthConfig::default() };
-    let err = synth(&cfg, &file.join("out"), &|_, _| {}).unwrap_err().to_string();
+    let cfg = SynthConfig {
+        width: 64,
+        height: 64,
+        ..SynthConfig::default()
+    };
+    let err = synth(&cfg, &file.join("out"), &|_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not-a-dir"), "{err}");
 
     // An existing directory where a file should go.
@@ -244,11 +341,23 @@ fn errors_name_the_path_and_leave_nothing_behind() {
     assert!(!out.join("image.tif").exists());
 
     for bad in [
-        SynthConfig { width: 0, ..cfg.clone() },
-        SynthConfig { block: 100, ..cfg.clone() },
-        SynthConfig { pixel_size: 0.0, ..cfg.clone() },
+        SynthConfig {
+            width: 0,
+            ..cfg.clone()
+        },
+        SynthConfig {
+            block: 100,
+            ..cfg.clone()
+        },
+        SynthConfig {
+            pixel_size: 0.0,
+            ..cfg.clone()
+        },
     ] {
-        assert!(matches!(synth(&bad, dir.path(), &|_, _| {}), Err(Error::Config(_))));
+        assert!(matches!(
+            synth(&bad, dir.path(), &|_, _| {}),
+            Err(Error::Config(_))
+        ));
     }
 }
 
@@ -257,31 +366,61 @@ fn errors_name_the_path_and_leave_nothing_behind() {
 #[test]
 #[ignore]
 fn stats_and_throughput() {
-    let side: usize = std::env::var("SYNTH_SIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(8192);
+    let side: usize = std::env::var("SYNTH_SIDE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8192);
     let side = side.div_ceil(512) * 512;
     let t = std::time::Instant::now();
     let tiles: Vec<render::Tile> = (0..(side / 512) * (side / 512))
         .into_par_iter()
-        .map(|k| render::render(0, (k % (side / 512) * 512) as i64, (k / (side / 512) * 512) as i64, 512, 512))
+        .map(|k| {
+            render::render(
+                0,
+                (k % (side / 512) * 512) as i64,
+                (k / (side / 512) * 512) as i64,
+                512,
+                512,
+            )
+        })
         .collect();
     let dt = t.elapsed().as_secs_f64();
     let gt: Vec<u8> = tiles.iter().flat_map(|t| t.gt.iter().copied()).collect();
     drop(tiles);
     print_fractions(&format!("{side}x{side} seed 0"), &fractions(&gt));
-    println!("render only: {:.1} Mpx/s on {} threads", (side * side) as f64 / dt / 1e6, rayon::current_num_threads());
-    for seed in 1..4 {
-        let tiles: Vec<u8> = (0..16)
+    println!(
+        "render only: {:.1} Mpx/s on {} threads",
+        (side * side) as f64 / dt / 1e6,
+        rayon::current_num_threads()
+    );
+    let mut all = [0f64; 6];
+    for seed in 1..5 {
+        let tiles: Vec<u8> = (0..64)
             .into_par_iter()
-            .flat_map_iter(|k| render::render(seed, (k % 4 * 512) as i64, (k / 4 * 512) as i64, 512, 512).gt)
+            .flat_map_iter(|k| {
+                render::render(seed, (k % 8 * 512) as i64, (k / 8 * 512) as i64, 512, 512).gt
+            })
             .collect();
-        print_fractions(&format!("2048x2048 seed {seed}"), &fractions(&tiles));
+        let f = fractions(&tiles);
+        print_fractions(&format!("4096x4096 seed {seed}"), &f);
+        for k in 0..6 {
+            all[k] += f[k] / 4.0;
+        }
     }
+    print_fractions("mean of seeds 1-4", &all);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SynthConfig { width: side, height: side, ..SynthConfig::default() };
+    let cfg = SynthConfig {
+        width: side,
+        height: side,
+        ..SynthConfig::default()
+    };
     let t = std::time::Instant::now();
     let out = synth(&cfg, dir.path(), &|_, _| {}).unwrap();
     let dt = t.elapsed().as_secs_f64();
-    let size: u64 = [&out.image, &out.dsm, &out.gt].iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    let size: u64 = [&out.image, &out.dsm, &out.gt]
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
     println!(
         "synth {side}x{side}: {dt:.1} s, {:.1} Mpx/s, {:.0} MB on disk",
         (side * side) as f64 / dt / 1e6,
@@ -293,8 +432,16 @@ fn stats_and_throughput() {
 #[test]
 #[ignore]
 fn preview() {
-    let Some(dir) = std::env::var_os("SYNTH_PREVIEW") else { return };
-    let side: usize = std::env::var("SYNTH_SIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(2048);
-    let seed: u64 = std::env::var("SYNTH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let Some(dir) = std::env::var_os("SYNTH_PREVIEW") else {
+        return;
+    };
+    let side: usize = std::env::var("SYNTH_SIDE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2048);
+    let seed: u64 = std::env::var("SYNTH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     scene(Path::new(&dir), side, side, seed, 512);
 }
