@@ -29,15 +29,30 @@ enum Cmd {
     /// Create or inspect model files.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// Join the parts of a split run (`infer --part`) into one map.
+    Merge(MergeArgs),
+    /// Train a model from a TOML config (see configs/train_synth_tiny.toml).
+    Train(TrainArgs),
+    /// Run on a Slurm cluster: a map split over an array job, or training.
+    #[command(subcommand)]
+    Slurm(SlurmCmd),
+    /// Prepare a benchmark dataset (patches, features, statistics).
+    #[command(subcommand)]
+    Prepare(PrepareCmd),
 }
 
 #[derive(Args)]
 struct InferArgs {
-    /// The scene: any raster GDAL opens (GeoTIFF, COG, VRT, ...).
-    scene: PathBuf,
-    /// The output map (GeoTIFF).
-    #[arg(short, long)]
-    output: PathBuf,
+    /// The scene(s): any raster GDAL opens (GeoTIFF, COG, VRT, ...).
+    #[arg(required = true)]
+    scene: Vec<PathBuf>,
+    /// The output map (GeoTIFF), for one scene.
+    #[arg(short, long, required_unless_present = "out_dir", conflicts_with = "out_dir")]
+    output: Option<PathBuf>,
+    /// Map each scene to DIR/STEM.tif; a scene that fails is reported at
+    /// the end and the others go on.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
     /// The model file (.safetensors).
     #[arg(short, long)]
     model: PathBuf,
@@ -86,6 +101,53 @@ struct InferArgs {
     /// Compute device: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Compute part I of N (I in 0..N) into MAP.part-I-of-N.tif; `auto`
+    /// reads SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN.
+    #[arg(long, value_name = "I/N|auto")]
+    part: Option<String>,
+    /// Continue an unfinished run of the same command.
+    #[arg(long)]
+    resume: bool,
+    /// Only map inside these polygons (GeoJSON, GeoPackage, Shapefile, any CRS).
+    #[arg(long, value_name = "FILE")]
+    aoi: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The folder with the parts (MAP.part-I-of-N.tif).
+    parts: PathBuf,
+    /// The merged map.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Replace an existing map.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Training config (TOML) [default with --resume: RUN_DIR/config.toml].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in RUN_DIR exactly where it stopped.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// ImageNet ResNet weights (torchvision keys; .safetensors or .pth) for the encoder.
+    #[arg(long, value_name = "FILE")]
+    pretrained: Option<PathBuf>,
+    /// Compute threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Compute device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -159,9 +221,13 @@ pub fn run() -> Result<()> {
     gdal::config::set_error_handler(|_, _, _| {});
     match cli.cmd {
         Cmd::Infer(a) => infer(a),
+        Cmd::Merge(a) => merge(a),
         Cmd::Synth(a) => synth(a),
         Cmd::Model(ModelCmd::New(a)) => model_new(a),
         Cmd::Model(ModelCmd::Info { model }) => model_info(model),
+        Cmd::Train(a) => train(a),
+        Cmd::Slurm(c) => slurm(c),
+        Cmd::Prepare(PrepareCmd::Vaihingen(a)) => prepare_vaihingen(a),
     }
 }
 
@@ -227,13 +293,73 @@ fn infer(a: InferArgs) -> Result<()> {
         signal_hook::flag::register(sig, cancel.clone())?;
     }
     let device = parse_device(&a.device)?;
-    rstile::write::check_output(&a.output, a.overwrite)?;
+    let part = a.part.as_deref().map(parse_part).transpose()?;
+    let jobs: Vec<(PathBuf, PathBuf)> = match (&a.output, &a.out_dir) {
+        (Some(out), None) => {
+            if a.scene.len() != 1 {
+                bail!("{} scenes but one output; use --out-dir DIR to map several scenes", a.scene.len());
+            }
+            vec![(a.scene[0].clone(), out.clone())]
+        }
+        (None, Some(dir)) => {
+            if !dir.is_dir() {
+                bail!("{}: --out-dir is not an existing folder", dir.display());
+            }
+            let mut seen = std::collections::HashMap::new();
+            let mut jobs = Vec::new();
+            for sc in &a.scene {
+                let stem = sc.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                if let Some(prev) = seen.insert(stem.clone(), sc.clone()) {
+                    bail!("{} and {} would both map to {stem}.tif", prev.display(), sc.display());
+                }
+                jobs.push((sc.clone(), dir.join(format!("{stem}.tif"))));
+            }
+            jobs
+        }
+        _ => bail!("give -o MAP.tif or --out-dir DIR"),
+    };
+    if jobs.len() == 1 {
+        let (scene, out) = &jobs[0];
+        return infer_one(&a, scene, out, part, threads, &device, cancel);
+    }
+    let mut failed = Vec::new();
+    for (i, (scene, out)) in jobs.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        if !a.quiet {
+            eprintln!("rstile: scene {} of {}: {}", i + 1, jobs.len(), scene.display());
+        }
+        if let Err(e) = infer_one(&a, scene, out, part, threads, &device, cancel.clone()) {
+            let msg = format!("{e:#}");
+            eprintln!("rstile: error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
+            failed.push(scene.display().to_string());
+        }
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(rstile::Error::Interrupted.into());
+    }
+    if !failed.is_empty() {
+        bail!("{} of {} scenes failed: {}", failed.len(), jobs.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+fn infer_one(
+    a: &InferArgs,
+    scene_path: &std::path::Path,
+    output: &std::path::Path,
+    part: Option<(usize, usize)>,
+    threads: usize,
+    device: &candle_core::Device,
+    cancel: Arc<AtomicBool>,
+) -> Result<()> {
     let meta = rstile::model::read_meta(&a.model)?;
-    let scene = SceneInfo::probe(&a.scene)?;
+    let scene = SceneInfo::probe(scene_path)?;
     if scene.geo_transform.is_none() || scene.srs_wkt.is_none() {
         eprintln!(
             "rstile: warning: {} has no georeferencing; the map is written without a CRS",
-            a.scene.display()
+            scene_path.display()
         );
     }
     let opts = InferOptions {
@@ -248,9 +374,13 @@ fn infer(a: InferArgs) -> Result<()> {
         creation_options: parse_co(&a.co)?,
         overwrite: a.overwrite,
         gdal_cache_mb: a.gdal_cache,
+        part,
+        resume: a.resume,
+        aoi: a.aoi.clone(),
     };
-    let plan = InferPlan::resolve(scene, a.output.clone(), &meta, &opts)?;
-    let model = Model::load(&a.model, &device)?;
+    let plan = InferPlan::resolve(scene, output.to_path_buf(), &a.model, &meta, &opts)?;
+    rstile::write::check_output(&plan.output, a.overwrite)?;
+    let model = Model::load(&a.model, device)?;
     let bound = pipeline::MemoryBound::of(&plan, &meta, model.num_params());
     if !a.quiet {
         eprintln!(
@@ -293,15 +423,36 @@ fn infer(a: InferArgs) -> Result<()> {
         start: Instant::now(),
         pixels: Default::default(),
     };
-    let report = pipeline::infer(&plan, model, cancel, &progress)?;
+    let report = match pipeline::infer(&plan, model, cancel, &progress) {
+        Ok(r) => r,
+        Err(e) => {
+            progress.bar.finish_and_clear();
+            if matches!(e, rstile::Error::Interrupted) && rstile::write::journal_path(&plan.output).exists() {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{}: stopped; run the same command with --resume to continue",
+                    plan.output.display()
+                )));
+            }
+            return Err(e.into());
+        }
+    };
     progress.bar.finish_and_clear();
-    if let Some(png) = &a.preview {
+    if report.resumed && !a.quiet {
+        eprintln!("rstile: continued the unfinished run of {}", plan.output.display());
+    }
+    // with several scenes, each gets its own preview beside its map
+    let preview = match (&a.preview, &a.out_dir) {
+        (Some(_), Some(_)) => Some(output.with_extension("png")),
+        (p, None) => p.clone(),
+        _ => None,
+    };
+    if let Some(png) = &preview {
         rstile::write::write_preview(&report.files.map, png, &meta.classes, 1024)?;
     }
     if !a.quiet {
         let peak = pipeline::peak_rss().unwrap_or(0);
         println!(
-            "rstile: mapped {} px in {:.2} s ({:.2} Mpx/s), peak memory {:.0} MiB (bound {:.0} MiB), {} windows, {} skipped as nodata -> {}",
+            "rstile: mapped {} px in {:.2} s ({:.2} Mpx/s), peak memory {:.0} MiB (bound {:.0} MiB), {} windows, {} skipped as nodata, {} skipped outside the AOI -> {}",
             report.pixels,
             report.seconds,
             report.pixels as f64 / report.seconds / 1e6,
@@ -309,7 +460,40 @@ fn infer(a: InferArgs) -> Result<()> {
             mib(report.memory_bound.total()),
             report.windows,
             report.windows_skipped,
+            report.windows_outside_aoi,
             report.files.map.display()
+        );
+    }
+    Ok(())
+}
+
+/// Parses `I/N`, or `auto` from a Slurm array job's environment.
+fn parse_part(s: &str) -> Result<(usize, usize)> {
+    if s == "auto" {
+        let var = |k: &str| -> Result<usize> {
+            let v = std::env::var(k).with_context(|| format!("--part auto: {k} is not set (not inside a Slurm array job?)"))?;
+            v.parse().with_context(|| format!("--part auto: {k}={v} is not a number"))
+        };
+        let (id, count, min) = (var("SLURM_ARRAY_TASK_ID")?, var("SLURM_ARRAY_TASK_COUNT")?, var("SLURM_ARRAY_TASK_MIN")?);
+        if id < min {
+            bail!("--part auto: SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}");
+        }
+        return Ok((id - min, count));
+    }
+    s.split_once('/')
+        .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)))
+        .with_context(|| format!("--part {s}: expected I/N, e.g. 0/4, or auto"))
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    let t = Instant::now();
+    let files = rstile::merge::merge(&a.parts, &a.output, a.overwrite)?;
+    if !a.quiet {
+        println!(
+            "rstile: merged {} into {} in {:.2} s",
+            a.parts.display(),
+            files.map.display(),
+            t.elapsed().as_secs_f64()
         );
     }
     Ok(())
@@ -398,5 +582,290 @@ fn model_info(path: PathBuf) -> Result<()> {
     }
     let model = Model::load(&path, &candle_core::Device::Cpu)?;
     println!("  params    {}", model.num_params());
+    Ok(())
+}
+
+struct TrainBar {
+    bar: ProgressBar,
+    epoch: std::cell::Cell<(usize, usize)>,
+}
+
+impl rstile::train::TrainProgress for TrainBar {
+    fn epoch_start(&self, epoch: usize, epochs: usize, steps: usize) {
+        self.epoch.set((epoch, epochs));
+        self.bar.reset();
+        self.bar.set_length(steps as u64);
+        self.bar.set_message(format!("epoch {epoch}/{epochs}"));
+    }
+    fn step(&self, step: usize, loss: f64, samples_per_s: f64) {
+        let (e, n) = self.epoch.get();
+        self.bar.set_position(step as u64);
+        self.bar.set_message(format!(
+            "epoch {e}/{n}  loss {loss:.4}  {samples_per_s:.1} samples/s"
+        ));
+    }
+    fn validating(&self) {
+        let (e, n) = self.epoch.get();
+        self.bar.set_message(format!("epoch {e}/{n}  validating"));
+    }
+    fn epoch_end(&self, m: &rstile::train::EpochMetrics) {
+        let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        self.bar.println(format!(
+            "rstile: epoch {} loss {:.4} val loss {} OA {} mean F1 {} mIoU {} ({:.1} samples/s, {:.0} s)",
+            m.epoch,
+            m.train_loss,
+            f(m.val_loss),
+            f(m.val_overall_accuracy),
+            f(m.val_mean_f1),
+            f(m.val_miou),
+            m.samples_per_s,
+            m.seconds
+        ));
+    }
+    fn message(&self, msg: &str) {
+        self.bar.println(format!("rstile: {msg}"));
+    }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    set_threads(a.threads);
+    let device = parse_device(&a.device)?;
+    let config = match (&a.config, &a.resume) {
+        (Some(c), _) => c.clone(),
+        (None, Some(dir)) => dir.join(rstile::train::run::CONFIG),
+        (None, None) => bail!("--config FILE is needed (or --resume RUN_DIR)"),
+    };
+    let cfg = rstile::train::TrainConfig::from_file(&config)?;
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} step {pos}/{len}  {msg}  ETA {eta}")
+            .expect("valid template"),
+    );
+    let progress = TrainBar {
+        bar,
+        epoch: std::cell::Cell::new((0, 0)),
+    };
+    let opts = rstile::train::RunOptions {
+        resume: a.resume.clone(),
+        pretrained: a.pretrained.clone(),
+        device,
+        max_epochs: None,
+    };
+    let report = rstile::train::train(&cfg, &opts, &progress)?;
+    progress.bar.finish_and_clear();
+    if !a.quiet {
+        let f = report.best_mean_f1.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "rstile: trained {} epoch(s){}; best validation mean F1 {} at epoch {} -> {}",
+            report.history.len(),
+            if report.stopped_early { " (early stop)" } else { "" },
+            f,
+            report.best_epoch.map_or("-".to_string(), |e| e.to_string()),
+            report.run_dir.join(rstile::train::run::BEST).display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+enum SlurmCmd {
+    /// Map a scene as N parts in a Slurm array job, merged by a job that runs after it.
+    Infer(SlurmInferArgs),
+    /// Train as one Slurm job with GPUs (`rstile train --config`).
+    Train(SlurmTrainArgs),
+}
+
+/// sbatch options shared by `rstile slurm infer` and `rstile slurm train`.
+#[derive(Args)]
+struct SbatchArgs {
+    /// Slurm partition [default: the cluster's].
+    #[arg(long)]
+    partition: Option<String>,
+    /// Time limit per job, e.g. 02:00:00 [default: the partition's].
+    #[arg(long)]
+    time: Option<String>,
+    /// Account to charge [default: the user's].
+    #[arg(long)]
+    account: Option<String>,
+    /// CPUs per task; `infer` then runs with as many --threads.
+    #[arg(long)]
+    cpus_per_task: Option<usize>,
+    /// Print the scripts instead of writing and submitting them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct SlurmInferArgs {
+    /// The scene: any raster GDAL opens.
+    scene: PathBuf,
+    /// The merged map; scripts and logs go to MAP.slurm/, parts to MAP.parts/.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// The model file (.safetensors).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Number of parts (row bands), one array task each.
+    #[arg(long)]
+    parts: usize,
+    /// GPUs per array task; infer then runs with --device cuda:0.
+    #[arg(long)]
+    gpus_per_task: Option<usize>,
+    /// Replace an existing map and parts.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    sbatch: SbatchArgs,
+    /// Further `rstile infer` flags for every part, after `--`.
+    #[arg(last = true)]
+    extra: Vec<String>,
+}
+
+#[derive(Args)]
+struct SlurmTrainArgs {
+    /// The training configuration (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// GPUs for the job.
+    #[arg(long, default_value_t = 1)]
+    gpus: usize,
+    #[command(flatten)]
+    sbatch: SbatchArgs,
+    /// Further `rstile train` flags, after `--`.
+    #[arg(last = true)]
+    extra: Vec<String>,
+}
+
+fn slurm(cmd: SlurmCmd) -> Result<()> {
+    use rstile::slurm::{InferJob, SbatchOptions, TrainJob};
+    let opts = |s: &SbatchArgs, gpus: Option<usize>| SbatchOptions {
+        partition: s.partition.clone(),
+        time: s.time.clone(),
+        account: s.account.clone(),
+        gpus,
+        cpus_per_task: s.cpus_per_task,
+    };
+    let exe = std::env::current_exe().context("the path of the rstile binary")?;
+    match cmd {
+        SlurmCmd::Infer(a) => {
+            let job = InferJob {
+                rstile: exe,
+                scene: a.scene,
+                output: a.output,
+                model: a.model,
+                parts: a.parts,
+                sbatch: opts(&a.sbatch, a.gpus_per_task),
+                extra: a.extra,
+                overwrite: a.overwrite,
+            }
+            .resolve()?;
+            let l = job.layout()?;
+            if a.sbatch.dry_run {
+                println!("# ---- {} ----", l.array_script.display());
+                print!("{}", job.array_script()?);
+                println!(
+                    "# ---- {} (sbatch --dependency=afterok:ARRAY_JOB --kill-on-invalid-dep=yes) ----",
+                    l.merge_script.display()
+                );
+                print!("{}", job.merge_script()?);
+                return Ok(());
+            }
+            let s = job.submit()?;
+            println!(
+                "rstile: array job {}: {} part(s) of {} into {} (scripts and logs in {})",
+                s.array,
+                job.parts,
+                job.scene.display(),
+                l.parts_dir.display(),
+                l.slurm_dir.display()
+            );
+            println!("rstile: merge job {}: after array job {} succeeds -> {}", s.merge, s.array, l.output.display());
+        }
+        SlurmCmd::Train(a) => {
+            if !a.config.exists() {
+                bail!("{}: no such config file", a.config.display());
+            }
+            let job = TrainJob {
+                rstile: exe,
+                config: rstile::slurm::absolute(&a.config)?,
+                workdir: std::env::current_dir().context("the working directory")?,
+                sbatch: opts(&a.sbatch, Some(a.gpus)),
+                extra: a.extra,
+            };
+            if a.sbatch.dry_run {
+                println!("# ---- {} ----", job.slurm_dir().join("train.sbatch").display());
+                print!("{}", job.script()?);
+                return Ok(());
+            }
+            let (id, script) = job.submit()?;
+            println!("rstile: train job {id}: {} (log in {})", script.display(), job.slurm_dir().display());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+enum PrepareCmd {
+    /// ISPRS Vaihingen: 5-feature patches (NIR, R, G, nDSM, NDVI) as the course cut them.
+    Vaihingen(PrepareVaihingenArgs),
+}
+
+#[derive(Args)]
+struct PrepareVaihingenArgs {
+    /// The ISPRS archive (top/, dsm/, gts_*/) or a folder of the course's vaihingen_N.hdf5.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder for vaihingen_train.hdf5, vaihingen_val.hdf5 and vaihingen_meta.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// course, isprs, or a TOML file with `train = [..]` and `val = [..]`.
+    #[arg(long, default_value = "course")]
+    split: String,
+    /// The course's factor: stride = int(patch * overlap) (0.6: 153 px for 256 px patches).
+    #[arg(long, default_value_t = 0.6)]
+    overlap: f64,
+    /// Patch size in px.
+    #[arg(long, default_value_t = 256)]
+    patch: usize,
+    /// Radius in px of the ground estimate (morphological opening) for the nDSM.
+    #[arg(long, default_value_t = rstile::vaihingen::DEFAULT_GROUND_RADIUS)]
+    ground_radius: usize,
+}
+
+fn prepare_vaihingen(a: PrepareVaihingenArgs) -> Result<()> {
+    use rstile::vaihingen::{prepare, PrepareOptions, Split};
+    let mut opts = PrepareOptions::new(a.data, a.out);
+    opts.split = Split::parse(&a.split)?;
+    opts.overlap = a.overlap;
+    opts.patch = a.patch;
+    opts.ground_radius = a.ground_radius;
+    opts.progress = true;
+    let t0 = Instant::now();
+    let s = prepare(&opts)?;
+    for n in &s.notes {
+        eprintln!("rstile: note: {n}");
+    }
+    for sp in &s.splits {
+        eprintln!(
+            "{}: {} patches from areas {:?} -> {}",
+            sp.name,
+            sp.patches,
+            sp.areas.iter().map(|x| x.area).collect::<Vec<_>>(),
+            sp.file.display()
+        );
+        println!("Generated {} samples!", sp.patches);
+    }
+    eprintln!(
+        "prepared in {:.1} s ({} layout, split {}, patch {} px, stride {} px)",
+        t0.elapsed().as_secs_f64(),
+        s.layout,
+        s.split,
+        s.patch,
+        s.stride
+    );
     Ok(())
 }

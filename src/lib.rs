@@ -5,14 +5,21 @@
 //! `model` → [`stitch`] → `write`, wired together by `pipeline`.
 //! [`window`] and [`stitch`] are pure: they know neither GDAL nor candle.
 
+pub mod aoi;
+pub mod augment;
 pub mod classes;
 pub mod error;
+pub mod merge;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod qml;
 pub mod read;
+pub mod slurm;
 pub mod stitch;
 pub mod synth;
+pub mod vaihingen;
+pub mod train;
 pub mod window;
 pub mod write;
 

@@ -22,7 +22,8 @@
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelMeta};
 use crate::read::{Normalize, Reader, SceneInfo, WindowData};
-use crate::stitch::{Band, Blend, ChunkStitcher, Prediction};
+use crate::stitch::{Band, Blend, ChunkStitcher, Prediction, Region};
+use std::collections::BTreeMap;
 use crate::window::{Window, WindowGrid};
 use crate::write::{MapFiles, MapSpec, MapWriter, TILE};
 use candle_core::{Device, Tensor};
@@ -53,16 +54,32 @@ pub struct InferPlan {
     pub overwrite: bool,
     /// GDAL block cache, MiB.
     pub gdal_cache_mb: usize,
+    /// Output rows `[y0, y1)`: the whole scene, or one part of a split run.
+    pub rows: (usize, usize),
+    /// `Some((i, n))` for part `i` of `n`.
+    pub part: Option<(usize, usize)>,
+    /// Continue an unfinished run of the same settings.
+    pub resume: bool,
+    /// Digest of the model file, so a resume cannot mix models.
+    pub model_digest: String,
+    /// Only windows touching this area are computed; pixels outside are nodata.
+    pub aoi: Option<Arc<crate::aoi::Aoi>>,
+    /// Digest of the AOI file.
+    pub aoi_digest: Option<String>,
 }
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct InferReport {
     pub files: MapFiles,
+    /// Whether an unfinished run was continued.
+    pub resumed: bool,
     pub pixels: u64,
     pub seconds: f64,
     pub windows: u64,
     pub windows_skipped: u64,
+    /// Windows not computed because they miss the AOI.
+    pub windows_outside_aoi: u64,
     pub memory_bound: MemoryBound,
 }
 
@@ -135,12 +152,81 @@ pub fn chunks(width: usize, chunk: usize) -> Vec<(usize, usize)> {
     v
 }
 
-/// Number of windows the run computes or skips (chunk borders count twice).
-pub fn window_count(grid: &WindowGrid, chunk: usize) -> u64 {
+/// The regions a run stitches: one per column chunk, from the first row
+/// not yet written to the end of the run's rows. Finished chunks are left out.
+pub fn regions(grid: &WindowGrid, chunk: usize, rows: (usize, usize), done: &dyn Fn(usize) -> usize) -> Vec<Region> {
     chunks(grid.raster().width, chunk)
+        .into_iter()
+        .map(|(x0, x1)| Region { x0, x1, y0: done(x0).max(rows.0), y1: rows.1 })
+        .filter(|r| r.y0 < r.y1)
+        .collect()
+}
+
+/// Number of windows the run computes or skips (chunk borders count twice).
+pub fn window_count(grid: &WindowGrid, regions: &[Region]) -> u64 {
+    regions
         .iter()
-        .map(|&(a, b)| (grid.cols_touching(a, b).len() * grid.rows()) as u64)
+        .map(|r| (grid.cols_touching(r.x0, r.x1).len() * grid.rows_touching(r.y0, r.y1).len()) as u64)
         .sum()
+}
+
+/// The settings that determine a map's pixels, recorded for `--resume`
+/// and for merging parts.
+pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> {
+    let canon = std::fs::canonicalize(&plan.scene.path).unwrap_or_else(|_| plan.scene.path.clone());
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        m.insert(k.to_string(), v);
+    };
+    put("scene", canon.display().to_string());
+    put("scene_size", format!("{}x{}", plan.scene.size.width, plan.scene.size.height));
+    put("model", plan.model_digest.clone());
+    put("arch", meta.arch.clone());
+    put("window", plan.window.to_string());
+    put("overlap", plan.overlap.to_string());
+    put("bands", format!("{:?}", plan.bands));
+    put("blend", plan.blend.to_string());
+    put("chunk", plan.chunk.to_string());
+    put("confidence", plan.confidence.to_string());
+    put("rows", format!("{}..{}", plan.rows.0, plan.rows.1));
+    put("aoi", plan.aoi_digest.clone().unwrap_or_else(|| "none".into()));
+    m
+}
+
+/// FNV-1a digest of a file, to recognise the same model file.
+pub fn file_digest(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::file(path, e))?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        for &b in &buf[..n] {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+    }
+    Ok(format!("{len}:{h:016x}"))
+}
+
+/// The rows of part `i` of `n`: whole 512-row tile rows, split evenly.
+pub fn part_rows(height: usize, i: usize, n: usize) -> Result<(usize, usize)> {
+    let tiles = height.div_ceil(TILE);
+    if n == 0 || i >= n {
+        return Err(Error::Config(format!("--part {i}/{n}: the part must be in 0..{n}")));
+    }
+    if n > tiles {
+        return Err(Error::Config(format!(
+            "--part {i}/{n}: the scene has only {tiles} row(s) of {TILE} px tiles; split it into at most {tiles} parts"
+        )));
+    }
+    let a = i * tiles / n;
+    let b = (i + 1) * tiles / n;
+    Ok(((a * TILE).min(height), (b * TILE).min(height)))
 }
 
 /// Progress callbacks, so the library knows no terminal.
@@ -184,10 +270,26 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
         .map_err(|e| Error::Config(format!("window settings: {e}")))?;
     let meta = model.meta.clone();
     let bound = MemoryBound::of(plan, &meta, model.num_params());
-    let total = window_count(&grid, plan.chunk);
-    progress.start(total);
-
-    let writer = MapWriter::create(MapSpec {
+    let settings = settings(plan, &meta);
+    let mut metadata = Vec::new();
+    if let Some((i, n)) = plan.part {
+        metadata.push(("RSTILE_PART".to_string(), format!("{i}/{n}")));
+        metadata.push(("RSTILE_ROWS".to_string(), format!("{},{}", plan.rows.0, plan.rows.1)));
+        let mut shared = settings.clone();
+        shared.remove("rows");
+        metadata.push(("RSTILE_SETTINGS".to_string(), serde_json::to_string(&shared).expect("json")));
+        metadata.push(("RSTILE_CLASSES".to_string(), serde_json::to_string(&meta.classes).expect("json")));
+        metadata.push((
+            "RSTILE_SCENE".to_string(),
+            serde_json::json!({
+                "width": plan.scene.size.width,
+                "height": plan.scene.size.height,
+                "geo_transform": plan.scene.geo_transform,
+            })
+            .to_string(),
+        ));
+    }
+    let mut writer = MapWriter::create(MapSpec {
         path: plan.output.clone(),
         size: plan.scene.size,
         geo_transform: plan.scene.geo_transform,
@@ -196,16 +298,32 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
         creation_options: plan.creation_options.clone(),
         overwrite: plan.overwrite,
         confidence: plan.confidence,
+        rows: plan.rows,
+        overviews: plan.part.is_none(),
+        metadata,
+        settings,
+        resume: plan.resume,
     })?;
+    let resumed = writer.resumed();
+    let regions = regions(&grid, plan.chunk, plan.rows, &|x0| writer.rows_done(x0));
+    let total = window_count(&grid, &regions);
+    progress.start(total);
 
     // readers open their handles up front, so a bad scene fails before work
     let mut readers = Vec::with_capacity(plan.readers);
     for _ in 0..plan.readers {
-        readers.push(Reader::open(&plan.scene.path, &plan.bands, plan.normalize.clone(), grid)?);
+        readers.push(Reader::open(
+            &plan.scene.path,
+            &plan.bands,
+            plan.normalize.clone(),
+            grid,
+            plan.aoi.clone(),
+        )?);
     }
 
     let abort = Arc::new(AtomicBool::new(false));
     let skipped = Arc::new(AtomicU64::new(0));
+    let outside = Arc::new(AtomicU64::new(0));
     let q = queue_len(plan);
     let (job_tx, job_rx) = bounded::<Job>(2 * plan.readers);
     let (model_tx, model_rx) = bounded::<ModelJob>(2 * plan.batch);
@@ -217,10 +335,13 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
         // dispatcher
         let d_abort = abort.clone();
         let d_cancel = cancel.clone();
+        let d_regions = regions.clone();
+        let d_outside = outside.clone();
+        let aoi = plan.aoi.clone();
         let dispatcher = s.spawn(move || {
-            for (x0, x1) in chunks(grid.raster().width, plan.chunk) {
-                for r in 0..grid.rows() {
-                    for c in grid.cols_touching(x0, x1) {
+            for reg in d_regions {
+                for r in grid.rows_touching(reg.y0, reg.y1) {
+                    for c in grid.cols_touching(reg.x0, reg.x1) {
                         if d_abort.load(Ordering::Relaxed) || d_cancel.load(Ordering::Relaxed) {
                             return;
                         }
@@ -228,6 +349,11 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
                         let w = grid.window(c, r);
                         if order_tx.send(Order::Window(w, rx)).is_err() {
                             return;
+                        }
+                        if aoi.as_ref().is_some_and(|a| !a.touches(&grid.clip(&w))) {
+                            d_outside.fetch_add(1, Ordering::Relaxed);
+                            let _ = tx.send(Ok(Slot::Skipped));
+                            continue;
                         }
                         if job_tx.send(Job { window: w, reply: tx }).is_err() {
                             return;
@@ -316,10 +442,9 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
         let s_cancel = cancel.clone();
         let s_abort = abort.clone();
         let stitcher = s.spawn(move || -> Result<()> {
-            let mut chunk_iter = chunks(grid.raster().width, plan.chunk).into_iter();
-            let new_stitcher = |(x0, x1): (usize, usize)| {
-                ChunkStitcher::new(grid, plan.blend, class_ids.clone(), x0, x1, TILE, plan.confidence)
-            };
+            let mut chunk_iter = regions.clone().into_iter();
+            let new_stitcher =
+                |reg: Region| ChunkStitcher::new(grid, plan.blend, class_ids.clone(), reg, TILE, plan.confidence);
             let mut st = chunk_iter.next().map(new_stitcher);
             let fail = |e: Error| {
                 s_abort.store(true, Ordering::Relaxed);
@@ -373,7 +498,6 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
         });
 
         // writer, on this thread
-        let mut writer = writer;
         let mut write_err = None;
         for band in band_rx.iter() {
             if let Err(e) = writer.write(&band) {
@@ -389,22 +513,25 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
             join(h);
         }
         join(model_handle);
+        if cancel.load(Ordering::Relaxed) {
+            writer.keep_for_resume();
+            return Err(Error::Interrupted);
+        }
         if let Some(e) = write_err {
             return Err(e);
         }
         st_res?;
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted);
-        }
         writer.finish()
     })?;
 
     Ok(InferReport {
+        resumed,
         files: result,
         pixels: (plan.scene.size.width * plan.scene.size.height) as u64,
         seconds: t0.elapsed().as_secs_f64(),
         windows: total,
         windows_skipped: skipped.load(Ordering::Relaxed),
+        windows_outside_aoi: outside.load(Ordering::Relaxed),
         memory_bound: bound,
     })
 }
@@ -452,6 +579,17 @@ pub struct InferOptions {
     pub creation_options: Vec<(String, String)>,
     pub overwrite: bool,
     pub gdal_cache_mb: usize,
+    /// `Some((i, n))`: compute part `i` of `n`.
+    pub part: Option<(usize, usize)>,
+    pub resume: bool,
+    /// A polygon file limiting the map.
+    pub aoi: Option<PathBuf>,
+}
+
+/// The file of part `i` of `n` of the map `map`: `MAP.part-I-of-N.tif`.
+pub fn part_path(map: &std::path::Path, i: usize, n: usize) -> PathBuf {
+    let stem = map.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    map.with_file_name(format!("{stem}.part-{i}-of-{n}.tif"))
 }
 
 /// Default column chunk: 4096 px.
@@ -459,7 +597,13 @@ pub const DEFAULT_CHUNK: usize = 4096;
 
 impl InferPlan {
     /// Checks the scene against the model and resolves defaults.
-    pub fn resolve(scene: SceneInfo, output: PathBuf, meta: &ModelMeta, o: &InferOptions) -> Result<InferPlan> {
+    pub fn resolve(
+        scene: SceneInfo,
+        output: PathBuf,
+        model_path: &std::path::Path,
+        meta: &ModelMeta,
+        o: &InferOptions,
+    ) -> Result<InferPlan> {
         let path = scene.path.clone();
         let bands = match &o.bands {
             Some(b) => b.clone(),
@@ -505,7 +649,27 @@ impl InferPlan {
         if chunk == 0 || chunk % TILE != 0 {
             return Err(Error::Config(format!("--chunk must be a positive multiple of {TILE}")));
         }
+        let rows = match o.part {
+            Some((i, n)) => part_rows(scene.size.height, i, n)?,
+            None => (0, scene.size.height),
+        };
+        let output = match o.part {
+            Some((i, n)) => part_path(&output, i, n),
+            None => output,
+        };
+        let aoi = o
+            .aoi
+            .as_deref()
+            .map(|p| crate::aoi::Aoi::load(p, &scene).map(Arc::new))
+            .transpose()?;
+        let aoi_digest = o.aoi.as_deref().map(file_digest).transpose()?;
         Ok(InferPlan {
+            aoi,
+            aoi_digest,
+            rows,
+            part: o.part,
+            resume: o.resume,
+            model_digest: file_digest(model_path)?,
             scene,
             output,
             window,

@@ -55,9 +55,13 @@ pub fn open_raster(path: &Path) -> Result<Dataset> {
     })
 }
 
-/// Collapses a GDAL message to one line.
+/// Collapses a GDAL error to its message, on one line.
 pub(crate) fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let msg = ["error msg: '", "Error msg: '"]
+        .iter()
+        .find_map(|k| s.split_once(k).map(|(_, m)| m.strip_suffix('\'').unwrap_or(m)))
+        .unwrap_or(s);
+    msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 impl SceneInfo {
@@ -146,11 +150,20 @@ pub struct Reader {
     band_buf: Vec<f32>,
     mask_buf: Vec<u8>,
     any_mask: Vec<u8>,
+    aoi: Option<std::sync::Arc<crate::aoi::Aoi>>,
 }
 
 impl Reader {
     /// Opens its own handle on `path`, reading the 1-based `bands`.
-    pub fn open(path: &Path, bands: &[usize], norm: Normalize, grid: WindowGrid) -> Result<Reader> {
+    /// Pixels outside `aoi` are marked invalid (they still feed the network
+    /// as context).
+    pub fn open(
+        path: &Path,
+        bands: &[usize],
+        norm: Normalize,
+        grid: WindowGrid,
+        aoi: Option<std::sync::Arc<crate::aoi::Aoi>>,
+    ) -> Result<Reader> {
         let ds = open_raster(path)?;
         let mut per_dataset = false;
         let mut all_valid = true;
@@ -181,6 +194,7 @@ impl Reader {
             band_buf: Vec::new(),
             mask_buf: Vec::new(),
             any_mask: Vec::new(),
+            aoi,
         })
     }
 
@@ -249,6 +263,11 @@ impl Reader {
                         *p = 0.0;
                     }
                 }
+            }
+        }
+        if let Some(aoi) = &self.aoi {
+            for (v, m) in valid.iter_mut().zip(aoi.mask(w.x, w.y, n, n)) {
+                *v &= m;
             }
         }
         let clip = self.grid.clip(w);

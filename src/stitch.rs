@@ -98,7 +98,8 @@ pub struct Band {
     pub confidence: Option<Vec<u8>>,
 }
 
-/// The accumulator of one column chunk.
+/// The accumulator of one region: raster columns `[x0, x1)` and rows
+/// `[y0, y1)`.
 pub struct ChunkStitcher {
     grid: WindowGrid,
     k: usize,
@@ -107,6 +108,7 @@ pub struct ChunkStitcher {
     confidence: bool,
     x0: usize,
     width: usize,
+    y1: usize,
     tile_rows: usize,
     cap: usize,
     /// Raster row of buffer row 0 (= first row not yet emitted).
@@ -116,19 +118,30 @@ pub struct ChunkStitcher {
     valid: Vec<u8>,
 }
 
+/// A rectangle of raster columns and rows to stitch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x0: usize,
+    pub x1: usize,
+    pub y0: usize,
+    pub y1: usize,
+}
+
 impl ChunkStitcher {
-    /// A stitcher for raster columns `[x0, x1)`. `class_ids[c]` is the map
-    /// value of model channel `c`; bands leave in multiples of `tile_rows`.
+    /// A stitcher for `region`. `class_ids[c]` is the map value of model
+    /// channel `c`; bands leave in `tile_rows` rows counted from `region.y0`.
+    /// Only windows of [`WindowGrid::rows_touching`]`(y0, y1)` are needed.
     pub fn new(
         grid: WindowGrid,
         blend: Blend,
         class_ids: Vec<u8>,
-        x0: usize,
-        x1: usize,
+        region: Region,
         tile_rows: usize,
         confidence: bool,
     ) -> Self {
-        assert!(x0 < x1 && x1 <= grid.raster().width && tile_rows > 0);
+        let Region { x0, x1, y0, y1 } = region;
+        let size = grid.raster();
+        assert!(x0 < x1 && x1 <= size.width && y0 < y1 && y1 <= size.height && tile_rows > 0);
         let k = class_ids.len();
         let width = x1 - x0;
         let cap = grid.window_size() + tile_rows;
@@ -140,9 +153,10 @@ impl ChunkStitcher {
             confidence,
             x0,
             width,
+            y1,
             tile_rows,
             cap,
-            top: 0,
+            top: y0,
             acc: vec![0.0; cap * width * k],
             wsum: vec![0.0; cap * width],
             valid: vec![0; cap * width],
@@ -169,13 +183,15 @@ impl ChunkStitcher {
         let clip = self.grid.clip(w);
         let cx0 = clip.x.max(self.x0);
         let cx1 = (clip.x + clip.width).min(self.x0 + self.width);
-        if cx0 >= cx1 {
+        // rows above `top` are emitted (or belong to another region)
+        let cy0 = clip.y.max(self.top);
+        let cy1 = (clip.y + clip.height).min(self.y1);
+        if cx0 >= cx1 || cy0 >= cy1 {
             return;
         }
-        assert!(clip.y >= self.top, "window row arrived after its rows were emitted");
-        assert!(clip.y + clip.height <= self.top + self.cap, "window beyond the strip");
+        assert!(cy1 <= self.top + self.cap, "window beyond the strip: rows must come in order");
         let plane = n * n;
-        for y in clip.y..clip.y + clip.height {
+        for y in cy0..cy1 {
             let j = (y as i64 - w.y) as usize;
             let wy = self.wts[j];
             let brow = (y - self.top) * self.width;
@@ -199,7 +215,7 @@ impl ChunkStitcher {
     /// Declares window row `row` complete and returns the bands that became
     /// final. Call [`finish`](Self::finish) after the last row.
     pub fn end_row(&mut self, row: usize) -> Vec<Band> {
-        let h = self.grid.raster().height;
+        let h = self.y1;
         let final_to = if row + 1 >= self.grid.rows() {
             h
         } else {
@@ -215,9 +231,9 @@ impl ChunkStitcher {
         out
     }
 
-    /// Emits everything left (the scene's last rows).
+    /// Emits everything left (the region's last rows).
     pub fn finish(mut self) -> Vec<Band> {
-        let h = self.grid.raster().height;
+        let h = self.y1;
         let mut out = Vec::new();
         while self.top < h {
             let n = (h - self.top).min(self.tile_rows);
@@ -320,7 +336,8 @@ mod tests {
         let mut x0 = 0;
         while x0 < size.width {
             let x1 = (x0 + chunk).min(size.width);
-            let mut st = ChunkStitcher::new(g, blend, ids.clone(), x0, x1, tile_rows, false);
+            let region = Region { x0, x1, y0: 0, y1: size.height };
+            let mut st = ChunkStitcher::new(g, blend, ids.clone(), region, tile_rows, false);
             let mut bands = Vec::new();
             for r in 0..g.rows() {
                 for c in g.cols_touching(x0, x1) {
@@ -361,6 +378,40 @@ mod tests {
             let a = stitch_all(size, win, ov, blend, usize::MAX / 2, h.max(1), 4, &f);
             let b = stitch_all(size, win, ov, blend, chunk, tile, 4, &f);
             prop_assert_eq!(a, b);
+        }
+
+        /// Stitching row bands `[y0, y1)` separately, with only the window rows
+        /// that touch each band, gives exactly the rows of a whole-scene run.
+        #[test]
+        fn row_bands_equal_the_whole(w in 1usize..70, h in 2usize..90, win in 8usize..40, ov in 0.0f64..0.8, cut in 1usize..89) {
+            let size = Size { width: w, height: h };
+            let f = |wd: &Window| fake_probs(wd, 3);
+            let whole = stitch_all(size, win, ov, Blend::Hann, 1000, 7, 3, &f);
+            let g = WindowGrid::new(size, win, ov).unwrap();
+            let cut = cut.min(h - 1);
+            let mut rows = Vec::new();
+            for (y0, y1) in [(0, cut), (cut, h)] {
+                let mut st = ChunkStitcher::new(g, Blend::Hann, vec![0, 1, 2], Region { x0: 0, x1: w, y0, y1 }, 5, false);
+                let mut bands = Vec::new();
+                for r in g.rows_touching(y0, y1) {
+                    for c in 0..g.cols() {
+                        let wd = g.window(c, r);
+                        let p = f(&wd);
+                        let v = vec![1u8; win * win];
+                        st.add(&wd, Some(Prediction { probs: &p, valid: &v }));
+                    }
+                    bands.extend(st.end_row(r));
+                }
+                bands.extend(st.finish());
+                let mut next = y0;
+                for b in bands {
+                    prop_assert_eq!(b.rect.y, next);
+                    next += b.rect.height;
+                    rows.extend(b.classes);
+                }
+                prop_assert_eq!(next, y1);
+            }
+            prop_assert_eq!(rows, whole);
         }
 
         /// A constant prediction stitches to that constant, everywhere.
@@ -410,7 +461,8 @@ mod tests {
     fn invalid_and_skipped_pixels_are_nodata() {
         let size = Size { width: 20, height: 20 };
         let g = WindowGrid::new(size, 16, 0.25).unwrap();
-        let mut st = ChunkStitcher::new(g, Blend::Hann, vec![7, 9], 0, 20, 64, true);
+        let region = Region { x0: 0, x1: 20, y0: 0, y1: 20 };
+        let mut st = ChunkStitcher::new(g, Blend::Hann, vec![7, 9], region, 64, true);
         let mut bands = Vec::new();
         for r in 0..g.rows() {
             for c in 0..g.cols() {

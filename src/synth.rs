@@ -213,6 +213,9 @@ fn create<T: GdalType>(
         ("BLOCKXSIZE", block.as_str()),
         ("BLOCKYSIZE", block.as_str()),
         ("COMPRESS", "DEFLATE"),
+        // Level 3 (of libdeflate's 1-12) writes 15% faster than the default 6
+        // for 1.5% larger files on this noisy content.
+        ("ZLEVEL", "3"),
         ("PREDICTOR", predictor.as_str()),
         ("BIGTIFF", "IF_SAFER"),
         ("NUM_THREADS", "ALL_CPUS"),
@@ -308,14 +311,13 @@ const MAX_CHUNK_PIXELS: usize = 8 * 512 * 512;
 struct Block {
     bx: usize,
     by: usize,
-    pixels: u64,
     tile: render::Tile,
 }
 
-/// Pads a row-major `w` x `h` raster to `b` x `b`.
-fn pad<T: Copy + Default>(v: &[T], w: usize, h: usize, b: usize) -> Vec<T> {
+/// Pads a row-major `w` x `h` raster to `b` x `b` (moves it when it fills the block).
+fn pad<T: Copy + Default>(v: Vec<T>, w: usize, h: usize, b: usize) -> Vec<T> {
     if w == b && h == b {
-        return v.to_vec();
+        return v;
     }
     let mut out = vec![T::default(); b * b];
     for r in 0..h {
@@ -324,19 +326,22 @@ fn pad<T: Copy + Default>(v: &[T], w: usize, h: usize, b: usize) -> Vec<T> {
     out
 }
 
+/// Writes one whole block (GDALWriteBlock: straight to the driver, no block
+/// cache, and never a reread since every tile is written once, all bands of
+/// a tile in a row).
 fn write_block<T: GdalType + Copy + Default>(
     ds: &Dataset,
     band: usize,
-    blk: &Block,
-    data: &[T],
-    b: usize,
+    (bx, by): (usize, usize),
+    data: Vec<T>,
+    (w, h, b): (usize, usize, usize),
     path: &Path,
 ) -> Result<()> {
     let fail = |e: gdal::errors::GdalError| Error::file(path, e);
-    let mut buf = Buffer::new((b, b), pad(data, blk.tile.w, blk.tile.h, b));
+    let mut buf = Buffer::new((b, b), pad(data, w, h, b));
     ds.rasterband(band)
         .map_err(fail)?
-        .write_block((blk.bx, blk.by), &mut buf)
+        .write_block((bx, by), &mut buf)
         .map_err(fail)
 }
 
@@ -349,8 +354,8 @@ fn write_all(cfg: &SynthConfig, out: &SynthOutput, progress: &dyn Fn(u64, u64)) 
     let gt = create::<u8>(cfg, &out.gt, 1, 2, &srs)?;
     for (k, name) in ["IR", "R", "G"].iter().enumerate() {
         image
-            .rasterband(k + 1)?
-            .set_description(name)
+            .rasterband(k + 1)
+            .and_then(|mut band| band.set_description(name))
             .map_err(|e| Error::file(&out.image, e))?;
     }
     {
@@ -385,7 +390,6 @@ fn write_all(cfg: &SynthConfig, out: &SynthOutput, progress: &dyn Fn(u64, u64)) 
                             Block {
                                 bx,
                                 by,
-                                pixels: (tw * th) as u64,
                                 tile: render::render(seed, x0 as i64, y0 as i64, tw, th),
                             }
                         })
@@ -398,13 +402,15 @@ fn write_all(cfg: &SynthConfig, out: &SynthOutput, progress: &dyn Fn(u64, u64)) 
         });
         let mut done = 0u64;
         for blocks in rx {
-            for blk in &blocks {
-                write_block(&image, 1, blk, &blk.tile.ir, b, &out.image)?;
-                write_block(&image, 2, blk, &blk.tile.r, b, &out.image)?;
-                write_block(&image, 3, blk, &blk.tile.g, b, &out.image)?;
-                write_block(&dsm, 1, blk, &blk.tile.dsm, b, &out.dsm)?;
-                write_block(&gt, 1, blk, &blk.tile.gt, b, &out.gt)?;
-                done += blk.pixels;
+            for blk in blocks {
+                let (at, t) = ((blk.bx, blk.by), blk.tile);
+                let size = (t.w, t.h, b);
+                write_block(&image, 1, at, t.ir, size, &out.image)?;
+                write_block(&image, 2, at, t.r, size, &out.image)?;
+                write_block(&image, 3, at, t.g, size, &out.image)?;
+                write_block(&dsm, 1, at, t.dsm, size, &out.dsm)?;
+                write_block(&gt, 1, at, t.gt, size, &out.gt)?;
+                done += (t.w * t.h) as u64;
                 progress(done, total);
             }
         }

@@ -21,6 +21,8 @@ use gdal::cpl::CslStringList;
 use gdal::raster::{ColorEntry, ColorTable, PaletteInterpretation};
 use gdal::spatial_ref::SpatialRef;
 use gdal::{Dataset, DriverManager};
+use gdal::Metadata;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The output tile size; the stitcher emits bands of this many rows.
@@ -38,6 +40,17 @@ pub struct MapSpec {
     pub creation_options: Vec<(String, String)>,
     pub overwrite: bool,
     pub confidence: bool,
+    /// The raster rows `[y0, y1)` this file holds (a part of a split run
+    /// holds a row band; a whole map holds `(0, height)`).
+    pub rows: (usize, usize),
+    /// Build overviews at the end (not for parts, which get merged).
+    pub overviews: bool,
+    /// Extra GDAL metadata items (domain "").
+    pub metadata: Vec<(String, String)>,
+    /// The settings that produced the pixels; a resume must match them.
+    pub settings: BTreeMap<String, String>,
+    /// Continue an unfinished run with the same settings, if there is one.
+    pub resume: bool,
 }
 
 /// The files a finished map consists of.
@@ -130,9 +143,13 @@ fn create_u8(path: &Path, spec: &MapSpec) -> Result<Dataset> {
     let driver = DriverManager::get_driver_by_name("GTiff")?;
     let opts = merged_options(&spec.creation_options)?;
     let mut ds = driver
-        .create_with_band_type_with_options::<u8, _>(path, spec.size.width, spec.size.height, 1, &opts)
+        .create_with_band_type_with_options::<u8, _>(path, spec.size.width, spec.rows.1 - spec.rows.0, 1, &opts)
         .map_err(|e| Error::file(&spec.path, format!("cannot create the map: {}", one_line(&e.to_string()))))?;
-    if let Some(gt) = spec.geo_transform {
+    if let Some(mut gt) = spec.geo_transform {
+        // a row band starts `rows.0` rows down
+        let y0 = spec.rows.0 as f64;
+        gt[0] += gt[2] * y0;
+        gt[3] += gt[5] * y0;
         ds.set_geo_transform(&gt).map_err(|e| Error::file(&spec.path, e))?;
     }
     if let Some(wkt) = &spec.srs_wkt {
@@ -182,73 +199,234 @@ pub fn overview_factors(size: Size) -> Vec<i32> {
     f
 }
 
+/// The resume journal: which rows of each column chunk are durably in the
+/// partial map, and the settings that produced them.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Journal {
+    settings: BTreeMap<String, String>,
+    /// Column chunk start → first row not yet written (absolute raster row).
+    rows_done: BTreeMap<usize, usize>,
+}
+
+/// The resume journal's path beside the partial map.
+pub fn journal_path(map: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.resume.json", tmp_path(map).display()))
+}
+
+/// Takes GDAL's last error on this thread, if it was a failure, and resets it.
+/// GDAL before 3.7 reports write failures during a flush or close only this
+/// way, so a full disk would otherwise go unnoticed.
+fn take_gdal_failure() -> Option<String> {
+    unsafe {
+        let t = gdal_sys::CPLGetLastErrorType();
+        let failed = t == gdal_sys::CPLErr::CE_Failure || t == gdal_sys::CPLErr::CE_Fatal;
+        let msg = failed.then(|| {
+            std::ffi::CStr::from_ptr(gdal_sys::CPLGetLastErrorMsg())
+                .to_string_lossy()
+                .to_string()
+        });
+        gdal_sys::CPLErrorReset();
+        msg
+    }
+}
+
+fn reset_gdal_error() {
+    unsafe { gdal_sys::CPLErrorReset() }
+}
+
 /// Writes the map band by band; [`finish`](MapWriter::finish) makes it real.
+///
+/// After each band the map is flushed and synced and the journal records
+/// the rows written, so that a run killed at any moment can be resumed
+/// from the journal without trusting anything it does not record.
 pub struct MapWriter {
     spec: MapSpec,
     map: Option<Dataset>,
     conf: Option<Dataset>,
     tmp_map: PathBuf,
     tmp_conf: PathBuf,
+    journal: Journal,
+    resumed: bool,
+    keep: bool,
     done: bool,
 }
 
+fn open_update(path: &Path) -> Result<Dataset> {
+    let opts = gdal::DatasetOptions {
+        open_flags: gdal::GdalOpenFlags::GDAL_OF_RASTER | gdal::GdalOpenFlags::GDAL_OF_UPDATE,
+        ..Default::default()
+    };
+    Dataset::open_ex(path, opts).map_err(|e| Error::file(path, format!("cannot reopen the unfinished map: {}", one_line(&e.to_string()))))
+}
+
 impl MapWriter {
-    /// Creates the temporary files. Fails if the output exists and
-    /// `overwrite` is not set, or the place cannot be written.
+    /// Creates the temporary files, or reopens them when `spec.resume` is
+    /// set and an unfinished run with the same settings left them. Fails if
+    /// the output exists and `overwrite` is not set, or the place cannot be
+    /// written, or the unfinished run used other settings.
     pub fn create(spec: MapSpec) -> Result<MapWriter> {
         check_output(&spec.path, spec.overwrite)?;
         let tmp_map = tmp_path(&spec.path);
-        let cpath = confidence_path(&spec.path);
-        let tmp_conf = tmp_path(&cpath);
+        let tmp_conf = tmp_path(&confidence_path(&spec.path));
+        let jpath = journal_path(&spec.path);
         let mut w = MapWriter {
             map: None,
             conf: None,
             tmp_map,
             tmp_conf,
+            journal: Journal {
+                settings: spec.settings.clone(),
+                rows_done: BTreeMap::new(),
+            },
+            resumed: false,
+            keep: false,
             done: false,
             spec,
         };
-        // clean leftovers of a killed run
+        if w.spec.resume && jpath.exists() && w.tmp_map.exists() {
+            let text = std::fs::read_to_string(&jpath).map_err(|e| Error::file(&jpath, e))?;
+            let old: Journal = serde_json::from_str(&text)
+                .map_err(|e| Error::file(&jpath, format!("unreadable resume journal: {e}")))?;
+            let diff: Vec<String> = w
+                .spec
+                .settings
+                .iter()
+                .filter(|(k, v)| old.settings.get(*k) != Some(*v))
+                .map(|(k, v)| format!("{k} {} (now {v})", old.settings.get(k).map(String::as_str).unwrap_or("unset")))
+                .collect();
+            if !diff.is_empty() {
+                // refuse, but keep the unfinished run for a matching resume
+                w.keep = true;
+                return Err(Error::file(
+                    &w.spec.path,
+                    format!("--resume: the unfinished run used other settings: {}", diff.join(", ")),
+                ));
+            }
+            // a resumed run never throws away the work it continues
+            w.keep = true;
+            w.map = Some(open_update(&w.tmp_map)?);
+            if w.spec.confidence {
+                w.conf = Some(open_update(&w.tmp_conf)?);
+            }
+            w.journal = old;
+            w.resumed = true;
+            return Ok(w);
+        }
+        // a fresh start: clear leftovers of a killed run
         w.remove_tmp();
-        let map = create_u8(&w.tmp_map, &w.spec)?;
+        let mut map = create_u8(&w.tmp_map, &w.spec)?;
         set_legend(&map, &w.spec.classes, &w.spec.path)?;
+        for (k, v) in &w.spec.metadata {
+            map.set_metadata_item(k, v, "").map_err(|e| Error::file(&w.spec.path, e))?;
+        }
         w.map = Some(map);
         if w.spec.confidence {
             w.conf = Some(create_u8(&w.tmp_conf, &w.spec)?);
         }
+        w.save_journal()?;
         Ok(w)
     }
 
-    /// Writes one finished band of the map.
-    pub fn write(&mut self, band: &Band) -> Result<()> {
-        let r = band.rect;
-        let ds = self.map.as_ref().expect("writer used after finish");
-        write_u8(ds, &self.spec.path, r, &band.classes)?;
-        if let (Some(c), Some(data)) = (self.conf.as_ref(), band.confidence.as_ref()) {
-            write_u8(c, &confidence_path(&self.spec.path), r, data)?;
+    /// Keeps the unfinished map and its journal when dropped, so that the
+    /// same command with `--resume` continues it (after SIGINT or SIGTERM).
+    pub fn keep_for_resume(&mut self) {
+        self.keep |= !self.journal.rows_done.is_empty();
+    }
+
+    /// Whether an unfinished run was picked up.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// The first row of the column chunk starting at `x0` that is not yet
+    /// written (absolute raster row).
+    pub fn rows_done(&self, x0: usize) -> usize {
+        self.journal.rows_done.get(&x0).copied().unwrap_or(self.spec.rows.0)
+    }
+
+    fn save_journal(&self) -> Result<()> {
+        let j = journal_path(&self.spec.path);
+        let tmp = PathBuf::from(format!("{}.tmp", j.display()));
+        let text = serde_json::to_string(&self.journal).expect("journal serialises");
+        if let Err(e) = std::fs::write(&tmp, text) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::file(&self.spec.path, format!("cannot write the resume journal: {e}")));
         }
-        Ok(())
+        std::fs::rename(&tmp, &j).map_err(|e| Error::file(&j, e))
+    }
+
+    /// Writes one finished band of the map (raster coordinates), makes it
+    /// durable, and records it in the journal.
+    pub fn write(&mut self, band: &Band) -> Result<()> {
+        let mut r = band.rect;
+        r.y -= self.spec.rows.0;
+        reset_gdal_error();
+        let path = self.spec.path.clone();
+        let ds = self.map.as_mut().expect("writer used after finish");
+        write_u8(ds, &path, r, &band.classes)?;
+        flush_twice(ds, &path)?;
+        if let Some(msg) = take_gdal_failure() {
+            return Err(Error::file(&path, format!("write failed: {}", one_line(&msg))));
+        }
+        if let (Some(c), Some(data)) = (self.conf.as_mut(), band.confidence.as_ref()) {
+            let cpath = confidence_path(&path);
+            write_u8(c, &cpath, r, data)?;
+            flush_twice(c, &cpath)?;
+            if let Some(msg) = take_gdal_failure() {
+                return Err(Error::file(&cpath, format!("write failed: {}", one_line(&msg))));
+            }
+            sync(&self.tmp_conf, &cpath)?;
+        }
+        sync(&self.tmp_map, &path)?;
+        self.journal.rows_done.insert(band.rect.x, band.rect.y + band.rect.height);
+        self.save_journal()
     }
 
     /// Builds overviews, closes, writes the `.qml` and renames into place.
     pub fn finish(mut self) -> Result<MapFiles> {
-        let factors = overview_factors(self.spec.size);
+        let factors = overview_factors(Size {
+            width: self.spec.size.width,
+            height: self.spec.rows.1 - self.spec.rows.0,
+        });
         let path = self.spec.path.clone();
         let mut map = self.map.take().expect("finish twice");
-        map.build_overviews("NEAREST", &factors, &[])
-            .map_err(|e| Error::file(&path, format!("building overviews failed: {}", one_line(&e.to_string()))))?;
+        reset_gdal_error();
+        if self.spec.overviews {
+            map.build_overviews("NEAREST", &factors, &[])
+                .map_err(|e| Error::file(&path, format!("building overviews failed: {}", one_line(&e.to_string()))))?;
+        }
+        if self.resumed {
+            // the legend's category names live in the aux.xml, which a
+            // killed run never wrote
+            set_legend(&map, &self.spec.classes, &path)?;
+        }
         map.close()
             .map_err(|e| Error::file(&path, format!("writing the map failed: {}", one_line(&e.to_string()))))?;
+        if let Some(msg) = take_gdal_failure() {
+            return Err(Error::file(&path, format!("writing the map failed: {}", one_line(&msg))));
+        }
         let cpath = confidence_path(&path);
         if let Some(mut c) = self.conf.take() {
-            c.build_overviews("AVERAGE", &factors, &[])
-                .map_err(|e| Error::file(&cpath, format!("building overviews failed: {}", one_line(&e.to_string()))))?;
+            if self.spec.overviews {
+                c.build_overviews("AVERAGE", &factors, &[])
+                    .map_err(|e| Error::file(&cpath, format!("building overviews failed: {}", one_line(&e.to_string()))))?;
+            }
             c.close()
                 .map_err(|e| Error::file(&cpath, format!("writing failed: {}", one_line(&e.to_string()))))?;
+            if let Some(msg) = take_gdal_failure() {
+                return Err(Error::file(&cpath, format!("writing failed: {}", one_line(&msg))));
+            }
         }
         let qml = qml_path(&path);
-        crate::qml::write_qml(&qml, &self.spec.classes)?;
+        let tmp_qml = tmp_path(&qml);
         let mv = |from: &Path, to: &Path| std::fs::rename(from, to).map_err(|e| Error::file(to, e));
+        if let Err(e) = crate::qml::write_qml(&tmp_qml, &self.spec.classes) {
+            let _ = std::fs::remove_file(&tmp_qml);
+            let msg = e.to_string();
+            let why = msg.rsplit_once(": ").map(|(_, w)| w).unwrap_or(&msg);
+            return Err(Error::file(&qml, format!("cannot write the QGIS style: {why}")));
+        }
+        mv(&tmp_qml, &qml)?;
         if aux_path(&self.tmp_map).exists() {
             mv(&aux_path(&self.tmp_map), &aux_path(&path))?;
         } else {
@@ -265,6 +443,7 @@ impl MapWriter {
         };
         // the map itself goes last: once it exists, everything is complete
         mv(&self.tmp_map, &path)?;
+        let _ = std::fs::remove_file(journal_path(&path));
         self.done = true;
         Ok(MapFiles { map: path, qml, confidence })
     }
@@ -274,6 +453,9 @@ impl MapWriter {
             let _ = std::fs::remove_file(p);
             let _ = std::fs::remove_file(aux_path(p));
         }
+        let j = journal_path(&self.spec.path);
+        let _ = std::fs::remove_file(PathBuf::from(format!("{}.tmp", j.display())));
+        let _ = std::fs::remove_file(j);
     }
 }
 
@@ -282,12 +464,29 @@ impl Drop for MapWriter {
         if !self.done {
             drop(self.map.take());
             drop(self.conf.take());
-            self.remove_tmp();
+            if !self.keep {
+                self.remove_tmp();
+            }
         }
     }
 }
 
-fn write_u8(ds: &Dataset, path: &Path, r: crate::window::Rect, data: &[u8]) -> Result<()> {
+/// Makes written tiles reachable from the file's directory. GDAL 3.6's
+/// GTiff writes the last block it compressed only on the next flush, and the
+/// tile index only on the one after: a single `FlushCache` leaves the newest
+/// tile out of the file (seen on GDAL 3.6.2; the resume test checks it).
+fn flush_twice(ds: &mut Dataset, path: &Path) -> Result<()> {
+    ds.flush_cache().map_err(|e| Error::file(path, e))?;
+    ds.flush_cache().map_err(|e| Error::file(path, e))
+}
+
+fn sync(file: &Path, name: &Path) -> Result<()> {
+    std::fs::File::open(file)
+        .and_then(|f| f.sync_data())
+        .map_err(|e| Error::file(name, format!("cannot sync to disk: {e}")))
+}
+
+fn write_u8(ds: &mut Dataset, path: &Path, r: crate::window::Rect, data: &[u8]) -> Result<()> {
     let mut band = ds.rasterband(1).map_err(|e| Error::file(path, e))?;
     let mut buf = gdal::raster::Buffer::new((r.width, r.height), data.to_vec());
     band.write((r.x as isize, r.y as isize), (r.width, r.height), &mut buf)
@@ -311,10 +510,10 @@ pub fn write_preview(map: &Path, png: &Path, classes: &ClassTable, max_side: usi
     }
     let mem = DriverManager::get_driver_by_name("MEM")?;
     let rgb = mem.create_with_band_type::<u8, _>("", pw, ph, 3)?;
-    for ch in 0..3 {
+    for (ch, band_no) in [0usize, 1, 2].into_iter().zip(1..) {
         let data: Vec<u8> = ids.data().iter().map(|&v| lut[v as usize][ch]).collect();
         let mut buf = gdal::raster::Buffer::new((pw, ph), data);
-        rgb.rasterband(ch + 1)?.write((0, 0), (pw, ph), &mut buf)?;
+        rgb.rasterband(band_no)?.write((0, 0), (pw, ph), &mut buf)?;
     }
     let tmp = tmp_path(png);
     let pngd = DriverManager::get_driver_by_name("PNG")?;

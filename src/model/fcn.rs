@@ -203,16 +203,16 @@ impl ConvBnRelu {
     }
 }
 
-/// A few convolutions at quarter resolution: fast enough on a CPU for tests
-/// and demos, with the same structure (encoder, 1x1 classifier, bilinear
-/// upsampling) as the real models. The encoder runs at stride 4 rather than
-/// 2 because candle's CPU convolutions are slow on wide, full-size maps: at
-/// stride 2 a 256x256 window costs about 3.5 times as much, for a smaller
-/// receptive field (9 px instead of 15 px).
 /// Strides of `enc.0`, `enc.1`, `enc.2` of [`Tiny`]; they do not change any
 /// parameter shape.
 const TINY_STRIDES: [usize; 3] = [2, 2, 1];
 
+/// A few convolutions at quarter resolution: fast enough on a CPU for tests
+/// and demos, with the same structure (encoder, 1x1 classifier, bilinear
+/// upsampling) as the real models. The encoder runs at stride 4 rather than
+/// 2 because candle's CPU convolutions are slow on wide, full-size maps: at
+/// stride 2 a 256x256 window took about three times as long, for a smaller
+/// receptive field (9 px instead of 15 px).
 #[derive(Debug, Clone)]
 pub(super) struct Tiny {
     enc: [ConvBnRelu; 3],

@@ -734,7 +734,7 @@ mod tests {
 
     #[test]
     fn every_arch_builds_and_keeps_the_input_size() {
-        for &arch in &["tiny", "linear"] {
+        for &arch in ARCHS {
             for bands in [3, 5] {
                 let m = Model::new_random(meta(arch, bands), 7, &Device::Cpu).unwrap();
                 let p = m.forward_probs(&input(2, bands, 64, 64, 1)).unwrap();
@@ -1123,7 +1123,7 @@ mod tests {
     #[ignore]
     fn timings() {
         let x = input(1, 3, 256, 256, 0);
-        for &arch in &["tiny", "linear"] {
+        for &arch in ARCHS {
             let m = Model::new_random(meta(arch, 3), 0, &Device::Cpu).unwrap();
             m.forward_probs(&x).unwrap();
             // The minimum of a few runs: robust to other load on the machine.

@@ -119,10 +119,8 @@ fn weight(x: i64, shift: u32) -> (i64, f32) {
 }
 
 #[inline]
-fn bilerp(a: f32, b: f32, c: f32, d: f32, fx: f32, fy: f32) -> f32 {
-    let top = a + (b - a) * fx;
-    let bot = c + (d - c) * fx;
-    top + (bot - top) * fy
+fn lerp(a: f32, b: f32, t: f32) -> f32 {
+    a + (b - a) * t
 }
 
 /// Smooth value noise in [0, 1) with a lattice of `1 << shift` pixels, at pixel (x, y).
@@ -130,18 +128,15 @@ fn bilerp(a: f32, b: f32, c: f32, d: f32, fx: f32, fy: f32) -> f32 {
 pub(crate) fn vnoise(key: u64, shift: u32, x: i64, y: i64) -> f32 {
     let (ix, fx) = weight(x, shift);
     let (iy, fy) = weight(y, shift);
-    bilerp(
-        lattice(key, ix, iy),
-        lattice(key, ix + 1, iy),
-        lattice(key, ix, iy + 1),
-        lattice(key, ix + 1, iy + 1),
-        fx,
-        fy,
-    )
+    // Along y first, then x: the order [`vnoise_window`] uses.
+    let l = lerp(lattice(key, ix, iy), lattice(key, ix, iy + 1), fy);
+    let r = lerp(lattice(key, ix + 1, iy), lattice(key, ix + 1, iy + 1), fy);
+    lerp(l, r, fx)
 }
 
 /// [`vnoise`] over the window `w` x `h` at (x0, y0), row-major, bit-identical to
-/// calling [`vnoise`] per pixel but hashing each lattice point once per row.
+/// calling [`vnoise`] per pixel but hashing each lattice point once per
+/// lattice row and interpolating along y once per lattice column and row.
 pub(crate) fn vnoise_window(
     key: u64,
     shift: u32,
@@ -150,15 +145,21 @@ pub(crate) fn vnoise_window(
     w: usize,
     h: usize,
 ) -> Vec<f32> {
-    let cols: Vec<(i64, f32)> = (0..w as i64).map(|c| weight(x0 + c, shift)).collect();
-    let ix0 = cols.first().map_or(0, |c| c.0);
-    let nl = cols.last().map_or(0, |c| (c.0 - ix0) as usize) + 2;
+    let ix0 = weight(x0, shift).0;
+    let cols: Vec<(usize, f32)> = (0..w as i64)
+        .map(|c| {
+            let (ix, fx) = weight(x0 + c, shift);
+            ((ix - ix0) as usize, fx)
+        })
+        .collect();
+    let nl = cols.last().map_or(0, |c| c.0) + 2;
     let mut top = vec![0f32; nl];
     let mut bot = vec![0f32; nl];
-    let mut out = Vec::with_capacity(w * h);
+    let mut at_y = vec![0f32; nl];
+    let mut out = vec![0f32; w * h];
     let mut cached = None;
-    for r in 0..h as i64 {
-        let (iy, fy) = weight(y0 + r, shift);
+    for (r, row) in out.chunks_exact_mut(w.max(1)).enumerate().take(h) {
+        let (iy, fy) = weight(y0 + r as i64, shift);
         if cached != Some(iy) {
             for (k, (t, b)) in top.iter_mut().zip(bot.iter_mut()).enumerate() {
                 *t = lattice(key, ix0 + k as i64, iy);
@@ -166,9 +167,11 @@ pub(crate) fn vnoise_window(
             }
             cached = Some(iy);
         }
-        for &(ix, fx) in &cols {
-            let k = (ix - ix0) as usize;
-            out.push(bilerp(top[k], top[k + 1], bot[k], bot[k + 1], fx, fy));
+        for ((v, t), b) in at_y.iter_mut().zip(&top).zip(&bot) {
+            *v = lerp(*t, *b, fy);
+        }
+        for (o, &(k, fx)) in row.iter_mut().zip(&cols) {
+            *o = lerp(at_y[k], at_y[k + 1], fx);
         }
     }
     out

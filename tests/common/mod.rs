@@ -27,10 +27,20 @@ pub fn fails(args: &[&str], needle: &str) -> String {
     let out = rstile(args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "rstile {args:?} should fail");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty() && !l.contains("warning:")).collect();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("rstile: error"))
+        .collect();
     assert_eq!(lines.len(), 1, "expected one error line, got:\n{err}");
+    assert!(
+        err.lines().all(|l| l.starts_with("rstile: ")),
+        "stray output on stderr:\n{err}"
+    );
     assert!(lines[0].starts_with("rstile: error: "), "{err}");
-    assert!(lines[0].contains(needle), "error should mention {needle:?}: {err}");
+    assert!(
+        lines[0].contains(needle),
+        "error should mention {needle:?}: {err}"
+    );
     err
 }
 
@@ -47,7 +57,16 @@ pub fn s(p: &Path) -> &str {
 /// A generated scene; returns the folder with image.tif, dsm.tif, gt.tif.
 pub fn synth(dir: &Path, w: usize, h: usize, seed: u64) -> PathBuf {
     let out = dir.join(format!("scene_{w}x{h}_{seed}"));
-    ok(&["synth", "--size", &format!("{w}x{h}"), "--seed", &seed.to_string(), "-o", s(&out), "--quiet"]);
+    ok(&[
+        "synth",
+        "--size",
+        &format!("{w}x{h}"),
+        "--seed",
+        &seed.to_string(),
+        "-o",
+        s(&out),
+        "--quiet",
+    ]);
     out
 }
 
@@ -57,8 +76,20 @@ pub fn model(dir: &Path, arch: &str, bands: usize, window: usize) -> PathBuf {
     if !p.exists() {
         let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
         ok(&[
-            "model", "new", "--arch", arch, "--bands", &bands.to_string(), "--classes", classes, "-o", s(&p),
-            "--window", &window.to_string(), "--seed", "3",
+            "model",
+            "new",
+            "--arch",
+            arch,
+            "--bands",
+            &bands.to_string(),
+            "--classes",
+            classes,
+            "-o",
+            s(&p),
+            "--window",
+            &window.to_string(),
+            "--seed",
+            "3",
         ]);
     }
     p
@@ -81,7 +112,11 @@ pub fn read_map(p: &Path) -> Map {
     let ds = Dataset::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
     let (w, h) = ds.raster_size();
     let b = ds.rasterband(1).unwrap();
-    let data = b.read_as::<u8>((0, 0), (w, h), (w, h), None).unwrap().data().to_vec();
+    let data = b
+        .read_as::<u8>((0, 0), (w, h), (w, h), None)
+        .unwrap()
+        .data()
+        .to_vec();
     Map {
         width: w,
         height: h,
@@ -98,13 +133,25 @@ pub fn read_map(p: &Path) -> Map {
 pub fn grid_of(p: &Path) -> (usize, usize, Option<[f64; 6]>, Option<String>) {
     let ds = Dataset::open(p).unwrap();
     let (w, h) = ds.raster_size();
-    (w, h, ds.geo_transform().ok(), ds.spatial_ref().ok().and_then(|s| s.to_wkt().ok()))
+    (
+        w,
+        h,
+        ds.geo_transform().ok(),
+        ds.spatial_ref().ok().and_then(|s| s.to_wkt().ok()),
+    )
 }
 
 /// Runs a GDAL command-line tool.
 pub fn gdal_tool(tool: &str, args: &[&str]) {
-    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
-    assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Checks a finished map against its scene and the ISPRS classes.
@@ -118,12 +165,29 @@ pub fn check_map_files(map: &Path, scene: &Path) {
     assert_eq!(m.nodata, Some(255.0));
     assert!(m.overviews >= 1, "overviews built");
     assert!(m.palette >= 6, "palette present");
-    assert!(m.data.iter().all(|&v| v <= 5 || v == 255), "only class ids and nodata");
-    let aux = std::fs::read_to_string(format!("{}.aux.xml", map.display())).expect("aux.xml with category names");
-    assert!(aux.contains("<Category>building</Category>"), "category names in aux.xml: {aux}");
+    assert!(
+        m.data.iter().all(|&v| v <= 5 || v == 255),
+        "only class ids and nodata"
+    );
+    let aux = std::fs::read_to_string(format!("{}.aux.xml", map.display()))
+        .expect("aux.xml with category names");
+    assert!(
+        aux.contains("<Category>building</Category>"),
+        "category names in aux.xml: {aux}"
+    );
     let qml = std::fs::read_to_string(map.with_extension("qml")).expect("qml");
-    for name in ["impervious surfaces", "building", "low vegetation", "tree", "car", "clutter"] {
-        assert!(qml.contains(&format!("label=\"{name}\"")), "qml lists {name}");
+    for name in [
+        "impervious surfaces",
+        "building",
+        "low vegetation",
+        "tree",
+        "car",
+        "clutter",
+    ] {
+        assert!(
+            qml.contains(&format!("label=\"{name}\"")),
+            "qml lists {name}"
+        );
     }
     assert_eq!(qml.matches("<paletteEntry").count(), 6);
     // no temporary leftovers

@@ -1,0 +1,191 @@
+//! Areas of interest: polygons that limit what is read and computed.
+//!
+//! The polygons are reprojected to the raster's CRS by GDAL and then kept
+//! in the raster's pixel coordinates as `geo` geometries, so that the
+//! per-window questions — does this window touch the AOI, which of its
+//! pixels lie inside — need neither GDAL nor a CRS. Pixel `(x, y)` is inside
+//! when its centre `(x + 0.5, y + 0.5)` is (even-odd rule, holes honoured).
+
+use crate::error::{Error, Result};
+use crate::read::SceneInfo;
+use crate::window::Rect;
+use gdal::spatial_ref::{AxisMappingStrategy, SpatialRef};
+use gdal::vector::LayerAccess;
+use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
+use geo::{BoundingRect, Coord, Intersects, MapCoords, MultiPolygon, Polygon};
+use std::path::Path;
+
+/// An area of interest in raster pixel coordinates.
+#[derive(Debug, Clone)]
+pub struct Aoi {
+    shape: MultiPolygon<f64>,
+    /// Polygon edges `(x0, y0, x1, y1)`, for scanline masks.
+    edges: Vec<[f64; 4]>,
+}
+
+fn srs_gis_order(mut s: SpatialRef) -> SpatialRef {
+    s.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    s
+}
+
+impl Aoi {
+    /// Reads every polygon of every layer of `path` (any GDAL vector
+    /// format), reprojected to the scene's CRS.
+    pub fn load(path: &Path, scene: &SceneInfo) -> Result<Aoi> {
+        if !path.exists() {
+            return Err(Error::file(path, "no such file"));
+        }
+        let ds = Dataset::open_ex(
+            path,
+            DatasetOptions {
+                open_flags: GdalOpenFlags::GDAL_OF_VECTOR | GdalOpenFlags::GDAL_OF_READONLY,
+                ..Default::default()
+            },
+        )
+        .map_err(|_| Error::file(path, "not a vector file GDAL can open (GeoJSON, GeoPackage, Shapefile, ...)"))?;
+        let gt = scene
+            .geo_transform
+            .ok_or_else(|| Error::file(&scene.path, "has no georeferencing, so an AOI cannot be placed on it"))?;
+        let target = scene
+            .srs_wkt
+            .as_deref()
+            .map(SpatialRef::from_wkt)
+            .transpose()
+            .map_err(|e| Error::file(&scene.path, e))?
+            .map(srs_gis_order);
+        // inverse geotransform
+        let det = gt[1] * gt[5] - gt[2] * gt[4];
+        if det == 0.0 {
+            return Err(Error::file(&scene.path, "has a degenerate geotransform"));
+        }
+        let to_px = |c: Coord<f64>| {
+            let (dx, dy) = (c.x - gt[0], c.y - gt[3]);
+            Coord {
+                x: (gt[5] * dx - gt[2] * dy) / det,
+                y: (-gt[4] * dx + gt[1] * dy) / det,
+            }
+        };
+        let mut polys: Vec<Polygon<f64>> = Vec::new();
+        let mut others = 0usize;
+        for mut layer in ds.layers() {
+            let layer_srs = layer.spatial_ref().map(srs_gis_order);
+            for feature in layer.features() {
+                let Some(g) = feature.geometry() else { continue };
+                let g = match (&layer_srs, &target) {
+                    (Some(_), Some(t)) => g
+                        .transform_to(t)
+                        .map_err(|e| Error::file(path, format!("cannot reproject to the scene's CRS: {e}")))?,
+                    _ => g.clone(),
+                };
+                match g.to_geo().map_err(|e| Error::file(path, e))? {
+                    geo::Geometry::Polygon(p) => polys.push(p.map_coords(to_px)),
+                    geo::Geometry::MultiPolygon(mp) => polys.extend(mp.map_coords(to_px).0),
+                    _ => others += 1,
+                }
+            }
+        }
+        if polys.is_empty() {
+            let why = if others > 0 { "holds no polygons (only points or lines)" } else { "holds no features" };
+            return Err(Error::file(path, format!("is not a polygon file: it {why}")));
+        }
+        let aoi = Aoi::from_pixel_polygons(MultiPolygon(polys));
+        let all = Rect {
+            x: 0,
+            y: 0,
+            width: scene.size.width,
+            height: scene.size.height,
+        };
+        if !aoi.touches(&all) {
+            return Err(Error::file(path, format!("does not overlap the scene {}", scene.path.display())));
+        }
+        Ok(aoi)
+    }
+
+    /// An AOI from polygons already in pixel coordinates.
+    pub fn from_pixel_polygons(shape: MultiPolygon<f64>) -> Aoi {
+        let mut edges = Vec::new();
+        for p in &shape.0 {
+            for ring in std::iter::once(p.exterior()).chain(p.interiors()) {
+                for l in ring.lines() {
+                    edges.push([l.start.x, l.start.y, l.end.x, l.end.y]);
+                }
+            }
+        }
+        Aoi { shape, edges }
+    }
+
+    /// Whether the pixel rectangle touches the AOI.
+    pub fn touches(&self, r: &Rect) -> bool {
+        if r.width == 0 || r.height == 0 {
+            return false;
+        }
+        let rect = geo::Rect::new(
+            Coord { x: r.x as f64, y: r.y as f64 },
+            Coord {
+                x: (r.x + r.width) as f64,
+                y: (r.y + r.height) as f64,
+            },
+        );
+        match self.shape.bounding_rect() {
+            Some(b) if b.intersects(&rect) => self.shape.intersects(&rect.to_polygon()),
+            _ => false,
+        }
+    }
+
+    /// Inside-mask (1 = inside) of the `width x height` pixels starting at
+    /// (`x0`, `y0`), row-major; coordinates may lie outside the raster.
+    pub fn mask(&self, x0: i64, y0: i64, width: usize, height: usize) -> Vec<u8> {
+        let mut m = vec![0u8; width * height];
+        let (ylo, yhi) = (y0 as f64, (y0 + height as i64) as f64);
+        let edges: Vec<&[f64; 4]> = self
+            .edges
+            .iter()
+            .filter(|e| e[1].max(e[3]) >= ylo && e[1].min(e[3]) <= yhi)
+            .collect();
+        let mut xs: Vec<f64> = Vec::new();
+        for j in 0..height {
+            let yc = (y0 + j as i64) as f64 + 0.5;
+            xs.clear();
+            for e in &edges {
+                let (ax, ay, bx, by) = (e[0], e[1], e[2], e[3]);
+                // half-open rule so a vertex on the line counts once
+                if (ay <= yc) != (by <= yc) {
+                    xs.push(ax + (yc - ay) * (bx - ax) / (by - ay));
+                }
+            }
+            xs.sort_by(|a, b| a.total_cmp(b));
+            for pair in xs.chunks_exact(2) {
+                // pixel i is inside when its centre x0 + i + 0.5 is in [a, b)
+                let a = (pair[0] - 0.5 - x0 as f64).ceil().max(0.0) as usize;
+                let b = ((pair[1] - 0.5 - x0 as f64).ceil().max(0.0) as usize).min(width);
+                if a < b {
+                    m[j * width + a..j * width + b].fill(1);
+                }
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use geo::{polygon, Contains};
+
+    #[test]
+    fn mask_matches_point_in_polygon() {
+        let p: Polygon<f64> = polygon![(x: 3.2, y: 1.0), (x: 40.7, y: 5.3), (x: 30.0, y: 33.3), (x: 8.0, y: 25.0), (x: 3.2, y: 1.0)];
+        let hole: Polygon<f64> = polygon![(x: 15.0, y: 10.0), (x: 25.0, y: 10.0), (x: 20.0, y: 20.0), (x: 15.0, y: 10.0)];
+        let with_hole = Polygon::new(p.exterior().clone(), vec![hole.exterior().clone()]);
+        let aoi = Aoi::from_pixel_polygons(MultiPolygon(vec![with_hole.clone()]));
+        let m = aoi.mask(-2, -3, 50, 40);
+        for j in 0..40 {
+            for i in 0..50 {
+                let c = geo::Point::new(i as f64 - 2.0 + 0.5, j as f64 - 3.0 + 0.5);
+                assert_eq!(m[j * 50 + i] == 1, with_hole.contains(&c), "pixel {i},{j}");
+            }
+        }
+        assert!(aoi.touches(&Rect { x: 0, y: 0, width: 5, height: 5 }));
+        assert!(!aoi.touches(&Rect { x: 41, y: 0, width: 5, height: 4 }));
+    }
+}

@@ -1,0 +1,285 @@
+//! The training configuration file (TOML).
+//!
+//! ```toml
+//! [model]
+//! arch = "tiny"                       # any of rstile::model::ARCHS
+//! classes = "configs/classes/isprs.toml"
+//! bands = [1, 2, 3]                   # 1-based bands of the image rasters
+//! band_names = ["nir", "red", "green"]
+//! # mean = [...], std = [...]         # default: measured on the training scenes
+//! window = 256                        # default inference window stored in the model
+//! overlap = 0.25
+//!
+//! [data]
+//! samples_per_epoch = 512             # random training windows per epoch
+//! val_window = 256                    # validation tiles
+//! workers = 2                         # data worker threads
+//! [[data.scene]]
+//! image = "scenes/a/image.tif"
+//! label = "scenes/a/gt.tif"
+//! split = "train"                     # or "val"
+//!
+//! [train]
+//! epochs = 10
+//! batch = 8
+//! crop = 256                          # even; training crops are crop x crop
+//! lr = 0.001
+//! optimizer = "adamw"                 # or "sgd"
+//! schedule = "poly"                   # "poly", "cosine" or "constant"
+//! seed = 0
+//! out_dir = "runs/tiny"
+//! patience = 0                        # early stopping after N epochs without a better val mean F1; 0 = off
+//!
+//! [augment]                           # see rstile::augment::AugmentConfig
+//! flips = true
+//! ```
+//!
+//! Relative paths are taken relative to the current directory.
+
+use super::data::ScenePair;
+use crate::augment::AugmentConfig;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub train: TrainSection,
+    #[serde(default)]
+    pub augment: AugmentConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub arch: String,
+    pub classes: PathBuf,
+    pub bands: Vec<usize>,
+    #[serde(default)]
+    pub band_names: Vec<String>,
+    #[serde(default)]
+    pub mean: Option<Vec<f32>>,
+    #[serde(default)]
+    pub std: Option<Vec<f32>>,
+    #[serde(default = "d_window")]
+    pub window: usize,
+    #[serde(default = "d_overlap")]
+    pub overlap: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SceneEntry {
+    pub image: PathBuf,
+    pub label: PathBuf,
+    pub split: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    #[serde(default)]
+    pub scene: Vec<SceneEntry>,
+    /// Prepared patch files (`rstile prepare`); not readable yet.
+    #[serde(default)]
+    pub train_patches: Option<PathBuf>,
+    #[serde(default)]
+    pub val_patches: Option<PathBuf>,
+    #[serde(default = "d_samples")]
+    pub samples_per_epoch: usize,
+    #[serde(default = "d_window")]
+    pub val_window: usize,
+    #[serde(default = "d_workers")]
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    Sgd,
+    Adamw,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub epochs: usize,
+    #[serde(default = "d_batch")]
+    pub batch: usize,
+    #[serde(default = "d_window")]
+    pub crop: usize,
+    pub lr: f64,
+    #[serde(default = "d_optimizer")]
+    pub optimizer: OptimizerName,
+    /// SGD momentum.
+    #[serde(default = "d_momentum")]
+    pub momentum: f64,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_beta1")]
+    pub beta1: f64,
+    #[serde(default = "d_beta2")]
+    pub beta2: f64,
+    #[serde(default = "d_eps")]
+    pub eps: f64,
+    #[serde(default = "d_schedule")]
+    pub schedule: super::schedule::Schedule,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default = "d_power")]
+    pub poly_power: f64,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default)]
+    pub seed: u64,
+    pub out_dir: PathBuf,
+    /// Early stopping: epochs without a better validation mean F1; 0 = off.
+    #[serde(default)]
+    pub patience: usize,
+    /// Per-class loss weights, in class-table order.
+    #[serde(default)]
+    pub class_weights: Option<Vec<f32>>,
+    /// Class channels averaged into the validation mean F1 (the selection
+    /// metric); default all. ISPRS: `[0, 1, 2, 3, 4]` (no clutter).
+    #[serde(default)]
+    pub f1_classes: Option<Vec<usize>>,
+    /// Encoder (`backbone.*`) learning rate = `lr · encoder_lr_mult`.
+    #[serde(default = "d_one")]
+    pub encoder_lr_mult: f64,
+    /// The encoder is not updated during the first N epochs.
+    #[serde(default)]
+    pub freeze_encoder_epochs: usize,
+}
+
+fn d_window() -> usize {
+    256
+}
+fn d_overlap() -> f64 {
+    0.25
+}
+fn d_samples() -> usize {
+    512
+}
+fn d_workers() -> usize {
+    2
+}
+fn d_batch() -> usize {
+    8
+}
+fn d_optimizer() -> OptimizerName {
+    OptimizerName::Adamw
+}
+fn d_momentum() -> f64 {
+    0.9
+}
+fn d_wd() -> f64 {
+    1e-4
+}
+fn d_beta1() -> f64 {
+    0.9
+}
+fn d_beta2() -> f64 {
+    0.999
+}
+fn d_eps() -> f64 {
+    1e-8
+}
+fn d_schedule() -> super::schedule::Schedule {
+    super::schedule::Schedule::Poly
+}
+fn d_power() -> f64 {
+    0.9
+}
+fn d_one() -> f64 {
+    1.0
+}
+
+impl TrainConfig {
+    /// Reads and checks a config file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("cannot read the config: {e}")))?;
+        let cfg: TrainConfig = toml::from_str(&text)
+            .map_err(|e| Error::file(path, format!("invalid training config: {}", e.message())))?;
+        cfg.validate().map_err(|e| Error::file(path, e))?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML (stored in the run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serialises")
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err("train.epochs must be at least 1".into());
+        }
+        if t.batch < 2 {
+            return Err(format!(
+                "train.batch {} must be at least 2 (batch norm needs two samples)",
+                t.batch
+            ));
+        }
+        if t.crop < 16 || t.crop % 2 != 0 {
+            return Err(format!(
+                "train.crop {} must be even and at least 16",
+                t.crop
+            ));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(format!("train.lr {} must be positive", t.lr));
+        }
+        if !(t.encoder_lr_mult.is_finite() && t.encoder_lr_mult >= 0.0) {
+            return Err(format!(
+                "train.encoder_lr_mult {} must be >= 0",
+                t.encoder_lr_mult
+            ));
+        }
+        if self.model.bands.is_empty() {
+            return Err("model.bands is empty".into());
+        }
+        if self.data.val_window < 16 || self.data.val_window % 2 != 0 {
+            return Err(format!(
+                "data.val_window {} must be even and at least 16",
+                self.data.val_window
+            ));
+        }
+        for e in &self.data.scene {
+            if e.split != "train" && e.split != "val" {
+                return Err(format!(
+                    "data.scene {}: split '{}' must be \"train\" or \"val\"",
+                    e.image.display(),
+                    e.split
+                ));
+            }
+        }
+        if self.data.scene.is_empty() && self.data.train_patches.is_none() {
+            return Err("data: no [[data.scene]] entries and no train_patches".into());
+        }
+        if !self.data.scene.is_empty() && self.data.samples_per_epoch < t.batch {
+            return Err(format!(
+                "data.samples_per_epoch {} is smaller than train.batch {}",
+                self.data.samples_per_epoch, t.batch
+            ));
+        }
+        self.augment.validate()
+    }
+
+    /// The scene pairs of one split.
+    pub fn scenes(&self, split: &str) -> Vec<ScenePair> {
+        self.data
+            .scene
+            .iter()
+            .filter(|s| s.split == split)
+            .map(|s| ScenePair {
+                image: s.image.clone(),
+                label: s.label.clone(),
+            })
+            .collect()
+    }
+}

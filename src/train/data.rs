@@ -1,0 +1,589 @@
+//! Training data: where samples come from, and the worker threads that
+//! prepare them.
+//!
+//! A [`DataSource`] describes a data set and is shared by all worker
+//! threads; each worker [`DataSource::open`]s its own [`Dataset`] (so a
+//! scene source gives every worker its own GDAL handles, as `rstile infer`'s
+//! readers have). [`run_epoch`] runs the workers: a dispatcher hands out
+//! sample positions, workers read and augment, and the consumer (the model
+//! thread) receives the samples **in order** through bounded channels
+//! (each job carries a one-shot reply channel whose receiver is queued in
+//! order, the gzp idea also used by `rstile infer`). Batches are therefore
+//! identical for any number of workers, and the model only waits when the
+//! workers cannot keep up (the wait is measured and reported).
+//!
+//! Sources:
+//! * [`SceneSource`]: pairs of image and label rasters (anything GDAL
+//!   opens, VRTs included) on the same grid. Training windows are random
+//!   crops read on the fly ([`Sampling::Random`]); validation tiles each
+//!   scene without double-counting a pixel ([`Sampling::Grid`]). Nothing is
+//!   cut to disk first.
+//! * [`MemorySource`]: samples already in memory (tests, small sets).
+//! * The HDF5 patch files of `rstile prepare vaihingen`
+//!   (`vaihingen_train.hdf5`, images `(N, 5, 256, 256)`, labels and masks
+//!   `(N, 256, 256)`) are not read here yet: [`hdf5_patch_source`] is the
+//!   place for that source; it returns an error until then.
+
+use crate::augment::{augment, derive_seed, AugmentConfig, Sample, SplitMix64, IGNORE};
+use crate::classes::ClassTable;
+use crate::error::{Error, Result};
+use crate::read::{open_raster, Normalize, Reader};
+use crate::window::{Size, Window, WindowGrid};
+use candle_core::{Device, Tensor};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A worker's own view of a data set.
+pub trait Dataset {
+    /// Number of samples (per epoch for random sources).
+    fn len(&self) -> usize;
+    /// True when there are no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Sample `i`; random sources draw from `rng` (seeded per sample).
+    fn get(&mut self, i: usize, rng: &mut SplitMix64) -> Result<Sample>;
+}
+
+/// A data set that worker threads can open, each for itself.
+pub trait DataSource: Send + Sync {
+    /// Number of samples per epoch.
+    fn len(&self) -> usize;
+    /// True when there are no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Number of image bands of every sample.
+    fn bands(&self) -> usize;
+    /// A handle for one worker thread.
+    fn open(&self) -> Result<Box<dyn Dataset + '_>>;
+}
+
+/// Samples held in memory.
+#[derive(Debug, Clone)]
+pub struct MemorySource {
+    pub samples: Arc<Vec<Sample>>,
+}
+
+impl DataSource for MemorySource {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+    fn bands(&self) -> usize {
+        self.samples.first().map_or(0, |s| s.bands)
+    }
+    fn open(&self) -> Result<Box<dyn Dataset + '_>> {
+        Ok(Box::new(MemoryDataset(self.samples.clone())))
+    }
+}
+
+struct MemoryDataset(Arc<Vec<Sample>>);
+
+impl Dataset for MemoryDataset {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn get(&mut self, i: usize, _: &mut SplitMix64) -> Result<Sample> {
+        Ok(self.0[i].clone())
+    }
+}
+
+/// The patch files written by `rstile prepare vaihingen`: the place for an
+/// HDF5 (or memory-mapped) patch source. Not implemented yet.
+pub fn hdf5_patch_source(path: &Path) -> Result<Box<dyn DataSource>> {
+    Err(Error::file(
+        path,
+        "reading prepared HDF5 patch files is not implemented in this build; \
+         train on scenes ([[data.scene]] entries) instead",
+    ))
+}
+
+/// An image raster and its label raster (class ids, same grid).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScenePair {
+    pub image: PathBuf,
+    pub label: PathBuf,
+}
+
+/// How a [`SceneSource`] picks its windows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// `samples` random `size x size` windows per epoch, each scene chosen
+    /// with probability proportional to its area.
+    Random { samples: usize, size: usize },
+    /// Every scene tiled by `size x size` windows; the last row and column
+    /// are shifted inside the scene and their pixels already covered are
+    /// labelled [`IGNORE`], so each pixel is scored once.
+    Grid { size: usize },
+}
+
+#[derive(Debug, Clone)]
+struct SceneMeta {
+    pair: ScenePair,
+    size: Size,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GridWindow {
+    scene: usize,
+    x: i64,
+    y: i64,
+    /// Columns / rows of the window before these are already covered.
+    own_x: usize,
+    own_y: usize,
+}
+
+/// Windows read from pairs of image and label rasters.
+#[derive(Debug, Clone)]
+pub struct SceneSource {
+    scenes: Vec<SceneMeta>,
+    bands: Vec<usize>,
+    norm: Normalize,
+    /// Label raster value → class channel, [`IGNORE`] for unknown values.
+    lut: Vec<u8>,
+    sampling: Sampling,
+    grid: Vec<GridWindow>,
+    cum_area: Vec<u64>,
+}
+
+fn grid_starts(n: usize, size: usize) -> Vec<(i64, usize)> {
+    if n <= size {
+        return vec![(0, 0)];
+    }
+    let mut v = Vec::new();
+    let mut x = 0;
+    while x + size < n {
+        v.push((x as i64, 0));
+        x += size;
+    }
+    // last window flush with the edge; its first `x - (n - size)` px are
+    // covered by the previous one
+    let last = n - size;
+    v.push((last as i64, x - last));
+    v
+}
+
+impl SceneSource {
+    /// Checks the pairs (they open, the image has the bands, the label has
+    /// one band and the image's size) and plans the windows. `bands` are
+    /// 1-based; `norm` is applied to the image; label values are class ids
+    /// of `classes`, anything else (and the label raster's nodata) is
+    /// ignored.
+    pub fn new(
+        pairs: &[ScenePair],
+        bands: &[usize],
+        norm: Normalize,
+        classes: &ClassTable,
+        sampling: Sampling,
+    ) -> Result<SceneSource> {
+        if pairs.is_empty() {
+            return Err(Error::Config("no scenes given".into()));
+        }
+        let size = match sampling {
+            Sampling::Random { size, .. } | Sampling::Grid { size } => size,
+        };
+        if size < 8 {
+            return Err(Error::Config(format!("window size {size} is below 8 px")));
+        }
+        let mut scenes = Vec::new();
+        for p in pairs {
+            let img = open_raster(&p.image)?;
+            let (w, h) = img.raster_size();
+            if w == 0 || h == 0 {
+                return Err(Error::file(&p.image, "the raster has no pixels"));
+            }
+            for &b in bands {
+                if b == 0 || b > img.raster_count() {
+                    return Err(Error::file(
+                        &p.image,
+                        format!("has {} band(s), band {b} was asked for", img.raster_count()),
+                    ));
+                }
+            }
+            let lab = open_raster(&p.label)?;
+            if lab.raster_size() != (w, h) {
+                let (lw, lh) = lab.raster_size();
+                return Err(Error::file(
+                    &p.label,
+                    format!(
+                        "label raster is {lw}x{lh} px, its image {} is {w}x{h} px",
+                        p.image.display()
+                    ),
+                ));
+            }
+            scenes.push(SceneMeta {
+                pair: p.clone(),
+                size: Size {
+                    width: w,
+                    height: h,
+                },
+            });
+        }
+        let mut lut = vec![IGNORE; 256];
+        for (k, c) in classes.classes.iter().enumerate() {
+            lut[c.id as usize] = k as u8;
+        }
+        let mut grid = Vec::new();
+        if let Sampling::Grid { size } = sampling {
+            for (si, s) in scenes.iter().enumerate() {
+                for &(y, own_y) in &grid_starts(s.size.height, size) {
+                    for &(x, own_x) in &grid_starts(s.size.width, size) {
+                        grid.push(GridWindow {
+                            scene: si,
+                            x,
+                            y,
+                            own_x,
+                            own_y,
+                        });
+                    }
+                }
+            }
+        }
+        let mut cum_area = Vec::new();
+        let mut a = 0u64;
+        for s in &scenes {
+            a += (s.size.width * s.size.height) as u64;
+            cum_area.push(a);
+        }
+        Ok(SceneSource {
+            scenes,
+            bands: bands.to_vec(),
+            norm,
+            lut,
+            sampling,
+            grid,
+            cum_area,
+        })
+    }
+
+    /// Per-band mean and standard deviation of the images, over valid,
+    /// finite pixels, from a decimated read (at most `max_side` px per side
+    /// of each scene).
+    pub fn band_stats(pairs: &[ScenePair], bands: &[usize], max_side: usize) -> Result<Normalize> {
+        let mut sum = vec![0f64; bands.len()];
+        let mut sq = vec![0f64; bands.len()];
+        let mut n = vec![0f64; bands.len()];
+        for p in pairs {
+            let ds = open_raster(&p.image)?;
+            let (w, h) = ds.raster_size();
+            let f = (w.max(h) as f64 / max_side as f64).max(1.0);
+            let (bw, bh) = (
+                ((w as f64 / f) as usize).max(1),
+                ((h as f64 / f) as usize).max(1),
+            );
+            for (i, &b) in bands.iter().enumerate() {
+                let band = ds.rasterband(b).map_err(|e| Error::file(&p.image, e))?;
+                let nodata = band.no_data_value();
+                let buf = band
+                    .read_as::<f64>((0, 0), (w, h), (bw, bh), None)
+                    .map_err(|e| Error::file(&p.image, e))?;
+                for &v in buf.data() {
+                    if v.is_finite() && Some(v) != nodata {
+                        sum[i] += v;
+                        sq[i] += v * v;
+                        n[i] += 1.0;
+                    }
+                }
+            }
+        }
+        let mut mean = Vec::new();
+        let mut std = Vec::new();
+        for i in 0..bands.len() {
+            let m = if n[i] > 0.0 { sum[i] / n[i] } else { 0.0 };
+            let var = if n[i] > 0.0 {
+                sq[i] / n[i] - m * m
+            } else {
+                1.0
+            };
+            mean.push(m as f32);
+            std.push((var.max(0.0).sqrt() as f32).max(1e-3));
+        }
+        Ok(Normalize { mean, std })
+    }
+
+    /// Number of scenes.
+    pub fn scene_count(&self) -> usize {
+        self.scenes.len()
+    }
+}
+
+impl DataSource for SceneSource {
+    fn len(&self) -> usize {
+        match self.sampling {
+            Sampling::Random { samples, .. } => samples,
+            Sampling::Grid { .. } => self.grid.len(),
+        }
+    }
+    fn bands(&self) -> usize {
+        self.bands.len()
+    }
+    fn open(&self) -> Result<Box<dyn Dataset + '_>> {
+        Ok(Box::new(SceneDataset {
+            src: self,
+            handles: (0..self.scenes.len()).map(|_| None).collect(),
+        }))
+    }
+}
+
+struct SceneDataset<'a> {
+    src: &'a SceneSource,
+    /// Opened on first use: (image reader, label dataset).
+    handles: Vec<Option<(Reader, gdal::Dataset)>>,
+}
+
+impl SceneDataset<'_> {
+    fn read(&mut self, scene: usize, x: i64, y: i64, size: usize) -> Result<Sample> {
+        let meta = &self.src.scenes[scene];
+        if self.handles[scene].is_none() {
+            let grid = WindowGrid::new(meta.size, size, 0.0)
+                .map_err(|e| Error::file(&meta.pair.image, e))?;
+            let reader = Reader::open(
+                &meta.pair.image,
+                &self.src.bands,
+                self.src.norm.clone(),
+                grid,
+                None,
+            )?;
+            let label = open_raster(&meta.pair.label)?;
+            self.handles[scene] = Some((reader, label));
+        }
+        let (reader, label_ds) = self.handles[scene].as_mut().expect("opened");
+        let w = Window {
+            col: 0,
+            row: 0,
+            x,
+            y,
+            size,
+        };
+        let data = reader.read_window(&w)?;
+        // labels: inside the raster only; outside stays ignored
+        let mut label = vec![IGNORE; size * size];
+        let (sw, sh) = (meta.size.width as i64, meta.size.height as i64);
+        let (x0, y0) = (x.max(0), y.max(0));
+        let (x1, y1) = ((x + size as i64).min(sw), (y + size as i64).min(sh));
+        if x1 > x0 && y1 > y0 {
+            let (cw, ch) = ((x1 - x0) as usize, (y1 - y0) as usize);
+            let band = label_ds
+                .rasterband(1)
+                .map_err(|e| Error::file(&meta.pair.label, e))?;
+            let nodata = band.no_data_value();
+            let buf = band
+                .read_as::<f64>((x0 as isize, y0 as isize), (cw, ch), (cw, ch), None)
+                .map_err(|e| {
+                    Error::file(
+                        &meta.pair.label,
+                        format!("cannot read labels at ({x0}, {y0}): {e}"),
+                    )
+                })?;
+            let vals = buf.data();
+            for r in 0..ch {
+                for c in 0..cw {
+                    let v = vals[r * cw + c];
+                    let k = if Some(v) == nodata || !(0.0..=254.0).contains(&v) || v.fract() != 0.0
+                    {
+                        IGNORE
+                    } else {
+                        self.src.lut[v as usize]
+                    };
+                    let (ox, oy) = ((x0 - x) as usize + c, (y0 - y) as usize + r);
+                    label[oy * size + ox] = k;
+                }
+            }
+        }
+        for (l, &v) in label.iter_mut().zip(&data.valid) {
+            if v == 0 {
+                *l = IGNORE;
+            }
+        }
+        Ok(Sample {
+            bands: self.src.bands.len(),
+            height: size,
+            width: size,
+            image: data.input,
+            label,
+        })
+    }
+}
+
+impl Dataset for SceneDataset<'_> {
+    fn len(&self) -> usize {
+        self.src.len()
+    }
+    fn get(&mut self, i: usize, rng: &mut SplitMix64) -> Result<Sample> {
+        match self.src.sampling {
+            Sampling::Random { size, .. } => {
+                let total = *self.src.cum_area.last().expect("scenes");
+                let a = rng.below(total);
+                let scene = self.src.cum_area.partition_point(|&c| c <= a);
+                let s = self.src.scenes[scene].size;
+                let pick = |rng: &mut SplitMix64, n: usize| {
+                    if n > size {
+                        rng.below((n - size + 1) as u64) as i64
+                    } else {
+                        0
+                    }
+                };
+                let x = pick(rng, s.width);
+                let y = pick(rng, s.height);
+                self.read(scene, x, y, size)
+            }
+            Sampling::Grid { size } => {
+                let g = self.src.grid[i];
+                let mut s = self.read(g.scene, g.x, g.y, size)?;
+                for r in 0..size {
+                    for c in 0..size {
+                        if r < g.own_y || c < g.own_x {
+                            s.label[r * size + c] = IGNORE;
+                        }
+                    }
+                }
+                Ok(s)
+            }
+        }
+    }
+}
+
+/// A batch ready for the model.
+pub struct Batch {
+    /// `(B, C, H, W)` on the device.
+    pub images: Tensor,
+    /// `B·H·W` labels.
+    pub labels: Vec<u8>,
+    /// Number of samples.
+    pub len: usize,
+    /// Positions (in the epoch) of its samples.
+    pub first: usize,
+}
+
+/// How an epoch's samples are made.
+#[derive(Debug, Clone)]
+pub struct EpochPlan {
+    /// Sample indices in the order they are used.
+    pub order: Vec<usize>,
+    pub batch: usize,
+    pub workers: usize,
+    /// Drop a final batch smaller than `batch`.
+    pub drop_last: bool,
+    /// Augmentation (`None`: samples are used as read, no crop).
+    pub augment: Option<(AugmentConfig, usize)>,
+    /// Seed of sample `p` is `derive_seed(seed, [epoch, p])`.
+    pub seed: u64,
+    pub epoch: u64,
+}
+
+/// What [`run_epoch`] measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EpochIo {
+    /// Time the consumer waited for samples.
+    pub wait: Duration,
+    pub samples: usize,
+}
+
+type Reply = Receiver<Result<Sample>>;
+
+/// Runs one epoch's data through worker threads and calls `consume` with
+/// each batch, in order. Stops early (without error) when `consume` returns
+/// `Ok(false)`.
+pub fn run_epoch(
+    source: &dyn DataSource,
+    plan: &EpochPlan,
+    device: &Device,
+    consume: &mut dyn FnMut(Batch) -> Result<bool>,
+) -> Result<EpochIo> {
+    let workers = plan.workers.max(1);
+    let batch = plan.batch.max(1);
+    let n = if plan.drop_last {
+        plan.order.len() / batch * batch
+    } else {
+        plan.order.len()
+    };
+    let mut io = EpochIo::default();
+    std::thread::scope(|scope| -> Result<()> {
+        let (job_tx, job_rx) = bounded::<(usize, usize, Sender<Result<Sample>>)>(2 * workers);
+        let (order_tx, order_rx) = bounded::<Reply>(2 * batch + 2 * workers);
+        let order = &plan.order;
+        scope.spawn(move || {
+            for (pos, &idx) in order.iter().enumerate().take(n) {
+                let (tx, rx) = bounded(1);
+                if order_tx.send(rx).is_err() || job_tx.send((pos, idx, tx)).is_err() {
+                    break;
+                }
+            }
+        });
+        for _ in 0..workers {
+            let job_rx = job_rx.clone();
+            scope.spawn(move || {
+                let mut ds = match source.open() {
+                    Ok(ds) => Some(ds),
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for (_, _, tx) in job_rx.iter() {
+                            let _ = tx.send(Err(Error::Config(msg.clone())));
+                        }
+                        None
+                    }
+                };
+                if let Some(ds) = ds.as_mut() {
+                    for (pos, idx, tx) in job_rx.iter() {
+                        let mut rng =
+                            SplitMix64::new(derive_seed(plan.seed, &[plan.epoch, pos as u64]));
+                        let r = ds.get(idx, &mut rng).and_then(|s| {
+                            s.check().map_err(Error::Config)?;
+                            Ok(match &plan.augment {
+                                Some((cfg, crop)) => augment(&s, *crop, cfg, &mut rng),
+                                None => s,
+                            })
+                        });
+                        let _ = tx.send(r);
+                    }
+                }
+            });
+        }
+        drop(job_rx);
+        let mut pos = 0;
+        while pos < n {
+            let take = batch.min(n - pos);
+            let mut samples = Vec::with_capacity(take);
+            let t = Instant::now();
+            for _ in 0..take {
+                let rx = order_rx.recv().expect("dispatcher queues every position");
+                let s = rx
+                    .recv()
+                    .map_err(|_| Error::Config("a data worker stopped".into()))??;
+                samples.push(s);
+            }
+            io.wait += t.elapsed();
+            let (c, h, w) = (samples[0].bands, samples[0].height, samples[0].width);
+            let mut img = Vec::with_capacity(take * c * h * w);
+            let mut lab = Vec::with_capacity(take * h * w);
+            for s in &samples {
+                if (s.bands, s.height, s.width) != (c, h, w) {
+                    return Err(Error::Config(format!(
+                        "samples of one batch differ in shape: {}x{}x{} and {}x{}x{}",
+                        c, h, w, s.bands, s.height, s.width
+                    )));
+                }
+                img.extend_from_slice(&s.image);
+                lab.extend_from_slice(&s.label);
+            }
+            let images = Tensor::from_vec(img, (take, c, h, w), device)?;
+            io.samples += take;
+            let more = consume(Batch {
+                images,
+                labels: lab,
+                len: take,
+                first: pos,
+            })?;
+            pos += take;
+            if !more {
+                break;
+            }
+        }
+        // dropping the queue stops the dispatcher, which stops the workers
+        drop(order_rx);
+        Ok(())
+    })?;
+    Ok(io)
+}

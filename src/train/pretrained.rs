@@ -1,0 +1,161 @@
+//! ImageNet ResNet weights (torchvision key names) into a model's encoder.
+//!
+//! Checkpoints are torchvision `resnet18/34/50` state dicts: `conv1.weight`,
+//! `bn1.*`, `layer1.0.conv1.weight`, ... without a `backbone.` prefix, as
+//! `.safetensors` or as PyTorch `.pth`/`.pt` (zip pickles). `fc.*` and
+//! `*.num_batches_tracked` are skipped. Every other tensor must be an
+//! encoder parameter of the model (`backbone.` + key) of the same shape,
+//! and every encoder parameter must be present.
+//!
+//! **First convolution.** ImageNet's `conv1.weight` is `(64, 3, 7, 7)` for
+//! R, G, B. It is adapted to the model's `N` bands *by position*: model
+//! band `i < 3` takes the RGB filter `i`, so an IR-R-G image (ISPRS
+//! Vaihingen's channel order) gets IR ← R, R ← G, G ← B, exactly what an
+//! ImageNet network sees when the false-colour composite is fed to it as
+//! RGB (the usual practice for Vaihingen). Bands `i >= 3` (nDSM, NDVI, ...)
+//! start from the mean of the three RGB filters.
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What [`load_imagenet`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PretrainedReport {
+    /// Tensors copied into the model (running statistics included).
+    pub loaded: usize,
+    /// Tensors skipped (`fc.*`, `num_batches_tracked`).
+    pub skipped: usize,
+    /// Input channels of the checkpoint's first convolution and of the model's.
+    pub first_conv: (usize, usize),
+}
+
+/// Reads all tensors of a `.safetensors` or PyTorch `.pth` checkpoint.
+pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    if !path.exists() {
+        return Err(Error::file(path, "no such file"));
+    }
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let st = || -> Result<Vec<(String, Tensor)>> {
+        let m = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+            Error::file(path, format!("not a readable safetensors checkpoint: {e}"))
+        })?;
+        Ok(m.into_iter().collect())
+    };
+    let pth = || -> Result<Vec<(String, Tensor)>> {
+        candle_core::pickle::read_all(path)
+            .map_err(|e| Error::file(path, format!("not a readable PyTorch checkpoint: {e}")))
+    };
+    match ext.as_str() {
+        "safetensors" => st(),
+        "pth" | "pt" | "bin" | "ckpt" => pth(),
+        _ => st().or_else(|_| pth()),
+    }
+}
+
+/// The first-convolution filters for `bands` inputs from ImageNet's RGB
+/// ones (see the module documentation for the mapping).
+pub fn adapt_first_conv(w: &Tensor, bands: usize) -> Result<Tensor> {
+    let (_, c, _, _) = w.dims4()?;
+    let mean = w.mean_keepdim(1)?;
+    let parts: Vec<Tensor> = (0..bands)
+        .map(|i| {
+            if i < c {
+                w.narrow(1, i, 1)
+            } else {
+                Ok(mean.clone())
+            }
+        })
+        .collect::<candle_core::Result<_>>()?;
+    Ok(Tensor::cat(&parts, 1)?.contiguous()?)
+}
+
+/// Loads an ImageNet ResNet checkpoint into the encoder of `model` (a
+/// `resnet*-fcn*` architecture). Errors name the file and the tensor.
+pub fn load_imagenet(model: &Model, path: &Path) -> Result<PretrainedReport> {
+    let tensors = read_checkpoint(path)?;
+    let vars = model.varmap().data().lock().expect("varmap lock");
+    if !vars.contains_key("backbone.conv1.weight") {
+        return Err(Error::file(
+            path,
+            format!(
+                "the '{}' architecture has no ResNet encoder to load ImageNet weights into",
+                model.meta.arch
+            ),
+        ));
+    }
+    let arch = &model.meta.arch;
+    let mut done: HashMap<String, ()> = HashMap::new();
+    let mut report = PretrainedReport {
+        loaded: 0,
+        skipped: 0,
+        first_conv: (0, model.meta.bands),
+    };
+    for (name, t) in tensors {
+        if name.starts_with("fc.") || name.ends_with("num_batches_tracked") {
+            report.skipped += 1;
+            continue;
+        }
+        let key = format!("backbone.{name}");
+        let Some(var) = vars.get(&key) else {
+            return Err(Error::file(
+                path,
+                format!("tensor '{name}' is not part of the {arch} encoder (a different ResNet depth, or not a torchvision ResNet state dict?)"),
+            ));
+        };
+        let t = t.to_dtype(DType::F32)?;
+        let t = if name == "conv1.weight" && t.rank() == 4 && t.dims() != var.dims() {
+            let d = t.dims();
+            let v = var.dims();
+            if d[0] != v[0] || d[2..] != v[2..] {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "tensor 'conv1.weight' has shape {d:?}, the {arch} encoder needs {v:?}"
+                    ),
+                ));
+            }
+            report.first_conv.0 = d[1];
+            adapt_first_conv(&t, v[1])?
+        } else {
+            if name == "conv1.weight" {
+                report.first_conv.0 = t.dims().get(1).copied().unwrap_or(0);
+            }
+            t
+        };
+        if t.dims() != var.dims() {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor '{name}' has shape {:?}, the {arch} encoder needs {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        var.set(&t.to_device(var.device())?)?;
+        done.insert(key, ());
+        report.loaded += 1;
+    }
+    let mut missing: Vec<&String> = vars
+        .keys()
+        .filter(|k| k.starts_with("backbone.") && !done.contains_key(*k))
+        .collect();
+    missing.sort();
+    if let Some(m) = missing.first() {
+        return Err(Error::file(
+            path,
+            format!(
+                "tensor '{}' of the {arch} encoder is missing ({} missing in all)",
+                m.trim_start_matches("backbone."),
+                missing.len()
+            ),
+        ));
+    }
+    Ok(report)
+}

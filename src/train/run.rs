@@ -1,0 +1,544 @@
+//! The training loop and its run directory.
+//!
+//! A run directory holds:
+//!
+//! * `config.toml`: the configuration the run started with;
+//! * `last.safetensors`: the model after the last finished epoch (a normal
+//!   rstile model file, usable by `rstile infer`), `last.optim.safetensors`
+//!   (the optimiser's buffers: SGD momentum or AdamW's two moments) and
+//!   `state.json` (epochs done, global step, optimiser step counts, best
+//!   score, the metrics history). All randomness (sample order, windows,
+//!   augmentation) is derived from the seed, the epoch and the sample's
+//!   position, so these files are the whole state: `--resume` continues
+//!   exactly, and gives the same weights as an uninterrupted run;
+//! * `best.safetensors`: the model of the epoch with the best validation
+//!   mean F1;
+//! * `metrics.jsonl` and `metrics.csv`: one line per epoch;
+//! * `loss.png`, `val_f1.png`, `confusion.png`: the curves and the last
+//!   epoch's validation confusion matrix (rows truth, columns prediction).
+//!
+//! Determinism: on one machine, with the same seed and thread count, runs
+//! give bit-identical weights. The FCN heads' dropout (`resnet*-fcn*`)
+//! draws from candle's own unseeded generator, so only `tiny` and `linear`
+//! are bit-reproducible today.
+
+use super::config::{OptimizerName, TrainConfig};
+use super::data::{hdf5_patch_source, run_epoch, DataSource, EpochPlan, Sampling, SceneSource};
+use super::loss::cross_entropy;
+use super::optim::{OptimConfig, Optimizer, Param};
+use super::plot;
+use super::pretrained::load_imagenet;
+use super::schedule::lr_at;
+use crate::augment::{derive_seed, SplitMix64};
+use crate::classes::ClassTable;
+use crate::error::{Error, Result};
+use crate::metrics::Confusion;
+use crate::model::{Model, ModelMeta, FORMAT};
+use crate::read::Normalize;
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Options beside the config file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Continue the run in this directory.
+    pub resume: Option<PathBuf>,
+    /// ImageNet ResNet weights for the encoder (new runs only).
+    pub pretrained: Option<PathBuf>,
+    pub device: Device,
+    /// Stop after this many epochs of this invocation (tests; `None`: run
+    /// to `train.epochs`).
+    pub max_epochs: Option<usize>,
+}
+
+/// One epoch's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    /// Global step at the end of the epoch.
+    pub step: u64,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    pub val_overall_accuracy: Option<f64>,
+    pub val_mean_f1: Option<f64>,
+    pub val_miou: Option<f64>,
+    pub val_f1: Vec<Option<f64>>,
+    pub val_iou: Vec<Option<f64>>,
+    /// Training samples per second (data, forward, backward, update).
+    pub samples_per_s: f64,
+    /// Seconds the model thread waited for training data.
+    pub data_wait_s: f64,
+    /// Seconds for the whole epoch, validation included.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    format: u32,
+    epochs_done: usize,
+    step: u64,
+    seed: u64,
+    optim_steps: Vec<u64>,
+    best_mean_f1: Option<f64>,
+    best_epoch: Option<usize>,
+    stopped_early: bool,
+    history: Vec<EpochMetrics>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub run_dir: PathBuf,
+    pub history: Vec<EpochMetrics>,
+    pub best_epoch: Option<usize>,
+    pub best_mean_f1: Option<f64>,
+    pub stopped_early: bool,
+}
+
+/// Feedback while training (a progress bar in the CLI).
+pub trait TrainProgress {
+    fn epoch_start(&self, _epoch: usize, _epochs: usize, _steps: usize) {}
+    fn step(&self, _step: usize, _loss: f64, _samples_per_s: f64) {}
+    fn validating(&self) {}
+    fn epoch_end(&self, _m: &EpochMetrics) {}
+    fn message(&self, _msg: &str) {}
+}
+
+/// No feedback.
+pub struct Quiet;
+impl TrainProgress for Quiet {}
+
+/// File names inside a run directory.
+pub const LAST: &str = "last.safetensors";
+pub const LAST_OPTIM: &str = "last.optim.safetensors";
+pub const BEST: &str = "best.safetensors";
+pub const STATE: &str = "state.json";
+pub const CONFIG: &str = "config.toml";
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::file(path, format!("cannot write: {e}")))
+}
+
+/// The trainable parameters, sorted by name, grouped: 1 = encoder
+/// (`backbone.*`), 0 = the rest.
+pub fn params_of(model: &Model) -> Vec<Param> {
+    let vars = model.varmap().data().lock().expect("varmap lock");
+    let mut v: Vec<Param> = vars
+        .iter()
+        .filter(|(n, _)| !(n.ends_with(".running_mean") || n.ends_with(".running_var")))
+        .map(|(n, var)| Param {
+            name: n.clone(),
+            var: var.clone(),
+            group: n.starts_with("backbone.") as usize,
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+fn optim_config(cfg: &TrainConfig) -> OptimConfig {
+    let t = &cfg.train;
+    match t.optimizer {
+        OptimizerName::Sgd => OptimConfig::Sgd {
+            momentum: t.momentum,
+            weight_decay: t.weight_decay,
+        },
+        OptimizerName::Adamw => OptimConfig::Adamw {
+            beta1: t.beta1,
+            beta2: t.beta2,
+            eps: t.eps,
+            weight_decay: t.weight_decay,
+        },
+    }
+}
+
+/// Runs (or resumes) a training run; see the module documentation.
+pub fn train(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    progress: &dyn TrainProgress,
+) -> Result<TrainReport> {
+    cfg.validate().map_err(Error::Config)?;
+    let t = &cfg.train;
+    let classes = ClassTable::from_toml_file(&cfg.model.classes)?;
+    let k = classes.len();
+    if let Some(w) = &t.class_weights {
+        if w.len() != k || w.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(Error::Config(format!(
+                "train.class_weights has {} values for {k} classes (all must be >= 0)",
+                w.len()
+            )));
+        }
+    }
+    let f1_classes: Vec<usize> = t.f1_classes.clone().unwrap_or_else(|| (0..k).collect());
+    if let Some(c) = f1_classes.iter().find(|&&c| c >= k) {
+        return Err(Error::Config(format!("train.f1_classes: class {c} of {k}")));
+    }
+    if cfg.data.train_patches.is_some() || cfg.data.val_patches.is_some() {
+        let p = cfg
+            .data
+            .train_patches
+            .as_ref()
+            .or(cfg.data.val_patches.as_ref());
+        hdf5_patch_source(p.expect("some"))?;
+    }
+    let train_pairs = cfg.scenes("train");
+    let val_pairs = cfg.scenes("val");
+    if train_pairs.is_empty() || val_pairs.is_empty() {
+        return Err(Error::Config(
+            "data: at least one [[data.scene]] with split = \"train\" and one with split = \"val\" are needed".into(),
+        ));
+    }
+
+    // run directory and state
+    let run_dir = opts.resume.clone().unwrap_or_else(|| t.out_dir.clone());
+    let (model, mut state) = if let Some(dir) = &opts.resume {
+        let sp = dir.join(STATE);
+        let text = std::fs::read_to_string(&sp)
+            .map_err(|e| Error::file(&sp, format!("not a run directory to resume: {e}")))?;
+        let state: RunState = serde_json::from_str(&text)
+            .map_err(|e| Error::file(&sp, format!("corrupt run state: {e}")))?;
+        let model = Model::load(&dir.join(LAST), &opts.device)?;
+        if model.meta.arch != cfg.model.arch || model.meta.classes != classes {
+            return Err(Error::file(
+                dir,
+                "the run's model does not match the config (architecture or classes differ)",
+            ));
+        }
+        if opts.pretrained.is_some() {
+            progress.message("--pretrained is ignored when resuming: the run's weights are used");
+        }
+        (model, state)
+    } else {
+        if run_dir.join(STATE).exists() {
+            return Err(Error::file(
+                &run_dir,
+                "already holds a run; pass --resume to continue it, or choose another out_dir",
+            ));
+        }
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| Error::file(&run_dir, format!("cannot create the run directory: {e}")))?;
+        write_atomic(&run_dir.join(CONFIG), cfg.to_toml().as_bytes())?;
+        let nb = cfg.model.bands.len();
+        let norm = match (&cfg.model.mean, &cfg.model.std) {
+            (Some(m), Some(s)) => Normalize {
+                mean: m.clone(),
+                std: s.clone(),
+            },
+            (None, None) => SceneSource::band_stats(&train_pairs, &cfg.model.bands, 1024)?,
+            _ => return Err(Error::Config("model.mean and model.std go together".into())),
+        };
+        let meta = ModelMeta {
+            format: FORMAT,
+            arch: cfg.model.arch.clone(),
+            bands: nb,
+            band_names: cfg.model.band_names.clone(),
+            mean: norm.mean,
+            std: norm.std,
+            classes: classes.clone(),
+            window: cfg.model.window,
+            overlap: cfg.model.overlap,
+        };
+        let model = Model::new_random(meta, t.seed, &opts.device)?;
+        if let Some(p) = &opts.pretrained {
+            let r = load_imagenet(&model, p)?;
+            progress.message(&format!(
+                "loaded {} ImageNet tensors from {} (first convolution {} -> {} bands)",
+                r.loaded,
+                p.display(),
+                r.first_conv.0,
+                r.first_conv.1
+            ));
+        }
+        let state = RunState {
+            format: 1,
+            epochs_done: 0,
+            step: 0,
+            seed: t.seed,
+            optim_steps: Vec::new(),
+            best_mean_f1: None,
+            best_epoch: None,
+            stopped_early: false,
+            history: Vec::new(),
+        };
+        (model, state)
+    };
+    let norm = Normalize {
+        mean: model.meta.mean.clone(),
+        std: model.meta.std.clone(),
+    };
+    let train_src = SceneSource::new(
+        &train_pairs,
+        &cfg.model.bands,
+        norm.clone(),
+        &classes,
+        Sampling::Random {
+            samples: cfg.data.samples_per_epoch,
+            size: cfg.augment.source_size(t.crop),
+        },
+    )?;
+    let val_src = SceneSource::new(
+        &val_pairs,
+        &cfg.model.bands,
+        norm,
+        &classes,
+        Sampling::Grid {
+            size: cfg.data.val_window,
+        },
+    )?;
+    let mut opt = Optimizer::new(optim_config(cfg), params_of(&model));
+    if opts.resume.is_some() {
+        opt.load(&run_dir.join(LAST_OPTIM), &state.optim_steps)?;
+    }
+    let seed = state.seed;
+    let steps_per_epoch = train_src.len() / t.batch;
+    let total_steps = (t.epochs * steps_per_epoch) as u64;
+    let weights = t.class_weights.clone();
+    let colors: Vec<[u8; 3]> = classes.classes.iter().map(|c| c.rgb()).collect();
+
+    let mut epochs_this_call = 0;
+    while state.epochs_done < t.epochs && !state.stopped_early {
+        if opts.max_epochs.is_some_and(|m| epochs_this_call >= m) {
+            break;
+        }
+        let epoch = state.epochs_done;
+        let t0 = Instant::now();
+        progress.epoch_start(epoch + 1, t.epochs, steps_per_epoch);
+        let mut order: Vec<usize> = (0..train_src.len()).collect();
+        SplitMix64::new(derive_seed(seed, &[epoch as u64, u64::MAX])).shuffle(&mut order);
+        let plan = EpochPlan {
+            order,
+            batch: t.batch,
+            workers: cfg.data.workers,
+            drop_last: true,
+            augment: Some((cfg.augment.clone(), t.crop)),
+            seed,
+            epoch: epoch as u64,
+        };
+        let frozen = epoch < t.freeze_encoder_epochs;
+        let mut loss_sum = 0f64;
+        let mut loss_n = 0usize;
+        let mut lr = t.lr;
+        let mut step = state.step;
+        let mut in_epoch = 0;
+        let io = run_epoch(&train_src, &plan, &opts.device, &mut |b| {
+            lr = lr_at(
+                t.schedule,
+                t.lr,
+                t.min_lr,
+                t.poly_power,
+                t.warmup_steps,
+                step,
+                total_steps,
+            );
+            let enc = if frozen {
+                None
+            } else {
+                Some(lr * t.encoder_lr_mult)
+            };
+            let logits = model.forward_t(&b.images, true)?;
+            let loss = cross_entropy(&logits, &b.labels, weights.as_deref())?;
+            let grads = loss.backward()?;
+            opt.step(&grads, &[Some(lr), enc])?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                return Err(Error::Config(format!(
+                    "the training loss is {l} at step {step} (epoch {}): lower train.lr",
+                    epoch + 1
+                )));
+            }
+            loss_sum += l;
+            loss_n += 1;
+            step += 1;
+            in_epoch += 1;
+            let sps = (in_epoch * t.batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            progress.step(in_epoch, loss_sum / loss_n as f64, sps);
+            Ok(true)
+        })?;
+        let train_secs = t0.elapsed().as_secs_f64();
+
+        // validation
+        progress.validating();
+        let mut conf = Confusion::new(k);
+        let mut vloss = 0f64;
+        let mut vn = 0usize;
+        let vplan = EpochPlan {
+            order: (0..val_src.len()).collect(),
+            batch: t.batch,
+            workers: cfg.data.workers,
+            drop_last: false,
+            augment: None,
+            seed,
+            epoch: epoch as u64,
+        };
+        run_epoch(&val_src, &vplan, &opts.device, &mut |b| {
+            let logits = model.forward_t(&b.images, false)?;
+            let valid = b.labels.iter().filter(|&&l| (l as usize) < k).count();
+            if valid > 0 {
+                let l = cross_entropy(&logits, &b.labels, None)?.to_scalar::<f32>()? as f64;
+                vloss += l * valid as f64;
+                vn += valid;
+            }
+            let pred: Vec<u8> = logits
+                .argmax(1)?
+                .to_dtype(DType::U32)?
+                .flatten_all()?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|v| v as u8)
+                .collect();
+            conf.add_slices(&b.labels, &pred);
+            Ok(true)
+        })?;
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            step,
+            lr,
+            train_loss: if loss_n > 0 {
+                loss_sum / loss_n as f64
+            } else {
+                f64::NAN
+            },
+            val_loss: (vn > 0).then(|| vloss / vn as f64),
+            val_overall_accuracy: conf.overall_accuracy(),
+            val_mean_f1: conf.mean_f1(&f1_classes),
+            val_miou: conf.miou(),
+            val_f1: (0..k).map(|c| conf.f1(c)).collect(),
+            val_iou: (0..k).map(|c| conf.iou(c)).collect(),
+            samples_per_s: io.samples as f64 / train_secs.max(1e-9),
+            data_wait_s: io.wait.as_secs_f64(),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        state.step = step;
+        state.epochs_done = epoch + 1;
+        let score = m.val_mean_f1.unwrap_or(0.0);
+        let improved = state.best_mean_f1.map_or(true, |b| score > b);
+        if improved {
+            state.best_mean_f1 = Some(score);
+            state.best_epoch = Some(epoch + 1);
+        }
+        if t.patience > 0 {
+            let since = epoch + 1 - state.best_epoch.unwrap_or(0);
+            state.stopped_early = since >= t.patience && state.epochs_done < t.epochs;
+        }
+        state.history.push(m.clone());
+
+        // checkpoint: model, optimiser, then the state that points at them
+        model.save(&run_dir.join(LAST))?;
+        if improved {
+            model.save(&run_dir.join(BEST))?;
+        }
+        state.optim_steps = opt.save(&run_dir.join(LAST_OPTIM))?;
+        write_atomic(
+            &run_dir.join(STATE),
+            serde_json::to_string_pretty(&state)
+                .expect("state serialises")
+                .as_bytes(),
+        )?;
+        write_metrics(&run_dir, &state.history, &classes)?;
+        write_plots(&run_dir, &state.history, &conf, &colors)?;
+        progress.epoch_end(&m);
+        if state.stopped_early {
+            progress.message(&format!(
+                "early stop after epoch {}: no better validation mean F1 for {} epochs",
+                epoch + 1,
+                t.patience
+            ));
+        }
+        epochs_this_call += 1;
+    }
+    Ok(TrainReport {
+        run_dir,
+        history: state.history,
+        best_epoch: state.best_epoch,
+        best_mean_f1: state.best_mean_f1,
+        stopped_early: state.stopped_early,
+    })
+}
+
+fn opt_csv(v: Option<f64>) -> String {
+    v.map_or(String::new(), |v| format!("{v:.6}"))
+}
+
+/// Rewrites `metrics.jsonl` and `metrics.csv` from the whole history (so a
+/// resumed run never duplicates a line).
+fn write_metrics(dir: &Path, history: &[EpochMetrics], classes: &ClassTable) -> Result<()> {
+    let mut jsonl = String::new();
+    for m in history {
+        jsonl.push_str(&serde_json::to_string(m).expect("metrics serialise"));
+        jsonl.push('\n');
+    }
+    write_atomic(&dir.join("metrics.jsonl"), jsonl.as_bytes())?;
+    let names: Vec<String> = classes
+        .classes
+        .iter()
+        .map(|c| c.name.replace([' ', ','], "_"))
+        .collect();
+    let mut csv =
+        String::from("epoch,step,lr,train_loss,val_loss,val_overall_accuracy,val_mean_f1,val_miou");
+    for n in &names {
+        csv.push_str(&format!(",f1_{n}"));
+    }
+    for n in &names {
+        csv.push_str(&format!(",iou_{n}"));
+    }
+    csv.push_str(",samples_per_s,data_wait_s,seconds\n");
+    for m in history {
+        csv.push_str(&format!(
+            "{},{},{:.6e},{:.6},{},{},{},{}",
+            m.epoch,
+            m.step,
+            m.lr,
+            m.train_loss,
+            opt_csv(m.val_loss),
+            opt_csv(m.val_overall_accuracy),
+            opt_csv(m.val_mean_f1),
+            opt_csv(m.val_miou)
+        ));
+        for v in m.val_f1.iter().chain(&m.val_iou) {
+            csv.push_str(&format!(",{}", opt_csv(*v)));
+        }
+        csv.push_str(&format!(
+            ",{:.3},{:.3},{:.3}\n",
+            m.samples_per_s, m.data_wait_s, m.seconds
+        ));
+    }
+    write_atomic(&dir.join("metrics.csv"), csv.as_bytes())
+}
+
+fn write_plots(
+    dir: &Path,
+    history: &[EpochMetrics],
+    conf: &Confusion,
+    colors: &[[u8; 3]],
+) -> Result<()> {
+    let train: Vec<Option<f64>> = history.iter().map(|m| Some(m.train_loss)).collect();
+    let val: Vec<Option<f64>> = history.iter().map(|m| m.val_loss).collect();
+    plot::curves(
+        &[(&train, plot::COLORS[0]), (&val, plot::COLORS[1])],
+        480,
+        320,
+    )
+    .write_png(&dir.join("loss.png"))?;
+    let mean: Vec<Option<f64>> = history.iter().map(|m| m.val_mean_f1).collect();
+    let k = history.last().map_or(0, |m| m.val_f1.len());
+    let per: Vec<Vec<Option<f64>>> = (0..k)
+        .map(|c| history.iter().map(|m| m.val_f1[c]).collect())
+        .collect();
+    let mut series: Vec<(&[Option<f64>], [u8; 3])> = vec![(&mean, [0, 0, 0])];
+    for (c, s) in per.iter().enumerate() {
+        // class colours, darkened so that white and yellow show on white
+        let col = colors.get(c).copied().unwrap_or([128, 128, 128]);
+        series.push((s, col.map(|v| (v as u16 * 3 / 4) as u8)));
+    }
+    plot::curves(&series, 480, 320).write_png(&dir.join("val_f1.png"))?;
+    plot::confusion(conf, colors).write_png(&dir.join("confusion.png"))
+}

@@ -1,0 +1,610 @@
+//! The ISPRS Vaihingen benchmark: `rstile prepare vaihingen`.
+//!
+//! Reads either input layout (see [`Layout`]), builds the five input
+//! features NIR, R, G, nDSM, NDVI ([`features`]), cuts square patches with
+//! the course's placement rule, and writes `vaihingen_train.hdf5` and
+//! `vaihingen_val.hdf5` plus `vaihingen_meta.json`.
+//!
+//! # The patch-placement rule (reproduces the course's counts)
+//!
+//! The course's tool (`semseg_vaihingen/dataset/make_dataset.py` of the
+//! DEEP-Hybrid-DataCloud `semseg_vaihingen` project, `image_to_dataset`)
+//! names its parameter `overlap_factor` but uses it as the *stride* as a
+//! fraction of the patch: "< 1 means overlap, = 1 means no overlap, > 1 empty
+//! space in between". With `overlap = 0.6` and 256 px patches the stride is
+//! `int(256 * 0.6) = 153` px (patches overlap by 103 px, 40 %), and along
+//! each axis of length `L` the origins are
+//!
+//! ```text
+//! k = 0; while k + 256 < L { emit k; k += 153 }     // strict <, no border patch
+//! ```
+//!
+//! i.e. `ceil((L - 256) / 153)` origins (0 when `L <= 256`); rows and
+//! columns multiply. The last `(L - 256) mod 153` (or 153) pixels of each
+//! tile's right and bottom edges are never in a patch — exactly as in the
+//! course. rstile's `--overlap` is that same factor, so `--overlap 0.6`
+//! gives the course's patches ([`patch_origins`], [`stride`]).
+//!
+//! # Official tile sizes (width x height)
+//!
+//! Known from public code (not from the archive itself, which is not on
+//! these machines):
+//!
+//! | area | size | patches | source |
+//! |---|---|---|---|
+//! | 1 | 1919 x 2569 | 11 x 16 = 176 | the issue; public test code asserting `mask.shape == (2569, 1919)` |
+//! | 5 | 1887 x 2557 | 11 x 16 = 176 | public ensemble/merge scripts (`np.zeros([6, 2557, 1887])`, `cut_size={5:(1887,2557)}`) |
+//! | 7 | 1887 x 2557 | 11 x 16 = 176 | same ensemble script |
+//! | 15 | 1919 x 2565 | 11 x 16 = 176 | `cut_size={15:(1919,2565)}` |
+//! | 21 | 1903 x 2546 | 11 x 15 = 165 | `cut_size={21:(1903,2546)}` |
+//! | 23 | 1903 x 2546 | 11 x 15 = 165 | ensemble script (`image_23 = [6, 2546, 1903]`) |
+//! | 30 | 1934 x 2563 | 11 x 16 = 176 | both scripts |
+//!
+//! The sizes of areas 3, 11, 13, 17, 26, 28, 32, 34 and 37 were not found.
+//! The course's totals then say: the eight unknown training areas give
+//! 2083 - 3 x 176 - 165 = 1390 patches, and area 32 gives 368 - 176 = 192
+//! (a 12 x 16 grid: width 1940..=2092, height 2552..=2704).
+//!
+//! # Output
+//!
+//! Each `vaihingen_<split>.hdf5` holds, for `N` patches of `P x P` px:
+//!
+//! * `images` `(N, 5, P, P)` f32, channels NIR, R, G, nDSM, NDVI,
+//!   **normalised**: `(x - mean[c]) / std[c]`;
+//! * `mean`, `std` `(5)` f32: the per-channel statistics over every pixel
+//!   of the *training* areas (the same in both files);
+//! * `labels` `(N, P, P)` u8: class ids 0..=5 of
+//!   [`crate::classes::ClassTable::isprs`] from the full reference, 255 = no
+//!   label;
+//! * `masks` `(N, P, P)` u8: 1 on the pixels the eroded reference ignores
+//!   (black, the class boundaries), else 0;
+//! * `area` `(N)` u16 and `offset` `(N, 2)` u32 (row, column of the
+//!   patch's top-left pixel in its area);
+//! * attributes `patch`, `stride` (u32), `overlap` (f64), `ground_radius`
+//!   (u32).
+//!
+//! The nDSM is the DSM minus its morphological opening with a square of
+//! radius `ground_radius` px (default [`DEFAULT_GROUND_RADIUS`] = 250 px =
+//! 22.5 m at 9 cm; a window of 45 m, wider than Vaihingen's buildings), in
+//! O(1) per pixel whatever the radius (van Herk / Gil-Werman).
+
+pub mod features;
+pub mod source;
+
+use crate::error::{Error, Result};
+pub use source::{Area, Layout};
+use std::path::{Path, PathBuf};
+
+/// The course's training areas.
+pub const COURSE_TRAIN: [u16; 12] = [1, 3, 5, 7, 11, 13, 17, 21, 26, 28, 34, 37];
+/// The course's validation areas.
+pub const COURSE_VAL: [u16; 2] = [30, 32];
+/// The 16 areas whose reference the ISPRS released to participants.
+pub const ISPRS_TRAIN: [u16; 16] = [1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37];
+/// The 17 areas the ISPRS benchmark tests on (reference in the "COMPLETE" archive).
+pub const ISPRS_TEST: [u16; 17] = [
+    2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38,
+];
+/// Default radius of the ground estimate, px.
+pub const DEFAULT_GROUND_RADIUS: usize = 250;
+
+/// The course's stride: `int(patch * overlap)` (Python's `int` truncates).
+pub fn stride(patch: usize, overlap: f64) -> usize {
+    (patch as f64 * overlap) as usize
+}
+
+/// The course's patch origins along an axis of length `len`:
+/// `k = 0; while k + patch < len { k; k += stride }`.
+pub fn patch_origins(len: usize, patch: usize, stride: usize) -> Vec<usize> {
+    assert!(stride > 0);
+    let mut v = Vec::new();
+    let mut k = 0;
+    while k + patch < len {
+        v.push(k);
+        k += stride;
+    }
+    v
+}
+
+/// The number of patches of a `width x height` area.
+pub fn patch_count(width: usize, height: usize, patch: usize, stride: usize) -> usize {
+    patch_origins(width, patch, stride).len() * patch_origins(height, patch, stride).len()
+}
+
+/// Which areas go to training and which to validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub name: String,
+    pub train: Vec<u16>,
+    pub val: Vec<u16>,
+}
+
+impl Split {
+    /// The course's split.
+    pub fn course() -> Split {
+        Split {
+            name: "course".into(),
+            train: COURSE_TRAIN.to_vec(),
+            val: COURSE_VAL.to_vec(),
+        }
+    }
+
+    /// The benchmark's: the 16 released areas for training, the 17 test
+    /// areas for validation (needs the complete reference).
+    pub fn isprs() -> Split {
+        Split {
+            name: "isprs".into(),
+            train: ISPRS_TRAIN.to_vec(),
+            val: ISPRS_TEST.to_vec(),
+        }
+    }
+
+    /// `course`, `isprs`, or a TOML file `train = [1, 3]` / `val = [30]`.
+    pub fn parse(s: &str) -> Result<Split> {
+        match s {
+            "course" => return Ok(Split::course()),
+            "isprs" => return Ok(Split::isprs()),
+            _ => {}
+        }
+        let path = Path::new(s);
+        #[derive(serde::Deserialize)]
+        struct F {
+            train: Vec<u16>,
+            #[serde(default)]
+            val: Vec<u16>,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::file(
+                path,
+                format!("not 'course', 'isprs' or a readable split file: {e}"),
+            )
+        })?;
+        let f: F = toml::from_str(&text).map_err(|e| {
+            Error::file(
+                path,
+                format!(
+                    "not a split file (train = [..], val = [..]): {}",
+                    e.message()
+                ),
+            )
+        })?;
+        let split = Split {
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default(),
+            train: f.train,
+            val: f.val,
+        };
+        split.validate().map_err(|e| Error::file(path, e))?;
+        Ok(split)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.train.is_empty() {
+            return Err("the split has no training area".into());
+        }
+        for a in &self.train {
+            if self.val.contains(a) {
+                return Err(format!(
+                    "area {a} is in both the training and the validation areas"
+                ));
+            }
+        }
+        let mut all: Vec<u16> = self.train.iter().chain(&self.val).copied().collect();
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[0] == w[1]) {
+            return Err("an area is listed twice".into());
+        }
+        Ok(())
+    }
+}
+
+/// What `prepare` does.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub split: Split,
+    /// The course's factor: stride = `int(patch * overlap)`.
+    pub overlap: f64,
+    pub patch: usize,
+    pub ground_radius: usize,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl PrepareOptions {
+    /// The course's settings.
+    pub fn new(data: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        PrepareOptions {
+            data: data.into(),
+            out: out.into(),
+            split: Split::course(),
+            overlap: 0.6,
+            patch: 256,
+            ground_radius: DEFAULT_GROUND_RADIUS,
+            progress: false,
+        }
+    }
+}
+
+/// One area's part of a split.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AreaSummary {
+    pub area: u16,
+    pub width: usize,
+    pub height: usize,
+    pub patches: usize,
+}
+
+/// One written split.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SplitSummary {
+    /// "train" or "val".
+    pub name: String,
+    pub file: PathBuf,
+    pub patches: usize,
+    pub areas: Vec<AreaSummary>,
+}
+
+/// What `prepare` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PrepareSummary {
+    pub layout: String,
+    pub split: String,
+    pub patch: usize,
+    pub stride: usize,
+    pub overlap: f64,
+    pub ground_radius: usize,
+    pub mean: [f32; 5],
+    pub std: [f32; 5],
+    pub channels: [&'static str; 5],
+    pub splits: Vec<SplitSummary>,
+    /// Warnings (e.g. a missing eroded reference).
+    pub notes: Vec<String>,
+}
+
+/// Patches of one split, in memory (raw until normalised).
+#[derive(Default)]
+struct Patches {
+    images: Vec<f32>,
+    labels: Vec<u8>,
+    masks: Vec<u8>,
+    area: Vec<u16>,
+    offset: Vec<u32>,
+}
+
+impl Patches {
+    fn cut(&mut self, a: &Area, patch: usize, stride: usize) -> usize {
+        let rows = patch_origins(a.height, patch, stride);
+        let cols = patch_origins(a.width, patch, stride);
+        let npix = a.width * a.height;
+        let n = rows.len() * cols.len();
+        self.images.reserve(n * 5 * patch * patch);
+        for &r in &rows {
+            for &c in &cols {
+                for ch in 0..5 {
+                    let plane = &a.features[ch * npix..(ch + 1) * npix];
+                    for y in r..r + patch {
+                        self.images
+                            .extend_from_slice(&plane[y * a.width + c..y * a.width + c + patch]);
+                    }
+                }
+                for y in r..r + patch {
+                    self.labels
+                        .extend_from_slice(&a.labels[y * a.width + c..y * a.width + c + patch]);
+                    self.masks
+                        .extend_from_slice(&a.mask[y * a.width + c..y * a.width + c + patch]);
+                }
+                self.area.push(a.id);
+                self.offset.extend_from_slice(&[r as u32, c as u32]);
+            }
+        }
+        n
+    }
+
+    fn normalise(&mut self, patch: usize, mean: &[f32; 5], std: &[f32; 5]) {
+        let pp = patch * patch;
+        for (i, chunk) in self.images.chunks_mut(pp).enumerate() {
+            let c = i % 5;
+            for v in chunk {
+                *v = (*v - mean[c]) / std[c];
+            }
+        }
+    }
+}
+
+fn h5err<'a>(path: &'a Path, what: &str) -> impl Fn(hdf5::Error) -> Error + 'a {
+    let what = what.to_string();
+    move |e| Error::file(path, format!("{what}: {e}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_h5(
+    path: &Path,
+    p: &Patches,
+    patch: usize,
+    stride: usize,
+    overlap: f64,
+    ground_radius: usize,
+    mean: &[f32; 5],
+    std: &[f32; 5],
+) -> Result<()> {
+    let n = p.area.len();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let result = (|| -> Result<()> {
+        let f = hdf5::File::create(&tmp).map_err(h5err(path, "cannot create"))?;
+        let e = h5err(path, "cannot write");
+        macro_rules! ds {
+            ($t:ty, $name:expr, $shape:expr, $data:expr) => {{
+                let d = f
+                    .new_dataset::<$t>()
+                    .shape($shape)
+                    .create($name)
+                    .map_err(&e)?;
+                if !$data.is_empty() {
+                    d.write_raw($data.as_slice()).map_err(&e)?;
+                }
+            }};
+        }
+        ds!(f32, "images", vec![n, 5, patch, patch], p.images);
+        ds!(u8, "labels", vec![n, patch, patch], p.labels);
+        ds!(u8, "masks", vec![n, patch, patch], p.masks);
+        ds!(u16, "area", vec![n], p.area);
+        ds!(u32, "offset", vec![n, 2], p.offset);
+        ds!(f32, "mean", vec![5], mean.to_vec());
+        ds!(f32, "std", vec![5], std.to_vec());
+        for (name, v) in [
+            ("patch", patch as u32),
+            ("stride", stride as u32),
+            ("ground_radius", ground_radius as u32),
+        ] {
+            f.new_attr::<u32>()
+                .create(name)
+                .map_err(&e)?
+                .write_scalar(&v)
+                .map_err(&e)?;
+        }
+        f.new_attr::<f64>()
+            .create("overlap")
+            .map_err(&e)?
+            .write_scalar(&overlap)
+            .map_err(&e)?;
+        f.close().map_err(&e)?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A prepared split read back (for training and tests).
+#[derive(Debug, Clone)]
+pub struct PatchSet {
+    pub n: usize,
+    pub patch: usize,
+    /// `(n, 5, patch, patch)`, normalised.
+    pub images: Vec<f32>,
+    pub labels: Vec<u8>,
+    pub masks: Vec<u8>,
+    pub area: Vec<u16>,
+    /// `(n, 2)`: row, column.
+    pub offset: Vec<u32>,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl PatchSet {
+    /// Reads a `vaihingen_<split>.hdf5` file written by [`prepare`].
+    pub fn read(path: &Path) -> Result<PatchSet> {
+        let f = hdf5::File::open(path).map_err(h5err(path, "not an HDF5 file"))?;
+        let e = h5err(path, "cannot read");
+        let images = f.dataset("images").map_err(&e)?;
+        let shape = images.shape();
+        if shape.len() != 4 || shape[1] != 5 || shape[2] != shape[3] {
+            return Err(Error::file(
+                path,
+                format!("images has shape {shape:?}, (N, 5, P, P) expected"),
+            ));
+        }
+        Ok(PatchSet {
+            n: shape[0],
+            patch: shape[2],
+            images: images.read_raw().map_err(&e)?,
+            labels: f.dataset("labels").map_err(&e)?.read_raw().map_err(&e)?,
+            masks: f.dataset("masks").map_err(&e)?.read_raw().map_err(&e)?,
+            area: f.dataset("area").map_err(&e)?.read_raw().map_err(&e)?,
+            offset: f.dataset("offset").map_err(&e)?.read_raw().map_err(&e)?,
+            mean: f.dataset("mean").map_err(&e)?.read_raw().map_err(&e)?,
+            std: f.dataset("std").map_err(&e)?.read_raw().map_err(&e)?,
+        })
+    }
+}
+
+fn load(
+    layout: &Layout,
+    data: &Path,
+    n: u16,
+    radius: usize,
+    notes: &mut Vec<String>,
+) -> Result<Area> {
+    match layout {
+        Layout::Official => {
+            let (a, note) = source::load_official(data, n, radius)?;
+            notes.extend(note);
+            Ok(a)
+        }
+        Layout::CourseHdf5 => source::load_course(data, n),
+    }
+}
+
+/// Prepares the dataset; see the module docs.
+pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
+    if opts.patch == 0 {
+        return Err(Error::Config("--patch must be positive".into()));
+    }
+    let stride = stride(opts.patch, opts.overlap);
+    if !(opts.overlap.is_finite() && opts.overlap > 0.0) || stride == 0 {
+        return Err(Error::Config(format!(
+            "--overlap {} gives a stride of int({} * {}) = 0 px; it is the course's factor \
+             (stride = patch * overlap), e.g. 0.6",
+            opts.overlap, opts.patch, opts.overlap
+        )));
+    }
+    opts.split.validate().map_err(Error::Config)?;
+    let layout = Layout::detect(&opts.data)?;
+    // Fail early on a missing area, before minutes of work.
+    for &n in opts.split.train.iter().chain(&opts.split.val) {
+        let p = match layout {
+            Layout::Official => source::official_paths(&opts.data, n)[0].clone(),
+            Layout::CourseHdf5 => source::course_path(&opts.data, n),
+        };
+        if !p.exists() {
+            return Err(Error::file(
+                &p,
+                format!("area {n} of the '{}' split is missing", opts.split.name),
+            ));
+        }
+    }
+    std::fs::create_dir_all(&opts.out).map_err(|e| {
+        Error::file(
+            &opts.out,
+            format!("cannot create the output directory: {e}"),
+        )
+    })?;
+
+    let total = (opts.split.train.len() + opts.split.val.len()) as u64;
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::with_draw_target(
+            Some(total),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} areas {msg} ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_prefix("prepare vaihingen");
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let mut notes = Vec::new();
+    let mut stats = features::Stats::default();
+    let mut summaries = Vec::new();
+    let mut mean_std = None;
+    for (name, areas) in [("train", &opts.split.train), ("val", &opts.split.val)] {
+        let mut p = Patches::default();
+        let mut per_area = Vec::new();
+        for &n in areas {
+            bar.set_message(format!("{name}: area {n}"));
+            let a = load(&layout, &opts.data, n, opts.ground_radius, &mut notes)?;
+            if name == "train" {
+                stats.add(&a.features, a.width * a.height);
+            }
+            let k = p.cut(&a, opts.patch, stride);
+            if k == 0 {
+                notes.push(format!(
+                    "area {n} ({}x{}) is too small for a {} px patch",
+                    a.width, a.height, opts.patch
+                ));
+            }
+            per_area.push(AreaSummary {
+                area: n,
+                width: a.width,
+                height: a.height,
+                patches: k,
+            });
+            bar.inc(1);
+        }
+        let (mean, std) = *mean_std.get_or_insert_with(|| stats.mean_std());
+        p.normalise(opts.patch, &mean, &std);
+        let file = opts.out.join(format!("vaihingen_{name}.hdf5"));
+        bar.set_message(format!("writing {}", file.display()));
+        write_h5(
+            &file,
+            &p,
+            opts.patch,
+            stride,
+            opts.overlap,
+            opts.ground_radius,
+            &mean,
+            &std,
+        )?;
+        summaries.push(SplitSummary {
+            name: name.into(),
+            file,
+            patches: p.area.len(),
+            areas: per_area,
+        });
+    }
+    bar.finish_and_clear();
+    let (mean, std) = mean_std.unwrap_or_else(|| stats.mean_std());
+    let summary = PrepareSummary {
+        layout: layout.name().into(),
+        split: opts.split.name.clone(),
+        patch: opts.patch,
+        stride,
+        overlap: opts.overlap,
+        ground_radius: opts.ground_radius,
+        mean,
+        std,
+        channels: ["NIR", "R", "G", "nDSM", "NDVI"],
+        splits: summaries,
+        notes,
+    };
+    let meta = opts.out.join("vaihingen_meta.json");
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| Error::file(&meta, e))?;
+    std::fs::write(&meta, json).map_err(|e| Error::file(&meta, e))?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn course_rule_on_the_known_official_sizes() {
+        let s = stride(256, 0.6);
+        assert_eq!(s, 153);
+        // (area, width, height, patches) from the sizes table above.
+        for (area, w, h, n) in [
+            (1, 1919, 2569, 176),
+            (5, 1887, 2557, 176),
+            (7, 1887, 2557, 176),
+            (15, 1919, 2565, 176),
+            (21, 1903, 2546, 165),
+            (23, 1903, 2546, 165),
+            (30, 1934, 2563, 176),
+        ] {
+            assert_eq!(patch_count(w, h, 256, s), n, "area {area}");
+        }
+        assert_eq!(patch_origins(256, 256, 153), Vec::<usize>::new());
+        assert_eq!(patch_origins(257, 256, 153), vec![0]);
+        assert_eq!(patch_origins(409, 256, 153), vec![0]);
+        assert_eq!(patch_origins(410, 256, 153), vec![0, 153]);
+    }
+
+    #[test]
+    fn split_parsing() {
+        assert_eq!(Split::parse("course").unwrap().val, vec![30, 32]);
+        assert_eq!(Split::parse("isprs").unwrap().train.len(), 16);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mine.toml");
+        std::fs::write(&p, "train = [1, 3]\nval = [5]\n").unwrap();
+        let s = Split::parse(p.to_str().unwrap()).unwrap();
+        assert_eq!((s.train, s.val), (vec![1, 3], vec![5]));
+        std::fs::write(&p, "train = [1, 3]\nval = [3]\n").unwrap();
+        let e = Split::parse(p.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("area 3 is in both"), "{e}");
+        assert!(Split::parse("/no/such/split.toml").is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! Country scale: split runs (`--part`, `merge`) and resumable runs
+//! (`--resume`) give exactly the pixels of one uninterrupted run.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn run_map(scene: &Path, model: &Path, map: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["infer", s(scene), "-o", s(map), "--model", s(model)];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+#[test]
+fn parts_merge_into_the_single_run_map() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 128);
+    let scene = synth(t.path(), 1500, 1300, 21).join("image.tif");
+    let single = t.path().join("single.tif");
+    run_map(&scene, &m, &single, &["--quiet", "--confidence"]);
+    let parts = t.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    let pmap = parts.join("map.tif");
+    for i in 0..3 {
+        run_map(&scene, &m, &pmap, &["--quiet", "--confidence", "--part", &format!("{i}/3")]);
+        assert!(parts.join(format!("map.part-{i}-of-3.tif")).exists());
+    }
+    let merged = t.path().join("merged.tif");
+    let out = ok(&["merge", s(&parts), "-o", s(&merged)]);
+    assert!(out.contains("merged"), "{out}");
+    check_map_files(&merged, &scene);
+    assert!(read_map(&single).data == read_map(&merged).data, "merged map differs from the single run");
+    let c1 = read_map(&t.path().join("single.confidence.tif")).data;
+    let c2 = read_map(&t.path().join("merged.confidence.tif")).data;
+    assert!(c1 == c2, "merged confidence differs");
+
+    // a missing part is named
+    std::fs::rename(parts.join("map.part-1-of-3.tif"), t.path().join("moved.tif")).unwrap();
+    fails(&["merge", s(&parts), "-o", s(&t.path().join("m2.tif"))], "map.part-1-of-3.tif");
+    assert!(!t.path().join("m2.tif").exists());
+    // a part of another run is named
+    run_map(&scene, &m, &pmap, &["--quiet", "--part", "1/3", "--window", "96", "--confidence"]);
+    fails(&["merge", s(&parts), "-o", s(&t.path().join("m3.tif"))], "another run");
+    assert!(!t.path().join("m3.tif").exists());
+}
+
+#[test]
+fn part_out_of_range_is_refused() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 64);
+    let scene = synth(t.path(), 300, 600, 22).join("image.tif");
+    let map = t.path().join("map.tif");
+    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--part", "3/3"], "--part 3/3");
+    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--part", "0/5"], "at most 2 parts");
+    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--part", "x"], "--part x");
+    let out = Command::new(bin())
+        .args(["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--part", "auto"])
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SLURM_ARRAY_TASK_ID"));
+}
+
+fn windows_in(summary: &str) -> u64 {
+    summary
+        .split(" windows,")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no window count in {summary}"))
+}
+
+/// Kills a run with SIGKILL after `ms`, then resumes it.
+fn kill_after(scene: &Path, model: &Path, map: &Path, ms: u64) {
+    let mut child = Command::new(bin())
+        .args(["infer", s(scene), "-o", s(map), "--model", s(model), "--quiet", "--chunk", "512", "--confidence"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn resume_after_sigkill_gives_the_same_map() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 128);
+    let scene = synth(t.path(), 2048, 1800, 23).join("image.tif");
+    let whole = t.path().join("whole.tif");
+    let full = run_map(&scene, &m, &whole, &["--chunk", "512", "--confidence"]);
+    let total = windows_in(&full);
+    let expected = read_map(&whole).data;
+    let expected_conf = read_map(&t.path().join("whole.confidence.tif")).data;
+    // kill points spread over the run, from a seeded sequence
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut resumed_less = false;
+    for round in 0..4 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let ms = 300 + (seed >> 33) % 2500;
+        let map: PathBuf = t.path().join(format!("r{round}.tif"));
+        kill_after(&scene, &m, &map, ms);
+        if map.exists() {
+            continue; // finished before the kill
+        }
+        // and a second kill during the resume itself
+        let mut child = Command::new(bin())
+            .args(["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--quiet", "--chunk", "512", "--confidence", "--resume"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let _ = child.kill();
+        let _ = child.wait();
+        if map.exists() {
+            continue;
+        }
+        let out = run_map(&scene, &m, &map, &["--chunk", "512", "--confidence", "--resume"]);
+        let done = windows_in(&out);
+        assert!(done <= total, "resume computed {done} windows of {total}");
+        if done < total {
+            resumed_less = true;
+        }
+        assert!(read_map(&map).data == expected, "round {round} (kill at {ms} ms): resumed map differs");
+        let c = read_map(&t.path().join(format!("r{round}.confidence.tif"))).data;
+        assert!(c == expected_conf, "round {round}: resumed confidence differs");
+        check_map_files(&map, &scene);
+    }
+    assert!(resumed_less, "no resume skipped finished work");
+}
+
+#[test]
+fn resume_with_other_settings_is_refused() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 128);
+    let scene = synth(t.path(), 2048, 2048, 24).join("image.tif");
+    let map = t.path().join("map.tif");
+    let mut child = Command::new(bin())
+        .args(["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--quiet", "--chunk", "512"])
+        .spawn()
+        .unwrap();
+    // wait until the journal records a band
+    let journal = t.path().join(".map.tif.partial.resume.json");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"rows_done\":{\"")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(journal.exists(), "no resume journal");
+    fails(
+        &["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--chunk", "512", "--resume", "--window", "64"],
+        "other settings: window 128 (now 64)",
+    );
+    let other = model(t.path(), "linear", 3, 128);
+    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&other), "--chunk", "512", "--resume"], "other settings");
+    assert!(!map.exists());
+    // the unfinished run survives the refusals and still resumes
+    run_map(&scene, &m, &map, &["--quiet", "--chunk", "512", "--resume"]);
+    assert!(map.exists() && !journal.exists());
+}
+
+fn geojson_polygon(path: &Path, epsg: u32, ring: &[(f64, f64)]) {
+    let coords: Vec<String> = ring.iter().map(|(x, y)| format!("[{x},{y}]")).collect();
+    let text = format!(
+        r#"{{"type":"FeatureCollection","crs":{{"type":"name","properties":{{"name":"urn:ogc:def:crs:EPSG::{epsg}"}}}},"features":[{{"type":"Feature","properties":{{}},"geometry":{{"type":"Polygon","coordinates":[[{}]]}}}}]}}"#,
+        coords.join(",")
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn aoi_in_another_crs_limits_reads_and_map() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 128);
+    let scene = synth(t.path(), 1500, 1200, 25).join("image.tif");
+    let (_, _, gt, _) = grid_of(&scene);
+    let gt = gt.unwrap();
+    // a triangle in pixel space, written in the scene's CRS, then reprojected
+    // to WGS 84 by ogr2ogr so that rstile has to reproject it back
+    let px = [(100.0, 80.0), (700.0, 120.0), (300.0, 600.0), (100.0, 80.0)];
+    let ring: Vec<(f64, f64)> = px.iter().map(|&(x, y)| (gt[0] + x * gt[1], gt[3] + y * gt[5])).collect();
+    let utm = t.path().join("aoi_utm.geojson");
+    geojson_polygon(&utm, 32632, &ring);
+    let wgs = t.path().join("aoi_wgs84.gpkg");
+    gdal_tool("ogr2ogr", &["-t_srs", "EPSG:4326", s(&wgs), s(&utm)]);
+
+    let full = t.path().join("full.tif");
+    run_map(&scene, &m, &full, &["--quiet"]);
+    let cut = t.path().join("cut.tif");
+    let out = run_map(&scene, &m, &cut, &["--aoi", s(&wgs)]);
+    let outside: u64 = out
+        .split(" skipped outside the AOI")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no AOI count: {out}"));
+    assert!(outside > windows_in(&out) / 2, "most windows miss the AOI: {out}");
+    check_map_files(&cut, &scene);
+    let (a, b) = (read_map(&full).data, read_map(&cut).data);
+    let inside = |x: f64, y: f64| {
+        // the triangle, with a margin of 2 px for reprojection round-off
+        let tri = geo::Polygon::new(geo::LineString::from(px.to_vec()), vec![]);
+        use geo::{Contains, EuclideanDistance};
+        let p = geo::Point::new(x, y);
+        if tri.exterior().euclidean_distance(&p) < 2.0 {
+            None
+        } else {
+            Some(tri.contains(&p))
+        }
+    };
+    let (mut n_in, mut n_out) = (0, 0);
+    for y in 0..1200 {
+        for x in 0..1500 {
+            let i = y * 1500 + x;
+            match inside(x as f64 + 0.5, y as f64 + 0.5) {
+                Some(true) => {
+                    n_in += 1;
+                    assert_eq!(b[i], a[i], "inside pixel {x},{y} differs from the full map");
+                }
+                Some(false) => {
+                    n_out += 1;
+                    assert_eq!(b[i], 255, "outside pixel {x},{y} is not nodata");
+                }
+                None => {}
+            }
+        }
+    }
+    assert!(n_in > 100_000 && n_out > 100_000);
+}
+
+#[test]
+fn bad_aoi_files_are_refused() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 64);
+    let scene = synth(t.path(), 300, 200, 26).join("image.tif");
+    let map = t.path().join("map.tif");
+    let pts = t.path().join("points.geojson");
+    std::fs::write(
+        &pts,
+        r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},"geometry":{"type":"Point","coordinates":[9.0,48.9]}}]}"#,
+    )
+    .unwrap();
+    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--aoi", s(&pts)], "points.geojson: is not a polygon file");
+    let far = t.path().join("far.geojson");
+    geojson_polygon(&far, 4326, &[(100.0, 10.0), (101.0, 10.0), (101.0, 11.0), (100.0, 10.0)]);
+    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--aoi", s(&far)], "far.geojson: does not overlap");
+    let txt = t.path().join("aoi.txt");
+    std::fs::write(&txt, "hello").unwrap();
+    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--aoi", s(&txt)], "aoi.txt");
+    assert!(!map.exists());
+}
+
+#[test]
+fn many_scenes_go_on_past_a_failure() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 64);
+    let a = synth(t.path(), 300, 200, 27).join("image.tif");
+    let tiles = t.path().join("tiles");
+    std::fs::create_dir(&tiles).unwrap();
+    std::fs::copy(&a, tiles.join("a.tif")).unwrap();
+    std::fs::write(tiles.join("b.tif"), "not a raster").unwrap();
+    std::fs::copy(synth(t.path(), 200, 260, 28).join("image.tif"), tiles.join("c.tif")).unwrap();
+    let maps = t.path().join("maps");
+    std::fs::create_dir(&maps).unwrap();
+    let out = rstile(&[
+        "infer",
+        s(&tiles.join("a.tif")),
+        s(&tiles.join("b.tif")),
+        s(&tiles.join("c.tif")),
+        "--out-dir",
+        s(&maps),
+        "--model",
+        s(&m),
+        "--quiet",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed scene must fail the run");
+    assert!(err.contains("b.tif: not a raster"), "{err}");
+    assert!(err.lines().last().unwrap().contains("1 of 3 scenes failed"), "{err}");
+    check_map_files(&maps.join("a.tif"), &tiles.join("a.tif"));
+    check_map_files(&maps.join("c.tif"), &tiles.join("c.tif"));
+    assert!(!maps.join("b.tif").exists());
+}

@@ -1,0 +1,728 @@
+//! Training: loss, optimisers, augmentation, data loading, the run
+//! directory, resume, pretrained weights, and learning on generated scenes.
+//! Run in release: `cargo test --release --test train`.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use proptest::prelude::*;
+use rstile::augment::{augment, AugmentConfig, Sample, SplitMix64, IGNORE};
+use rstile::classes::ClassTable;
+use rstile::metrics::Confusion;
+use rstile::model::{Model, ModelMeta};
+use rstile::train::config::TrainConfig;
+use rstile::train::data::{run_epoch, EpochPlan, Sampling};
+use rstile::train::optim::{OptimConfig, Optimizer, Param};
+use rstile::train::{
+    cross_entropy, DataSource, MemorySource, Quiet, RunOptions, ScenePair, SceneSource,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn classes_toml() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml")
+}
+
+/// A generated scene (image.tif, gt.tif) in `dir`.
+fn scene(dir: &Path, size: usize, seed: u64) -> ScenePair {
+    let cfg = rstile::synth::SynthConfig {
+        width: size,
+        height: size,
+        seed,
+        ..Default::default()
+    };
+    let out = rstile::synth::synth(&cfg, &dir.join(format!("s{seed}_{size}")), &|_, _| {}).unwrap();
+    ScenePair {
+        image: out.image,
+        label: out.gt,
+    }
+}
+
+fn vals(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+#[test]
+fn loss_gradient_is_softmax_minus_onehot() {
+    // (1, 3, 1, 2): pixel 0 = [0.5, -1, 2] label 1, pixel 1 ignored.
+    let z = Var::from_vec(
+        vec![0.5f32, 0.3, -1.0, 0.0, 2.0, 0.7],
+        (1, 3, 1, 2),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loss = cross_entropy(z.as_tensor(), &[1, IGNORE], Some(&[1.0, 3.0, 1.0])).unwrap();
+    let g = loss.backward().unwrap();
+    let g = vals(g.get(z.as_tensor()).unwrap());
+    let e: Vec<f64> = [0.5f64, -1.0, 2.0].iter().map(|v| v.exp()).collect();
+    let s: f64 = e.iter().sum();
+    // one weighted pixel: d/dz = (softmax − onehot) · w / w = softmax − onehot
+    let want = [e[0] / s, e[1] / s - 1.0, e[2] / s];
+    for c in 0..3 {
+        assert!((g[c * 2] as f64 - want[c]).abs() < 1e-6, "{g:?}");
+        assert_eq!(g[c * 2 + 1], 0.0, "ignored pixel has a gradient");
+    }
+    let l = loss.to_scalar::<f32>().unwrap() as f64;
+    assert!((l - (s.ln() - (-1.0))).abs() < 1e-6);
+}
+
+#[test]
+fn optimisers_match_hand_computed_updates() {
+    let dev = Device::Cpu;
+    let grads_for = |v: &Var, g: f32| {
+        // loss = g · θ  →  dθ = g
+        (v.as_tensor() * g as f64)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    // SGD, momentum 0.9, weight decay 0.1, lr 0.5, θ0 = 1, gradients 2 then -1.
+    let v = Var::from_vec(vec![1f32], 1, &dev).unwrap();
+    let p = Param {
+        name: "w".into(),
+        var: v.clone(),
+        group: 0,
+    };
+    let mut o = Optimizer::new(
+        OptimConfig::Sgd {
+            momentum: 0.9,
+            weight_decay: 0.1,
+        },
+        vec![p],
+    );
+    let mut th = 1f64;
+    let mut buf = 0f64;
+    for (i, g) in [2f32, -1.0].into_iter().enumerate() {
+        o.step(&grads_for(&v, g), &[Some(0.5)]).unwrap();
+        let gg = g as f64 + 0.1 * th;
+        buf = if i == 0 { gg } else { 0.9 * buf + gg };
+        th -= 0.5 * buf;
+        assert!((vals(v.as_tensor())[0] as f64 - th).abs() < 1e-6);
+    }
+    // AdamW, lr 0.1, wd 0.01.
+    let v = Var::from_vec(vec![1f32], 1, &dev).unwrap();
+    let p = Param {
+        name: "w".into(),
+        var: v.clone(),
+        group: 1,
+    };
+    let mut o = Optimizer::new(
+        OptimConfig::Adamw {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        },
+        vec![p],
+    );
+    let (mut th, mut m, mut s) = (1f64, 0f64, 0f64);
+    // a frozen step (group 1 has no learning rate) changes nothing
+    o.step(&grads_for(&v, 5.0), &[Some(0.1), None]).unwrap();
+    assert_eq!(vals(v.as_tensor())[0], 1.0);
+    for (t, g) in [(1, 2f64), (2, -1.0), (3, 0.5)] {
+        o.step(&grads_for(&v, g as f32), &[None, Some(0.1)])
+            .unwrap();
+        th *= 1.0 - 0.1 * 0.01;
+        m = 0.9 * m + 0.1 * g;
+        s = 0.999 * s + 0.001 * g * g;
+        let mh = m / (1.0 - 0.9f64.powi(t));
+        let sh = s / (1.0 - 0.999f64.powi(t));
+        th -= 0.1 * mh / (sh.sqrt() + 1e-8);
+        assert!(
+            (vals(v.as_tensor())[0] as f64 - th).abs() < 1e-5,
+            "step {t}"
+        );
+    }
+}
+
+/// An image whose band 0 holds the column and band 1 the row of each
+/// pixel, and a label that is a function of (column, row).
+fn coord_sample(w: usize, h: usize) -> Sample {
+    let mut image = vec![0f32; 2 * w * h];
+    let mut label = vec![0u8; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            image[y * w + x] = x as f32;
+            image[w * h + y * w + x] = y as f32;
+            label[y * w + x] = label_of(x, y);
+        }
+    }
+    Sample {
+        bands: 2,
+        height: h,
+        width: w,
+        image,
+        label,
+    }
+}
+
+fn label_of(x: usize, y: usize) -> u8 {
+    ((x * 7 + y * 13) % 250) as u8
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the flips, rotations, scale and crop, each output pixel's
+    /// label is the label of the source pixel its image values came from.
+    #[test]
+    fn augmentation_keeps_image_and_label_aligned(
+        w in 8usize..80, h in 8usize..80, crop in 4usize..64, seed in any::<u64>(),
+        flips in any::<bool>(), rot90 in any::<bool>(), scale in any::<bool>(),
+        smin in 0.5f64..1.0, sspan in 0.0f64..1.5,
+    ) {
+        let s = coord_sample(w, h);
+        let cfg = AugmentConfig {
+            flips, rot90, scale, scale_min: smin, scale_max: smin + sspan,
+            noise: false, jitter: false, ..Default::default()
+        };
+        let a = augment(&s, crop, &cfg, &mut SplitMix64::new(seed));
+        prop_assert_eq!((a.width, a.height, a.bands), (crop, crop, 2));
+        let n = crop * crop;
+        let mut labelled = 0;
+        for i in 0..n {
+            let (fx, fy) = (a.image[i] as f64, a.image[n + i] as f64);
+            let l = a.label[i];
+            if l == IGNORE {
+                continue;
+            }
+            labelled += 1;
+            // nearest source pixel of the interpolated coordinates; at an
+            // exact half either neighbour is right
+            let cand = |v: f64, max: usize| -> Vec<usize> {
+                let lo = (v - 0.5 - 1e-3).ceil().max(0.0) as usize;
+                let hi = ((v + 0.5 + 1e-3).floor() as usize).min(max - 1);
+                (lo..=hi).collect()
+            };
+            let ok = cand(fx, w).iter().any(|&x| cand(fy, h).iter().any(|&y| label_of(x, y) == l));
+            prop_assert!(ok, "pixel {} has label {} but comes from ({}, {})", i, l, fx, fy);
+        }
+        // without scaling, a crop that fits is fully labelled
+        if !scale && crop <= w && crop <= h {
+            prop_assert_eq!(labelled, n);
+        }
+    }
+}
+
+#[test]
+fn augmentation_is_deterministic_and_photometric_steps_apply() {
+    let s = coord_sample(40, 40);
+    let cfg = AugmentConfig {
+        noise: true,
+        ..Default::default()
+    };
+    let a = augment(&s, 32, &cfg, &mut SplitMix64::new(9));
+    let b = augment(&s, 32, &cfg, &mut SplitMix64::new(9));
+    let c = augment(&s, 32, &cfg, &mut SplitMix64::new(10));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    // noise makes values non-integral, jitter shifts them
+    assert!(a.image.iter().any(|v| v.fract() != 0.0));
+}
+
+fn mem_samples(n: usize, size: usize) -> MemorySource {
+    let samples = (0..n)
+        .map(|i| Sample {
+            bands: 1,
+            height: size,
+            width: size,
+            image: vec![i as f32; size * size],
+            label: vec![(i % 6) as u8; size * size],
+        })
+        .collect();
+    MemorySource {
+        samples: Arc::new(samples),
+    }
+}
+
+#[test]
+fn loader_batches_do_not_depend_on_the_worker_count() {
+    let src = mem_samples(23, 16);
+    let collect = |workers: usize| {
+        let mut order: Vec<usize> = (0..src.len()).collect();
+        SplitMix64::new(4).shuffle(&mut order);
+        let plan = EpochPlan {
+            order,
+            batch: 4,
+            workers,
+            drop_last: true,
+            augment: Some((AugmentConfig::default(), 8)),
+            seed: 1,
+            epoch: 0,
+        };
+        let mut got = Vec::new();
+        let io = run_epoch(&src, &plan, &Device::Cpu, &mut |b| {
+            assert_eq!(b.images.dims(), &[4, 1, 8, 8]);
+            got.push((vals(&b.images), b.labels));
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(io.samples, 20);
+        got
+    };
+    let one = collect(1);
+    assert_eq!(one.len(), 5);
+    assert_eq!(one, collect(3));
+    assert_eq!(one, collect(8));
+    // Stopping early does not hang.
+    let plan = EpochPlan {
+        order: (0..23).collect(),
+        batch: 2,
+        workers: 2,
+        drop_last: false,
+        augment: None,
+        seed: 0,
+        epoch: 0,
+    };
+    let mut seen = 0;
+    run_epoch(&src, &plan, &Device::Cpu, &mut |_| {
+        seen += 1;
+        Ok(seen < 2)
+    })
+    .unwrap();
+    assert_eq!(seen, 2);
+}
+
+#[test]
+fn validation_grid_scores_every_pixel_once() {
+    let dir = common::tmp();
+    let p = scene(dir.path(), 200, 3);
+    let classes = ClassTable::isprs();
+    let norm = rstile::read::Normalize {
+        mean: vec![0.0; 3],
+        std: vec![1.0; 3],
+    };
+    let src = SceneSource::new(
+        std::slice::from_ref(&p),
+        &[1, 2, 3],
+        norm,
+        &classes,
+        Sampling::Grid { size: 64 },
+    )
+    .unwrap();
+    assert_eq!(src.len(), 16); // 4 x 4 windows, the last ones shifted inside
+    let mut hist = [0u64; 256];
+    let plan = EpochPlan {
+        order: (0..16).collect(),
+        batch: 3,
+        workers: 2,
+        drop_last: false,
+        augment: None,
+        seed: 0,
+        epoch: 0,
+    };
+    run_epoch(&src, &plan, &Device::Cpu, &mut |b| {
+        for &l in &b.labels {
+            hist[l as usize] += 1;
+        }
+        Ok(true)
+    })
+    .unwrap();
+    let gt = gdal::Dataset::open(&p.label).unwrap();
+    let all = gt
+        .rasterband(1)
+        .unwrap()
+        .read_as::<u8>((0, 0), (200, 200), (200, 200), None)
+        .unwrap();
+    let mut want = [0u64; 256];
+    for &v in all.data() {
+        want[v as usize] += 1;
+    }
+    for c in 0..6 {
+        assert_eq!(hist[c], want[c], "class {c}");
+    }
+}
+
+fn config(dir: &Path, train: &[ScenePair], val: &[ScenePair], extra: &str) -> TrainConfig {
+    let mut s = format!(
+        "[model]\narch = \"tiny\"\nclasses = \"{}\"\nbands = [1, 2, 3]\n\n[data]\nworkers = 2\n",
+        classes_toml()
+    );
+    // [train] and [augment] come from `extra`; scenes last
+    let (data_extra, rest) = extra.split_once("--\n").unwrap_or(("", extra));
+    s.push_str(data_extra);
+    for (split, pairs) in [("train", train), ("val", val)] {
+        for p in pairs {
+            s.push_str(&format!(
+                "[[data.scene]]\nimage = \"{}\"\nlabel = \"{}\"\nsplit = \"{split}\"\n",
+                p.image.display(),
+                p.label.display()
+            ));
+        }
+    }
+    s.push_str(&rest.replace("OUT", &dir.display().to_string()));
+    let path = dir.join("config.toml");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&path, s).unwrap();
+    TrainConfig::from_file(&path).unwrap()
+}
+
+fn all_weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let m = Model::load(path, &Device::Cpu).unwrap();
+    let vars = m.varmap().data().lock().unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), vals(v.as_tensor())))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
+    let dir = common::tmp();
+    let train = [scene(dir.path(), 160, 1), scene(dir.path(), 128, 2)];
+    let val = [scene(dir.path(), 96, 3)];
+    for opt in [
+        "optimizer = \"adamw\"\nschedule = \"poly\"",
+        "optimizer = \"sgd\"\nmomentum = 0.9\nschedule = \"cosine\"\nlr = 0.05",
+    ] {
+        let extra = format!(
+            "samples_per_epoch = 6\nval_window = 64\n--\n[train]\nepochs = 3\nbatch = 2\ncrop = 48\n{}\nseed = 5\nout_dir = \"OUT/run\"\n\n[augment]\nnoise = true\n",
+            if opt.contains("lr =") { opt.to_string() } else { format!("lr = 0.01\n{opt}") }
+        );
+        let a = config(
+            &dir.path().join(format!("a{}", opt.len())),
+            &train,
+            &val,
+            &extra,
+        );
+        let b = config(
+            &dir.path().join(format!("b{}", opt.len())),
+            &train,
+            &val,
+            &extra,
+        );
+        let opts = |resume: Option<PathBuf>, max| RunOptions {
+            resume,
+            pretrained: None,
+            device: Device::Cpu,
+            max_epochs: max,
+        };
+        let ra = rstile::train::train(&a, &opts(None, None), &Quiet).unwrap();
+        assert_eq!(ra.history.len(), 3);
+        let rb = rstile::train::train(&b, &opts(None, Some(2)), &Quiet).unwrap();
+        assert_eq!(rb.history.len(), 2);
+        let rb = rstile::train::train(&b, &opts(Some(rb.run_dir), None), &Quiet).unwrap();
+        assert_eq!(rb.history.len(), 3);
+        let (wa, wb) = (
+            all_weights(&ra.run_dir.join("last.safetensors")),
+            all_weights(&rb.run_dir.join("last.safetensors")),
+        );
+        assert_eq!(wa.len(), wb.len());
+        for ((na, va), (_, vb)) in wa.iter().zip(&wb) {
+            let same = va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{opt}: '{na}' differs after resume");
+        }
+        // and the weights did move
+        let fresh = Model::new_random(
+            Model::load(&ra.run_dir.join("last.safetensors"), &Device::Cpu)
+                .unwrap()
+                .meta,
+            5,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let w0 = fresh.varmap().data().lock().unwrap()["cls.weight"]
+            .as_tensor()
+            .clone();
+        let wl = &wa.iter().find(|(n, _)| n == "cls.weight").unwrap().1;
+        assert_ne!(&vals(&w0), wl);
+        // the histories agree too (timings aside; the resumed run's first
+        // epochs went through JSON, which may round the last bit)
+        for (x, y) in ra.history.iter().zip(&rb.history) {
+            assert_eq!(x.step, y.step);
+            assert!((x.train_loss - y.train_loss).abs() < 1e-12);
+            assert!((x.val_mean_f1.unwrap() - y.val_mean_f1.unwrap()).abs() < 1e-12);
+        }
+    }
+}
+
+/// mIoU of predicting the training set's most frequent class everywhere.
+fn majority_baseline(train: &[ScenePair], val: &[ScenePair]) -> (u8, f64) {
+    let mut hist = [0u64; 256];
+    for p in train {
+        let ds = gdal::Dataset::open(&p.label).unwrap();
+        let (w, h) = ds.raster_size();
+        for &v in ds
+            .rasterband(1)
+            .unwrap()
+            .read_as::<u8>((0, 0), (w, h), (w, h), None)
+            .unwrap()
+            .data()
+        {
+            hist[v as usize] += 1;
+        }
+    }
+    let major = (0..6).max_by_key(|&c| hist[c]).unwrap() as u8;
+    let mut conf = Confusion::new(6);
+    for p in val {
+        let ds = gdal::Dataset::open(&p.label).unwrap();
+        let (w, h) = ds.raster_size();
+        let t = ds
+            .rasterband(1)
+            .unwrap()
+            .read_as::<u8>((0, 0), (w, h), (w, h), None)
+            .unwrap();
+        let pred = vec![major; t.data().len()];
+        conf.add_slices(t.data(), &pred);
+    }
+    (major, conf.miou().unwrap())
+}
+
+/// Trains `tiny` on two generated 1024 x 1024 scenes for about a minute of
+/// CPU and scores a third: the validation mIoU must clearly beat the
+/// majority-class baseline.
+#[test]
+fn tiny_learns_on_generated_scenes() {
+    let dir = common::tmp();
+    let train = [scene(dir.path(), 1024, 11), scene(dir.path(), 1024, 12)];
+    let val = [scene(dir.path(), 1024, 13)];
+    let (major, base) = majority_baseline(&train, &val);
+    let epochs: usize = std::env::var("RSTILE_TRAIN_EPOCHS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let extra = format!(
+        "samples_per_epoch = 96\nval_window = 256\n--\n[train]\nepochs = {epochs}\nbatch = 8\ncrop = 128\nlr = 0.01\noptimizer = \"adamw\"\nschedule = \"cosine\"\nseed = 1\nout_dir = \"OUT/run\"\n"
+    );
+    let cfg = config(dir.path(), &train, &val, &extra);
+    let t = Instant::now();
+    let r = rstile::train::train(
+        &cfg,
+        &RunOptions {
+            resume: None,
+            pretrained: None,
+            device: Device::Cpu,
+            max_epochs: None,
+        },
+        &Quiet,
+    )
+    .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let best = r
+        .history
+        .iter()
+        .filter_map(|m| m.val_miou)
+        .fold(0.0, f64::max);
+    let last = r.history.last().unwrap();
+    eprintln!(
+        "majority class {major}: baseline mIoU {base:.4}; trained {} epochs in {secs:.1} s: best val mIoU {best:.4}, last {:.4}, mean F1 {:.4}, {:.1} samples/s",
+        r.history.len(),
+        last.val_miou.unwrap(),
+        last.val_mean_f1.unwrap(),
+        last.samples_per_s
+    );
+    for m in &r.history {
+        eprintln!(
+            "  epoch {} loss {:.4} val mIoU {:.4} wait {:.2}s",
+            m.epoch,
+            m.train_loss,
+            m.val_miou.unwrap(),
+            m.data_wait_s
+        );
+    }
+    assert!(
+        last.val_miou.unwrap() > base + MIOU_MARGIN,
+        "val mIoU {:?} vs baseline {base}",
+        last.val_miou
+    );
+}
+
+/// Margin over the majority baseline's mIoU, fixed after measuring: with
+/// seed 1 the baseline (class 1 everywhere) scored 0.037 and the trained
+/// model 0.447 after 6 epochs (40 s on 2 busy cores).
+const MIOU_MARGIN: f64 = 0.25;
+
+/// torchvision resnet18's state dict (random values), with the real key
+/// names and shapes, `fc.*` and `num_batches_tracked` included.
+fn resnet18_state_dict(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let meta = ModelMeta::new("resnet18-fcn", 3, ClassTable::isprs());
+    let m = Model::new_random(meta, 77, &Device::Cpu).unwrap();
+    let vars = m.varmap().data().lock().unwrap();
+    let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = vars
+        .iter()
+        .filter_map(|(n, v)| {
+            let k = n.strip_prefix("backbone.")?;
+            // distinct values so that a misplaced tensor is caught
+            let x: Vec<f32> = vals(v.as_tensor()).iter().map(|x| x + 0.001).collect();
+            Some((k.to_string(), v.dims().to_vec(), x))
+        })
+        .collect();
+    out.push(("fc.weight".into(), vec![1000, 512], vec![0.5; 512_000]));
+    out.push(("fc.bias".into(), vec![1000], vec![0.5; 1000]));
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = std::collections::HashMap::new();
+    for (n, shape, v) in &out {
+        map.insert(
+            n.clone(),
+            Tensor::from_vec(v.clone(), shape.as_slice(), &Device::Cpu).unwrap(),
+        );
+        if n.ends_with("running_var") {
+            let nb = n.replace("running_var", "num_batches_tracked");
+            map.insert(
+                nb,
+                Tensor::new(&[100i64], &Device::Cpu)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap(),
+            );
+        }
+    }
+    candle_core::safetensors::save(&map, path).unwrap();
+    out
+}
+
+#[test]
+fn pretrained_resnet18_safetensors_loads_into_five_bands() {
+    let dir = common::tmp();
+    let path = dir.path().join("resnet18.safetensors");
+    let sd = resnet18_state_dict(&path);
+    let meta = ModelMeta::new("resnet18-fcn", 5, ClassTable::isprs());
+    let m = Model::new_random(meta, 1, &Device::Cpu).unwrap();
+    let r = rstile::train::pretrained::load_imagenet(&m, &path).unwrap();
+    assert_eq!(r.first_conv, (3, 5));
+    assert_eq!(r.skipped, 2 + 20); // fc.weight, fc.bias, 20 BN num_batches_tracked
+    let vars = m.varmap().data().lock().unwrap();
+    for (n, shape, v) in &sd {
+        if n.starts_with("fc.") {
+            continue;
+        }
+        let got = vals(vars[&format!("backbone.{n}")].as_tensor());
+        if n == "conv1.weight" {
+            // (64, 5, 7, 7): bands 0-2 take RGB filters 0-2, bands 3-4 their mean
+            assert_eq!(shape, &vec![64, 3, 7, 7]);
+            for o in 0..64 {
+                for i in 0..49 {
+                    let rgb: Vec<f32> = (0..3).map(|c| v[(o * 3 + c) * 49 + i]).collect();
+                    let mean = (rgb[0] + rgb[1] + rgb[2]) / 3.0;
+                    for c in 0..5 {
+                        let want = if c < 3 { rgb[c] } else { mean };
+                        assert!((got[(o * 5 + c) * 49 + i] - want).abs() < 1e-6);
+                    }
+                }
+            }
+        } else {
+            assert_eq!(&got, v, "{n}");
+        }
+    }
+    drop(vars);
+    // Wrong depth and a non-ResNet model are refused with the file named.
+    let m50 = Model::new_random(
+        ModelMeta::new("resnet50-fcn", 3, ClassTable::isprs()),
+        1,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let e = rstile::train::pretrained::load_imagenet(&m50, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("resnet18.safetensors") && e.contains("resnet50-fcn"),
+        "{e}"
+    );
+    let tiny = Model::new_random(
+        ModelMeta::new("tiny", 3, ClassTable::isprs()),
+        1,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let e = rstile::train::pretrained::load_imagenet(&tiny, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no ResNet encoder"), "{e}");
+}
+
+#[test]
+fn cli_train_writes_a_complete_run_directory() {
+    let dir = common::tmp();
+    let train = [scene(dir.path(), 128, 1)];
+    let val = [scene(dir.path(), 64, 2)];
+    let extra = "samples_per_epoch = 4\nval_window = 64\n--\n[train]\nepochs = 2\nbatch = 2\ncrop = 32\nlr = 0.01\nout_dir = \"OUT/run\"\nclass_weights = [1, 1, 1, 1, 2, 1]\nf1_classes = [0, 1, 2, 3, 4]\n";
+    config(dir.path(), &train, &val, extra);
+    let cfg = dir.path().join("config.toml");
+    let out = common::ok(&["train", "--config", common::s(&cfg), "--threads", "2"]);
+    assert!(out.contains("best validation mean F1"), "{out}");
+    let run = dir.path().join("run");
+    for f in [
+        "config.toml",
+        "last.safetensors",
+        "last.optim.safetensors",
+        "best.safetensors",
+        "state.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "loss.png",
+        "val_f1.png",
+        "confusion.png",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let jsonl = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 2);
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    assert!(csv.starts_with("epoch,step,lr,train_loss,val_loss"));
+    let png = gdal::Dataset::open(run.join("confusion.png")).unwrap();
+    assert_eq!(png.raster_count(), 3);
+    // The model works with infer.
+    let m = Model::load(&run.join("best.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(m.meta.arch, "tiny");
+    // A second run into the same directory is refused; resuming a finished run does nothing.
+    common::fails(&["train", "--config", common::s(&cfg)], "--resume");
+    common::ok(&["train", "--resume", common::s(&run), "--quiet"]);
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    // bad config
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[model]\narch = \"tiny\"\n").unwrap();
+    common::fails(&["train", "--config", common::s(&bad)], "bad.toml");
+}
+
+/// Training-step throughput on the CPU (`--ignored --nocapture`).
+#[test]
+#[ignore]
+fn training_throughput() {
+    for (arch, batch, size) in [("tiny", 8, 256), ("resnet50-fcn", 2, 256)] {
+        let m = Model::new_random(
+            ModelMeta::new(arch, 5, ClassTable::isprs()),
+            0,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut o = Optimizer::new(
+            OptimConfig::Adamw {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 1e-4,
+            },
+            rstile::train::run::params_of(&m),
+        );
+        let x = Tensor::randn(0f32, 1.0, (batch, 5, size, size), &Device::Cpu).unwrap();
+        let labels: Vec<u8> = (0..batch * size * size).map(|i| (i % 6) as u8).collect();
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let logits = m.forward_t(&x, true).unwrap();
+            let loss = cross_entropy(&logits, &labels, None).unwrap();
+            let g = loss.backward().unwrap();
+            o.step(&g, &[Some(1e-3), Some(1e-3)]).unwrap();
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        println!(
+            "{arch}: batch {batch} x 5 x {size}x{size}: {best:.2} s/step, {:.2} samples/s",
+            batch as f64 / best
+        );
+        let _ = DType::F32;
+    }
+}
