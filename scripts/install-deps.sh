@@ -8,6 +8,10 @@ pkgs=(libgdal-dev gdal-bin python3-gdal libhdf5-dev clang libclang-dev pkg-confi
 if [ "${RSTILE_SKIP_QGIS:-0}" != 1 ]; then
   pkgs+=(python3-qgis qgis-providers)
 fi
+# the one-host Slurm cluster of tests/slurm.rs (scripts/slurm-up.sh)
+if [ "${RSTILE_SKIP_SLURM:-0}" != 1 ]; then
+  pkgs+=(slurm-wlm munge)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

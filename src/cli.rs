@@ -39,6 +39,8 @@ enum Cmd {
     /// Prepare a benchmark dataset (patches, features, statistics).
     #[command(subcommand)]
     Prepare(PrepareCmd),
+    /// Score a model on Vaihingen areas as the ISPRS leaderboard does (full tiles, streamed).
+    Eval(EvalArgs),
 }
 
 #[derive(Args)]
@@ -228,6 +230,7 @@ pub fn run() -> Result<()> {
         Cmd::Train(a) => train(a),
         Cmd::Slurm(c) => slurm(c),
         Cmd::Prepare(PrepareCmd::Vaihingen(a)) => prepare_vaihingen(a),
+        Cmd::Eval(a) => eval_vaihingen(a),
     }
 }
 
@@ -437,6 +440,9 @@ fn infer_one(
         }
     };
     progress.bar.finish_and_clear();
+    if let Some(note) = &report.note {
+        eprintln!("rstile: warning: {}: {note}", plan.output.display());
+    }
     if report.resumed && !a.quiet {
         eprintln!("rstile: continued the unfinished run of {}", plan.output.display());
     }
@@ -588,6 +594,21 @@ fn model_info(path: PathBuf) -> Result<()> {
 struct TrainBar {
     bar: ProgressBar,
     epoch: std::cell::Cell<(usize, usize)>,
+    quiet: bool,
+}
+
+impl TrainBar {
+    /// A line above the bar, or on stderr when there is no terminal.
+    fn line(&self, msg: String) {
+        if self.quiet {
+            return;
+        }
+        if self.bar.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            self.bar.println(msg);
+        }
+    }
 }
 
 impl rstile::train::TrainProgress for TrainBar {
@@ -610,7 +631,7 @@ impl rstile::train::TrainProgress for TrainBar {
     }
     fn epoch_end(&self, m: &rstile::train::EpochMetrics) {
         let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
-        self.bar.println(format!(
+        self.line(format!(
             "rstile: epoch {} loss {:.4} val loss {} OA {} mean F1 {} mIoU {} ({:.1} samples/s, {:.0} s)",
             m.epoch,
             m.train_loss,
@@ -623,7 +644,7 @@ impl rstile::train::TrainProgress for TrainBar {
         ));
     }
     fn message(&self, msg: &str) {
-        self.bar.println(format!("rstile: {msg}"));
+        self.line(format!("rstile: {msg}"));
     }
 }
 
@@ -648,6 +669,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let progress = TrainBar {
         bar,
         epoch: std::cell::Cell::new((0, 0)),
+        quiet: a.quiet,
     };
     let opts = rstile::train::RunOptions {
         resume: a.resume.clone(),
@@ -834,6 +856,9 @@ struct PrepareVaihingenArgs {
     /// Radius in px of the ground estimate (morphological opening) for the nDSM.
     #[arg(long, default_value_t = rstile::vaihingen::DEFAULT_GROUND_RADIUS)]
     ground_radius: usize,
+    /// Also write memory-mappable copies vaihingen_<split>.bin (+ .bin.json).
+    #[arg(long)]
+    raw: bool,
 }
 
 fn prepare_vaihingen(a: PrepareVaihingenArgs) -> Result<()> {
@@ -843,6 +868,7 @@ fn prepare_vaihingen(a: PrepareVaihingenArgs) -> Result<()> {
     opts.overlap = a.overlap;
     opts.patch = a.patch;
     opts.ground_radius = a.ground_radius;
+    opts.raw = a.raw;
     opts.progress = true;
     let t0 = Instant::now();
     let s = prepare(&opts)?;
@@ -866,6 +892,59 @@ fn prepare_vaihingen(a: PrepareVaihingenArgs) -> Result<()> {
         s.split,
         s.patch,
         s.stride
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The model file (.safetensors): 5 input bands, the ISPRS classes.
+    #[arg(long)]
+    model: PathBuf,
+    /// The ISPRS archive or a folder of the course's vaihingen_N.hdf5.
+    #[arg(long)]
+    data: PathBuf,
+    /// Areas to evaluate, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "30,32")]
+    areas: Vec<u16>,
+    /// Score against the full reference instead of the eroded one.
+    #[arg(long)]
+    full_reference: bool,
+    /// Output folder: map_areaN.tif, eval.md, eval.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Radius in px of the nDSM ground estimate (as in prepare).
+    #[arg(long, default_value_t = rstile::vaihingen::DEFAULT_GROUND_RADIUS)]
+    ground_radius: usize,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Keep the 5-band feature rasters (features_areaN.tif).
+    #[arg(long)]
+    keep_features: bool,
+}
+
+fn eval_vaihingen(a: EvalArgs) -> Result<()> {
+    use rstile::vaihingen::eval::{evaluate, EvalOptions};
+    let mut o = EvalOptions::new(a.model, a.data, a.out);
+    o.areas = a.areas;
+    o.full_reference = a.full_reference;
+    o.ground_radius = a.ground_radius;
+    o.batch = a.batch;
+    o.keep_features = a.keep_features;
+    let t0 = Instant::now();
+    let s = evaluate(&o)?;
+    let table = s.overall.to_markdown(&ClassTable::isprs());
+    println!("{}", table.split("\n\n").next().unwrap_or(&table));
+    eprintln!(
+        "mean F1 {} mIoU {} over areas {:?} ({} reference) in {:.1} s; report {} and {}",
+        s.overall.mean_f1.map_or("n/a".into(), |v| format!("{:.1}", 100.0 * v)),
+        s.overall.miou.map_or("n/a".into(), |v| format!("{:.1}", 100.0 * v)),
+        s.areas.keys().collect::<Vec<_>>(),
+        s.reference,
+        t0.elapsed().as_secs_f64(),
+        s.markdown.display(),
+        s.json.display()
     );
     Ok(())
 }

@@ -74,6 +74,9 @@ pub struct InferReport {
     pub files: MapFiles,
     /// Whether an unfinished run was continued.
     pub resumed: bool,
+    /// A note about an unfinished run that was discarded or could not be
+    /// continued.
+    pub note: Option<String>,
     pub pixels: u64,
     pub seconds: f64,
     pub windows: u64,
@@ -305,6 +308,7 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
         resume: plan.resume,
     })?;
     let resumed = writer.resumed();
+    let note = writer.note().map(str::to_string);
     let regions = regions(&grid, plan.chunk, plan.rows, &|x0| writer.rows_done(x0));
     let total = window_count(&grid, &regions);
     progress.start(total);
@@ -525,6 +529,7 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
     })?;
 
     Ok(InferReport {
+        note,
         resumed,
         files: result,
         pixels: (plan.scene.size.width * plan.scene.size.height) as u64,

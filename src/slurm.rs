@@ -235,6 +235,10 @@ impl InferJob {
                 return Err(Error::file(p, format!("no such {what} file")));
             }
         }
+        // refuse a split that every task would refuse, before submitting
+        let height = crate::read::SceneInfo::probe(&self.scene)?.size.height;
+        crate::pipeline::part_rows(height, 0, self.parts)
+            .map_err(|e| Error::Config(format!("--parts {} for {}: {e}", self.parts, self.scene.display())))?;
         let output = absolute(&self.output)?;
         if output.exists() && !self.overwrite {
             return Err(Error::file(&output, "already exists; pass --overwrite to replace it"));

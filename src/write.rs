@@ -204,8 +204,12 @@ pub fn overview_factors(size: Size) -> Vec<i32> {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Journal {
     settings: BTreeMap<String, String>,
+    /// Generation of the partial files the rows below live in.
+    generation: u32,
     /// Column chunk start → first row not yet written (absolute raster row).
     rows_done: BTreeMap<usize, usize>,
+    /// Column chunk start → chunk end.
+    chunk_end: BTreeMap<usize, usize>,
 }
 
 /// The resume journal's path beside the partial map.
@@ -249,14 +253,7 @@ pub struct MapWriter {
     resumed: bool,
     keep: bool,
     done: bool,
-}
-
-fn open_update(path: &Path) -> Result<Dataset> {
-    let opts = gdal::DatasetOptions {
-        open_flags: gdal::GdalOpenFlags::GDAL_OF_RASTER | gdal::GdalOpenFlags::GDAL_OF_UPDATE,
-        ..Default::default()
-    };
-    Dataset::open_ex(path, opts).map_err(|e| Error::file(path, format!("cannot reopen the unfinished map: {}", one_line(&e.to_string()))))
+    note: Option<String>,
 }
 
 impl MapWriter {
@@ -266,27 +263,28 @@ impl MapWriter {
     /// written, or the unfinished run used other settings.
     pub fn create(spec: MapSpec) -> Result<MapWriter> {
         check_output(&spec.path, spec.overwrite)?;
-        let tmp_map = tmp_path(&spec.path);
-        let tmp_conf = tmp_path(&confidence_path(&spec.path));
         let jpath = journal_path(&spec.path);
         let mut w = MapWriter {
             map: None,
             conf: None,
-            tmp_map,
-            tmp_conf,
+            tmp_map: PathBuf::new(),
+            tmp_conf: PathBuf::new(),
             journal: Journal {
                 settings: spec.settings.clone(),
-                rows_done: BTreeMap::new(),
+                ..Default::default()
             },
             resumed: false,
             keep: false,
             done: false,
+            note: None,
             spec,
         };
-        if w.spec.resume && jpath.exists() && w.tmp_map.exists() {
-            let text = std::fs::read_to_string(&jpath).map_err(|e| Error::file(&jpath, e))?;
-            let old: Journal = serde_json::from_str(&text)
-                .map_err(|e| Error::file(&jpath, format!("unreadable resume journal: {e}")))?;
+        let old: Option<Journal> = match std::fs::read_to_string(&jpath) {
+            Ok(text) => serde_json::from_str(&text).ok(),
+            Err(_) => None,
+        };
+        let old = old.filter(|j| !j.rows_done.is_empty());
+        if let (true, Some(old)) = (w.spec.resume, &old) {
             let diff: Vec<String> = w
                 .spec
                 .settings
@@ -295,36 +293,135 @@ impl MapWriter {
                 .map(|(k, v)| format!("{k} {} (now {v})", old.settings.get(k).map(String::as_str).unwrap_or("unset")))
                 .collect();
             if !diff.is_empty() {
-                // refuse, but keep the unfinished run for a matching resume
-                w.keep = true;
                 return Err(Error::file(
                     &w.spec.path,
                     format!("--resume: the unfinished run used other settings: {}", diff.join(", ")),
                 ));
             }
-            // a resumed run never throws away the work it continues
-            w.keep = true;
-            w.map = Some(open_update(&w.tmp_map)?);
-            if w.spec.confidence {
-                w.conf = Some(open_update(&w.tmp_conf)?);
+            match w.continue_from(old) {
+                Ok(()) => return Ok(w),
+                Err(e) => {
+                    w.note = Some(format!("the unfinished run could not be continued ({e}); starting over"));
+                    w.map = None;
+                    w.conf = None;
+                }
             }
-            w.journal = old;
-            w.resumed = true;
-            return Ok(w);
         }
-        // a fresh start: clear leftovers of a killed run
-        w.remove_tmp();
-        let mut map = create_u8(&w.tmp_map, &w.spec)?;
-        set_legend(&map, &w.spec.classes, &w.spec.path)?;
-        for (k, v) in &w.spec.metadata {
-            map.set_metadata_item(k, v, "").map_err(|e| Error::file(&w.spec.path, e))?;
+        // a fresh start: clear leftovers of an earlier run
+        if let Some(old) = &old {
+            if !w.spec.resume {
+                w.note = Some("an unfinished run of this map was discarded; pass --resume to continue one".into());
+            }
+            w.remove_generation(old.generation);
         }
-        w.map = Some(map);
-        if w.spec.confidence {
-            w.conf = Some(create_u8(&w.tmp_conf, &w.spec)?);
-        }
+        w.journal.generation = old.as_ref().map(|j| j.generation + 1).unwrap_or(0);
+        w.remove_generation(w.journal.generation);
+        let _ = std::fs::remove_file(&jpath);
+        w.open_generation()?;
         w.save_journal()?;
         Ok(w)
+    }
+
+    /// A message for the user about an unfinished run, if any.
+    pub fn note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+
+    fn gen_paths(&self, generation: u32) -> (PathBuf, PathBuf) {
+        let g = |p: &Path| PathBuf::from(format!("{}.{generation}", tmp_path(p).display()));
+        (g(&self.spec.path), g(&confidence_path(&self.spec.path)))
+    }
+
+    fn remove_generation(&self, generation: u32) {
+        let (m, c) = self.gen_paths(generation);
+        for p in [m, c] {
+            let _ = std::fs::remove_file(&p);
+            let _ = std::fs::remove_file(aux_path(&p));
+        }
+    }
+
+    /// Creates the partial files of the journal's generation.
+    fn open_generation(&mut self) -> Result<()> {
+        let (m, c) = self.gen_paths(self.journal.generation);
+        self.tmp_map = m;
+        self.tmp_conf = c;
+        let mut map = create_u8(&self.tmp_map, &self.spec)?;
+        set_legend(&map, &self.spec.classes, &self.spec.path)?;
+        for (k, v) in &self.spec.metadata {
+            map.set_metadata_item(k, v, "").map_err(|e| Error::file(&self.spec.path, e))?;
+        }
+        self.map = Some(map);
+        if self.spec.confidence {
+            self.conf = Some(create_u8(&self.tmp_conf, &self.spec)?);
+        }
+        Ok(())
+    }
+
+    /// Continues an unfinished run: its files are never modified (libtiff
+    /// rewrites a directory in two steps, so an in-place update killed at the
+    /// wrong moment could break them). The journalled rows are copied into a
+    /// new generation, and the journal switches to it only when the copy is
+    /// durable; then the old generation goes.
+    fn continue_from(&mut self, old: &Journal) -> Result<()> {
+        let (om, oc) = self.gen_paths(old.generation);
+        let old_map = crate::read::open_raster(&om)?;
+        let old_conf = if self.spec.confidence { Some(crate::read::open_raster(&oc)?) } else { None };
+        self.keep = true; // never throw away the run being continued
+        self.journal.generation = old.generation + 1;
+        self.remove_generation(self.journal.generation);
+        self.open_generation()?;
+        let y_base = self.spec.rows.0;
+        for (&x0, &done) in &old.rows_done {
+            let x1 = old.chunk_end.get(&x0).copied().unwrap_or(self.spec.size.width);
+            let mut y = y_base;
+            while y < done {
+                let h = TILE.min(done - y);
+                let rect = crate::window::Rect { x: x0, y: y - y_base, width: x1 - x0, height: h };
+                let read = |ds: &Dataset, p: &Path| -> Result<Vec<u8>> {
+                    let b = ds.rasterband(1).map_err(|e| Error::file(p, e))?;
+                    b.read_as::<u8>((rect.x as isize, rect.y as isize), (rect.width, rect.height), (rect.width, rect.height), None)
+                        .map(|buf| buf.data().to_vec())
+                        .map_err(|e| Error::file(p, e))
+                };
+                let classes = read(&old_map, &om)?;
+                let path = self.spec.path.clone();
+                write_u8(self.map.as_mut().expect("map open"), &path, rect, &classes)?;
+                if let (Some(src), Some(dst)) = (&old_conf, self.conf.as_mut()) {
+                    let conf = read(src, &oc)?;
+                    write_u8(dst, &path, rect, &conf)?;
+                }
+                y += h;
+            }
+        }
+        self.durable()?;
+        self.journal.rows_done = old.rows_done.clone();
+        self.journal.chunk_end = old.chunk_end.clone();
+        self.save_journal()?;
+        drop(old_map);
+        drop(old_conf);
+        self.remove_generation(old.generation);
+        self.resumed = true;
+        Ok(())
+    }
+
+    /// Flushes and syncs the partial files, checking GDAL's error state.
+    fn durable(&mut self) -> Result<()> {
+        let path = self.spec.path.clone();
+        reset_gdal_error();
+        flush_twice(self.map.as_mut().expect("map open"), &path)?;
+        if let Some(msg) = take_gdal_failure() {
+            return Err(Error::file(&path, format!("write failed: {}", one_line(&msg))));
+        }
+        sync(&self.tmp_map, &path)?;
+        if let Some(c) = self.conf.as_mut() {
+            let cpath = confidence_path(&path);
+            flush_twice(c, &cpath)?;
+            if let Some(msg) = take_gdal_failure() {
+                return Err(Error::file(&cpath, format!("write failed: {}", one_line(&msg))));
+            }
+            sync(&self.tmp_conf, &cpath)?;
+        }
+        Ok(())
     }
 
     /// Keeps the unfinished map and its journal when dropped, so that the
@@ -360,25 +457,15 @@ impl MapWriter {
     pub fn write(&mut self, band: &Band) -> Result<()> {
         let mut r = band.rect;
         r.y -= self.spec.rows.0;
-        reset_gdal_error();
         let path = self.spec.path.clone();
-        let ds = self.map.as_mut().expect("writer used after finish");
-        write_u8(ds, &path, r, &band.classes)?;
-        flush_twice(ds, &path)?;
-        if let Some(msg) = take_gdal_failure() {
-            return Err(Error::file(&path, format!("write failed: {}", one_line(&msg))));
-        }
+        reset_gdal_error();
+        write_u8(self.map.as_mut().expect("writer used after finish"), &path, r, &band.classes)?;
         if let (Some(c), Some(data)) = (self.conf.as_mut(), band.confidence.as_ref()) {
-            let cpath = confidence_path(&path);
-            write_u8(c, &cpath, r, data)?;
-            flush_twice(c, &cpath)?;
-            if let Some(msg) = take_gdal_failure() {
-                return Err(Error::file(&cpath, format!("write failed: {}", one_line(&msg))));
-            }
-            sync(&self.tmp_conf, &cpath)?;
+            write_u8(c, &confidence_path(&path), r, data)?;
         }
-        sync(&self.tmp_map, &path)?;
+        self.durable()?;
         self.journal.rows_done.insert(band.rect.x, band.rect.y + band.rect.height);
+        self.journal.chunk_end.insert(band.rect.x, band.rect.x + band.rect.width);
         self.save_journal()
     }
 
@@ -394,11 +481,6 @@ impl MapWriter {
         if self.spec.overviews {
             map.build_overviews("NEAREST", &factors, &[])
                 .map_err(|e| Error::file(&path, format!("building overviews failed: {}", one_line(&e.to_string()))))?;
-        }
-        if self.resumed {
-            // the legend's category names live in the aux.xml, which a
-            // killed run never wrote
-            set_legend(&map, &self.spec.classes, &path)?;
         }
         map.close()
             .map_err(|e| Error::file(&path, format!("writing the map failed: {}", one_line(&e.to_string()))))?;
@@ -449,10 +531,7 @@ impl MapWriter {
     }
 
     fn remove_tmp(&self) {
-        for p in [&self.tmp_map, &self.tmp_conf] {
-            let _ = std::fs::remove_file(p);
-            let _ = std::fs::remove_file(aux_path(p));
-        }
+        self.remove_generation(self.journal.generation);
         let j = journal_path(&self.spec.path);
         let _ = std::fs::remove_file(PathBuf::from(format!("{}.tmp", j.display())));
         let _ = std::fs::remove_file(j);

@@ -206,9 +206,9 @@ fn aoi_in_another_crs_limits_reads_and_map() {
     let inside = |x: f64, y: f64| {
         // the triangle, with a margin of 2 px for reprojection round-off
         let tri = geo::Polygon::new(geo::LineString::from(px.to_vec()), vec![]);
-        use geo::{Contains, EuclideanDistance};
+        use geo::{Contains, Distance, Euclidean};
         let p = geo::Point::new(x, y);
-        if tri.exterior().euclidean_distance(&p) < 2.0 {
+        if Euclidean::distance(&p, tri.exterior()) < 2.0 {
             None
         } else {
             Some(tri.contains(&p))
@@ -286,4 +286,78 @@ fn many_scenes_go_on_past_a_failure() {
     check_map_files(&maps.join("a.tif"), &tiles.join("a.tif"));
     check_map_files(&maps.join("c.tif"), &tiles.join("c.tif"));
     assert!(!maps.join("b.tif").exists());
+}
+
+/// Cuts `image` into `nx x ny` GeoTIFF tiles and returns their paths.
+fn cut_tiles(image: &Path, dir: &Path, nx: usize, ny: usize) -> Vec<PathBuf> {
+    let src = gdal::Dataset::open(image).unwrap();
+    let (w, h) = src.raster_size();
+    let gt = src.geo_transform().unwrap();
+    let srs = src.spatial_ref().unwrap();
+    let (tw, th) = (w / nx, h / ny);
+    let drv = gdal::DriverManager::get_driver_by_name("GTiff").unwrap();
+    let bands: Vec<Vec<u8>> = (1..=3)
+        .map(|b| src.rasterband(b).unwrap().read_as::<u8>((0, 0), (w, h), (w, h), None).unwrap().data().to_vec())
+        .collect();
+    let mut out = Vec::new();
+    for ty in 0..ny {
+        for tx in 0..nx {
+            let p = dir.join(format!("t_{tx:03}_{ty:03}.tif"));
+            let mut ds = drv.create_with_band_type::<u8, _>(&p, tw, th, 3).unwrap();
+            let mut tgt = gt;
+            tgt[0] += (tx * tw) as f64 * gt[1];
+            tgt[3] += (ty * th) as f64 * gt[5];
+            ds.set_geo_transform(&tgt).unwrap();
+            ds.set_spatial_ref(&srs).unwrap();
+            for (b, data) in bands.iter().enumerate() {
+                let mut tile = Vec::with_capacity(tw * th);
+                for y in 0..th {
+                    let row = (ty * th + y) * w + tx * tw;
+                    tile.extend_from_slice(&data[row..row + tw]);
+                }
+                let mut buf = gdal::raster::Buffer::new((tw, th), tile);
+                ds.rasterband(b + 1).unwrap().write((0, 0), (tw, th), &mut buf).unwrap();
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn vrt_of_a_thousand_files_maps_like_one_file_with_bounded_handles() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 128);
+    let scene = synth(t.path(), 2560, 1600, 29).join("image.tif");
+    let dir = t.path().join("tiles");
+    std::fs::create_dir(&dir).unwrap();
+    let tiles = cut_tiles(&scene, &dir, 40, 25);
+    assert_eq!(tiles.len(), 1000);
+    let list = t.path().join("list.txt");
+    std::fs::write(&list, tiles.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n")).unwrap();
+    let vrt = t.path().join("mosaic.vrt");
+    gdal_tool("gdalbuildvrt", &["-q", "-input_file_list", s(&list), s(&vrt)]);
+    let single = t.path().join("single.tif");
+    run_map(&scene, &m, &single, &["--quiet"]);
+    let vmap = t.path().join("vrt_map.tif");
+    let mut child = Command::new(bin())
+        .args(["infer", s(&vrt), "-o", s(&vmap), "--model", s(&m), "--quiet"])
+        .spawn()
+        .unwrap();
+    let fd_dir = format!("/proc/{}/fd", child.id());
+    let mut max_fds = 0;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success());
+            break;
+        }
+        if let Ok(rd) = std::fs::read_dir(&fd_dir) {
+            max_fds = max_fds.max(rd.count());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("open file handles peaked at {max_fds} for a VRT of 1000 files");
+    assert!(max_fds > 0 && max_fds < 300, "open file handles: {max_fds}");
+    check_map_files(&vmap, &vrt);
+    assert!(read_map(&single).data == read_map(&vmap).data, "the 1000-file VRT gave another map");
 }

@@ -69,13 +69,18 @@ impl Cluster {
         out.status.success() && String::from_utf8_lossy(&out.stdout).trim().is_empty()
     }
 
-    /// Waits until `done()` holds and the queue is empty; panics with the
-    /// logs after `limit`.
+    /// Waits until `done()` holds and the queue is empty, or the queue is
+    /// empty without `done()` (the jobs failed: panics with their logs);
+    /// panics with the logs after `limit`.
     fn wait(&self, limit: Duration, logs: &Path, done: impl Fn() -> bool) -> Duration {
         let t = Instant::now();
         while t.elapsed() < limit {
-            if done() && self.queue_empty() {
-                return t.elapsed();
+            if self.queue_empty() {
+                // the merge renames the map into place before its job ends
+                if done() {
+                    return t.elapsed();
+                }
+                panic!("the jobs ended without their result\n{}", dump_logs(&[logs]));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -137,10 +142,12 @@ fn job_ids(stdout: &str) -> (u64, u64) {
     (id("array"), id("merge"))
 }
 
-/// A 1500 x 1300 scene and the tiny model of the README.
+/// A 1500 x 2100 scene and the tiny model of the README.
 fn scene_and_model(dir: &Path) -> (PathBuf, PathBuf) {
     let scene = dir.join("scene");
-    ok(&["synth", "--size", "1500x1300", "-o", s(&scene), "--quiet"]);
+    // 2100 rows: 5 rows of 512 px tiles, enough for 4 parts (parts are whole
+    // tile rows, so 1300 rows would allow only 3)
+    ok(&["synth", "--size", "1500x2100", "-o", s(&scene), "--quiet"]);
     let model = dir.join("m.safetensors");
     let classes = format!("{ROOT}/configs/classes/isprs.toml");
     ok(&["model", "new", "--arch", "tiny", "--bands", "3", "--classes", &classes, "-o", s(&model)]);
@@ -220,10 +227,8 @@ fn slurm_array_of_four_parts_plus_merge_equals_a_single_run() {
 #[test]
 fn slurm_without_sbatch_is_a_one_line_error() {
     let t = tmp();
-    let image = t.path().join("image.tif");
-    let model = t.path().join("m.safetensors");
-    std::fs::write(&image, b"").unwrap();
-    std::fs::write(&model, b"").unwrap();
+    let image = synth(t.path(), 200, 100, 1).join("image.tif");
+    let model = model(t.path(), "tiny", 3, 64);
     let empty = t.path().join("empty-path");
     std::fs::create_dir(&empty).unwrap();
     let map = t.path().join("map.tif");
@@ -244,19 +249,23 @@ fn slurm_without_sbatch_is_a_one_line_error() {
 fn slurm_dry_run_prints_both_scripts_and_writes_nothing() {
     let t = tmp();
     let image = t.path().join("image.tif");
+    std::fs::rename(synth(t.path(), 100, 1100, 1).join("image.tif"), &image).unwrap();
     let model = t.path().join("m.safetensors");
-    std::fs::write(&image, b"").unwrap();
-    std::fs::write(&model, b"").unwrap();
+    std::fs::rename(common::model(t.path(), "tiny", 3, 64), &model).unwrap();
     let map = t.path().join("map.tif");
+    // 1100 rows are 3 rows of 512 px tiles: at most 3 parts
+    let out = rstile(&["slurm", "infer", s(&image), "-o", s(&map), "--model", s(&model), "--parts", "4", "--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--parts 4") && err.contains("at most 3 parts"), "{err}");
     let out = ok(&[
-        "slurm", "infer", s(&image), "-o", s(&map), "--model", s(&model), "--parts", "8", "--partition", "dc-gpu",
+        "slurm", "infer", s(&image), "-o", s(&map), "--model", s(&model), "--parts", "3", "--partition", "dc-gpu",
         "--time", "01:30:00", "--account", "training2436", "--gpus-per-task", "1", "--dry-run", "--", "--blend", "crop",
     ]);
     let dir = t.path().canonicalize().unwrap();
     let d = s(&dir);
     for want in [
         format!("# ---- {d}/map.slurm/array.sbatch ----"),
-        "#SBATCH --array=0-7".into(),
+        "#SBATCH --array=0-2".into(),
         "#SBATCH --partition=dc-gpu".into(),
         "#SBATCH --time=01:30:00".into(),
         "#SBATCH --account=training2436".into(),

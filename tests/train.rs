@@ -726,3 +726,211 @@ fn training_throughput() {
         let _ = DType::F32;
     }
 }
+
+/// A minimal writer of PyTorch's `torch.save` format (a stored zip holding
+/// `archive/data.pkl`, a protocol-2 pickle of an `OrderedDict` of
+/// `torch._utils._rebuild_tensor_v2` calls, and one `archive/data/N` file of
+/// little-endian values per tensor), for testing the `.pth` loader without
+/// PyTorch.
+mod pth {
+    pub enum Data<'a> {
+        F32(&'a [f32]),
+        I64(&'a [i64]),
+    }
+
+    fn int(p: &mut Vec<u8>, v: usize) {
+        if v < 256 {
+            p.extend([b'K', v as u8]);
+        } else if v < 65536 {
+            p.push(b'M');
+            p.extend((v as u16).to_le_bytes());
+        } else {
+            p.push(b'J');
+            p.extend((v as i32).to_le_bytes());
+        }
+    }
+
+    fn text(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend((s.len() as u32).to_le_bytes());
+        p.extend(s.as_bytes());
+    }
+
+    fn global(p: &mut Vec<u8>, module: &str, name: &str) {
+        p.push(b'c');
+        p.extend(format!("{module}\n{name}\n").as_bytes());
+    }
+
+    fn tuple(p: &mut Vec<u8>, v: &[usize]) {
+        if v.is_empty() {
+            p.push(b')');
+            return;
+        }
+        p.push(b'(');
+        for &x in v {
+            int(p, x);
+        }
+        p.push(b't');
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    fn zip(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut central = Vec::new();
+        for (name, data) in files {
+            let off = out.len() as u32;
+            let crc = crc32(data);
+            let head = |sig: u32, central: bool| {
+                let mut h = Vec::new();
+                h.extend(sig.to_le_bytes());
+                if central {
+                    h.extend(20u16.to_le_bytes());
+                }
+                for v in [20u16, 0, 0, 0, 0] {
+                    h.extend(v.to_le_bytes());
+                }
+                h.extend(crc.to_le_bytes());
+                h.extend((data.len() as u32).to_le_bytes());
+                h.extend((data.len() as u32).to_le_bytes());
+                h.extend((name.len() as u16).to_le_bytes());
+                h.extend(0u16.to_le_bytes());
+                if central {
+                    for v in [0u16, 0, 0] {
+                        h.extend(v.to_le_bytes());
+                    }
+                    h.extend(0u32.to_le_bytes());
+                    h.extend(off.to_le_bytes());
+                }
+                h.extend(name.as_bytes());
+                h
+            };
+            out.extend(head(0x0403_4b50, false));
+            out.extend(data);
+            central.extend(head(0x0201_4b50, true));
+        }
+        let cd_off = out.len() as u32;
+        out.extend(&central);
+        out.extend(0x0605_4b50u32.to_le_bytes());
+        for v in [0u16, 0, files.len() as u16, files.len() as u16] {
+            out.extend(v.to_le_bytes());
+        }
+        out.extend((central.len() as u32).to_le_bytes());
+        out.extend(cd_off.to_le_bytes());
+        out.extend(0u16.to_le_bytes());
+        out
+    }
+
+    /// `torch.save(state_dict, path)` for contiguous tensors.
+    pub fn save(path: &std::path::Path, tensors: &[(String, Vec<usize>, Data)]) {
+        let mut p = vec![0x80, 2];
+        global(&mut p, "collections", "OrderedDict");
+        p.push(b')');
+        p.push(b'R');
+        p.push(b'(');
+        let mut files = Vec::new();
+        for (i, (name, shape, data)) in tensors.iter().enumerate() {
+            let (storage, bytes, n): (&str, Vec<u8>, usize) = match data {
+                Data::F32(v) => (
+                    "FloatStorage",
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    v.len(),
+                ),
+                Data::I64(v) => (
+                    "LongStorage",
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    v.len(),
+                ),
+            };
+            text(&mut p, name);
+            global(&mut p, "torch._utils", "_rebuild_tensor_v2");
+            p.push(b'(');
+            // persistent id ('storage', torch.FloatStorage, key, 'cpu', numel)
+            p.push(b'(');
+            text(&mut p, "storage");
+            global(&mut p, "torch", storage);
+            text(&mut p, &i.to_string());
+            text(&mut p, "cpu");
+            int(&mut p, n);
+            p.push(b't');
+            p.push(b'Q');
+            int(&mut p, 0); // storage offset
+            tuple(&mut p, shape);
+            let mut stride = vec![1usize; shape.len()];
+            for d in (0..shape.len().saturating_sub(1)).rev() {
+                stride[d] = stride[d + 1] * shape[d + 1];
+            }
+            tuple(&mut p, &stride);
+            p.push(0x89); // requires_grad False
+            global(&mut p, "collections", "OrderedDict");
+            p.push(b')');
+            p.push(b'R');
+            p.push(b't');
+            p.push(b'R');
+            files.push((format!("archive/data/{i}"), bytes));
+        }
+        p.push(b'u');
+        // state_dict._metadata, as torch.save writes it (BUILD with a dict)
+        p.push(b'}');
+        p.push(b'b');
+        p.push(b'.');
+        let mut all = vec![("archive/data.pkl".to_string(), p)];
+        all.extend(files);
+        all.push(("archive/version".to_string(), b"3\n".to_vec()));
+        std::fs::write(path, zip(&all)).unwrap();
+    }
+}
+
+#[test]
+fn pretrained_pth_loads_like_safetensors() {
+    let dir = common::tmp();
+    let st = dir.path().join("r18.safetensors");
+    let sd = resnet18_state_dict(&st);
+    let nbt: Vec<i64> = vec![100];
+    let mut tensors: Vec<(String, Vec<usize>, pth::Data)> = sd
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), pth::Data::F32(v)))
+        .collect();
+    tensors.push((
+        "bn1.num_batches_tracked".into(),
+        vec![],
+        pth::Data::I64(&nbt),
+    ));
+    let path = dir.path().join("resnet18-f37072fd.pth");
+    pth::save(&path, &tensors);
+    let meta = ModelMeta::new("resnet18-fcn", 4, ClassTable::isprs());
+    let a = Model::new_random(meta.clone(), 1, &Device::Cpu).unwrap();
+    let b = Model::new_random(meta, 2, &Device::Cpu).unwrap();
+    let ra = rstile::train::pretrained::load_imagenet(&a, &st).unwrap();
+    let rb = rstile::train::pretrained::load_imagenet(&b, &path).unwrap();
+    assert_eq!(ra.loaded, rb.loaded);
+    assert_eq!(rb.skipped, 3); // fc.weight, fc.bias, bn1.num_batches_tracked
+    let (va, vb) = (
+        a.varmap().data().lock().unwrap(),
+        b.varmap().data().lock().unwrap(),
+    );
+    for (n, v) in va.iter().filter(|(n, _)| n.starts_with("backbone.")) {
+        assert_eq!(vals(v.as_tensor()), vals(vb[n].as_tensor()), "{n}");
+    }
+    // A truncated file is refused with its name.
+    let bytes = std::fs::read(&path).unwrap();
+    let bad = dir.path().join("bad.pth");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let e = rstile::train::pretrained::load_imagenet(&b, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.pth"), "{e}");
+}

@@ -16,6 +16,7 @@
 use gdal::raster::Buffer;
 use gdal::{Dataset, DriverManager};
 use rstile::synth::{synth, SynthConfig};
+use rstile::vaihingen::raw::RawPatches;
 use rstile::vaihingen::source::ISPRS_COLOURS;
 use rstile::vaihingen::{prepare, PatchSet, PrepareOptions, Split};
 use std::path::{Path, PathBuf};
@@ -306,6 +307,7 @@ fn course_hdf5_in_matlab_and_c_order() {
         .arg(&out)
         .arg("--split")
         .arg(&split)
+        .arg("--raw")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -347,6 +349,92 @@ fn course_hdf5_in_matlab_and_c_order() {
     let v = PatchSet::read(&out.join("vaihingen_val.hdf5")).unwrap();
     assert_eq!(v.area, vec![30, 30]);
     assert_eq!(v.mean, t.mean);
+
+    // The memory-mappable copy holds the same patches.
+    let r = RawPatches::open(&out.join("vaihingen_train.bin")).unwrap();
+    assert_eq!((r.len(), r.header.patch), (4, 256));
+    assert_eq!(r.header.mean, t.mean);
+    for i in 0..4 {
+        assert_eq!(r.image(i), &t.images[i * per..(i + 1) * per]);
+        assert_eq!(r.labels(i), &t.labels[i * pp..(i + 1) * pp]);
+        assert_eq!(r.masks(i), &t.masks[i * pp..(i + 1) * pp]);
+        assert_eq!(r.area(i), t.area[i]);
+        assert_eq!(r.offset(i), [t.offset[2 * i], t.offset[2 * i + 1]]);
+    }
+    // A truncated copy is refused.
+    let bin = out.join("vaihingen_val.bin");
+    let len = std::fs::metadata(&bin).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bin)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    assert!(RawPatches::open(&bin).is_err());
+}
+
+/// Read speed of a prepared split: the whole HDF5 file into memory versus
+/// shuffled patches from the memory-mapped copy. Prints timings; run with
+/// `cargo test --release --test vaihingen_prepare -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn read_speed_hdf5_vs_mmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("isprs");
+    for &(n, w, h, _) in &SIZES[..4] {
+        make_official_area(&data, n, w, h);
+    }
+    let split = dir.path().join("split.toml");
+    std::fs::write(&split, "train = [1, 3, 5]\nval = [7]\n").unwrap();
+    let out = dir.path().join("out");
+    let mut o = PrepareOptions::new(&data, &out);
+    o.split = Split::parse(split.to_str().unwrap()).unwrap();
+    o.raw = true;
+    let t0 = std::time::Instant::now();
+    let s = prepare(&o).unwrap();
+    let n = s.splits[0].patches;
+    eprintln!(
+        "prepare (3+1 areas, {n} train patches, with raw copy): {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let h5 = out.join("vaihingen_train.hdf5");
+    let bin = out.join("vaihingen_train.bin");
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut st = 7u64;
+    for i in (1..n).rev() {
+        st = st
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(i, (st >> 33) as usize % (i + 1));
+    }
+    for round in 0..3 {
+        let t = std::time::Instant::now();
+        let p = PatchSet::read(&h5).unwrap();
+        let mut acc = 0f32;
+        let per = 5 * 256 * 256;
+        for &i in &order {
+            acc += p.images[i * per + 1000];
+        }
+        let th5 = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let r = RawPatches::open(&bin).unwrap();
+        let mut batch = vec![0f32; 16 * per];
+        let mut acc2 = 0f32;
+        for chunk in order.chunks(16) {
+            for (k, &i) in chunk.iter().enumerate() {
+                batch[k * per..(k + 1) * per].copy_from_slice(r.image(i));
+                acc2 += batch[k * per + 1000] + r.labels(i)[7] as f32 * 0.0;
+            }
+        }
+        let tmm = t.elapsed().as_secs_f64();
+        assert_eq!(acc, acc2);
+        eprintln!(
+            "round {round}: HDF5 full read {th5:.3} s ({:.0} patches/s, first patch after the whole file); \
+             mmap shuffled batches of 16 {tmm:.3} s ({:.0} patches/s)",
+            n as f64 / th5,
+            n as f64 / tmm
+        );
+    }
 }
 
 fn small_official(root: &Path, areas: &[u16]) -> PathBuf {

@@ -395,12 +395,11 @@ pub(crate) fn render(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> Tile {
         let Some((c0, r0, c1, r1)) = clip(f.shadow_bbox(), x0, y0, w, h) else {
             continue;
         };
-        // Bottom of the shadow-casting volume above the ground.
-        let base = if f.kind == Kind::Tree {
-            f.height * CROWN_BASE
-        } else {
-            0.0
+        let crown = match (f.kind, f.shape) {
+            (Kind::Tree, Shape::Circle { cx, cy, r }) => Some((cx, cy, r)),
+            _ => None,
         };
+        let (base, top) = ((f.height * CROWN_BASE) as f64, f.height as f64);
         for r in r0..r1 {
             let py = (y0 + r as i64) as f64 + 0.5;
             for c in c0..c1 {
@@ -408,11 +407,15 @@ pub(crate) fn render(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> Tile {
                 if shadow[p] || owner[p] == k as u32 || z[p] >= f.height {
                     continue;
                 }
-                let tmax = (f.height - z[p]) as f64 * SHADOW_PX_PER_M;
-                let tmin = (base - z[p]).max(0.0) as f64 * SHADOW_PX_PER_M;
-                if f.shape.shades((x0 + c as i64) as f64 + 0.5, py, tmin, tmax) {
-                    shadow[p] = true;
-                }
+                let px = (x0 + c as i64) as f64 + 0.5;
+                shadow[p] = match crown {
+                    Some((cx, cy, rad)) => {
+                        crown_shades(cx, cy, rad, base, top, px, py, z[p] as f64)
+                    }
+                    None => f
+                        .shape
+                        .shades(px, py, (f.height - z[p]) as f64 * SHADOW_PX_PER_M),
+                };
             }
         }
     }

@@ -36,8 +36,9 @@ pub(crate) const MARGIN: i64 = 320;
 /// Unit vector, in pixel coordinates (x east, y south), pointing toward the sun
 /// (azimuth 150°): shadows fall toward the north-north-west.
 pub(crate) const SUN: (f64, f64) = (0.5, 0.866_025_403_784_438_6);
-/// Shadow length in pixels per metre of height (sun elevation 55°).
-pub(crate) const SHADOW_PX_PER_M: f64 = PX_PER_M / 1.428_148_006_742_114_3;
+/// Shadow length in pixels per metre of height (sun elevation 60°, a summer
+/// noon at 49° N).
+pub(crate) const SHADOW_PX_PER_M: f64 = PX_PER_M / 1.732_050_807_568_877_2;
 /// Tree crowns start at this fraction of the tree's height (the trunk casts
 /// no shadow to speak of).
 pub(crate) const CROWN_BASE: f32 = 0.45;
@@ -186,18 +187,18 @@ impl Shape {
     }
 
     /// Whether the ray from (px, py) toward the sun meets the shape (as a
-    /// prism) between `tmin` and `tmax` pixels of horizontal travel.
+    /// prism standing on the ground) within `tmax` pixels of horizontal travel.
     #[inline]
-    pub(crate) fn shades(&self, px: f64, py: f64, tmin: f64, tmax: f64) -> bool {
+    pub(crate) fn shades(&self, px: f64, py: f64, tmax: f64) -> bool {
         let (ux, uy) = SUN;
         let disc = |cx: f64, cy: f64, r: f64| {
-            let t = ((cx - px) * ux + (cy - py) * uy).clamp(tmin, tmax);
+            let t = ((cx - px) * ux + (cy - py) * uy).clamp(0.0, tmax);
             let (qx, qy) = (px + t * ux - cx, py + t * uy - cy);
             qx * qx + qy * qy < r * r
         };
         match *self {
             Shape::Rect { x0, y0, x1, y1 } => {
-                let lo = ((x0 - px) / ux).max((y0 - py) / uy).max(tmin);
+                let lo = ((x0 - px) / ux).max((y0 - py) / uy).max(0.0);
                 let hi = ((x1 - px) / ux).min((y1 - py) / uy).min(tmax);
                 lo < hi
             }
@@ -205,6 +206,34 @@ impl Shape {
             Shape::Blob { c } => c.iter().any(|d| disc(d[0], d[1], d[2])),
         }
     }
+}
+
+/// Whether the ray toward the sun from (px, py) at height `zp` (m) meets
+/// the tree crown over (cx, cy): an ellipsoid of radius `r` (pixels) from
+/// `base` to `top` (m above the ground).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn crown_shades(
+    cx: f64,
+    cy: f64,
+    r: f64,
+    base: f64,
+    top: f64,
+    px: f64,
+    py: f64,
+    zp: f64,
+) -> bool {
+    // Along the ray, at horizontal distance t (pixels), the height is
+    // zp + t / SHADOW_PX_PER_M; inside when the normalised distance is < 1.
+    let (ux, uy) = SUN;
+    let (zc, a) = ((base + top) * 0.5, (top - base) * 0.5);
+    let (dx, dy, dz) = (px - cx, py - cy, (zp - zc) / a);
+    let k = 1.0 / (a * SHADOW_PX_PER_M);
+    let qa = 1.0 / (r * r) + k * k;
+    let qb = 2.0 * ((dx * ux + dy * uy) / (r * r) + dz * k);
+    let qc = (dx * dx + dy * dy) / (r * r) + dz * dz - 1.0;
+    let t = (-qb / (2.0 * qa)).max(0.0);
+    (qa * t + qb) * t + qc < 0.0
 }
 
 /// Roof form of a building.

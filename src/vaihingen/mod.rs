@@ -68,7 +68,9 @@
 //! 22.5 m at 9 cm; a window of 45 m, wider than Vaihingen's buildings), in
 //! O(1) per pixel whatever the radius (van Herk / Gil-Werman).
 
+pub mod eval;
 pub mod features;
+pub mod raw;
 pub mod source;
 
 use crate::error::{Error, Result};
@@ -212,6 +214,8 @@ pub struct PrepareOptions {
     pub ground_radius: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Also write the memory-mappable copy `vaihingen_<split>.bin` (+ `.bin.json`).
+    pub raw: bool,
 }
 
 impl PrepareOptions {
@@ -225,6 +229,7 @@ impl PrepareOptions {
             patch: 256,
             ground_radius: DEFAULT_GROUND_RADIUS,
             progress: false,
+            raw: false,
         }
     }
 }
@@ -267,12 +272,12 @@ pub struct PrepareSummary {
 
 /// Patches of one split, in memory (raw until normalised).
 #[derive(Default)]
-struct Patches {
-    images: Vec<f32>,
-    labels: Vec<u8>,
-    masks: Vec<u8>,
-    area: Vec<u16>,
-    offset: Vec<u32>,
+pub(crate) struct Patches {
+    pub(crate) images: Vec<f32>,
+    pub(crate) labels: Vec<u8>,
+    pub(crate) masks: Vec<u8>,
+    pub(crate) area: Vec<u16>,
+    pub(crate) offset: Vec<u32>,
 }
 
 impl Patches {
@@ -426,7 +431,7 @@ impl PatchSet {
     }
 }
 
-fn load(
+pub(crate) fn load(
     layout: &Layout,
     data: &Path,
     n: u16,
@@ -539,6 +544,11 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
             &mean,
             &std,
         )?;
+        if opts.raw {
+            let bin = opts.out.join(format!("vaihingen_{name}.bin"));
+            bar.set_message(format!("writing {}", bin.display()));
+            raw::write(&bin, &p, opts.patch, &mean, &std)?;
+        }
         summaries.push(SplitSummary {
             name: name.into(),
             file,

@@ -107,9 +107,16 @@ pub fn decode_rgb(
     black_is_ignore: bool,
 ) -> Result<Vec<u8>> {
     let mut lut = std::collections::HashMap::new();
+    let mut last: Option<([u8; 3], u8)> = None;
     let mut out = Vec::with_capacity(r.len());
     for i in 0..r.len() {
         let rgb = [r[i], g[i], b[i]];
+        if let Some(&(c, v)) = last.as_ref() {
+            if c == rgb {
+                out.push(v);
+                continue;
+            }
+        }
         let id = match lut.get(&rgb) {
             Some(&v) => v,
             None => {
@@ -132,6 +139,7 @@ pub fn decode_rgb(
                 v
             }
         };
+        last = Some((rgb, id));
         out.push(id);
     }
     Ok(out)
