@@ -680,11 +680,18 @@ fn train(a: TrainArgs) -> Result<()> {
     let report = rstile::train::train(&cfg, &opts, &progress)?;
     progress.bar.finish_and_clear();
     if !a.quiet {
-        let f = report.best_mean_f1.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        let f = report
+            .best_mean_f1
+            .map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        let early = if report.stopped_early {
+            " (early stop)"
+        } else {
+            ""
+        };
         println!(
             "rstile: trained {} epoch(s){}; best validation mean F1 {} at epoch {} -> {}",
             report.history.len(),
-            if report.stopped_early { " (early stop)" } else { "" },
+            early,
             f,
             report.best_epoch.map_or("-".to_string(), |e| e.to_string()),
             report.run_dir.join(rstile::train::run::BEST).display()
@@ -713,7 +720,7 @@ struct SbatchArgs {
     /// Account to charge [default: the user's].
     #[arg(long)]
     account: Option<String>,
-    /// CPUs per task; `infer` then runs with as many --threads.
+    /// CPUs per task; rstile then runs with as many --threads.
     #[arg(long)]
     cpus_per_task: Option<usize>,
     /// Print the scripts instead of writing and submitting them.
@@ -752,7 +759,7 @@ struct SlurmTrainArgs {
     /// The training configuration (TOML).
     #[arg(long)]
     config: PathBuf,
-    /// GPUs for the job.
+    /// GPUs for the job (0 for none); train then runs with --device cuda:0.
     #[arg(long, default_value_t = 1)]
     gpus: usize,
     #[command(flatten)]
@@ -805,7 +812,12 @@ fn slurm(cmd: SlurmCmd) -> Result<()> {
                 l.parts_dir.display(),
                 l.slurm_dir.display()
             );
-            println!("rstile: merge job {}: after array job {} succeeds -> {}", s.merge, s.array, l.output.display());
+            println!(
+                "rstile: merge job {}: after array job {} succeeds -> {}",
+                s.merge,
+                s.array,
+                l.output.display()
+            );
         }
         SlurmCmd::Train(a) => {
             if !a.config.exists() {
@@ -819,12 +831,19 @@ fn slurm(cmd: SlurmCmd) -> Result<()> {
                 extra: a.extra,
             };
             if a.sbatch.dry_run {
-                println!("# ---- {} ----", job.slurm_dir().join("train.sbatch").display());
+                println!(
+                    "# ---- {} ----",
+                    job.slurm_dir().join("train.sbatch").display()
+                );
                 print!("{}", job.script()?);
                 return Ok(());
             }
             let (id, script) = job.submit()?;
-            println!("rstile: train job {id}: {} (log in {})", script.display(), job.slurm_dir().display());
+            println!(
+                "rstile: train job {id}: {} (log in {})",
+                script.display(),
+                job.slurm_dir().display()
+            );
         }
     }
     Ok(())
@@ -936,10 +955,11 @@ fn eval_vaihingen(a: EvalArgs) -> Result<()> {
     let s = evaluate(&o)?;
     let table = s.overall.to_markdown(&ClassTable::isprs());
     println!("{}", table.split("\n\n").next().unwrap_or(&table));
+    let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:.1}", 100.0 * v));
     eprintln!(
         "mean F1 {} mIoU {} over areas {:?} ({} reference) in {:.1} s; report {} and {}",
-        s.overall.mean_f1.map_or("n/a".into(), |v| format!("{:.1}", 100.0 * v)),
-        s.overall.miou.map_or("n/a".into(), |v| format!("{:.1}", 100.0 * v)),
+        pct(s.overall.mean_f1),
+        pct(s.overall.miou),
         s.areas.keys().collect::<Vec<_>>(),
         s.reference,
         t0.elapsed().as_secs_f64(),

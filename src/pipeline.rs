@@ -556,8 +556,7 @@ fn run_batch(model: &Model, jobs: &[ModelJob], bands: usize, n: usize) -> Result
         input.extend_from_slice(&j.data.input);
     }
     let x = Tensor::from_vec(input, (b, bands, n, n), &Device::Cpu)?.to_device(model.device())?;
-    let probs = model.forward_probs(&x)?;
-    let probs = probs.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let probs = model.predict_probs(&x)?;
     let per = probs.len() / b;
     Ok(probs.chunks(per).map(|c| c.to_vec()).collect())
 }

@@ -42,11 +42,15 @@ pub fn render(template: &str, vars: &[(&str, Option<&str>)]) -> Result<String> {
         let mut rest = line;
         while let Some(start) = rest.find("{{") {
             let Some(len) = rest[start + 2..].find("}}") else {
-                return Err(Error::Config(format!("slurm template: unclosed '{{{{' in line: {line}")));
+                return Err(Error::Config(format!(
+                    "slurm template: unclosed '{{{{' in line: {line}"
+                )));
             };
             let name = &rest[start + 2..start + 2 + len];
             let Some((_, value)) = vars.iter().find(|(k, _)| *k == name) else {
-                return Err(Error::Config(format!("slurm template: unknown placeholder {{{{{name}}}}}")));
+                return Err(Error::Config(format!(
+                    "slurm template: unknown placeholder {{{{{name}}}}}"
+                )));
             };
             let Some(value) = value else {
                 continue 'lines;
@@ -75,7 +79,10 @@ pub fn shell_quote(s: &str) -> String {
 
 /// Quotes and joins arguments for a shell command line.
 pub fn shell_join<S: AsRef<str>>(args: &[S]) -> String {
-    args.iter().map(|a| shell_quote(a.as_ref())).collect::<Vec<_>>().join(" ")
+    args.iter()
+        .map(|a| shell_quote(a.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// sbatch options shared by the jobs; `None` leaves the option out.
@@ -95,15 +102,26 @@ pub struct SbatchOptions {
 
 impl SbatchOptions {
     fn validate(&self) -> Result<()> {
-        for (flag, v) in [("--partition", &self.partition), ("--time", &self.time), ("--account", &self.account)] {
+        for (flag, v) in [
+            ("--partition", &self.partition),
+            ("--time", &self.time),
+            ("--account", &self.account),
+        ] {
             if let Some(v) = v {
-                if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control() || "'\"\\#".contains(c)) {
-                    return Err(Error::Config(format!("{flag} {v:?}: expected a Slurm name without blanks or quotes")));
+                if v.is_empty()
+                    || v.chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || "'\"\\#".contains(c))
+                {
+                    return Err(Error::Config(format!(
+                        "{flag} {v:?}: expected a Slurm name without blanks or quotes"
+                    )));
                 }
             }
         }
         if self.cpus_per_task == Some(0) {
-            return Err(Error::Config("--cpus-per-task 0: expected at least 1".into()));
+            return Err(Error::Config(
+                "--cpus-per-task 0: expected at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -129,9 +147,9 @@ pub struct Layout {
 impl Layout {
     /// The layout around the absolute map path `output`.
     pub fn of(output: &Path) -> Result<Layout> {
-        let name = output
-            .file_name()
-            .ok_or_else(|| Error::Config(format!("{}: the map needs a file name", output.display())))?;
+        let name = output.file_name().ok_or_else(|| {
+            Error::Config(format!("{}: the map needs a file name", output.display()))
+        })?;
         let slurm_dir = output.with_extension("slurm");
         let parts_dir = output.with_extension("parts");
         Ok(Layout {
@@ -152,7 +170,11 @@ pub fn absolute(p: &Path) -> Result<PathBuf> {
         return Ok(c);
     }
     if let (Some(parent), Some(name)) = (p.parent(), p.file_name()) {
-        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
         if let Ok(c) = parent.canonicalize() {
             return Ok(c.join(name));
         }
@@ -161,14 +183,20 @@ pub fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 fn utf8(p: &Path) -> Result<&str> {
-    p.to_str()
-        .ok_or_else(|| Error::Config(format!("{}: the path is not UTF-8, which sbatch scripts cannot hold", p.display())))
+    p.to_str().ok_or_else(|| {
+        Error::Config(format!(
+            "{}: the path is not UTF-8, which sbatch scripts cannot hold",
+            p.display()
+        ))
+    })
 }
 
 fn quoted(p: &Path) -> Result<String> {
     let s = utf8(p)?;
     if s.contains(['\n', '\r']) {
-        return Err(Error::Config(format!("{s:?}: a path with a line break cannot go into a script")));
+        return Err(Error::Config(format!(
+            "{s:?}: a path with a line break cannot go into a script"
+        )));
     }
     Ok(shell_quote(s))
 }
@@ -177,7 +205,9 @@ fn quoted(p: &Path) -> Result<String> {
 /// no shell quoting, and expands `%` and `\`.
 fn sbatch_dir(p: &Path) -> Result<&str> {
     let s = utf8(p)?;
-    if s.chars().any(|c| c.is_whitespace() || c.is_control() || "%\\'\"".contains(c)) {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "%\\'\"".contains(c))
+    {
         return Err(Error::Config(format!(
             "{s}: sbatch log paths cannot hold blanks, quotes, '%' or '\\'; choose another output folder"
         )));
@@ -187,10 +217,19 @@ fn sbatch_dir(p: &Path) -> Result<&str> {
 
 /// A job name made of characters that need no quoting anywhere.
 fn job_name(kind: &str, output: &Path) -> String {
-    let stem = output.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     let stem: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("rstile-{kind}-{stem}")
 }
@@ -224,7 +263,11 @@ impl InferJob {
         }
         self.sbatch.validate()?;
         for flag in ["--part", "-o", "--output", "--model", "-m"] {
-            if self.extra.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+            if self
+                .extra
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+            {
                 return Err(Error::Config(format!(
                     "{flag} after --: rstile slurm infer sets it for every part itself"
                 )));
@@ -237,11 +280,19 @@ impl InferJob {
         }
         // refuse a split that every task would refuse, before submitting
         let height = crate::read::SceneInfo::probe(&self.scene)?.size.height;
-        crate::pipeline::part_rows(height, 0, self.parts)
-            .map_err(|e| Error::Config(format!("--parts {} for {}: {e}", self.parts, self.scene.display())))?;
+        crate::pipeline::part_rows(height, 0, self.parts).map_err(|e| {
+            Error::Config(format!(
+                "--parts {} for {}: {e}",
+                self.parts,
+                self.scene.display()
+            ))
+        })?;
         let output = absolute(&self.output)?;
         if output.exists() && !self.overwrite {
-            return Err(Error::file(&output, "already exists; pass --overwrite to replace it"));
+            return Err(Error::file(
+                &output,
+                "already exists; pass --overwrite to replace it",
+            ));
         }
         Ok(InferJob {
             rstile: absolute(&self.rstile)?,
@@ -261,7 +312,11 @@ impl InferJob {
     pub fn array_script(&self) -> Result<String> {
         let l = self.layout()?;
         let mut extra = self.extra.clone();
-        let has = |f: &str| self.extra.iter().any(|a| a == f || a.starts_with(&format!("{f}=")));
+        let has = |f: &str| {
+            self.extra
+                .iter()
+                .any(|a| a == f || a.starts_with(&format!("{f}=")))
+        };
         if let Some(c) = self.sbatch.cpus_per_task {
             if !has("--threads") {
                 extra.extend(["--threads".to_string(), c.to_string()]);
@@ -311,7 +366,11 @@ impl InferJob {
     /// The merge job's script.
     pub fn merge_script(&self) -> Result<String> {
         let l = self.layout()?;
-        let (rstile, parts, out) = (quoted(&self.rstile)?, quoted(&l.parts_dir)?, quoted(&self.output)?);
+        let (rstile, parts, out) = (
+            quoted(&self.rstile)?,
+            quoted(&l.parts_dir)?,
+            quoted(&self.output)?,
+        );
         let extra = if self.overwrite { "--overwrite" } else { "" };
         render(
             MERGE_TEMPLATE,
@@ -343,8 +402,15 @@ impl InferJob {
             Ok(id) => id,
             Err(e) => {
                 // do not leave an array whose merge never comes
-                let cancelled = Command::new("scancel").arg(&array_id).status().is_ok_and(|s| s.success());
-                let what = if cancelled { "cancelled" } else { "could not cancel; run scancel" };
+                let cancelled = Command::new("scancel")
+                    .arg(&array_id)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                let what = if cancelled {
+                    "cancelled"
+                } else {
+                    "could not cancel; run scancel"
+                };
                 return Err(Error::Config(format!("{e} (array job {array_id}: {what})")));
             }
         };
@@ -384,9 +450,14 @@ pub struct TrainJob {
 }
 
 impl TrainJob {
-    /// `CONFIG_DIR/CONFIG_STEM.slurm/`: the script and the job's log.
+    /// `WORKDIR/CONFIG_STEM.slurm/`: the script and the job's log.
     pub fn slurm_dir(&self) -> PathBuf {
-        self.config.with_extension("slurm")
+        let stem = self
+            .config
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
+        self.workdir.join(format!("{stem}.slurm"))
     }
 
     /// The job's script.
@@ -394,9 +465,27 @@ impl TrainJob {
         self.sbatch.validate()?;
         let dir = self.slurm_dir();
         let gpus = self.sbatch.gpus.unwrap_or(1);
+        let has = |f: &str| {
+            self.extra
+                .iter()
+                .any(|a| a == f || a.starts_with(&format!("{f}=")))
+        };
+        let mut extra = self.extra.clone();
+        if let Some(c) = self.sbatch.cpus_per_task {
+            if !has("--threads") {
+                extra.extend(["--threads".to_string(), c.to_string()]);
+            }
+        }
+        if gpus > 0 && !has("--device") {
+            extra.extend(["--device".to_string(), "cuda:0".to_string()]);
+        }
         let gpus = (gpus > 0).then(|| gpus.to_string());
         let cpus = self.sbatch.cpus_per_task.map(|c| c.to_string());
-        let (rstile, config, workdir) = (quoted(&self.rstile)?, quoted(&self.config)?, quoted(&self.workdir)?);
+        let (rstile, config, workdir) = (
+            quoted(&self.rstile)?,
+            quoted(&self.config)?,
+            quoted(&self.workdir)?,
+        );
         render(
             TRAIN_TEMPLATE,
             &[
@@ -410,7 +499,7 @@ impl TrainJob {
                 ("WORKDIR", Some(&workdir)),
                 ("RSTILE", Some(&rstile)),
                 ("CONFIG", Some(&config)),
-                ("EXTRA", Some(&shell_join(&self.extra))),
+                ("EXTRA", Some(&shell_join(&extra))),
             ],
         )
     }
@@ -431,7 +520,8 @@ fn write_script(path: &Path, text: &str) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| Error::file(path, e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::file(path, e))?;
     }
     Ok(())
 }
@@ -443,7 +533,8 @@ pub fn sbatch(script: &Path, after: Option<&str>) -> Result<String> {
     let mut cmd = Command::new("sbatch");
     cmd.arg("--parsable");
     if let Some(id) = after {
-        cmd.arg(format!("--dependency=afterok:{id}")).arg("--kill-on-invalid-dep=yes");
+        cmd.arg(format!("--dependency=afterok:{id}"))
+            .arg("--kill-on-invalid-dep=yes");
     }
     cmd.arg(script);
     let out = match cmd.output() {
@@ -460,10 +551,19 @@ pub fn sbatch(script: &Path, after: Option<&str>) -> Result<String> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         let msg = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
-        return Err(Error::Config(format!("sbatch {} failed ({}): {msg}", script.display(), out.status)));
+        return Err(Error::Config(format!(
+            "sbatch {} failed ({}): {msg}",
+            script.display(),
+            out.status
+        )));
     }
-    parse_job_id(&stdout)
-        .ok_or_else(|| Error::Config(format!("sbatch {}: no job id in its output {:?}", script.display(), stdout.trim())))
+    parse_job_id(&stdout).ok_or_else(|| {
+        Error::Config(format!(
+            "sbatch {}: no job id in its output {:?}",
+            script.display(),
+            stdout.trim()
+        ))
+    })
 }
 
 /// The job id in `sbatch --parsable` output: `ID` or `ID;CLUSTER`.
@@ -491,24 +591,43 @@ mod tests {
     }
 
     fn sbatch_lines(script: &str) -> Vec<&str> {
-        script.lines().filter(|l| l.starts_with("#SBATCH")).collect()
+        script
+            .lines()
+            .filter(|l| l.starts_with("#SBATCH"))
+            .collect()
     }
 
     #[test]
     fn render_substitutes_and_drops_lines_of_unset_options() {
         let t = "a {{X}} b\n#SBATCH --p={{P}}\nc {{X}}{{Y}}\nd {{E}}\n";
-        let r = render(t, &[("X", Some("1")), ("P", None), ("Y", Some("2")), ("E", Some(""))]).unwrap();
+        let r = render(
+            t,
+            &[
+                ("X", Some("1")),
+                ("P", None),
+                ("Y", Some("2")),
+                ("E", Some("")),
+            ],
+        )
+        .unwrap();
         assert_eq!(r, "a 1 b\nc 12\nd\n");
     }
 
     #[test]
     fn render_refuses_unknown_and_unclosed_placeholders() {
-        let e = render("x {{NOPE}}\n", &[("X", Some("1"))]).unwrap_err().to_string();
+        let e = render("x {{NOPE}}\n", &[("X", Some("1"))])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("{{NOPE}}"), "{e}");
-        let e = render("x {{X\n", &[("X", Some("1"))]).unwrap_err().to_string();
+        let e = render("x {{X\n", &[("X", Some("1"))])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unclosed"), "{e}");
         // substituted values are not rescanned
-        assert_eq!(render("{{X}}\n", &[("X", Some("{{Y}}"))]).unwrap(), "{{Y}}\n");
+        assert_eq!(
+            render("{{X}}\n", &[("X", Some("{{Y}}"))]).unwrap(),
+            "{{Y}}\n"
+        );
     }
 
     #[test]
@@ -518,7 +637,10 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("$HOME"), "'$HOME'");
-        assert_eq!(shell_join(&["--blend", "crop", "x;y"]), "--blend crop 'x;y'");
+        assert_eq!(
+            shell_join(&["--blend", "crop", "x;y"]),
+            "--blend crop 'x;y'"
+        );
     }
 
     #[test]
@@ -533,7 +655,9 @@ mod tests {
 
     #[test]
     fn array_script_without_options_has_only_the_array_lines() {
-        let s = job(SbatchOptions::default(), &[], false).array_script().unwrap();
+        let s = job(SbatchOptions::default(), &[], false)
+            .array_script()
+            .unwrap();
         assert!(s.starts_with("#!/bin/bash\n"), "{s}");
         assert_eq!(
             sbatch_lines(&s),
@@ -564,7 +688,9 @@ mod tests {
             gpus: Some(1),
             cpus_per_task: Some(8),
         };
-        let s = job(o, &["--blend", "crop", "--co", "COMPRESS=ZSTD"], true).array_script().unwrap();
+        let s = job(o, &["--blend", "crop", "--co", "COMPRESS=ZSTD"], true)
+            .array_script()
+            .unwrap();
         let lines = sbatch_lines(&s);
         for want in [
             "#SBATCH --cpus-per-task=8",
@@ -585,8 +711,13 @@ mod tests {
             cpus_per_task: Some(4),
             ..Default::default()
         };
-        let s = job(o, &["--device", "cuda:1", "--threads=2"], false).array_script().unwrap();
-        assert!(s.contains("--part auto --device cuda:1 --threads=2\n"), "{s}");
+        let s = job(o, &["--device", "cuda:1", "--threads=2"], false)
+            .array_script()
+            .unwrap();
+        assert!(
+            s.contains("--part auto --device cuda:1 --threads=2\n"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -597,7 +728,9 @@ mod tests {
             cpus_per_task: Some(8),
             ..Default::default()
         };
-        let s = job(o.clone(), &["--blend", "crop"], false).merge_script().unwrap();
+        let s = job(o.clone(), &["--blend", "crop"], false)
+            .merge_script()
+            .unwrap();
         assert_eq!(
             sbatch_lines(&s),
             [
@@ -608,7 +741,12 @@ mod tests {
             ],
             "no GPUs and no array for the merge"
         );
-        assert!(s.contains("\nexec /opt/rstile/bin/rstile merge /data/maps/de.parts -o /data/maps/de.tif\n"), "{s}");
+        assert!(
+            s.contains(
+                "\nexec /opt/rstile/bin/rstile merge /data/maps/de.parts -o /data/maps/de.tif\n"
+            ),
+            "{s}"
+        );
         let s = job(o, &[], true).merge_script().unwrap();
         assert!(s.contains(" -o /data/maps/de.tif --overwrite\n"), "{s}");
     }
@@ -636,11 +774,16 @@ mod tests {
                 "#SBATCH --gres=gpu:1",
                 "#SBATCH --time=1:00:00",
                 "#SBATCH --account=training2436",
-                "#SBATCH --output=/home/u/cfg/vaihingen.slurm/train-%j.log",
+                "#SBATCH --output=/home/u/vaihingen.slurm/train-%j.log",
             ]
         );
-        assert!(s.contains("\ncd /home/u\nexec /opt/rstile train --config /home/u/cfg/vaihingen.toml\n"), "{s}");
-        assert_eq!(t.slurm_dir(), Path::new("/home/u/cfg/vaihingen.slurm"));
+        assert!(
+            s.contains(
+                "\ncd /home/u\nexec /opt/rstile train --config /home/u/cfg/vaihingen.toml --device cuda:0\n"
+            ),
+            "{s}"
+        );
+        assert_eq!(t.slurm_dir(), Path::new("/home/u/vaihingen.slurm"));
     }
 
     #[test]
@@ -649,7 +792,11 @@ mod tests {
             partition: Some("a b".into()),
             ..Default::default()
         };
-        assert!(o.validate().unwrap_err().to_string().contains("--partition"));
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--partition"));
         let mut j = job(SbatchOptions::default(), &[], false);
         j.output = "/data/my maps/de.tif".into();
         let e = j.array_script().unwrap_err().to_string();

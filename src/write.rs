@@ -253,6 +253,7 @@ pub struct MapWriter {
     resumed: bool,
     keep: bool,
     done: bool,
+    created: bool,
     note: Option<String>,
 }
 
@@ -276,6 +277,7 @@ impl MapWriter {
             resumed: false,
             keep: false,
             done: false,
+            created: false,
             note: None,
             spec,
         };
@@ -293,6 +295,7 @@ impl MapWriter {
                 .map(|(k, v)| format!("{k} {} (now {v})", old.settings.get(k).map(String::as_str).unwrap_or("unset")))
                 .collect();
             if !diff.is_empty() {
+                // nothing of this writer exists yet; the old run stays
                 return Err(Error::file(
                     &w.spec.path,
                     format!("--resume: the unfinished run used other settings: {}", diff.join(", ")),
@@ -304,6 +307,7 @@ impl MapWriter {
                     w.note = Some(format!("the unfinished run could not be continued ({e}); starting over"));
                     w.map = None;
                     w.conf = None;
+                    w.keep = false;
                 }
             }
         }
@@ -345,6 +349,7 @@ impl MapWriter {
         let (m, c) = self.gen_paths(self.journal.generation);
         self.tmp_map = m;
         self.tmp_conf = c;
+        self.created = true;
         let mut map = create_u8(&self.tmp_map, &self.spec)?;
         set_legend(&map, &self.spec.classes, &self.spec.path)?;
         for (k, v) in &self.spec.metadata {
@@ -543,7 +548,9 @@ impl Drop for MapWriter {
         if !self.done {
             drop(self.map.take());
             drop(self.conf.take());
-            if !self.keep {
+            // only what this writer created goes; an older run it was
+            // refused to continue stays for a matching --resume
+            if self.created && !self.keep {
                 self.remove_tmp();
             }
         }

@@ -27,7 +27,10 @@ impl Cluster {
             .filter(|t| !on_path(t))
             .collect();
         if !missing.is_empty() {
-            let msg = format!("slurm-wlm/munge not installed ({} not found)", missing.join(", "));
+            let msg = format!(
+                "slurm-wlm/munge not installed ({} not found)",
+                missing.join(", ")
+            );
             if std::env::var_os("CI").is_some() {
                 panic!("{msg}, and CI is set: .ci/run must install slurm-wlm and munge");
             }
@@ -35,7 +38,10 @@ impl Cluster {
             return None;
         }
         // a short path: the daemons' Unix socket paths must fit in 108 bytes
-        let state = tempfile::Builder::new().prefix("rstile-slurm-").tempdir_in("/tmp").unwrap();
+        let state = tempfile::Builder::new()
+            .prefix("rstile-slurm-")
+            .tempdir_in("/tmp")
+            .unwrap();
         let cluster = Cluster {
             conf: state.path().join("slurm.conf"),
             state,
@@ -53,7 +59,11 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        println!("slurm cluster up in {:.2} s: {}", t.elapsed().as_secs_f64(), cluster.conf.display());
+        println!(
+            "slurm cluster up in {:.2} s: {}",
+            t.elapsed().as_secs_f64(),
+            cluster.conf.display()
+        );
         Some(cluster)
     }
 
@@ -80,12 +90,21 @@ impl Cluster {
                 if done() {
                     return t.elapsed();
                 }
-                panic!("the jobs ended without their result\n{}", dump_logs(&[logs]));
+                panic!(
+                    "the jobs ended without their result\n{}",
+                    dump_logs(&[logs])
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let q = self.cmd("squeue").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
-        panic!("jobs not done after {limit:?}; squeue: {q:?}\n{}", dump_logs(&[logs, &self.state.path().join("log")]));
+        let q = self
+            .cmd("squeue")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+        panic!(
+            "jobs not done after {limit:?}; squeue: {q:?}\n{}",
+            dump_logs(&[logs, &self.state.path().join("log")])
+        );
     }
 }
 
@@ -97,7 +116,10 @@ impl Drop for Cluster {
             .output();
         match out {
             Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!("slurm-down.sh failed: {}", String::from_utf8_lossy(&o.stderr)),
+            Ok(o) => eprintln!(
+                "slurm-down.sh failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
             Err(e) => eprintln!("slurm-down.sh: {e}"),
         }
     }
@@ -113,7 +135,9 @@ fn on_path(tool: &str) -> bool {
 fn dump_logs(dirs: &[&Path]) -> String {
     let mut s = String::new();
     for d in dirs {
-        let Ok(rd) = std::fs::read_dir(d) else { continue };
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
@@ -128,7 +152,11 @@ fn dump_logs(dirs: &[&Path]) -> String {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// The job ids that `rstile slurm infer` printed.
@@ -136,7 +164,13 @@ fn job_ids(stdout: &str) -> (u64, u64) {
     let id = |what: &str| {
         stdout
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("rstile: {what} job "))?.split(':').next()?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(&format!("rstile: {what} job "))?
+                    .split(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("no {what} job id in {stdout:?}"))
     };
     (id("array"), id("merge"))
@@ -150,20 +184,41 @@ fn scene_and_model(dir: &Path) -> (PathBuf, PathBuf) {
     ok(&["synth", "--size", "1500x2100", "-o", s(&scene), "--quiet"]);
     let model = dir.join("m.safetensors");
     let classes = format!("{ROOT}/configs/classes/isprs.toml");
-    ok(&["model", "new", "--arch", "tiny", "--bands", "3", "--classes", &classes, "-o", s(&model)]);
+    ok(&[
+        "model",
+        "new",
+        "--arch",
+        "tiny",
+        "--bands",
+        "3",
+        "--classes",
+        &classes,
+        "-o",
+        s(&model),
+    ]);
     (scene.join("image.tif"), model)
 }
 
 #[test]
 fn slurm_array_of_four_parts_plus_merge_equals_a_single_run() {
-    let Some(cluster) = Cluster::start() else { return };
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
     let t = tmp();
     let (image, model) = scene_and_model(t.path());
 
     // the single-machine reference
     let single = t.path().join("single.tif");
     let t0 = Instant::now();
-    ok(&["infer", s(&image), "-o", s(&single), "--model", s(&model), "--quiet"]);
+    ok(&[
+        "infer",
+        s(&image),
+        "-o",
+        s(&single),
+        "--model",
+        s(&model),
+        "--quiet",
+    ]);
     let single_s = t0.elapsed().as_secs_f64();
 
     // 4 parts in an array job, the merge after it
@@ -171,10 +226,26 @@ fn slurm_array_of_four_parts_plus_merge_equals_a_single_run() {
     let t0 = Instant::now();
     let out = cluster
         .cmd(bin())
-        .args(["slurm", "infer", s(&image), "-o", s(&map), "--model", s(&model), "--parts", "4", "--time", "10"])
+        .args([
+            "slurm",
+            "infer",
+            s(&image),
+            "-o",
+            s(&map),
+            "--model",
+            s(&model),
+            "--parts",
+            "4",
+            "--time",
+            "10",
+        ])
         .output()
         .expect("run rstile slurm infer");
-    assert!(out.status.success(), "rstile slurm infer failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "rstile slurm infer failed:\n{}",
+        text(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let (array, merge) = job_ids(&stdout);
     assert!(merge > array, "{stdout}");
@@ -189,13 +260,26 @@ fn slurm_array_of_four_parts_plus_merge_equals_a_single_run() {
     );
 
     for i in 0..4 {
-        let part = t.path().join(format!("out/map.parts/map.part-{i}-of-4.tif"));
-        assert!(part.is_file(), "{} missing\n{}", part.display(), dump_logs(&[&slurm_dir]));
+        let part = t
+            .path()
+            .join(format!("out/map.parts/map.part-{i}-of-4.tif"));
+        assert!(
+            part.is_file(),
+            "{} missing\n{}",
+            part.display(),
+            dump_logs(&[&slurm_dir])
+        );
     }
     for (log, n) in [("infer-", 4), ("merge-", 1)] {
         let logs = std::fs::read_dir(&slurm_dir)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(log))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(log)
+            })
             .count();
         assert_eq!(logs, n, "{log}*.log in {}", slurm_dir.display());
     }
@@ -203,25 +287,49 @@ fn slurm_array_of_four_parts_plus_merge_equals_a_single_run() {
     let (a, b) = (read_map(&single), read_map(&map));
     assert_eq!((a.width, a.height), (b.width, b.height));
     let differ = a.data.iter().zip(&b.data).filter(|(x, y)| x != y).count();
-    assert_eq!(differ, 0, "the merged map differs from the single run in {differ} pixels");
+    assert_eq!(
+        differ, 0,
+        "the merged map differs from the single run in {differ} pixels"
+    );
 
     // a failing array: the merge is cancelled (--kill-on-invalid-dep=yes),
     // nothing stays pending, no map appears
     let bad = t.path().join("bad").join("map.tif");
     let out = cluster
         .cmd(bin())
-        .args(["slurm", "infer", s(&image), "-o", s(&bad), "--model", s(&model), "--parts", "2"])
+        .args([
+            "slurm",
+            "infer",
+            s(&image),
+            "-o",
+            s(&bad),
+            "--model",
+            s(&model),
+            "--parts",
+            "2",
+        ])
         .args(["--", "--bands", "1,2,9"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let (_, merge) = job_ids(&String::from_utf8_lossy(&out.stdout));
-    cluster.wait(Duration::from_secs(60), &t.path().join("bad/map.slurm"), || true);
+    cluster.wait(
+        Duration::from_secs(60),
+        &t.path().join("bad/map.slurm"),
+        || true,
+    );
     assert!(!bad.exists(), "a map from a failed array");
-    let show = cluster.cmd("scontrol").args(["show", "job", &merge.to_string()]).output().unwrap();
+    let show = cluster
+        .cmd("scontrol")
+        .args(["show", "job", &merge.to_string()])
+        .output()
+        .unwrap();
     let show = text(&show);
     // the job record may already be purged; if not, it must say cancelled
-    assert!(show.contains("JobState=CANCELLED") || show.contains("Invalid job id"), "{show}");
+    assert!(
+        show.contains("JobState=CANCELLED") || show.contains("Invalid job id"),
+        "{show}"
+    );
 }
 
 #[test]
@@ -234,14 +342,27 @@ fn slurm_without_sbatch_is_a_one_line_error() {
     let map = t.path().join("map.tif");
     let out = Command::new(bin())
         .env("PATH", &empty)
-        .args(["slurm", "infer", s(&image), "-o", s(&map), "--model", s(&model), "--parts", "4"])
+        .args([
+            "slurm",
+            "infer",
+            s(&image),
+            "-o",
+            s(&map),
+            "--model",
+            s(&model),
+            "--parts",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one line: {err}");
-    assert!(lines[0].starts_with("rstile: error: sbatch not found"), "{err}");
+    assert!(
+        lines[0].starts_with("rstile: error: sbatch not found"),
+        "{err}"
+    );
     assert!(!map.exists());
 }
 
@@ -254,12 +375,45 @@ fn slurm_dry_run_prints_both_scripts_and_writes_nothing() {
     std::fs::rename(common::model(t.path(), "tiny", 3, 64), &model).unwrap();
     let map = t.path().join("map.tif");
     // 1100 rows are 3 rows of 512 px tiles: at most 3 parts
-    let out = rstile(&["slurm", "infer", s(&image), "-o", s(&map), "--model", s(&model), "--parts", "4", "--dry-run"]);
+    let out = rstile(&[
+        "slurm",
+        "infer",
+        s(&image),
+        "-o",
+        s(&map),
+        "--model",
+        s(&model),
+        "--parts",
+        "4",
+        "--dry-run",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--parts 4") && err.contains("at most 3 parts"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("--parts 4") && err.contains("at most 3 parts"),
+        "{err}"
+    );
     let out = ok(&[
-        "slurm", "infer", s(&image), "-o", s(&map), "--model", s(&model), "--parts", "3", "--partition", "dc-gpu",
-        "--time", "01:30:00", "--account", "training2436", "--gpus-per-task", "1", "--dry-run", "--", "--blend", "crop",
+        "slurm",
+        "infer",
+        s(&image),
+        "-o",
+        s(&map),
+        "--model",
+        s(&model),
+        "--parts",
+        "3",
+        "--partition",
+        "dc-gpu",
+        "--time",
+        "01:30:00",
+        "--account",
+        "training2436",
+        "--gpus-per-task",
+        "1",
+        "--dry-run",
+        "--",
+        "--blend",
+        "crop",
     ]);
     let dir = t.path().canonicalize().unwrap();
     let d = s(&dir);
@@ -276,10 +430,17 @@ fn slurm_dry_run_prints_both_scripts_and_writes_nothing() {
             Path::new(bin()).canonicalize().unwrap().display()
         ),
         format!("# ---- {d}/map.slurm/merge.sbatch"),
-        format!("merge {d}/map.parts -o {d}/map.tif"),
+        format!("exec {} merge {d}/map.parts -o {d}/map.tif", Path::new(bin()).canonicalize().unwrap().display()),
     ] {
         assert!(out.lines().any(|l| l.starts_with(&want)), "missing {want:?} in:\n{out}");
     }
-    assert_eq!(out.matches("#SBATCH --gpus-per-task").count(), 1, "no GPU for the merge");
-    assert!(!t.path().join("map.slurm").exists() && !t.path().join("map.parts").exists(), "dry run wrote files");
+    assert_eq!(
+        out.matches("#SBATCH --gpus-per-task").count(),
+        1,
+        "no GPU for the merge"
+    );
+    assert!(
+        !t.path().join("map.slurm").exists() && !t.path().join("map.parts").exists(),
+        "dry run wrote files"
+    );
 }

@@ -934,3 +934,299 @@ fn pretrained_pth_loads_like_safetensors() {
         .to_string();
     assert!(e.contains("bad.pth"), "{e}");
 }
+
+/// Trains on the patches of `rstile prepare vaihingen` (official layout
+/// built from generated scenes: area 1 for training, 30 for validation),
+/// from the memory-mapped `.bin` copy and from the HDF5 file: both give the
+/// same run.
+#[test]
+fn trains_on_prepared_vaihingen_patches() {
+    let dir = common::tmp();
+    let root = dir.path().join("official");
+    for n in [1u64, 30] {
+        let s = scene(dir.path(), 420, n);
+        for (sub, name, src) in [
+            (
+                "top",
+                format!("top_mosaic_09cm_area{n}.tif"),
+                s.image.clone(),
+            ),
+            (
+                "dsm",
+                format!("dsm_09cm_matching_area{n}.tif"),
+                s.image.with_file_name("dsm.tif"),
+            ),
+        ] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+            std::fs::copy(&src, root.join(sub).join(name)).unwrap();
+        }
+        // the reference, RGB-coded with the ISPRS colours
+        let gt = gdal::Dataset::open(&s.label).unwrap();
+        let ids = gt
+            .rasterband(1)
+            .unwrap()
+            .read_as::<u8>((0, 0), (420, 420), (420, 420), None)
+            .unwrap();
+        let table = ClassTable::isprs();
+        let sub = root.join("gts_for_participants");
+        std::fs::create_dir_all(&sub).unwrap();
+        let drv = gdal::DriverManager::get_driver_by_name("GTiff").unwrap();
+        let out = drv
+            .create_with_band_type::<u8, _>(
+                sub.join(format!("top_mosaic_09cm_area{n}.tif")),
+                420,
+                420,
+                3,
+            )
+            .unwrap();
+        for c in 0..3 {
+            let data: Vec<u8> = ids
+                .data()
+                .iter()
+                .map(|&v| table.classes[v as usize].rgb()[c])
+                .collect();
+            let mut buf = gdal::raster::Buffer::new((420, 420), data);
+            out.rasterband(c + 1)
+                .unwrap()
+                .write((0, 0), (420, 420), &mut buf)
+                .unwrap();
+        }
+    }
+    let split = dir.path().join("split.toml");
+    std::fs::write(&split, "train = [1]\nval = [30]\n").unwrap();
+    let prep = dir.path().join("prep");
+    common::ok(&[
+        "prepare",
+        "vaihingen",
+        "--data",
+        common::s(&root),
+        "--out",
+        common::s(&prep),
+        "--split",
+        common::s(&split),
+        "--raw",
+    ]);
+    let mut csv = Vec::new();
+    for ext in ["bin", "hdf5"] {
+        let cfg = dir.path().join(format!("{ext}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[model]\narch = \"tiny\"\nclasses = \"{}\"\nbands = [1, 2, 3, 4, 5]\n\n[data]\ntrain_patches = \"{}\"\nval_patches = \"{}\"\n\n[train]\nepochs = 2\nbatch = 2\ncrop = 64\nlr = 0.01\nout_dir = \"{}\"\nf1_classes = [0, 1, 2, 3, 4]\n",
+                classes_toml(),
+                prep.join(format!("vaihingen_train.{ext}")).display(),
+                prep.join(format!("vaihingen_val.{ext}")).display(),
+                dir.path().join(format!("run_{ext}")).display(),
+            ),
+        )
+        .unwrap();
+        common::ok(&["train", "--config", common::s(&cfg), "--quiet"]);
+        let run = dir.path().join(format!("run_{ext}"));
+        let m = Model::load(&run.join("best.safetensors"), &Device::Cpu).unwrap();
+        assert_eq!(m.meta.bands, 5);
+        // the model carries prepare's normalisation (nDSM mean is small)
+        assert!(
+            m.meta.mean[3].abs() < 50.0 && m.meta.std[4] < 1.0,
+            "{:?} {:?}",
+            m.meta.mean,
+            m.meta.std
+        );
+        let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        // everything but the timings
+        csv.push(
+            text.lines()
+                .map(|l| l.rsplitn(4, ',').last().unwrap().to_string())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(csv[0], csv[1]);
+}
+
+#[test]
+fn shipped_training_configs_parse() {
+    for f in ["train_synth_tiny.toml", "vaihingen_resnet50_fcn.toml"] {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs")
+            .join(f);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let cfg: TrainConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
+        cfg.validate().unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+}
+
+/// `--pretrained` with the encoder frozen for the first epoch: after it the
+/// encoder's parameters are still the ImageNet ones, the head has moved.
+#[test]
+fn pretrained_encoder_stays_frozen_during_the_first_epochs() {
+    let dir = common::tmp();
+    let st = dir.path().join("r18.safetensors");
+    let sd = resnet18_state_dict(&st);
+    let train = [scene(dir.path(), 128, 1)];
+    let val = [scene(dir.path(), 64, 2)];
+    let extra = "samples_per_epoch = 4\nval_window = 64\n--\n[train]\nepochs = 2\nbatch = 2\ncrop = 64\nlr = 0.01\nout_dir = \"OUT/run\"\nfreeze_encoder_epochs = 1\nencoder_lr_mult = 0.1\n";
+    let mut cfg = config(dir.path(), &train, &val, extra);
+    cfg.model.arch = "resnet18-fcn".into();
+    let opts = RunOptions {
+        resume: None,
+        pretrained: Some(st),
+        device: Device::Cpu,
+        max_epochs: Some(1),
+    };
+    let r = rstile::train::train(&cfg, &opts, &Quiet).unwrap();
+    let w = all_weights(&r.run_dir.join("last.safetensors"));
+    let get = |n: &str| &w.iter().find(|(k, _)| k == n).unwrap().1;
+    let want = |n: &str| &sd.iter().find(|(k, _, _)| k == n).unwrap().2;
+    // bands 1-3 of a 3-band model take the RGB filters unchanged
+    assert_eq!(get("backbone.conv1.weight"), want("conv1.weight"));
+    assert_eq!(
+        get("backbone.layer4.1.conv2.weight"),
+        want("layer4.1.conv2.weight")
+    );
+    assert_eq!(get("backbone.bn1.weight"), want("bn1.weight"));
+    let fresh = Model::new_random(
+        ModelMeta::new("resnet18-fcn", 3, ClassTable::isprs()),
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let c0 = vals(fresh.varmap().data().lock().unwrap()["classifier.4.weight"].as_tensor());
+    assert_ne!(get("classifier.4.weight"), &c0);
+    // the second epoch trains the encoder too
+    let opts = RunOptions {
+        resume: Some(r.run_dir.clone()),
+        pretrained: None,
+        max_epochs: None,
+        ..opts
+    };
+    let r = rstile::train::train(&cfg, &opts, &Quiet).unwrap();
+    let w2 = all_weights(&r.run_dir.join("last.safetensors"));
+    let conv1 = &w2
+        .iter()
+        .find(|(k, _)| k == "backbone.conv1.weight")
+        .unwrap()
+        .1;
+    assert_ne!(conv1, want("conv1.weight"));
+}
+
+/// Early stopping: a model that cannot change (learning rate 1e-30 on the
+/// `linear` model, which has no batch norm) never improves its validation
+/// mean F1, so with patience 1 the run stops after its second epoch, and a
+/// resume does not restart it.
+#[test]
+fn early_stopping_ends_a_run_that_does_not_improve() {
+    let dir = common::tmp();
+    let train = [scene(dir.path(), 128, 1)];
+    let val = [scene(dir.path(), 64, 2)];
+    let extra = "samples_per_epoch = 4\nval_window = 64\n--\n[train]\nepochs = 6\nbatch = 2\ncrop = 32\nlr = 1e-30\nout_dir = \"OUT/run\"\npatience = 1\n";
+    let mut cfg = config(dir.path(), &train, &val, extra);
+    cfg.model.arch = "linear".into();
+    let opts = RunOptions {
+        resume: None,
+        pretrained: None,
+        device: Device::Cpu,
+        max_epochs: None,
+    };
+    let r = rstile::train::train(&cfg, &opts, &Quiet).unwrap();
+    assert!(r.stopped_early);
+    assert_eq!(r.history.len(), 2);
+    assert_eq!(r.best_epoch, Some(1));
+    let opts = RunOptions {
+        resume: Some(r.run_dir.clone()),
+        ..opts
+    };
+    let r = rstile::train::train(&cfg, &opts, &Quiet).unwrap();
+    assert_eq!(r.history.len(), 2);
+}
+
+/// Bad input to `rstile train`: one clear line naming the problem.
+#[test]
+fn train_bad_input_gives_one_line_errors() {
+    let dir = common::tmp();
+    let a = scene(dir.path(), 128, 1);
+    let small = scene(dir.path(), 64, 2);
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let cfg = |scenes: &str, train: &str| {
+        format!(
+            "[model]\narch = \"tiny\"\nclasses = \"{}\"\nbands = [1, 2, 3]\n\n[data]\nsamples_per_epoch = 4\nval_window = 64\n{scenes}\n[train]\nepochs = 1\nbatch = 2\ncrop = 32\nlr = 0.01\nout_dir = \"{}\"\n{train}",
+            classes_toml(),
+            dir.path().join("run").display()
+        )
+    };
+    let pair = |p: &ScenePair, split: &str| {
+        format!(
+            "[[data.scene]]\nimage = \"{}\"\nlabel = \"{}\"\nsplit = \"{split}\"\n",
+            p.image.display(),
+            p.label.display()
+        )
+    };
+    let good = format!("{}{}", pair(&a, "train"), pair(&small, "val"));
+    common::fails(
+        &[
+            "train",
+            "--config",
+            common::s(&dir.path().join("nope.toml")),
+        ],
+        "nope.toml",
+    );
+    let p = write("odd.toml", cfg(&good, "").replace("crop = 32", "crop = 33"));
+    common::fails(
+        &["train", "--config", common::s(&p)],
+        "crop 33 must be even",
+    );
+    let p = write("b1.toml", cfg(&good, "").replace("batch = 2", "batch = 1"));
+    common::fails(&["train", "--config", common::s(&p)], "batch");
+    let p = write("typo.toml", cfg(&good, "learning_rate = 3\n"));
+    common::fails(&["train", "--config", common::s(&p)], "learning_rate");
+    let p = write("noval.toml", cfg(&pair(&a, "train"), ""));
+    common::fails(&["train", "--config", common::s(&p)], "split = \"val\"");
+    let p = write("split.toml", cfg(&good.replace("\"val\"", "\"test\""), ""));
+    common::fails(&["train", "--config", common::s(&p)], "split 'test'");
+    // a label raster on another grid
+    let mixed = format!(
+        "[[data.scene]]\nimage = \"{}\"\nlabel = \"{}\"\nsplit = \"train\"\n{}",
+        a.image.display(),
+        small.label.display(),
+        pair(&small, "val")
+    );
+    let p = write("grid.toml", cfg(&mixed, ""));
+    common::fails(
+        &["train", "--config", common::s(&p)],
+        "label raster is 64x64 px",
+    );
+    let p = write(
+        "bands.toml",
+        cfg(&good, "").replace("bands = [1, 2, 3]", "bands = [1, 2, 4]"),
+    );
+    common::fails(&["train", "--config", common::s(&p)], "band 4");
+    let p = write("weights.toml", cfg(&good, "class_weights = [1, 2]\n"));
+    common::fails(&["train", "--config", common::s(&p)], "class_weights");
+    let p = write("ok.toml", cfg(&good, ""));
+    common::fails(
+        &[
+            "train",
+            "--config",
+            common::s(&p),
+            "--pretrained",
+            common::s(&dir.path().join("r.pth")),
+        ],
+        "r.pth: no such file",
+    );
+    common::fails(
+        &["train", "--resume", common::s(&dir.path().join("nothing"))],
+        "config.toml",
+    );
+    common::fails(
+        &[
+            "train",
+            "--config",
+            common::s(&p),
+            "--resume",
+            common::s(dir.path()),
+        ],
+        "not a run directory",
+    );
+}

@@ -388,6 +388,21 @@ impl Model {
         Ok(candle_nn::ops::softmax(&logits, 1)?)
     }
 
+    /// Class probabilities as a host vector `[B][K][H][W]`. On the CPU the
+    /// softmax over the class axis runs on the plain buffer, pixel by pixel:
+    /// candle's softmax over a non-last axis costs more than a small model.
+    pub fn predict_probs(&self, x: &Tensor) -> Result<Vec<f32>> {
+        if !self.device().is_cpu() {
+            let p = self.forward_probs(x)?.to_device(&Device::Cpu)?;
+            return Ok(p.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let logits = self.forward_t(x, false)?;
+        let (b, k, h, w) = logits.dims4()?;
+        let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
+        softmax_channels(&mut v, b, k, h * w);
+        Ok(v)
+    }
+
     /// Logits `(B, K, H, W)`. With `train`, batch norm uses (and updates)
     /// batch statistics and the FCN heads apply dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -436,6 +451,33 @@ impl Model {
 
 fn is_trainable(name: &str) -> bool {
     !(name.ends_with(".running_mean") || name.ends_with(".running_var"))
+}
+
+/// In-place softmax over the channel axis of `[b][k][n]` data, with the
+/// usual max subtraction.
+pub fn softmax_channels(v: &mut [f32], b: usize, k: usize, n: usize) {
+    let mut mx = vec![0f32; n];
+    let mut sum = vec![0f32; n];
+    for s in v.chunks_mut(k * n).take(b) {
+        mx.copy_from_slice(&s[..n]);
+        for c in 1..k {
+            for (m, &x) in mx.iter_mut().zip(&s[c * n..(c + 1) * n]) {
+                *m = m.max(x);
+            }
+        }
+        sum.fill(0.0);
+        for c in 0..k {
+            for ((x, &m), acc) in s[c * n..(c + 1) * n].iter_mut().zip(&mx).zip(sum.iter_mut()) {
+                *x = (*x - m).exp();
+                *acc += *x;
+            }
+        }
+        for c in 0..k {
+            for (x, &t) in s[c * n..(c + 1) * n].iter_mut().zip(&sum) {
+                *x /= t;
+            }
+        }
+    }
 }
 
 /// Reads only the description of a model file (the header), without
@@ -678,6 +720,18 @@ mod tests {
 
     fn meta(arch: &str, bands: usize) -> ModelMeta {
         ModelMeta::new(arch, bands, ClassTable::isprs())
+    }
+
+    #[test]
+    fn host_softmax_matches_candle() {
+        let m = Model::new_random(meta("tiny", 3), 5, &Device::Cpu).unwrap();
+        let x = input(2, 3, 37, 29, 9);
+        let a = m.forward_probs(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = m.predict_probs(&x).unwrap();
+        assert_eq!(a.len(), b.len());
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() < 1e-6, "{p} vs {q}");
+        }
     }
 
     fn input(b: usize, bands: usize, h: usize, w: usize, seed: u64) -> Tensor {

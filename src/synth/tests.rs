@@ -445,19 +445,3 @@ fn preview() {
         .unwrap_or(0);
     scene(Path::new(&dir), side, side, seed, 512);
 }
-#[test]
-#[ignore]
-fn tmp_shadow() {
-    let t = render::render(0, 0, 0, 2048, 2048);
-    let mut all = 0usize;
-    for c in 0..6u8 {
-        let idx: Vec<usize> = (0..t.gt.len()).filter(|&p| t.gt[p] == c).collect();
-        let mut irs: Vec<u8> = idx.iter().map(|&p| t.ir[p]).collect();
-        irs.sort();
-        let med = irs[irs.len() / 2] as f32;
-        let dark = idx.iter().filter(|&&p| (t.ir[p] as f32) < 0.72 * med).count();
-        all += dark;
-        println!("class {c}: median IR {med} dark {:.2}", dark as f64 / idx.len() as f64);
-    }
-    println!("dark overall {:.3}", all as f64 / t.gt.len() as f64);
-}

@@ -11,7 +11,10 @@
 //! overlap = 0.25
 //!
 //! [data]
-//! samples_per_epoch = 512             # random training windows per epoch
+//! # either scenes (below) or prepared patches:
+//! # train_patches = "prepared/vaihingen_train.bin"   # or .hdf5
+//! # val_patches = "prepared/vaihingen_val.bin"
+//! samples_per_epoch = 512             # random training windows per epoch (scenes)
 //! val_window = 256                    # validation tiles
 //! workers = 2                         # data worker threads
 //! [[data.scene]]
@@ -83,11 +86,16 @@ pub struct SceneEntry {
 pub struct DataSection {
     #[serde(default)]
     pub scene: Vec<SceneEntry>,
-    /// Prepared patch files (`rstile prepare`); not readable yet.
+    /// Patches of `rstile prepare vaihingen` (`vaihingen_train.bin` with
+    /// `--raw`, or `vaihingen_train.hdf5`), instead of scenes.
     #[serde(default)]
     pub train_patches: Option<PathBuf>,
     #[serde(default)]
     pub val_patches: Option<PathBuf>,
+    /// With patches: ignore the pixels of the boundary mask (the eroded
+    /// reference, as ISPRS scores).
+    #[serde(default = "d_true")]
+    pub ignore_boundary: bool,
     #[serde(default = "d_samples")]
     pub samples_per_epoch: usize,
     #[serde(default = "d_window")]
@@ -193,6 +201,9 @@ fn d_schedule() -> super::schedule::Schedule {
 fn d_power() -> f64 {
     0.9
 }
+fn d_true() -> bool {
+    true
+}
 fn d_one() -> f64 {
     1.0
 }
@@ -261,7 +272,13 @@ impl TrainConfig {
         if self.data.scene.is_empty() && self.data.train_patches.is_none() {
             return Err("data: no [[data.scene]] entries and no train_patches".into());
         }
-        if !self.data.scene.is_empty() && self.data.samples_per_epoch < t.batch {
+        if self.data.train_patches.is_some() != self.data.val_patches.is_some() {
+            return Err("data: train_patches and val_patches go together".into());
+        }
+        if self.data.train_patches.is_some() && !self.data.scene.is_empty() {
+            return Err("data: give either [[data.scene]] entries or patches, not both".into());
+        }
+        if self.data.train_patches.is_none() && self.data.samples_per_epoch < t.batch {
             return Err(format!(
                 "data.samples_per_epoch {} is smaller than train.batch {}",
                 self.data.samples_per_epoch, t.batch

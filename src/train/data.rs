@@ -19,10 +19,8 @@
 //!   scene without double-counting a pixel ([`Sampling::Grid`]). Nothing is
 //!   cut to disk first.
 //! * [`MemorySource`]: samples already in memory (tests, small sets).
-//! * The HDF5 patch files of `rstile prepare vaihingen`
-//!   (`vaihingen_train.hdf5`, images `(N, 5, 256, 256)`, labels and masks
-//!   `(N, 256, 256)`) are not read here yet: [`hdf5_patch_source`] is the
-//!   place for that source; it returns an error until then.
+//! * [`super::patches::PatchSource`]: the patches of `rstile prepare
+//!   vaihingen` (its memory-mapped `.bin` copy or its HDF5 file).
 
 use crate::augment::{augment, derive_seed, AugmentConfig, Sample, SplitMix64, IGNORE};
 use crate::classes::ClassTable;
@@ -31,7 +29,7 @@ use crate::read::{open_raster, Normalize, Reader};
 use crate::window::{Size, Window, WindowGrid};
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,16 +86,6 @@ impl Dataset for MemoryDataset {
     fn get(&mut self, i: usize, _: &mut SplitMix64) -> Result<Sample> {
         Ok(self.0[i].clone())
     }
-}
-
-/// The patch files written by `rstile prepare vaihingen`: the place for an
-/// HDF5 (or memory-mapped) patch source. Not implemented yet.
-pub fn hdf5_patch_source(path: &Path) -> Result<Box<dyn DataSource>> {
-    Err(Error::file(
-        path,
-        "reading prepared HDF5 patch files is not implemented in this build; \
-         train on scenes ([[data.scene]] entries) instead",
-    ))
 }
 
 /// An image raster and its label raster (class ids, same grid).

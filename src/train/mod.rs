@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod loss;
 pub mod optim;
+pub mod patches;
 pub mod plot;
 pub mod pretrained;
 pub mod run;

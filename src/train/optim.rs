@@ -128,9 +128,9 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Writes the buffers (safetensors, `NAME.0`, `NAME.1`) and the step
-    /// counts (`steps.json` metadata inside a `__steps__` tensor-free
-    /// companion: returned for the caller's state file).
+    /// Writes the buffers to `path` (safetensors, `NAME.0` = momentum or
+    /// first moment, `NAME.1` = second moment) and returns the per-parameter
+    /// step counts, which the caller keeps in its state file.
     pub fn save(&self, path: &Path) -> Result<Vec<u64>> {
         let mut map = HashMap::new();
         for (p, bufs) in self.params.iter().zip(&self.bufs) {

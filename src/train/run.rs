@@ -23,9 +23,10 @@
 //! are bit-reproducible today.
 
 use super::config::{OptimizerName, TrainConfig};
-use super::data::{hdf5_patch_source, run_epoch, DataSource, EpochPlan, Sampling, SceneSource};
+use super::data::{run_epoch, DataSource, EpochPlan, Sampling, SceneSource};
 use super::loss::cross_entropy;
 use super::optim::{OptimConfig, Optimizer, Param};
+use super::patches::PatchSource;
 use super::plot;
 use super::pretrained::load_imagenet;
 use super::schedule::lr_at;
@@ -182,17 +183,28 @@ pub fn train(
     if let Some(c) = f1_classes.iter().find(|&&c| c >= k) {
         return Err(Error::Config(format!("train.f1_classes: class {c} of {k}")));
     }
-    if cfg.data.train_patches.is_some() || cfg.data.val_patches.is_some() {
-        let p = cfg
-            .data
-            .train_patches
-            .as_ref()
-            .or(cfg.data.val_patches.as_ref());
-        hdf5_patch_source(p.expect("some"))?;
-    }
+    let patches = match (&cfg.data.train_patches, &cfg.data.val_patches) {
+        (Some(t), Some(v)) => {
+            let ib = cfg.data.ignore_boundary;
+            let (t, v) = (
+                PatchSource::open(t, &classes, ib)?,
+                PatchSource::open(v, &classes, ib)?,
+            );
+            if t.bands() != cfg.model.bands.len() || v.bands() != t.bands() {
+                return Err(Error::Config(format!(
+                    "the patches have {} bands (validation: {}), model.bands lists {}",
+                    t.bands(),
+                    v.bands(),
+                    cfg.model.bands.len()
+                )));
+            }
+            Some((t, v))
+        }
+        _ => None,
+    };
     let train_pairs = cfg.scenes("train");
     let val_pairs = cfg.scenes("val");
-    if train_pairs.is_empty() || val_pairs.is_empty() {
+    if patches.is_none() && (train_pairs.is_empty() || val_pairs.is_empty()) {
         return Err(Error::Config(
             "data: at least one [[data.scene]] with split = \"train\" and one with split = \"val\" are needed".into(),
         ));
@@ -228,12 +240,17 @@ pub fn train(
             .map_err(|e| Error::file(&run_dir, format!("cannot create the run directory: {e}")))?;
         write_atomic(&run_dir.join(CONFIG), cfg.to_toml().as_bytes())?;
         let nb = cfg.model.bands.len();
-        let norm = match (&cfg.model.mean, &cfg.model.std) {
-            (Some(m), Some(s)) => Normalize {
+        let norm = match (&cfg.model.mean, &cfg.model.std, &patches) {
+            // prepared patches are normalised already: keep their statistics
+            (_, _, Some((t, _))) => Normalize {
+                mean: t.mean.clone(),
+                std: t.std.clone(),
+            },
+            (Some(m), Some(s), None) => Normalize {
                 mean: m.clone(),
                 std: s.clone(),
             },
-            (None, None) => SceneSource::band_stats(&train_pairs, &cfg.model.bands, 1024)?,
+            (None, None, None) => SceneSource::band_stats(&train_pairs, &cfg.model.bands, 1024)?,
             _ => return Err(Error::Config("model.mean and model.std go together".into())),
         };
         let meta = ModelMeta {
@@ -275,25 +292,31 @@ pub fn train(
         mean: model.meta.mean.clone(),
         std: model.meta.std.clone(),
     };
-    let train_src = SceneSource::new(
-        &train_pairs,
-        &cfg.model.bands,
-        norm.clone(),
-        &classes,
-        Sampling::Random {
-            samples: cfg.data.samples_per_epoch,
-            size: cfg.augment.source_size(t.crop),
-        },
-    )?;
-    let val_src = SceneSource::new(
-        &val_pairs,
-        &cfg.model.bands,
-        norm,
-        &classes,
-        Sampling::Grid {
-            size: cfg.data.val_window,
-        },
-    )?;
+    type Src = Box<dyn DataSource>;
+    let (train_src, val_src): (Src, Src) = match patches {
+        Some((t, v)) => (Box::new(t), Box::new(v)),
+        None => (
+            Box::new(SceneSource::new(
+                &train_pairs,
+                &cfg.model.bands,
+                norm.clone(),
+                &classes,
+                Sampling::Random {
+                    samples: cfg.data.samples_per_epoch,
+                    size: cfg.augment.source_size(t.crop),
+                },
+            )?),
+            Box::new(SceneSource::new(
+                &val_pairs,
+                &cfg.model.bands,
+                norm,
+                &classes,
+                Sampling::Grid {
+                    size: cfg.data.val_window,
+                },
+            )?),
+        ),
+    };
     let mut opt = Optimizer::new(optim_config(cfg), params_of(&model));
     if opts.resume.is_some() {
         opt.load(&run_dir.join(LAST_OPTIM), &state.optim_steps)?;
@@ -329,7 +352,7 @@ pub fn train(
         let mut lr = t.lr;
         let mut step = state.step;
         let mut in_epoch = 0;
-        let io = run_epoch(&train_src, &plan, &opts.device, &mut |b| {
+        let io = run_epoch(&*train_src, &plan, &opts.device, &mut |b| {
             lr = lr_at(
                 t.schedule,
                 t.lr,
@@ -379,7 +402,7 @@ pub fn train(
             seed,
             epoch: epoch as u64,
         };
-        run_epoch(&val_src, &vplan, &opts.device, &mut |b| {
+        run_epoch(&*val_src, &vplan, &opts.device, &mut |b| {
             let logits = model.forward_t(&b.images, false)?;
             let valid = b.labels.iter().filter(|&&l| (l as usize) < k).count();
             if valid > 0 {
