@@ -42,10 +42,18 @@ impl Aoi {
                 ..Default::default()
             },
         )
-        .map_err(|_| Error::file(path, "not a vector file GDAL can open (GeoJSON, GeoPackage, Shapefile, ...)"))?;
-        let gt = scene
-            .geo_transform
-            .ok_or_else(|| Error::file(&scene.path, "has no georeferencing, so an AOI cannot be placed on it"))?;
+        .map_err(|_| {
+            Error::file(
+                path,
+                "not a vector file GDAL can open (GeoJSON, GeoPackage, Shapefile, ...)",
+            )
+        })?;
+        let gt = scene.geo_transform.ok_or_else(|| {
+            Error::file(
+                &scene.path,
+                "has no georeferencing, so an AOI cannot be placed on it",
+            )
+        })?;
         let target = scene
             .srs_wkt
             .as_deref()
@@ -70,11 +78,13 @@ impl Aoi {
         for mut layer in ds.layers() {
             let layer_srs = layer.spatial_ref().map(srs_gis_order);
             for feature in layer.features() {
-                let Some(g) = feature.geometry() else { continue };
+                let Some(g) = feature.geometry() else {
+                    continue;
+                };
                 let g = match (&layer_srs, &target) {
-                    (Some(_), Some(t)) => g
-                        .transform_to(t)
-                        .map_err(|e| Error::file(path, format!("cannot reproject to the scene's CRS: {e}")))?,
+                    (Some(_), Some(t)) => g.transform_to(t).map_err(|e| {
+                        Error::file(path, format!("cannot reproject to the scene's CRS: {e}"))
+                    })?,
                     _ => g.clone(),
                 };
                 match g.to_geo().map_err(|e| Error::file(path, e))? {
@@ -85,8 +95,15 @@ impl Aoi {
             }
         }
         if polys.is_empty() {
-            let why = if others > 0 { "holds no polygons (only points or lines)" } else { "holds no features" };
-            return Err(Error::file(path, format!("is not a polygon file: it {why}")));
+            let why = if others > 0 {
+                "holds no polygons (only points or lines)"
+            } else {
+                "holds no features"
+            };
+            return Err(Error::file(
+                path,
+                format!("is not a polygon file: it {why}"),
+            ));
         }
         let aoi = Aoi::from_pixel_polygons(MultiPolygon(polys));
         let all = Rect {
@@ -96,7 +113,10 @@ impl Aoi {
             height: scene.size.height,
         };
         if !aoi.touches(&all) {
-            return Err(Error::file(path, format!("does not overlap the scene {}", scene.path.display())));
+            return Err(Error::file(
+                path,
+                format!("does not overlap the scene {}", scene.path.display()),
+            ));
         }
         Ok(aoi)
     }
@@ -120,7 +140,10 @@ impl Aoi {
             return false;
         }
         let rect = geo::Rect::new(
-            Coord { x: r.x as f64, y: r.y as f64 },
+            Coord {
+                x: r.x as f64,
+                y: r.y as f64,
+            },
             Coord {
                 x: (r.x + r.width) as f64,
                 y: (r.y + r.height) as f64,
@@ -185,7 +208,17 @@ mod tests {
                 assert_eq!(m[j * 50 + i] == 1, with_hole.contains(&c), "pixel {i},{j}");
             }
         }
-        assert!(aoi.touches(&Rect { x: 0, y: 0, width: 5, height: 5 }));
-        assert!(!aoi.touches(&Rect { x: 41, y: 0, width: 5, height: 4 }));
+        assert!(aoi.touches(&Rect {
+            x: 0,
+            y: 0,
+            width: 5,
+            height: 5
+        }));
+        assert!(!aoi.touches(&Rect {
+            x: 41,
+            y: 0,
+            width: 5,
+            height: 4
+        }));
     }
 }

@@ -49,8 +49,8 @@ impl ClassTable {
     /// Reads a TOML class table (`[[class]]` entries with id, name, color).
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-        let table: ClassTable =
-            toml::from_str(&text).map_err(|e| Error::file(path, format!("not a class table: {}", e.message())))?;
+        let table: ClassTable = toml::from_str(&text)
+            .map_err(|e| Error::file(path, format!("not a class table: {}", e.message())))?;
         table.validate().map_err(|e| Error::file(path, e))?;
         Ok(table)
     }
@@ -63,14 +63,20 @@ impl ClassTable {
         let mut seen = [false; 256];
         for c in &self.classes {
             if c.id == NODATA {
-                return Err(format!("class '{}' uses id 255, which is reserved for nodata", c.name));
+                return Err(format!(
+                    "class '{}' uses id 255, which is reserved for nodata",
+                    c.name
+                ));
             }
             if seen[c.id as usize] {
                 return Err(format!("class id {} is used twice", c.id));
             }
             seen[c.id as usize] = true;
             if parse_hex(&c.color).is_none() {
-                return Err(format!("class '{}': colour '{}' is not #rrggbb", c.name, c.color));
+                return Err(format!(
+                    "class '{}': colour '{}' is not #rrggbb",
+                    c.name, c.color
+                ));
             }
         }
         Ok(())

@@ -14,7 +14,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "rstile", version, about = "Land-cover maps from georeferenced imagery with a fully-convolutional network")]
+#[command(
+    name = "rstile",
+    version,
+    about = "Land-cover maps from georeferenced imagery with a fully-convolutional network"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,7 +53,12 @@ struct InferArgs {
     #[arg(required = true)]
     scene: Vec<PathBuf>,
     /// The output map (GeoTIFF), for one scene.
-    #[arg(short, long, required_unless_present = "out_dir", conflicts_with = "out_dir")]
+    #[arg(
+        short,
+        long,
+        required_unless_present = "out_dir",
+        conflicts_with = "out_dir"
+    )]
     output: Option<PathBuf>,
     /// Map each scene to DIR/STEM.tif; a scene that fails is reported at
     /// the end and the others go on.
@@ -247,7 +256,10 @@ fn parse_device(s: &str) -> Result<candle_core::Device> {
     if s == "cpu" {
         return Ok(candle_core::Device::Cpu);
     }
-    let Some(n) = s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) else {
+    let Some(n) = s
+        .strip_prefix("cuda:")
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
         bail!("--device {s}: expected cpu or cuda:N");
     };
     if !candle_core::utils::cuda_is_available() {
@@ -258,12 +270,16 @@ fn parse_device(s: &str) -> Result<candle_core::Device> {
 
 /// Sets the compute thread count before any thread pool exists.
 fn set_threads(threads: Option<usize>) -> usize {
-    let n = threads
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let n = threads.filter(|&n| n > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     // candle and gemm size their pools from RAYON_NUM_THREADS
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
     n
 }
 
@@ -281,7 +297,8 @@ impl Progress for Bar {
         let p = self.pixels.fetch_add(pixels, Ordering::Relaxed) + pixels;
         self.bar.inc(1);
         let secs = self.start.elapsed().as_secs_f64().max(1e-9);
-        self.bar.set_message(format!("{:.2} Mpx/s", p as f64 / secs / 1e6));
+        self.bar
+            .set_message(format!("{:.2} Mpx/s", p as f64 / secs / 1e6));
     }
 }
 
@@ -300,7 +317,10 @@ fn infer(a: InferArgs) -> Result<()> {
     let jobs: Vec<(PathBuf, PathBuf)> = match (&a.output, &a.out_dir) {
         (Some(out), None) => {
             if a.scene.len() != 1 {
-                bail!("{} scenes but one output; use --out-dir DIR to map several scenes", a.scene.len());
+                bail!(
+                    "{} scenes but one output; use --out-dir DIR to map several scenes",
+                    a.scene.len()
+                );
             }
             vec![(a.scene[0].clone(), out.clone())]
         }
@@ -311,9 +331,16 @@ fn infer(a: InferArgs) -> Result<()> {
             let mut seen = std::collections::HashMap::new();
             let mut jobs = Vec::new();
             for sc in &a.scene {
-                let stem = sc.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                let stem = sc
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default();
                 if let Some(prev) = seen.insert(stem.clone(), sc.clone()) {
-                    bail!("{} and {} would both map to {stem}.tif", prev.display(), sc.display());
+                    bail!(
+                        "{} and {} would both map to {stem}.tif",
+                        prev.display(),
+                        sc.display()
+                    );
                 }
                 jobs.push((sc.clone(), dir.join(format!("{stem}.tif"))));
             }
@@ -331,11 +358,19 @@ fn infer(a: InferArgs) -> Result<()> {
             break;
         }
         if !a.quiet {
-            eprintln!("rstile: scene {} of {}: {}", i + 1, jobs.len(), scene.display());
+            eprintln!(
+                "rstile: scene {} of {}: {}",
+                i + 1,
+                jobs.len(),
+                scene.display()
+            );
         }
         if let Err(e) = infer_one(&a, scene, out, part, threads, &device, cancel.clone()) {
             let msg = format!("{e:#}");
-            eprintln!("rstile: error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
+            eprintln!(
+                "rstile: error: {}",
+                msg.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
             failed.push(scene.display().to_string());
         }
     }
@@ -343,7 +378,12 @@ fn infer(a: InferArgs) -> Result<()> {
         return Err(rstile::Error::Interrupted.into());
     }
     if !failed.is_empty() {
-        bail!("{} of {} scenes failed: {}", failed.len(), jobs.len(), failed.join(", "));
+        bail!(
+            "{} of {} scenes failed: {}",
+            failed.len(),
+            jobs.len(),
+            failed.join(", ")
+        );
     }
     Ok(())
 }
@@ -430,7 +470,9 @@ fn infer_one(
         Ok(r) => r,
         Err(e) => {
             progress.bar.finish_and_clear();
-            if matches!(e, rstile::Error::Interrupted) && rstile::write::journal_path(&plan.output).exists() {
+            if matches!(e, rstile::Error::Interrupted)
+                && rstile::write::journal_path(&plan.output).exists()
+            {
                 return Err(anyhow::Error::new(e).context(format!(
                     "{}: stopped; run the same command with --resume to continue",
                     plan.output.display()
@@ -444,7 +486,10 @@ fn infer_one(
         eprintln!("rstile: warning: {}: {note}", plan.output.display());
     }
     if report.resumed && !a.quiet {
-        eprintln!("rstile: continued the unfinished run of {}", plan.output.display());
+        eprintln!(
+            "rstile: continued the unfinished run of {}",
+            plan.output.display()
+        );
     }
     // with several scenes, each gets its own preview beside its map
     let preview = match (&a.preview, &a.out_dir) {
@@ -477,10 +522,17 @@ fn infer_one(
 fn parse_part(s: &str) -> Result<(usize, usize)> {
     if s == "auto" {
         let var = |k: &str| -> Result<usize> {
-            let v = std::env::var(k).with_context(|| format!("--part auto: {k} is not set (not inside a Slurm array job?)"))?;
-            v.parse().with_context(|| format!("--part auto: {k}={v} is not a number"))
+            let v = std::env::var(k).with_context(|| {
+                format!("--part auto: {k} is not set (not inside a Slurm array job?)")
+            })?;
+            v.parse()
+                .with_context(|| format!("--part auto: {k}={v} is not a number"))
         };
-        let (id, count, min) = (var("SLURM_ARRAY_TASK_ID")?, var("SLURM_ARRAY_TASK_COUNT")?, var("SLURM_ARRAY_TASK_MIN")?);
+        let (id, count, min) = (
+            var("SLURM_ARRAY_TASK_ID")?,
+            var("SLURM_ARRAY_TASK_COUNT")?,
+            var("SLURM_ARRAY_TASK_MIN")?,
+        );
         if id < min {
             bail!("--part auto: SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}");
         }
@@ -546,7 +598,10 @@ fn synth(a: SynthArgs) -> Result<()> {
 
 fn model_new(a: ModelNewArgs) -> Result<()> {
     if a.output.exists() && !a.overwrite {
-        bail!("{}: already exists; pass --overwrite to replace it", a.output.display());
+        bail!(
+            "{}: already exists; pass --overwrite to replace it",
+            a.output.display()
+        );
     }
     let classes = ClassTable::from_toml_file(&a.classes)?;
     let meta = ModelMeta {
@@ -578,7 +633,15 @@ fn model_info(path: PathBuf) -> Result<()> {
     let m = rstile::model::read_meta(&path)?;
     println!("{}", path.display());
     println!("  arch      {}", m.arch);
-    println!("  bands     {} {}", m.bands, if m.band_names.is_empty() { String::new() } else { format!("({})", m.band_names.join(", ")) });
+    println!(
+        "  bands     {} {}",
+        m.bands,
+        if m.band_names.is_empty() {
+            String::new()
+        } else {
+            format!("({})", m.band_names.join(", "))
+        }
+    );
     println!("  mean      {:?}", m.mean);
     println!("  std       {:?}", m.std);
     println!("  window    {} px, overlap {}", m.window, m.overlap);

@@ -18,8 +18,8 @@ pub mod read;
 pub mod slurm;
 pub mod stitch;
 pub mod synth;
-pub mod vaihingen;
 pub mod train;
+pub mod vaihingen;
 pub mod window;
 pub mod write;
 

@@ -15,9 +15,17 @@ fn main() {
     let code = match cli::run() {
         Ok(()) => 0,
         Err(e) => {
-            let interrupted = e.chain().any(|c| matches!(c.downcast_ref::<rstile::Error>(), Some(rstile::Error::Interrupted)));
+            let interrupted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<rstile::Error>(),
+                    Some(rstile::Error::Interrupted)
+                )
+            });
             let msg = format!("{e:#}");
-            eprintln!("rstile: error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
+            eprintln!(
+                "rstile: error: {}",
+                msg.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
             if interrupted {
                 130
             } else {

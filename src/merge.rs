@@ -43,7 +43,8 @@ fn item(ds: &gdal::Dataset, path: &Path, key: &str) -> Result<String> {
 
 /// Finds and checks the parts in `dir`.
 pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::file(dir, format!("cannot list the parts folder: {e}")))?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| Error::file(dir, format!("cannot list the parts folder: {e}")))?;
     let mut by_base: BTreeMap<String, Vec<(usize, usize, PathBuf)>> = BTreeMap::new();
     for e in rd {
         let e = e.map_err(|e| Error::file(dir, e))?;
@@ -60,13 +61,19 @@ pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
     }
     if by_base.len() > 1 {
         let names: Vec<_> = by_base.keys().cloned().collect();
-        return Err(Error::file(dir, format!("holds parts of several maps: {}", names.join(", "))));
+        return Err(Error::file(
+            dir,
+            format!("holds parts of several maps: {}", names.join(", ")),
+        ));
     }
     let (base, mut files) = by_base.into_iter().next().expect("one base");
     files.sort();
     let n = files[0].1;
     if let Some((i, m, p)) = files.iter().find(|(_, m, _)| *m != n) {
-        return Err(Error::file(p, format!("is part {i} of {m}, but other parts are of {n}")));
+        return Err(Error::file(
+            p,
+            format!("is part {i} of {m}, but other parts are of {n}"),
+        ));
     }
     let present: Vec<usize> = files.iter().map(|f| f.0).collect();
     let missing: Vec<String> = (0..n)
@@ -74,7 +81,10 @@ pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
         .map(|i| format!("{base}.part-{i}-of-{n}.tif"))
         .collect();
     if !missing.is_empty() {
-        return Err(Error::file(dir, format!("missing part(s): {}", missing.join(", "))));
+        return Err(Error::file(
+            dir,
+            format!("missing part(s): {}", missing.join(", ")),
+        ));
     }
     let mut parts = Vec::new();
     for (i, _, path) in files {
@@ -94,7 +104,10 @@ pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
             path,
         };
         if item(&ds, &part.path, "RSTILE_PART")? != format!("{i}/{n}") {
-            return Err(Error::file(&part.path, "its name and its RSTILE_PART metadata disagree"));
+            return Err(Error::file(
+                &part.path,
+                "its name and its RSTILE_PART metadata disagree",
+            ));
         }
         parts.push(part);
     }
@@ -103,7 +116,10 @@ pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
         if p.settings != first.settings || p.classes != first.classes || p.scene != first.scene {
             return Err(Error::file(
                 &p.path,
-                format!("comes from another run than {} (other scene, model or settings)", first.path.display()),
+                format!(
+                    "comes from another run than {} (other scene, model or settings)",
+                    first.path.display()
+                ),
             ));
         }
     }
@@ -120,7 +136,8 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
         width: scene["width"].as_u64().unwrap_or(0) as usize,
         height: scene["height"].as_u64().unwrap_or(0) as usize,
     };
-    let gt: Option<[f64; 6]> = serde_json::from_value(scene["geo_transform"].clone()).unwrap_or(None);
+    let gt: Option<[f64; 6]> =
+        serde_json::from_value(scene["geo_transform"].clone()).unwrap_or(None);
     let classes: ClassTable = serde_json::from_str(&first.classes)
         .map_err(|e| Error::file(&first.path, format!("bad RSTILE_CLASSES metadata: {e}")))?;
     for p in &parts {
@@ -128,10 +145,19 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
         let ds = open_raster(&p.path)?;
         let (w, h) = ds.raster_size();
         if p.rows != want || w != size.width || h != want.1 - want.0 {
-            return Err(Error::file(&p.path, format!("holds rows {:?} of {w}x{h} px, expected rows {want:?}", p.rows)));
+            return Err(Error::file(
+                &p.path,
+                format!(
+                    "holds rows {:?} of {w}x{h} px, expected rows {want:?}",
+                    p.rows
+                ),
+            ));
         }
     }
-    let srs = open_raster(&first.path)?.spatial_ref().ok().and_then(|s| s.to_wkt().ok());
+    let srs = open_raster(&first.path)?
+        .spatial_ref()
+        .ok()
+        .and_then(|s| s.to_wkt().ok());
     let confidence = parts.iter().all(|p| confidence_path(&p.path).exists());
     let mut writer = MapWriter::create(MapSpec {
         path: out.to_path_buf(),
@@ -151,7 +177,11 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
     for p in &parts {
         let ds = open_raster(&p.path)?;
         let band = ds.rasterband(1).map_err(|e| Error::file(&p.path, e))?;
-        let cds = if confidence { Some(open_raster(&confidence_path(&p.path))?) } else { None };
+        let cds = if confidence {
+            Some(open_raster(&confidence_path(&p.path))?)
+        } else {
+            None
+        };
         let mut y = p.rows.0;
         while y < p.rows.1 {
             let h = TILE.min(p.rows.1 - y);
@@ -163,11 +193,19 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
             };
             let classes = read(&band, &p.path)?;
             let confidence = match &cds {
-                Some(c) => Some(read(&c.rasterband(1).map_err(|e| Error::file(&p.path, e))?, &p.path)?),
+                Some(c) => Some(read(
+                    &c.rasterband(1).map_err(|e| Error::file(&p.path, e))?,
+                    &p.path,
+                )?),
                 None => None,
             };
             writer.write(&Band {
-                rect: Rect { x: 0, y, width: size.width, height: h },
+                rect: Rect {
+                    x: 0,
+                    y,
+                    width: size.width,
+                    height: h,
+                },
                 classes,
                 confidence,
             })?;

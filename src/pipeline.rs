@@ -23,11 +23,11 @@ use crate::error::{Error, Result};
 use crate::model::{Model, ModelMeta};
 use crate::read::{Normalize, Reader, SceneInfo, WindowData};
 use crate::stitch::{Band, Blend, ChunkStitcher, Prediction, Region};
-use std::collections::BTreeMap;
 use crate::window::{Window, WindowGrid};
 use crate::write::{MapFiles, MapSpec, MapWriter, TILE};
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -112,7 +112,8 @@ impl MemoryBound {
         // each in-flight window holds its input (or its prediction) and mask
         let per_window = px * (4 * bands.max(k) + 1);
         let in_flight = (q + plan.readers as u64) * per_window;
-        let model = params as u64 * 4 + plan.batch as u64 * px * activation_bytes_per_px(&meta.arch);
+        let model =
+            params as u64 * 4 + plan.batch as u64 * px * activation_bytes_per_px(&meta.arch);
         let width = plan.chunk.min(plan.scene.size.width.next_multiple_of(TILE));
         let stitcher = ChunkStitcher::bytes_for(plan.window, TILE, width, k as usize) as u64;
         let writer = 4 * (width * TILE) as u64 * (1 + plan.confidence as u64);
@@ -157,10 +158,20 @@ pub fn chunks(width: usize, chunk: usize) -> Vec<(usize, usize)> {
 
 /// The regions a run stitches: one per column chunk, from the first row
 /// not yet written to the end of the run's rows. Finished chunks are left out.
-pub fn regions(grid: &WindowGrid, chunk: usize, rows: (usize, usize), done: &dyn Fn(usize) -> usize) -> Vec<Region> {
+pub fn regions(
+    grid: &WindowGrid,
+    chunk: usize,
+    rows: (usize, usize),
+    done: &dyn Fn(usize) -> usize,
+) -> Vec<Region> {
     chunks(grid.raster().width, chunk)
         .into_iter()
-        .map(|(x0, x1)| Region { x0, x1, y0: done(x0).max(rows.0), y1: rows.1 })
+        .map(|(x0, x1)| Region {
+            x0,
+            x1,
+            y0: done(x0).max(rows.0),
+            y1: rows.1,
+        })
         .filter(|r| r.y0 < r.y1)
         .collect()
 }
@@ -169,7 +180,9 @@ pub fn regions(grid: &WindowGrid, chunk: usize, rows: (usize, usize), done: &dyn
 pub fn window_count(grid: &WindowGrid, regions: &[Region]) -> u64 {
     regions
         .iter()
-        .map(|r| (grid.cols_touching(r.x0, r.x1).len() * grid.rows_touching(r.y0, r.y1).len()) as u64)
+        .map(|r| {
+            (grid.cols_touching(r.x0, r.x1).len() * grid.rows_touching(r.y0, r.y1).len()) as u64
+        })
         .sum()
 }
 
@@ -182,7 +195,10 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
         m.insert(k.to_string(), v);
     };
     put("scene", canon.display().to_string());
-    put("scene_size", format!("{}x{}", plan.scene.size.width, plan.scene.size.height));
+    put(
+        "scene_size",
+        format!("{}x{}", plan.scene.size.width, plan.scene.size.height),
+    );
     put("model", plan.model_digest.clone());
     put("arch", meta.arch.clone());
     put("window", plan.window.to_string());
@@ -192,7 +208,10 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
     put("chunk", plan.chunk.to_string());
     put("confidence", plan.confidence.to_string());
     put("rows", format!("{}..{}", plan.rows.0, plan.rows.1));
-    put("aoi", plan.aoi_digest.clone().unwrap_or_else(|| "none".into()));
+    put(
+        "aoi",
+        plan.aoi_digest.clone().unwrap_or_else(|| "none".into()),
+    );
     m
 }
 
@@ -220,7 +239,9 @@ pub fn file_digest(path: &std::path::Path) -> Result<String> {
 pub fn part_rows(height: usize, i: usize, n: usize) -> Result<(usize, usize)> {
     let tiles = height.div_ceil(TILE);
     if n == 0 || i >= n {
-        return Err(Error::Config(format!("--part {i}/{n}: the part must be in 0..{n}")));
+        return Err(Error::Config(format!(
+            "--part {i}/{n}: the part must be in 0..{n}"
+        )));
     }
     if n > tiles {
         return Err(Error::Config(format!(
@@ -266,7 +287,12 @@ struct ModelJob {
 }
 
 /// Runs the whole pipeline for `plan` with `model`, on `device`.
-pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: &dyn Progress) -> Result<InferReport> {
+pub fn infer(
+    plan: &InferPlan,
+    model: Model,
+    cancel: Arc<AtomicBool>,
+    progress: &dyn Progress,
+) -> Result<InferReport> {
     let t0 = Instant::now();
     let _ = gdal::config::set_config_option("GDAL_CACHEMAX", &plan.gdal_cache_mb.to_string());
     let grid = WindowGrid::new(plan.scene.size, plan.window, plan.overlap)
@@ -277,11 +303,20 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
     let mut metadata = Vec::new();
     if let Some((i, n)) = plan.part {
         metadata.push(("RSTILE_PART".to_string(), format!("{i}/{n}")));
-        metadata.push(("RSTILE_ROWS".to_string(), format!("{},{}", plan.rows.0, plan.rows.1)));
+        metadata.push((
+            "RSTILE_ROWS".to_string(),
+            format!("{},{}", plan.rows.0, plan.rows.1),
+        ));
         let mut shared = settings.clone();
         shared.remove("rows");
-        metadata.push(("RSTILE_SETTINGS".to_string(), serde_json::to_string(&shared).expect("json")));
-        metadata.push(("RSTILE_CLASSES".to_string(), serde_json::to_string(&meta.classes).expect("json")));
+        metadata.push((
+            "RSTILE_SETTINGS".to_string(),
+            serde_json::to_string(&shared).expect("json"),
+        ));
+        metadata.push((
+            "RSTILE_CLASSES".to_string(),
+            serde_json::to_string(&meta.classes).expect("json"),
+        ));
         metadata.push((
             "RSTILE_SCENE".to_string(),
             serde_json::json!({
@@ -342,7 +377,7 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
         let d_regions = regions.clone();
         let d_outside = outside.clone();
         let aoi = plan.aoi.clone();
-        let dispatcher = s.spawn(move || {
+        let dispatcher = spawn(s, "rstile-dispatch", move || {
             for reg in d_regions {
                 for r in grid.rows_touching(reg.y0, reg.y1) {
                     for c in grid.cols_touching(reg.x0, reg.x1) {
@@ -359,7 +394,13 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
                             let _ = tx.send(Ok(Slot::Skipped));
                             continue;
                         }
-                        if job_tx.send(Job { window: w, reply: tx }).is_err() {
+                        if job_tx
+                            .send(Job {
+                                window: w,
+                                reply: tx,
+                            })
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -380,7 +421,7 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
             let model_tx = model_tx.clone();
             let abort = abort.clone();
             let skipped = skipped.clone();
-            reader_handles.push(s.spawn(move || {
+            reader_handles.push(spawn(s, "rstile-read", move || {
                 for job in job_rx.iter() {
                     match reader.read_window(&job.window) {
                         Ok(data) if !data.any_valid => {
@@ -388,7 +429,13 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
                             let _ = job.reply.send(Ok(Slot::Skipped));
                         }
                         Ok(data) => {
-                            if model_tx.send(ModelJob { data, reply: job.reply }).is_err() {
+                            if model_tx
+                                .send(ModelJob {
+                                    data,
+                                    reply: job.reply,
+                                })
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -409,7 +456,7 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
         let batch = plan.batch;
         let nb = plan.bands.len();
         let n = plan.window;
-        let model_handle = s.spawn(move || {
+        let model_handle = spawn(s, "rstile-model", move || {
             let mut jobs: Vec<ModelJob> = Vec::with_capacity(batch);
             loop {
                 jobs.clear();
@@ -434,7 +481,9 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
                         m_abort.store(true, Ordering::Relaxed);
                         let msg = e.to_string();
                         for job in jobs.drain(..) {
-                            let _ = job.reply.send(Err(Error::Config(format!("model forward failed: {msg}"))));
+                            let _ = job
+                                .reply
+                                .send(Err(Error::Config(format!("model forward failed: {msg}"))));
                         }
                         return;
                     }
@@ -445,10 +494,18 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
         // stitcher
         let s_cancel = cancel.clone();
         let s_abort = abort.clone();
-        let stitcher = s.spawn(move || -> Result<()> {
+        let stitcher = spawn(s, "rstile-stitch", move || -> Result<()> {
             let mut chunk_iter = regions.clone().into_iter();
-            let new_stitcher =
-                |reg: Region| ChunkStitcher::new(grid, plan.blend, class_ids.clone(), reg, TILE, plan.confidence);
+            let new_stitcher = |reg: Region| {
+                ChunkStitcher::new(
+                    grid,
+                    plan.blend,
+                    class_ids.clone(),
+                    reg,
+                    TILE,
+                    plan.confidence,
+                )
+            };
             let mut st = chunk_iter.next().map(new_stitcher);
             let fail = |e: Error| {
                 s_abort.store(true, Ordering::Relaxed);
@@ -463,12 +520,22 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
                     Order::Window(w, rx) => {
                         let slot = match rx.recv() {
                             Ok(r) => r,
-                            Err(_) if s_cancel.load(Ordering::Relaxed) => return fail(Error::Interrupted),
-                            Err(_) => return fail(Error::Config("a pipeline stage stopped early".into())),
+                            Err(_) if s_cancel.load(Ordering::Relaxed) => {
+                                return fail(Error::Interrupted)
+                            }
+                            Err(_) => {
+                                return fail(Error::Config("a pipeline stage stopped early".into()))
+                            }
                         };
                         match slot {
                             Ok(Slot::Skipped) => cur.add(&w, None),
-                            Ok(Slot::Done { probs, valid }) => cur.add(&w, Some(Prediction { probs: &probs, valid: &valid })),
+                            Ok(Slot::Done { probs, valid }) => cur.add(
+                                &w,
+                                Some(Prediction {
+                                    probs: &probs,
+                                    valid: &valid,
+                                }),
+                            ),
                             Err(e) => return fail(e),
                         }
                         let clip = grid.clip(&w);
@@ -541,6 +608,18 @@ pub fn infer(plan: &InferPlan, model: Model, cancel: Arc<AtomicBool>, progress: 
     })
 }
 
+/// Spawns a named scoped thread (names show in `top -H` and `perf`).
+fn spawn<'scope, 'env, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, 'env>,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> std::thread::ScopedJoinHandle<'scope, T> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn_scoped(s, f)
+        .expect("spawn a pipeline thread")
+}
+
 /// Joins a scoped thread, re-raising its panic.
 fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     match h.join() {
@@ -592,7 +671,10 @@ pub struct InferOptions {
 
 /// The file of part `i` of `n` of the map `map`: `MAP.part-I-of-N.tif`.
 pub fn part_path(map: &std::path::Path, i: usize, n: usize) -> PathBuf {
-    let stem = map.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let stem = map
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     map.with_file_name(format!("{stem}.part-{i}-of-{n}.tif"))
 }
 
@@ -640,18 +722,26 @@ impl InferPlan {
             }
             let t = scene.band_types[b - 1];
             if !crate::read::supported_type(t) {
-                return Err(Error::file(&path, format!("band {b} has type {t:?}, which rstile cannot read")));
+                return Err(Error::file(
+                    &path,
+                    format!("band {b} has type {t:?}, which rstile cannot read"),
+                ));
             }
         }
         let window = o.window.unwrap_or(meta.window);
         let overlap = o.overlap.unwrap_or(meta.overlap);
-        WindowGrid::new(scene.size, window, overlap).map_err(|e| Error::Config(format!("window settings: {e}")))?;
+        WindowGrid::new(scene.size, window, overlap)
+            .map_err(|e| Error::Config(format!("window settings: {e}")))?;
         if o.batch == 0 || o.readers == 0 {
-            return Err(Error::Config("--batch and --readers must be at least 1".into()));
+            return Err(Error::Config(
+                "--batch and --readers must be at least 1".into(),
+            ));
         }
         let chunk = o.chunk.unwrap_or(DEFAULT_CHUNK);
         if chunk == 0 || chunk % TILE != 0 {
-            return Err(Error::Config(format!("--chunk must be a positive multiple of {TILE}")));
+            return Err(Error::Config(format!(
+                "--chunk must be a positive multiple of {TILE}"
+            )));
         }
         let rows = match o.part {
             Some((i, n)) => part_rows(scene.size.height, i, n)?,

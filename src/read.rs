@@ -50,7 +50,10 @@ pub fn open_raster(path: &Path) -> Result<Dataset> {
         if len == 0 {
             Error::file(path, "empty file (0 bytes), not a raster")
         } else {
-            Error::file(path, format!("not a raster GDAL can open ({})", one_line(&e.to_string())))
+            Error::file(
+                path,
+                format!("not a raster GDAL can open ({})", one_line(&e.to_string())),
+            )
         }
     })
 }
@@ -59,7 +62,10 @@ pub fn open_raster(path: &Path) -> Result<Dataset> {
 pub(crate) fn one_line(s: &str) -> String {
     let msg = ["error msg: '", "Error msg: '"]
         .iter()
-        .find_map(|k| s.split_once(k).map(|(_, m)| m.strip_suffix('\'').unwrap_or(m)))
+        .find_map(|k| {
+            s.split_once(k)
+                .map(|(_, m)| m.strip_suffix('\'').unwrap_or(m))
+        })
         .unwrap_or(s);
     msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -79,13 +85,19 @@ impl SceneInfo {
         }
         let mut types = Vec::with_capacity(n);
         let mut has_nodata = false;
-        let mut block = Size { width: w, height: 1 };
+        let mut block = Size {
+            width: w,
+            height: 1,
+        };
         for i in 1..=n {
             let b = ds.rasterband(i).map_err(|e| Error::file(path, e))?;
             types.push(b.band_type());
             if i == 1 {
                 let (bw, bh) = b.block_size();
-                block = Size { width: bw, height: bh };
+                block = Size {
+                    width: bw,
+                    height: bh,
+                };
             }
             let flags = b.mask_flags().map_err(|e| Error::file(path, e))?;
             if !flags.is_all_valid() {
@@ -93,10 +105,17 @@ impl SceneInfo {
             }
         }
         let gt = ds.geo_transform().ok();
-        let srs = ds.spatial_ref().ok().and_then(|s| s.to_wkt().ok()).filter(|s| !s.is_empty());
+        let srs = ds
+            .spatial_ref()
+            .ok()
+            .and_then(|s| s.to_wkt().ok())
+            .filter(|s| !s.is_empty());
         Ok(SceneInfo {
             path: path.to_path_buf(),
-            size: Size { width: w, height: h },
+            size: Size {
+                width: w,
+                height: h,
+            },
             band_count: n,
             band_types: types,
             geo_transform: gt,
@@ -110,7 +129,10 @@ impl SceneInfo {
 /// Checks that a GDAL band type is one rstile reads.
 pub fn supported_type(t: GdalDataType) -> bool {
     use GdalDataType::*;
-    matches!(t, UInt8 | UInt16 | Int16 | UInt32 | Int32 | Float32 | Float64)
+    matches!(
+        t,
+        UInt8 | UInt16 | Int16 | UInt32 | Int32 | Float32 | Float64
+    )
 }
 
 /// Per-band normalisation `(v - mean) / std`.
@@ -205,8 +227,12 @@ impl Reader {
         let size = self.grid.raster();
         let npx = src.area();
         // source offsets of each window row and column
-        let xs: Vec<usize> = (0..n).map(|i| reflect(w.x + i as i64, size.width) - src.x).collect();
-        let ys: Vec<usize> = (0..n).map(|j| reflect(w.y + j as i64, size.height) - src.y).collect();
+        let xs: Vec<usize> = (0..n)
+            .map(|i| reflect(w.x + i as i64, size.width) - src.x)
+            .collect();
+        let ys: Vec<usize> = (0..n)
+            .map(|j| reflect(w.y + j as i64, size.height) - src.y)
+            .collect();
 
         // validity over the source rectangle
         self.any_mask.clear();
@@ -291,7 +317,10 @@ impl Reader {
 
     fn read_band(&mut self, b: usize, src: &Rect) -> Result<()> {
         self.band_buf.resize(src.area(), 0.0);
-        let band = self.ds.rasterband(b).map_err(|e| Error::file(&self.path, e))?;
+        let band = self
+            .ds
+            .rasterband(b)
+            .map_err(|e| Error::file(&self.path, e))?;
         let r = band.read_into_slice::<f32>(
             (src.x as isize, src.y as isize),
             (src.width, src.height),
@@ -307,8 +336,13 @@ impl Reader {
 
     fn read_mask(&mut self, b: usize, src: &Rect) -> Result<()> {
         self.mask_buf.resize(src.area(), 0);
-        let band = self.ds.rasterband(b).map_err(|e| Error::file(&self.path, e))?;
-        let mask = band.open_mask_band().map_err(|e| Error::file(&self.path, e))?;
+        let band = self
+            .ds
+            .rasterband(b)
+            .map_err(|e| Error::file(&self.path, e))?;
+        let mask = band
+            .open_mask_band()
+            .map_err(|e| Error::file(&self.path, e))?;
         let r = mask.read_into_slice::<u8>(
             (src.x as isize, src.y as isize),
             (src.width, src.height),
@@ -327,7 +361,10 @@ impl Reader {
     fn locate_bad_block(&self, b: usize, src: &Rect, mask: bool, msg: &str) -> Error {
         let what = if mask { "mask of band" } else { "band" };
         let Ok(band) = self.ds.rasterband(b) else {
-            return Error::file(&self.path, format!("cannot read {what} {b}: {}", one_line(msg)));
+            return Error::file(
+                &self.path,
+                format!("cannot read {what} {b}: {}", one_line(msg)),
+            );
         };
         let (bw, bh) = band.block_size();
         let size = self.grid.raster();
@@ -339,7 +376,13 @@ impl Reader {
                 let w = bw.min(size.width - x);
                 let h = bh.min(size.height - y);
                 scratch.resize(w * h, 0f32);
-                if let Err(e) = band.read_into_slice::<f32>((x as isize, y as isize), (w, h), (w, h), &mut scratch, None) {
+                if let Err(e) = band.read_into_slice::<f32>(
+                    (x as isize, y as isize),
+                    (w, h),
+                    (w, h),
+                    &mut scratch,
+                    None,
+                ) {
                     return Error::file(
                         &self.path,
                         format!(

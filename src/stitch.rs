@@ -75,7 +75,9 @@ pub fn weights_1d(blend: Blend, grid: &WindowGrid) -> Vec<f32> {
         }
         Blend::Crop => {
             let (lo, hi) = (grid.lead(), grid.lead() + grid.stride());
-            (0..n).map(|i| if (lo..hi).contains(&i) { 1.0 } else { 0.0 }).collect()
+            (0..n)
+                .map(|i| if (lo..hi).contains(&i) { 1.0 } else { 0.0 })
+                .collect()
         }
     }
 }
@@ -189,7 +191,10 @@ impl ChunkStitcher {
         if cx0 >= cx1 || cy0 >= cy1 {
             return;
         }
-        assert!(cy1 <= self.top + self.cap, "window beyond the strip: rows must come in order");
+        assert!(
+            cy1 <= self.top + self.cap,
+            "window beyond the strip: rows must come in order"
+        );
         let plane = n * n;
         for y in cy0..cy1 {
             let j = (y as i64 - w.y) as usize;
@@ -305,9 +310,10 @@ mod tests {
                 let gy = w.y + j as i64;
                 let mut tot = 0.0;
                 for c in 0..k {
-                    let h = ((gx * 31 + gy * 17 + c as i64 * 7 + w.col as i64 * 13 + w.row as i64 * 5)
-                        .rem_euclid(97)) as f32
-                        + 1.0;
+                    let h =
+                        ((gx * 31 + gy * 17 + c as i64 * 7 + w.col as i64 * 13 + w.row as i64 * 5)
+                            .rem_euclid(97)) as f32
+                            + 1.0;
                     p[c * n * n + j * n + i] = h;
                     tot += h;
                 }
@@ -320,6 +326,7 @@ mod tests {
     }
 
     /// Stitches a whole raster with the given chunk width and tile rows.
+    #[allow(clippy::too_many_arguments)]
     fn stitch_all(
         size: Size,
         win: usize,
@@ -336,7 +343,12 @@ mod tests {
         let mut x0 = 0;
         while x0 < size.width {
             let x1 = (x0 + chunk).min(size.width);
-            let region = Region { x0, x1, y0: 0, y1: size.height };
+            let region = Region {
+                x0,
+                x1,
+                y0: 0,
+                y1: size.height,
+            };
             let mut st = ChunkStitcher::new(g, blend, ids.clone(), region, tile_rows, false);
             let mut bands = Vec::new();
             for r in 0..g.rows() {
@@ -344,7 +356,13 @@ mod tests {
                     let w = g.window(c, r);
                     let p = probs(&w);
                     let v = vec![1u8; win * win];
-                    st.add(&w, Some(Prediction { probs: &p, valid: &v }));
+                    st.add(
+                        &w,
+                        Some(Prediction {
+                            probs: &p,
+                            valid: &v,
+                        }),
+                    );
                 }
                 bands.extend(st.end_row(r));
             }
@@ -355,7 +373,8 @@ mod tests {
                 assert!(b.rect.y % tile_rows == 0, "band not tile aligned");
                 for y in 0..b.rect.height {
                     for x in 0..b.rect.width {
-                        map[(b.rect.y + y) * size.width + b.rect.x + x] = b.classes[y * b.rect.width + x];
+                        map[(b.rect.y + y) * size.width + b.rect.x + x] =
+                            b.classes[y * b.rect.width + x];
                     }
                 }
                 covered += b.rect.height;
@@ -434,7 +453,10 @@ mod tests {
     fn crop_takes_the_centre_window() {
         // With crop, each pixel equals the argmax of the one window whose
         // centre holds it.
-        let size = Size { width: 50, height: 30 };
+        let size = Size {
+            width: 50,
+            height: 30,
+        };
         let g = WindowGrid::new(size, 16, 0.5).unwrap();
         let f = |wd: &Window| fake_probs(wd, 3);
         let m = stitch_all(size, 16, 0.5, Blend::Crop, 1000, 30, 3, &f);
@@ -450,7 +472,12 @@ mod tests {
                 let n = w.size;
                 let (i, j) = ((x as i64 - w.x) as usize, (y as i64 - w.y) as usize);
                 let best = (0..3)
-                    .max_by(|&a, &b| p[a * n * n + j * n + i].partial_cmp(&p[b * n * n + j * n + i]).unwrap().then(b.cmp(&a)))
+                    .max_by(|&a, &b| {
+                        p[a * n * n + j * n + i]
+                            .partial_cmp(&p[b * n * n + j * n + i])
+                            .unwrap()
+                            .then(b.cmp(&a))
+                    })
                     .unwrap();
                 assert_eq!(m[y * 50 + x] as usize, best, "pixel {x},{y}");
             }
@@ -459,9 +486,17 @@ mod tests {
 
     #[test]
     fn invalid_and_skipped_pixels_are_nodata() {
-        let size = Size { width: 20, height: 20 };
+        let size = Size {
+            width: 20,
+            height: 20,
+        };
         let g = WindowGrid::new(size, 16, 0.25).unwrap();
-        let region = Region { x0: 0, x1: 20, y0: 0, y1: 20 };
+        let region = Region {
+            x0: 0,
+            x1: 20,
+            y0: 0,
+            y1: 20,
+        };
         let mut st = ChunkStitcher::new(g, Blend::Hann, vec![7, 9], region, 64, true);
         let mut bands = Vec::new();
         for r in 0..g.rows() {
@@ -478,7 +513,13 @@ mod tests {
                 if (0..16).contains(&i) && (0..16).contains(&j) {
                     v[(j * 16 + i) as usize] = 0;
                 }
-                st.add(&w, Some(Prediction { probs: &p, valid: &v }));
+                st.add(
+                    &w,
+                    Some(Prediction {
+                        probs: &p,
+                        valid: &v,
+                    }),
+                );
             }
             bands.extend(st.end_row(r));
         }

@@ -1,13 +1,14 @@
 //! Synthetic Vaihingen-like scenes: a seeded, deterministic generator of an
 //! IR-R-G image, a DSM and a ground truth on one grid, streamed tile by tile.
 //!
-//! The scene is procedural: a jittered street grid (cells of roughly 36-80 m,
-//! roads 6-10 m wide with sidewalks and centre markings) whose cells hold
-//! houses with gable or flat roofs, driveways, terraces, gardens, trees,
-//! parked and moving cars, bins and construction sites; some cells are blocks
-//! of flats with parking lots, some are parks. Buildings, trees, cars and
+//! The scene is procedural: a jittered street grid (cells of roughly 40-80 m,
+//! roads 6-9 m wide with 1.2-2.2 m sidewalks and dashed centre markings)
+//! whose cells hold houses with gable or flat roofs (some with solar panels),
+//! annexes, garages, driveways, terraces, gardens, hedges, trees, parked and
+//! moving cars, bins and construction sites; some cells are blocks of flats
+//! with parking lots, some are parks. Buildings, trees, hedges, cars and
 //! clutter cast shadows toward the north-north-west (sun azimuth 150°,
-//! elevation 50°). Everything is a pure function of the seed and the pixel's
+//! elevation 60°). Everything is a pure function of the seed and the pixel's
 //! position ([`pixel`]), designed for 9 cm pixels, so:
 //!
 //! * any tile can be generated on its own: memory does not grow with the
@@ -16,8 +17,14 @@
 //!   top-left corner of a larger one with the same seed;
 //! * the same seed always gives the same bytes.
 //!
+//! Over large areas the classes cover about 26% impervious surfaces, 25%
+//! building, 23% low vegetation, 22% tree, 1.5% car and 2% clutter; a single
+//! 1024 x 1024 scene (92 m) holds only a few street cells and varies more.
+//!
 //! Class ids are those of [`ClassTable::isprs`]. `pixel_size` only sets the
-//! geotransform; the content is always drawn at 9 cm per pixel.
+//! geotransform; the content is always drawn at 9 cm per pixel. Heights are
+//! quantised to 1/64 m. GDAL keeps the category names of gt.tif in a
+//! `gt.tif.aux.xml` side-car (GeoTIFF has no tag for them).
 
 mod noise;
 mod render;
@@ -144,8 +151,8 @@ pub struct SynthPixel {
 /// of the scene with seed `cfg_seed`: what [`synth`] writes there, bit for bit,
 /// whatever the scene's size. Coordinates may be negative; keep |x|, |y| < 2^40.
 ///
-/// This renders the neighbourhood of the pixel, so it costs some microseconds:
-/// use it for checks, not for whole scenes.
+/// This generates the features of the surrounding street cells, so it costs
+/// some 30 µs (release build): use it for checks, not for whole scenes.
 pub fn pixel(cfg_seed: u64, x: i64, y: i64) -> SynthPixel {
     let t = render::render(cfg_seed, x, y, 1, 1);
     SynthPixel {

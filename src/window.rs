@@ -255,7 +255,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn grid(w: usize, h: usize, win: usize, ov: f64) -> WindowGrid {
-        WindowGrid::new(Size { width: w, height: h }, win, ov).unwrap()
+        WindowGrid::new(
+            Size {
+                width: w,
+                height: h,
+            },
+            win,
+            ov,
+        )
+        .unwrap()
     }
 
     proptest! {
@@ -312,14 +320,54 @@ mod tests {
     fn small_raster_gets_one_window() {
         let g = grid(10, 7, 256, 0.25);
         assert_eq!((g.cols(), g.rows()), (1, 1));
-        assert_eq!(g.clip(&g.window(0, 0)), Rect { x: 0, y: 0, width: 10, height: 7 });
+        assert_eq!(
+            g.clip(&g.window(0, 0)),
+            Rect {
+                x: 0,
+                y: 0,
+                width: 10,
+                height: 7
+            }
+        );
     }
 
     #[test]
     fn rejects_bad_settings() {
-        assert!(WindowGrid::new(Size { width: 0, height: 5 }, 64, 0.1).is_err());
-        assert!(WindowGrid::new(Size { width: 5, height: 5 }, 4, 0.1).is_err());
-        assert!(WindowGrid::new(Size { width: 5, height: 5 }, 64, 0.95).is_err());
-        assert!(WindowGrid::new(Size { width: 5, height: 5 }, 64, f64::NAN).is_err());
+        assert!(WindowGrid::new(
+            Size {
+                width: 0,
+                height: 5
+            },
+            64,
+            0.1
+        )
+        .is_err());
+        assert!(WindowGrid::new(
+            Size {
+                width: 5,
+                height: 5
+            },
+            4,
+            0.1
+        )
+        .is_err());
+        assert!(WindowGrid::new(
+            Size {
+                width: 5,
+                height: 5
+            },
+            64,
+            0.95
+        )
+        .is_err());
+        assert!(WindowGrid::new(
+            Size {
+                width: 5,
+                height: 5
+            },
+            64,
+            f64::NAN
+        )
+        .is_err());
     }
 }

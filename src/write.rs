@@ -20,8 +20,8 @@ use crate::window::Size;
 use gdal::cpl::CslStringList;
 use gdal::raster::{ColorEntry, ColorTable, PaletteInterpretation};
 use gdal::spatial_ref::SpatialRef;
-use gdal::{Dataset, DriverManager};
 use gdal::Metadata;
+use gdal::{Dataset, DriverManager};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -63,7 +63,10 @@ pub struct MapFiles {
 
 /// The path of the confidence raster beside `map`: `MAP.confidence.tif`.
 pub fn confidence_path(map: &Path) -> PathBuf {
-    let stem = map.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let stem = map
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     map.with_file_name(format!("{stem}.confidence.tif"))
 }
 
@@ -78,7 +81,10 @@ pub fn qml_path(map: &Path) -> PathBuf {
 }
 
 fn tmp_path(p: &Path) -> PathBuf {
-    let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     p.with_file_name(format!(".{name}.partial"))
 }
 
@@ -89,14 +95,26 @@ pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
         return Err(Error::Config("the output path is empty".into()));
     }
     if path.is_dir() {
-        return Err(Error::file(path, "is a directory; give a file name for the map"));
+        return Err(Error::file(
+            path,
+            "is a directory; give a file name for the map",
+        ));
     }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !parent.is_dir() {
-        return Err(Error::file(path, format!("the folder {} does not exist", parent.display())));
+        return Err(Error::file(
+            path,
+            format!("the folder {} does not exist", parent.display()),
+        ));
     }
     if path.exists() && !overwrite {
-        return Err(Error::file(path, "already exists; pass --overwrite to replace it"));
+        return Err(Error::file(
+            path,
+            "already exists; pass --overwrite to replace it",
+        ));
     }
     Ok(())
 }
@@ -133,7 +151,8 @@ fn merged_options(user: &[(String, String)]) -> Result<CslStringList> {
     }
     let mut list = CslStringList::new();
     for (k, v) in &opts {
-        list.set_name_value(k, v).map_err(|e| Error::Config(format!("--co {k}={v}: {e}")))?;
+        list.set_name_value(k, v)
+            .map_err(|e| Error::Config(format!("--co {k}={v}: {e}")))?;
     }
     Ok(list)
 }
@@ -143,21 +162,35 @@ fn create_u8(path: &Path, spec: &MapSpec) -> Result<Dataset> {
     let driver = DriverManager::get_driver_by_name("GTiff")?;
     let opts = merged_options(&spec.creation_options)?;
     let mut ds = driver
-        .create_with_band_type_with_options::<u8, _>(path, spec.size.width, spec.rows.1 - spec.rows.0, 1, &opts)
-        .map_err(|e| Error::file(&spec.path, format!("cannot create the map: {}", one_line(&e.to_string()))))?;
+        .create_with_band_type_with_options::<u8, _>(
+            path,
+            spec.size.width,
+            spec.rows.1 - spec.rows.0,
+            1,
+            &opts,
+        )
+        .map_err(|e| {
+            Error::file(
+                &spec.path,
+                format!("cannot create the map: {}", one_line(&e.to_string())),
+            )
+        })?;
     if let Some(mut gt) = spec.geo_transform {
         // a row band starts `rows.0` rows down
         let y0 = spec.rows.0 as f64;
         gt[0] += gt[2] * y0;
         gt[3] += gt[5] * y0;
-        ds.set_geo_transform(&gt).map_err(|e| Error::file(&spec.path, e))?;
+        ds.set_geo_transform(&gt)
+            .map_err(|e| Error::file(&spec.path, e))?;
     }
     if let Some(wkt) = &spec.srs_wkt {
         let srs = SpatialRef::from_wkt(wkt).map_err(|e| Error::file(&spec.path, e))?;
-        ds.set_spatial_ref(&srs).map_err(|e| Error::file(&spec.path, e))?;
+        ds.set_spatial_ref(&srs)
+            .map_err(|e| Error::file(&spec.path, e))?;
     }
     let mut band = ds.rasterband(1).map_err(|e| Error::file(&spec.path, e))?;
-    band.set_no_data_value(Some(NODATA as f64)).map_err(|e| Error::file(&spec.path, e))?;
+    band.set_no_data_value(Some(NODATA as f64))
+        .map_err(|e| Error::file(&spec.path, e))?;
     Ok(ds)
 }
 
@@ -171,7 +204,10 @@ pub fn set_legend(ds: &Dataset, classes: &ClassTable, path: &Path) -> Result<()>
     }
     for c in &classes.classes {
         let [r, g, b] = c.rgb();
-        ct.set_color_entry(c.id as u16, &ColorEntry::rgba(r as i16, g as i16, b as i16, 255));
+        ct.set_color_entry(
+            c.id as u16,
+            &ColorEntry::rgba(r as i16, g as i16, b as i16, 255),
+        );
     }
     band.set_color_table(&ct);
     if band.color_table().is_none() {
@@ -179,10 +215,17 @@ pub fn set_legend(ds: &Dataset, classes: &ClassTable, path: &Path) -> Result<()>
     }
     let mut names = CslStringList::new();
     for v in 0..=max_id {
-        let name = classes.classes.iter().find(|c| c.id == v).map(|c| c.name.as_str()).unwrap_or("");
+        let name = classes
+            .classes
+            .iter()
+            .find(|c| c.id == v)
+            .map(|c| c.name.as_str())
+            .unwrap_or("");
         names.add_string(name).map_err(|e| Error::file(path, e))?;
     }
-    let rv = unsafe { gdal_sys::GDALSetRasterCategoryNames(band.c_rasterband(), names.as_ptr() as *mut _) };
+    let rv = unsafe {
+        gdal_sys::GDALSetRasterCategoryNames(band.c_rasterband(), names.as_ptr() as *mut _)
+    };
     if rv != gdal_sys::CPLErr::CE_None {
         return Err(Error::file(path, "GDAL refused the category names"));
     }
@@ -292,19 +335,29 @@ impl MapWriter {
                 .settings
                 .iter()
                 .filter(|(k, v)| old.settings.get(*k) != Some(*v))
-                .map(|(k, v)| format!("{k} {} (now {v})", old.settings.get(k).map(String::as_str).unwrap_or("unset")))
+                .map(|(k, v)| {
+                    format!(
+                        "{k} {} (now {v})",
+                        old.settings.get(k).map(String::as_str).unwrap_or("unset")
+                    )
+                })
                 .collect();
             if !diff.is_empty() {
                 // nothing of this writer exists yet; the old run stays
                 return Err(Error::file(
                     &w.spec.path,
-                    format!("--resume: the unfinished run used other settings: {}", diff.join(", ")),
+                    format!(
+                        "--resume: the unfinished run used other settings: {}",
+                        diff.join(", ")
+                    ),
                 ));
             }
             match w.continue_from(old) {
                 Ok(()) => return Ok(w),
                 Err(e) => {
-                    w.note = Some(format!("the unfinished run could not be continued ({e}); starting over"));
+                    w.note = Some(format!(
+                        "the unfinished run could not be continued ({e}); starting over"
+                    ));
                     w.map = None;
                     w.conf = None;
                     w.keep = false;
@@ -314,7 +367,10 @@ impl MapWriter {
         // a fresh start: clear leftovers of an earlier run
         if let Some(old) = &old {
             if !w.spec.resume {
-                w.note = Some("an unfinished run of this map was discarded; pass --resume to continue one".into());
+                w.note = Some(
+                    "an unfinished run of this map was discarded; pass --resume to continue one"
+                        .into(),
+                );
             }
             w.remove_generation(old.generation);
         }
@@ -353,7 +409,8 @@ impl MapWriter {
         let mut map = create_u8(&self.tmp_map, &self.spec)?;
         set_legend(&map, &self.spec.classes, &self.spec.path)?;
         for (k, v) in &self.spec.metadata {
-            map.set_metadata_item(k, v, "").map_err(|e| Error::file(&self.spec.path, e))?;
+            map.set_metadata_item(k, v, "")
+                .map_err(|e| Error::file(&self.spec.path, e))?;
         }
         self.map = Some(map);
         if self.spec.confidence {
@@ -370,23 +427,41 @@ impl MapWriter {
     fn continue_from(&mut self, old: &Journal) -> Result<()> {
         let (om, oc) = self.gen_paths(old.generation);
         let old_map = crate::read::open_raster(&om)?;
-        let old_conf = if self.spec.confidence { Some(crate::read::open_raster(&oc)?) } else { None };
+        let old_conf = if self.spec.confidence {
+            Some(crate::read::open_raster(&oc)?)
+        } else {
+            None
+        };
         self.keep = true; // never throw away the run being continued
         self.journal.generation = old.generation + 1;
         self.remove_generation(self.journal.generation);
         self.open_generation()?;
         let y_base = self.spec.rows.0;
         for (&x0, &done) in &old.rows_done {
-            let x1 = old.chunk_end.get(&x0).copied().unwrap_or(self.spec.size.width);
+            let x1 = old
+                .chunk_end
+                .get(&x0)
+                .copied()
+                .unwrap_or(self.spec.size.width);
             let mut y = y_base;
             while y < done {
                 let h = TILE.min(done - y);
-                let rect = crate::window::Rect { x: x0, y: y - y_base, width: x1 - x0, height: h };
+                let rect = crate::window::Rect {
+                    x: x0,
+                    y: y - y_base,
+                    width: x1 - x0,
+                    height: h,
+                };
                 let read = |ds: &Dataset, p: &Path| -> Result<Vec<u8>> {
                     let b = ds.rasterband(1).map_err(|e| Error::file(p, e))?;
-                    b.read_as::<u8>((rect.x as isize, rect.y as isize), (rect.width, rect.height), (rect.width, rect.height), None)
-                        .map(|buf| buf.data().to_vec())
-                        .map_err(|e| Error::file(p, e))
+                    b.read_as::<u8>(
+                        (rect.x as isize, rect.y as isize),
+                        (rect.width, rect.height),
+                        (rect.width, rect.height),
+                        None,
+                    )
+                    .map(|buf| buf.data().to_vec())
+                    .map_err(|e| Error::file(p, e))
                 };
                 let classes = read(&old_map, &om)?;
                 let path = self.spec.path.clone();
@@ -415,14 +490,20 @@ impl MapWriter {
         reset_gdal_error();
         flush_twice(self.map.as_mut().expect("map open"), &path)?;
         if let Some(msg) = take_gdal_failure() {
-            return Err(Error::file(&path, format!("write failed: {}", one_line(&msg))));
+            return Err(Error::file(
+                &path,
+                format!("write failed: {}", one_line(&msg)),
+            ));
         }
         sync(&self.tmp_map, &path)?;
         if let Some(c) = self.conf.as_mut() {
             let cpath = confidence_path(&path);
             flush_twice(c, &cpath)?;
             if let Some(msg) = take_gdal_failure() {
-                return Err(Error::file(&cpath, format!("write failed: {}", one_line(&msg))));
+                return Err(Error::file(
+                    &cpath,
+                    format!("write failed: {}", one_line(&msg)),
+                ));
             }
             sync(&self.tmp_conf, &cpath)?;
         }
@@ -443,7 +524,11 @@ impl MapWriter {
     /// The first row of the column chunk starting at `x0` that is not yet
     /// written (absolute raster row).
     pub fn rows_done(&self, x0: usize) -> usize {
-        self.journal.rows_done.get(&x0).copied().unwrap_or(self.spec.rows.0)
+        self.journal
+            .rows_done
+            .get(&x0)
+            .copied()
+            .unwrap_or(self.spec.rows.0)
     }
 
     fn save_journal(&self) -> Result<()> {
@@ -452,7 +537,10 @@ impl MapWriter {
         let text = serde_json::to_string(&self.journal).expect("journal serialises");
         if let Err(e) = std::fs::write(&tmp, text) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(Error::file(&self.spec.path, format!("cannot write the resume journal: {e}")));
+            return Err(Error::file(
+                &self.spec.path,
+                format!("cannot write the resume journal: {e}"),
+            ));
         }
         std::fs::rename(&tmp, &j).map_err(|e| Error::file(&j, e))
     }
@@ -464,13 +552,22 @@ impl MapWriter {
         r.y -= self.spec.rows.0;
         let path = self.spec.path.clone();
         reset_gdal_error();
-        write_u8(self.map.as_mut().expect("writer used after finish"), &path, r, &band.classes)?;
+        write_u8(
+            self.map.as_mut().expect("writer used after finish"),
+            &path,
+            r,
+            &band.classes,
+        )?;
         if let (Some(c), Some(data)) = (self.conf.as_mut(), band.confidence.as_ref()) {
             write_u8(c, &confidence_path(&path), r, data)?;
         }
         self.durable()?;
-        self.journal.rows_done.insert(band.rect.x, band.rect.y + band.rect.height);
-        self.journal.chunk_end.insert(band.rect.x, band.rect.x + band.rect.width);
+        self.journal
+            .rows_done
+            .insert(band.rect.x, band.rect.y + band.rect.height);
+        self.journal
+            .chunk_end
+            .insert(band.rect.x, band.rect.x + band.rect.width);
         self.save_journal()
     }
 
@@ -484,24 +581,46 @@ impl MapWriter {
         let mut map = self.map.take().expect("finish twice");
         reset_gdal_error();
         if self.spec.overviews {
-            map.build_overviews("NEAREST", &factors, &[])
-                .map_err(|e| Error::file(&path, format!("building overviews failed: {}", one_line(&e.to_string()))))?;
+            map.build_overviews("NEAREST", &factors, &[]).map_err(|e| {
+                Error::file(
+                    &path,
+                    format!("building overviews failed: {}", one_line(&e.to_string())),
+                )
+            })?;
         }
-        map.close()
-            .map_err(|e| Error::file(&path, format!("writing the map failed: {}", one_line(&e.to_string()))))?;
+        map.close().map_err(|e| {
+            Error::file(
+                &path,
+                format!("writing the map failed: {}", one_line(&e.to_string())),
+            )
+        })?;
         if let Some(msg) = take_gdal_failure() {
-            return Err(Error::file(&path, format!("writing the map failed: {}", one_line(&msg))));
+            return Err(Error::file(
+                &path,
+                format!("writing the map failed: {}", one_line(&msg)),
+            ));
         }
         let cpath = confidence_path(&path);
         if let Some(mut c) = self.conf.take() {
             if self.spec.overviews {
-                c.build_overviews("AVERAGE", &factors, &[])
-                    .map_err(|e| Error::file(&cpath, format!("building overviews failed: {}", one_line(&e.to_string()))))?;
+                c.build_overviews("AVERAGE", &factors, &[]).map_err(|e| {
+                    Error::file(
+                        &cpath,
+                        format!("building overviews failed: {}", one_line(&e.to_string())),
+                    )
+                })?;
             }
-            c.close()
-                .map_err(|e| Error::file(&cpath, format!("writing failed: {}", one_line(&e.to_string()))))?;
+            c.close().map_err(|e| {
+                Error::file(
+                    &cpath,
+                    format!("writing failed: {}", one_line(&e.to_string())),
+                )
+            })?;
             if let Some(msg) = take_gdal_failure() {
-                return Err(Error::file(&cpath, format!("writing failed: {}", one_line(&msg))));
+                return Err(Error::file(
+                    &cpath,
+                    format!("writing failed: {}", one_line(&msg)),
+                ));
             }
         }
         let qml = qml_path(&path);
@@ -511,7 +630,10 @@ impl MapWriter {
             let _ = std::fs::remove_file(&tmp_qml);
             let msg = e.to_string();
             let why = msg.rsplit_once(": ").map(|(_, w)| w).unwrap_or(&msg);
-            return Err(Error::file(&qml, format!("cannot write the QGIS style: {why}")));
+            return Err(Error::file(
+                &qml,
+                format!("cannot write the QGIS style: {why}"),
+            ));
         }
         mv(&tmp_qml, &qml)?;
         if aux_path(&self.tmp_map).exists() {
@@ -532,7 +654,11 @@ impl MapWriter {
         mv(&self.tmp_map, &path)?;
         let _ = std::fs::remove_file(journal_path(&path));
         self.done = true;
-        Ok(MapFiles { map: path, qml, confidence })
+        Ok(MapFiles {
+            map: path,
+            qml,
+            confidence,
+        })
     }
 
     fn remove_tmp(&self) {
@@ -576,7 +702,17 @@ fn write_u8(ds: &mut Dataset, path: &Path, r: crate::window::Rect, data: &[u8]) 
     let mut band = ds.rasterband(1).map_err(|e| Error::file(path, e))?;
     let mut buf = gdal::raster::Buffer::new((r.width, r.height), data.to_vec());
     band.write((r.x as isize, r.y as isize), (r.width, r.height), &mut buf)
-        .map_err(|e| Error::file(path, format!("write failed at rows {}..{}: {}", r.y, r.y + r.height, one_line(&e.to_string()))))
+        .map_err(|e| {
+            Error::file(
+                path,
+                format!(
+                    "write failed at rows {}..{}: {}",
+                    r.y,
+                    r.y + r.height,
+                    one_line(&e.to_string())
+                ),
+            )
+        })
 }
 
 /// Writes a coloured PNG preview of a finished map, at most `max_side` px.
@@ -605,7 +741,12 @@ pub fn write_preview(map: &Path, png: &Path, classes: &ClassTable, max_side: usi
     let pngd = DriverManager::get_driver_by_name("PNG")?;
     let out = rgb
         .create_copy(&pngd, &tmp, &CslStringList::new())
-        .map_err(|e| Error::file(png, format!("cannot write the preview: {}", one_line(&e.to_string()))))?;
+        .map_err(|e| {
+            Error::file(
+                png,
+                format!("cannot write the preview: {}", one_line(&e.to_string())),
+            )
+        })?;
     out.close().map_err(|e| Error::file(png, e))?;
     let _ = std::fs::remove_file(aux_path(&tmp));
     std::fs::rename(&tmp, png).map_err(|e| Error::file(png, e))?;

@@ -40,12 +40,20 @@ fn setup() -> Case {
     let image = synth(t.path(), 300, 200, 1).join("image.tif");
     let out = t.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    Case { t, model, image, out }
+    Case {
+        t,
+        model,
+        image,
+        out,
+    }
 }
 
 fn infer_fails(c: &Case, scene: &Path, model: &Path, needle: &str) {
     let map = c.out.join("map.tif");
-    fails(&["infer", s(scene), "-o", s(&map), "--model", s(model)], needle);
+    fails(
+        &["infer", s(scene), "-o", s(&map), "--model", s(model)],
+        needle,
+    );
     no_output(&map);
 }
 
@@ -72,12 +80,44 @@ fn band_count_and_type_that_do_not_fit() {
     let c = setup();
     let one = c.t.path().join("one_band.tif");
     gdal_tool("gdal_translate", &["-q", "-b", "1", s(&c.image), s(&one)]);
-    infer_fails(&c, &one, &c.model, "one_band.tif: has 1 band(s) but the model needs 3");
+    infer_fails(
+        &c,
+        &one,
+        &c.model,
+        "one_band.tif: has 1 band(s) but the model needs 3",
+    );
     let map = c.out.join("map.tif");
-    fails(&["infer", s(&c.image), "-o", s(&map), "--model", s(&c.model), "--bands", "1,2,9"], "has no band 9");
-    fails(&["infer", s(&c.image), "-o", s(&map), "--model", s(&c.model), "--bands", "1,2"], "--bands selects 2");
+    fails(
+        &[
+            "infer",
+            s(&c.image),
+            "-o",
+            s(&map),
+            "--model",
+            s(&c.model),
+            "--bands",
+            "1,2,9",
+        ],
+        "has no band 9",
+    );
+    fails(
+        &[
+            "infer",
+            s(&c.image),
+            "-o",
+            s(&map),
+            "--model",
+            s(&c.model),
+            "--bands",
+            "1,2",
+        ],
+        "--bands selects 2",
+    );
     let cplx = c.t.path().join("complex.tif");
-    gdal_tool("gdal_translate", &["-q", "-ot", "CInt16", s(&c.image), s(&cplx)]);
+    gdal_tool(
+        "gdal_translate",
+        &["-q", "-ot", "CInt16", s(&c.image), s(&cplx)],
+    );
     infer_fails(&c, &cplx, &c.model, "complex.tif: band 1 has type");
     no_output(&map);
 }
@@ -85,13 +125,22 @@ fn band_count_and_type_that_do_not_fit() {
 #[test]
 fn missing_corrupt_and_metadata_free_models() {
     let c = setup();
-    infer_fails(&c, &c.image, &c.t.path().join("none.safetensors"), "none.safetensors");
+    infer_fails(
+        &c,
+        &c.image,
+        &c.t.path().join("none.safetensors"),
+        "none.safetensors",
+    );
     let corrupt = c.t.path().join("corrupt.safetensors");
     let bytes = std::fs::read(&c.model).unwrap();
     std::fs::write(&corrupt, &bytes[..bytes.len() / 3]).unwrap();
     infer_fails(&c, &c.image, &corrupt, "corrupt.safetensors");
     let garbage = c.t.path().join("garbage.safetensors");
-    std::fs::write(&garbage, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
+    std::fs::write(
+        &garbage,
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all",
+    )
+    .unwrap();
     infer_fails(&c, &c.image, &garbage, "garbage.safetensors");
     // valid safetensors, but no rstile metadata
     let bare = c.t.path().join("bare.safetensors");
@@ -107,12 +156,35 @@ fn missing_corrupt_and_metadata_free_models() {
 fn outputs_that_cannot_be_written() {
     let c = setup();
     // a folder
-    fails(&["infer", s(&c.image), "-o", s(&c.out), "--model", s(&c.model)], "is a directory");
+    fails(
+        &[
+            "infer",
+            s(&c.image),
+            "-o",
+            s(&c.out),
+            "--model",
+            s(&c.model),
+        ],
+        "is a directory",
+    );
     // a folder that does not exist
     let deep = c.t.path().join("no/such/dir/map.tif");
-    fails(&["infer", s(&c.image), "-o", s(&deep), "--model", s(&c.model)], "does not exist");
+    fails(
+        &["infer", s(&c.image), "-o", s(&deep), "--model", s(&c.model)],
+        "does not exist",
+    );
     // a read-only place (even root cannot create files in /proc)
-    fails(&["infer", s(&c.image), "-o", "/proc/map.tif", "--model", s(&c.model)], "/proc/map.tif");
+    fails(
+        &[
+            "infer",
+            s(&c.image),
+            "-o",
+            "/proc/map.tif",
+            "--model",
+            s(&c.model),
+        ],
+        "/proc/map.tif",
+    );
     assert!(!Path::new("/proc/map.tif").exists());
 }
 
@@ -124,18 +196,32 @@ fn corrupt_tile_in_the_middle_names_the_block() {
     let tiled = c.t.path().join("tiled.tif");
     gdal_tool(
         "gdal_translate",
-        &["-q", "-co", "TILED=YES", "-co", "BLOCKXSIZE=256", "-co", "BLOCKYSIZE=256", "-co", "COMPRESS=DEFLATE", s(&scene), s(&tiled)],
+        &[
+            "-q",
+            "-co",
+            "TILED=YES",
+            "-co",
+            "BLOCKXSIZE=256",
+            "-co",
+            "BLOCKYSIZE=256",
+            "-co",
+            "COMPRESS=DEFLATE",
+            s(&scene),
+            s(&tiled),
+        ],
     );
     // find tile offsets with gdalinfo's block metadata
     let ds = gdal::Dataset::open(&tiled).unwrap();
-    let band = ds.rasterband(1).unwrap();
-    let off: u64 = band
-        .metadata_item("BLOCK_OFFSET_2_2", "TIFF")
-        .expect("BLOCK_OFFSET metadata")
-        .parse()
-        .unwrap();
-    let size: u64 = band.metadata_item("BLOCK_SIZE_2_2", "TIFF").unwrap().parse().unwrap();
-    drop(band);
+    let (off, size): (u64, u64) = {
+        let band = ds.rasterband(1).unwrap();
+        let item = |k: &str| {
+            band.metadata_item(k, "TIFF")
+                .expect("block metadata")
+                .parse()
+                .unwrap()
+        };
+        (item("BLOCK_OFFSET_2_2"), item("BLOCK_SIZE_2_2"))
+    };
     drop(ds);
     let mut bytes = std::fs::read(&tiled).unwrap();
     for b in &mut bytes[off as usize..(off + size) as usize] {
@@ -154,7 +240,10 @@ fn full_disk_leaves_nothing() {
         .args(["-t", "tmpfs", "-o", "size=32k", "tmpfs", s(&mnt)])
         .status();
     if !st.is_ok_and(|s| s.success()) {
-        assert!(std::env::var_os("CI").is_none() || std::env::var_os("RSTILE_NO_MOUNT").is_some(), "cannot mount a tmpfs in CI");
+        assert!(
+            std::env::var_os("CI").is_none() || std::env::var_os("RSTILE_NO_MOUNT").is_some(),
+            "cannot mount a tmpfs in CI"
+        );
         println!("SKIP full disk: cannot mount a small tmpfs here");
         return;
     }
@@ -162,13 +251,29 @@ fn full_disk_leaves_nothing() {
     let m = model(c.t.path(), "linear", 3, 256);
     let map = mnt.join("map.tif");
     // uncompressed, so that the pixels themselves do not fit
-    let out = rstile(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--quiet", "--co", "COMPRESS=NONE"]);
+    let out = rstile(&[
+        "infer",
+        s(&scene),
+        "-o",
+        s(&map),
+        "--model",
+        s(&m),
+        "--quiet",
+        "--co",
+        "COMPRESS=NONE",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     let _ = std::process::Command::new("umount").arg(s(&mnt)).status();
     assert!(!out.status.success(), "a full disk must fail");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("small/map.tif"), "the error names the map: {err}");
+    assert!(
+        err.contains("small/map.tif"),
+        "the error names the map: {err}"
+    );
     assert!(left.is_empty(), "left {left:?} on the full disk");
 }
 
@@ -180,17 +285,34 @@ fn sigint_and_sigterm_stop_cleanly() {
     for sig in ["INT", "TERM"] {
         let map = c.out.join("map.tif");
         let child = std::process::Command::new(bin())
-            .args(["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--quiet"])
+            .args([
+                "infer",
+                s(&scene),
+                "-o",
+                s(&map),
+                "--model",
+                s(&m),
+                "--quiet",
+            ])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1500));
-        std::process::Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
+        std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(130), "SIG{sig}: {err}");
         assert!(err.contains("interrupted"), "{err}");
-        assert_eq!(err.lines().filter(|l| l.starts_with("rstile: error")).count(), 1, "{err}");
+        assert_eq!(
+            err.lines()
+                .filter(|l| l.starts_with("rstile: error"))
+                .count(),
+            1,
+            "{err}"
+        );
         no_visible_output(&map);
     }
 }
@@ -199,19 +321,96 @@ fn sigint_and_sigterm_stop_cleanly() {
 fn bad_flags_and_commands() {
     let c = setup();
     let map = c.out.join("map.tif");
-    fails(&["infer", s(&c.image), "-o", s(&map), "--model", s(&c.model), "--overlap", "0.97"], "overlap");
-    fails(&["infer", s(&c.image), "-o", s(&map), "--model", s(&c.model), "--window", "4"], "window");
-    fails(&["infer", s(&c.image), "-o", s(&map), "--model", s(&c.model), "--co", "NOEQUALS"], "KEY=VALUE");
-    fails(&["infer", s(&c.image), "-o", s(&map), "--model", s(&c.model), "--device", "cuda:0"], "--device cuda:0");
-    fails(&["synth", "--size", "10by10", "-o", s(&c.out)], "--size 10by10");
-    let classes = c.t.path().join("bad.toml");
-    std::fs::write(&classes, "[[class]]\nid = 255\nname = \"x\"\ncolor = \"#000000\"\n").unwrap();
     fails(
-        &["model", "new", "--arch", "tiny", "--bands", "3", "--classes", s(&classes), "-o", s(&c.out.join("m.safetensors"))],
+        &[
+            "infer",
+            s(&c.image),
+            "-o",
+            s(&map),
+            "--model",
+            s(&c.model),
+            "--overlap",
+            "0.97",
+        ],
+        "overlap",
+    );
+    fails(
+        &[
+            "infer",
+            s(&c.image),
+            "-o",
+            s(&map),
+            "--model",
+            s(&c.model),
+            "--window",
+            "4",
+        ],
+        "window",
+    );
+    fails(
+        &[
+            "infer",
+            s(&c.image),
+            "-o",
+            s(&map),
+            "--model",
+            s(&c.model),
+            "--co",
+            "NOEQUALS",
+        ],
+        "KEY=VALUE",
+    );
+    fails(
+        &[
+            "infer",
+            s(&c.image),
+            "-o",
+            s(&map),
+            "--model",
+            s(&c.model),
+            "--device",
+            "cuda:0",
+        ],
+        "--device cuda:0",
+    );
+    fails(
+        &["synth", "--size", "10by10", "-o", s(&c.out)],
+        "--size 10by10",
+    );
+    let classes = c.t.path().join("bad.toml");
+    std::fs::write(
+        &classes,
+        "[[class]]\nid = 255\nname = \"x\"\ncolor = \"#000000\"\n",
+    )
+    .unwrap();
+    fails(
+        &[
+            "model",
+            "new",
+            "--arch",
+            "tiny",
+            "--bands",
+            "3",
+            "--classes",
+            s(&classes),
+            "-o",
+            s(&c.out.join("m.safetensors")),
+        ],
         "bad.toml",
     );
     fails(
-        &["model", "new", "--arch", "vgg", "--bands", "3", "--classes", concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml"), "-o", s(&c.out.join("m.safetensors"))],
+        &[
+            "model",
+            "new",
+            "--arch",
+            "vgg",
+            "--bands",
+            "3",
+            "--classes",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml"),
+            "-o",
+            s(&c.out.join("m.safetensors")),
+        ],
         "vgg",
     );
     no_output(&map);

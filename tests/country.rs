@@ -24,25 +24,48 @@ fn parts_merge_into_the_single_run_map() {
     std::fs::create_dir(&parts).unwrap();
     let pmap = parts.join("map.tif");
     for i in 0..3 {
-        run_map(&scene, &m, &pmap, &["--quiet", "--confidence", "--part", &format!("{i}/3")]);
+        run_map(
+            &scene,
+            &m,
+            &pmap,
+            &["--quiet", "--confidence", "--part", &format!("{i}/3")],
+        );
         assert!(parts.join(format!("map.part-{i}-of-3.tif")).exists());
     }
     let merged = t.path().join("merged.tif");
     let out = ok(&["merge", s(&parts), "-o", s(&merged)]);
     assert!(out.contains("merged"), "{out}");
     check_map_files(&merged, &scene);
-    assert!(read_map(&single).data == read_map(&merged).data, "merged map differs from the single run");
+    assert!(
+        read_map(&single).data == read_map(&merged).data,
+        "merged map differs from the single run"
+    );
     let c1 = read_map(&t.path().join("single.confidence.tif")).data;
     let c2 = read_map(&t.path().join("merged.confidence.tif")).data;
     assert!(c1 == c2, "merged confidence differs");
 
     // a missing part is named
-    std::fs::rename(parts.join("map.part-1-of-3.tif"), t.path().join("moved.tif")).unwrap();
-    fails(&["merge", s(&parts), "-o", s(&t.path().join("m2.tif"))], "map.part-1-of-3.tif");
+    std::fs::rename(
+        parts.join("map.part-1-of-3.tif"),
+        t.path().join("moved.tif"),
+    )
+    .unwrap();
+    fails(
+        &["merge", s(&parts), "-o", s(&t.path().join("m2.tif"))],
+        "map.part-1-of-3.tif",
+    );
     assert!(!t.path().join("m2.tif").exists());
     // a part of another run is named
-    run_map(&scene, &m, &pmap, &["--quiet", "--part", "1/3", "--window", "96", "--confidence"]);
-    fails(&["merge", s(&parts), "-o", s(&t.path().join("m3.tif"))], "another run");
+    run_map(
+        &scene,
+        &m,
+        &pmap,
+        &["--quiet", "--part", "1/3", "--window", "96", "--confidence"],
+    );
+    fails(
+        &["merge", s(&parts), "-o", s(&t.path().join("m3.tif"))],
+        "another run",
+    );
     assert!(!t.path().join("m3.tif").exists());
 }
 
@@ -52,11 +75,56 @@ fn part_out_of_range_is_refused() {
     let m = model(t.path(), "tiny", 3, 64);
     let scene = synth(t.path(), 300, 600, 22).join("image.tif");
     let map = t.path().join("map.tif");
-    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--part", "3/3"], "--part 3/3");
-    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--part", "0/5"], "at most 2 parts");
-    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--part", "x"], "--part x");
+    fails(
+        &[
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&m),
+            "--part",
+            "3/3",
+        ],
+        "--part 3/3",
+    );
+    fails(
+        &[
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&m),
+            "--part",
+            "0/5",
+        ],
+        "at most 2 parts",
+    );
+    fails(
+        &[
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&m),
+            "--part",
+            "x",
+        ],
+        "--part x",
+    );
     let out = Command::new(bin())
-        .args(["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--part", "auto"])
+        .args([
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&m),
+            "--part",
+            "auto",
+        ])
         .env_remove("SLURM_ARRAY_TASK_ID")
         .output()
         .unwrap();
@@ -76,7 +144,18 @@ fn windows_in(summary: &str) -> u64 {
 /// Kills a run with SIGKILL after `ms`, then resumes it.
 fn kill_after(scene: &Path, model: &Path, map: &Path, ms: u64) {
     let mut child = Command::new(bin())
-        .args(["infer", s(scene), "-o", s(map), "--model", s(model), "--quiet", "--chunk", "512", "--confidence"])
+        .args([
+            "infer",
+            s(scene),
+            "-o",
+            s(map),
+            "--model",
+            s(model),
+            "--quiet",
+            "--chunk",
+            "512",
+            "--confidence",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -100,7 +179,9 @@ fn resume_after_sigkill_gives_the_same_map() {
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut resumed_less = false;
     for round in 0..4 {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let ms = 300 + (seed >> 33) % 2500;
         let map: PathBuf = t.path().join(format!("r{round}.tif"));
         kill_after(&scene, &m, &map, ms);
@@ -109,7 +190,19 @@ fn resume_after_sigkill_gives_the_same_map() {
         }
         // and a second kill during the resume itself
         let mut child = Command::new(bin())
-            .args(["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--quiet", "--chunk", "512", "--confidence", "--resume"])
+            .args([
+                "infer",
+                s(&scene),
+                "-o",
+                s(&map),
+                "--model",
+                s(&m),
+                "--quiet",
+                "--chunk",
+                "512",
+                "--confidence",
+                "--resume",
+            ])
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(400));
@@ -118,15 +211,26 @@ fn resume_after_sigkill_gives_the_same_map() {
         if map.exists() {
             continue;
         }
-        let out = run_map(&scene, &m, &map, &["--chunk", "512", "--confidence", "--resume"]);
+        let out = run_map(
+            &scene,
+            &m,
+            &map,
+            &["--chunk", "512", "--confidence", "--resume"],
+        );
         let done = windows_in(&out);
         assert!(done <= total, "resume computed {done} windows of {total}");
         if done < total {
             resumed_less = true;
         }
-        assert!(read_map(&map).data == expected, "round {round} (kill at {ms} ms): resumed map differs");
+        assert!(
+            read_map(&map).data == expected,
+            "round {round} (kill at {ms} ms): resumed map differs"
+        );
         let c = read_map(&t.path().join(format!("r{round}.confidence.tif"))).data;
-        assert!(c == expected_conf, "round {round}: resumed confidence differs");
+        assert!(
+            c == expected_conf,
+            "round {round}: resumed confidence differs"
+        );
         check_map_files(&map, &scene);
     }
     assert!(resumed_less, "no resume skipped finished work");
@@ -139,7 +243,17 @@ fn resume_with_other_settings_is_refused() {
     let scene = synth(t.path(), 2048, 2048, 24).join("image.tif");
     let map = t.path().join("map.tif");
     let mut child = Command::new(bin())
-        .args(["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--quiet", "--chunk", "512"])
+        .args([
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&m),
+            "--quiet",
+            "--chunk",
+            "512",
+        ])
         .spawn()
         .unwrap();
     // wait until the journal records a band
@@ -154,11 +268,36 @@ fn resume_with_other_settings_is_refused() {
     let _ = child.wait();
     assert!(journal.exists(), "no resume journal");
     fails(
-        &["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--chunk", "512", "--resume", "--window", "64"],
+        &[
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&m),
+            "--chunk",
+            "512",
+            "--resume",
+            "--window",
+            "64",
+        ],
         "other settings: window 128 (now 64)",
     );
     let other = model(t.path(), "linear", 3, 128);
-    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&other), "--chunk", "512", "--resume"], "other settings");
+    fails(
+        &[
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&other),
+            "--chunk",
+            "512",
+            "--resume",
+        ],
+        "other settings",
+    );
     assert!(!map.exists());
     // the unfinished run survives the refusals and still resumes
     run_map(&scene, &m, &map, &["--quiet", "--chunk", "512", "--resume"]);
@@ -184,7 +323,10 @@ fn aoi_in_another_crs_limits_reads_and_map() {
     // a triangle in pixel space, written in the scene's CRS, then reprojected
     // to WGS 84 by ogr2ogr so that rstile has to reproject it back
     let px = [(100.0, 80.0), (700.0, 120.0), (300.0, 600.0), (100.0, 80.0)];
-    let ring: Vec<(f64, f64)> = px.iter().map(|&(x, y)| (gt[0] + x * gt[1], gt[3] + y * gt[5])).collect();
+    let ring: Vec<(f64, f64)> = px
+        .iter()
+        .map(|&(x, y)| (gt[0] + x * gt[1], gt[3] + y * gt[5]))
+        .collect();
     let utm = t.path().join("aoi_utm.geojson");
     geojson_polygon(&utm, 32632, &ring);
     let wgs = t.path().join("aoi_wgs84.gpkg");
@@ -200,7 +342,10 @@ fn aoi_in_another_crs_limits_reads_and_map() {
         .and_then(|h| h.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no AOI count: {out}"));
-    assert!(outside > windows_in(&out) / 2, "most windows miss the AOI: {out}");
+    assert!(
+        outside > windows_in(&out) / 2,
+        "most windows miss the AOI: {out}"
+    );
     check_map_files(&cut, &scene);
     let (a, b) = (read_map(&full).data, read_map(&cut).data);
     let inside = |x: f64, y: f64| {
@@ -246,13 +391,53 @@ fn bad_aoi_files_are_refused() {
         r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},"geometry":{"type":"Point","coordinates":[9.0,48.9]}}]}"#,
     )
     .unwrap();
-    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--aoi", s(&pts)], "points.geojson: is not a polygon file");
+    fails(
+        &[
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&m),
+            "--aoi",
+            s(&pts),
+        ],
+        "points.geojson: is not a polygon file",
+    );
     let far = t.path().join("far.geojson");
-    geojson_polygon(&far, 4326, &[(100.0, 10.0), (101.0, 10.0), (101.0, 11.0), (100.0, 10.0)]);
-    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--aoi", s(&far)], "far.geojson: does not overlap");
+    geojson_polygon(
+        &far,
+        4326,
+        &[(100.0, 10.0), (101.0, 10.0), (101.0, 11.0), (100.0, 10.0)],
+    );
+    fails(
+        &[
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&m),
+            "--aoi",
+            s(&far),
+        ],
+        "far.geojson: does not overlap",
+    );
     let txt = t.path().join("aoi.txt");
     std::fs::write(&txt, "hello").unwrap();
-    fails(&["infer", s(&scene), "-o", s(&map), "--model", s(&m), "--aoi", s(&txt)], "aoi.txt");
+    fails(
+        &[
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&m),
+            "--aoi",
+            s(&txt),
+        ],
+        "aoi.txt",
+    );
     assert!(!map.exists());
 }
 
@@ -265,7 +450,11 @@ fn many_scenes_go_on_past_a_failure() {
     std::fs::create_dir(&tiles).unwrap();
     std::fs::copy(&a, tiles.join("a.tif")).unwrap();
     std::fs::write(tiles.join("b.tif"), "not a raster").unwrap();
-    std::fs::copy(synth(t.path(), 200, 260, 28).join("image.tif"), tiles.join("c.tif")).unwrap();
+    std::fs::copy(
+        synth(t.path(), 200, 260, 28).join("image.tif"),
+        tiles.join("c.tif"),
+    )
+    .unwrap();
     let maps = t.path().join("maps");
     std::fs::create_dir(&maps).unwrap();
     let out = rstile(&[
@@ -282,7 +471,10 @@ fn many_scenes_go_on_past_a_failure() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a failed scene must fail the run");
     assert!(err.contains("b.tif: not a raster"), "{err}");
-    assert!(err.lines().last().unwrap().contains("1 of 3 scenes failed"), "{err}");
+    assert!(
+        err.lines().last().unwrap().contains("1 of 3 scenes failed"),
+        "{err}"
+    );
     check_map_files(&maps.join("a.tif"), &tiles.join("a.tif"));
     check_map_files(&maps.join("c.tif"), &tiles.join("c.tif"));
     assert!(!maps.join("b.tif").exists());
@@ -297,7 +489,14 @@ fn cut_tiles(image: &Path, dir: &Path, nx: usize, ny: usize) -> Vec<PathBuf> {
     let (tw, th) = (w / nx, h / ny);
     let drv = gdal::DriverManager::get_driver_by_name("GTiff").unwrap();
     let bands: Vec<Vec<u8>> = (1..=3)
-        .map(|b| src.rasterband(b).unwrap().read_as::<u8>((0, 0), (w, h), (w, h), None).unwrap().data().to_vec())
+        .map(|b| {
+            src.rasterband(b)
+                .unwrap()
+                .read_as::<u8>((0, 0), (w, h), (w, h), None)
+                .unwrap()
+                .data()
+                .to_vec()
+        })
         .collect();
     let mut out = Vec::new();
     for ty in 0..ny {
@@ -316,7 +515,10 @@ fn cut_tiles(image: &Path, dir: &Path, nx: usize, ny: usize) -> Vec<PathBuf> {
                     tile.extend_from_slice(&data[row..row + tw]);
                 }
                 let mut buf = gdal::raster::Buffer::new((tw, th), tile);
-                ds.rasterband(b + 1).unwrap().write((0, 0), (tw, th), &mut buf).unwrap();
+                ds.rasterband(b + 1)
+                    .unwrap()
+                    .write((0, 0), (tw, th), &mut buf)
+                    .unwrap();
             }
             out.push(p);
         }
@@ -334,14 +536,33 @@ fn vrt_of_a_thousand_files_maps_like_one_file_with_bounded_handles() {
     let tiles = cut_tiles(&scene, &dir, 40, 25);
     assert_eq!(tiles.len(), 1000);
     let list = t.path().join("list.txt");
-    std::fs::write(&list, tiles.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n")).unwrap();
+    std::fs::write(
+        &list,
+        tiles
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
     let vrt = t.path().join("mosaic.vrt");
-    gdal_tool("gdalbuildvrt", &["-q", "-input_file_list", s(&list), s(&vrt)]);
+    gdal_tool(
+        "gdalbuildvrt",
+        &["-q", "-input_file_list", s(&list), s(&vrt)],
+    );
     let single = t.path().join("single.tif");
     run_map(&scene, &m, &single, &["--quiet"]);
     let vmap = t.path().join("vrt_map.tif");
     let mut child = Command::new(bin())
-        .args(["infer", s(&vrt), "-o", s(&vmap), "--model", s(&m), "--quiet"])
+        .args([
+            "infer",
+            s(&vrt),
+            "-o",
+            s(&vmap),
+            "--model",
+            s(&m),
+            "--quiet",
+        ])
         .spawn()
         .unwrap();
     let fd_dir = format!("/proc/{}/fd", child.id());
@@ -359,5 +580,8 @@ fn vrt_of_a_thousand_files_maps_like_one_file_with_bounded_handles() {
     println!("open file handles peaked at {max_fds} for a VRT of 1000 files");
     assert!(max_fds > 0 && max_fds < 300, "open file handles: {max_fds}");
     check_map_files(&vmap, &vrt);
-    assert!(read_map(&single).data == read_map(&vmap).data, "the 1000-file VRT gave another map");
+    assert!(
+        read_map(&single).data == read_map(&vmap).data,
+        "the 1000-file VRT gave another map"
+    );
 }

@@ -8,7 +8,15 @@ use std::path::Path;
 /// Maps `image` with the tiny model and extra flags; returns the map path.
 fn infer(dir: &Path, image: &Path, model: &Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
     let map = dir.join(format!("{name}.tif"));
-    let mut args = vec!["infer", s(image), "-o", s(&map), "--model", s(model), "--quiet"];
+    let mut args = vec![
+        "infer",
+        s(image),
+        "-o",
+        s(&map),
+        "--model",
+        s(model),
+        "--quiet",
+    ];
     args.extend_from_slice(extra);
     ok(&args);
     map
@@ -22,14 +30,26 @@ fn maps_keep_the_grid_and_carry_the_legend() {
         let scene = synth(t.path(), w, h, 1);
         let image = scene.join("image.tif");
         let png = t.path().join(format!("prev_{w}x{h}.png"));
-        let map = infer(t.path(), &image, &m, &format!("map_{w}x{h}"), &["--preview", s(&png), "--confidence"]);
+        let map = infer(
+            t.path(),
+            &image,
+            &m,
+            &format!("map_{w}x{h}"),
+            &["--preview", s(&png), "--confidence"],
+        );
         check_map_files(&map, &image);
-        assert!(std::fs::metadata(&png).unwrap().len() > 0, "preview written");
+        assert!(
+            std::fs::metadata(&png).unwrap().len() > 0,
+            "preview written"
+        );
         let conf = read_map(&t.path().join(format!("map_{w}x{h}.confidence.tif")));
         assert_eq!((conf.width, conf.height), (w, h));
         assert!(conf.data.iter().all(|&v| v <= 100), "confidence in 0..=100");
         let mm = read_map(&map);
-        assert!(mm.data.iter().all(|&v| v <= 5), "a scene without nodata maps every pixel");
+        assert!(
+            mm.data.iter().all(|&v| v <= 5),
+            "a scene without nodata maps every pixel"
+        );
     }
 }
 
@@ -40,16 +60,39 @@ fn map_is_identical_for_any_threads_batch_readers_and_chunk() {
     let scene = synth(t.path(), 1300, 900, 2);
     let image = scene.join("image.tif");
     for blend in ["hann", "crop", "gaussian"] {
-        let base = read_map(&infer(t.path(), &image, &m, &format!("base_{blend}"), &["--blend", blend])).data;
+        let base = read_map(&infer(
+            t.path(),
+            &image,
+            &m,
+            &format!("base_{blend}"),
+            &["--blend", blend],
+        ))
+        .data;
         let variants: [&[&str]; 3] = [
             &["--threads", "1", "--batch", "1", "--readers", "1"],
-            &["--threads", "2", "--batch", "7", "--readers", "3", "--chunk", "512"],
+            &[
+                "--threads",
+                "2",
+                "--batch",
+                "7",
+                "--readers",
+                "3",
+                "--chunk",
+                "512",
+            ],
             &["--batch", "3", "--chunk", "1024", "--gdal-cache", "8"],
         ];
         for (i, v) in variants.iter().enumerate() {
             let mut args = vec!["--blend", blend];
             args.extend_from_slice(v);
-            let other = read_map(&infer(t.path(), &image, &m, &format!("v{i}_{blend}"), &args)).data;
+            let other = read_map(&infer(
+                t.path(),
+                &image,
+                &m,
+                &format!("v{i}_{blend}"),
+                &args,
+            ))
+            .data;
             assert!(base == other, "{blend}: map differs under {v:?}");
         }
     }
@@ -63,11 +106,29 @@ fn blending_differs_from_cropping_only_near_window_borders() {
     let m = model(t.path(), "tiny", 3, 64);
     let scene = synth(t.path(), 600, 400, 4);
     let image = scene.join("image.tif");
-    let a = read_map(&infer(t.path(), &image, &m, "hann", &["--blend", "hann", "--overlap", "0.5"])).data;
-    let b = read_map(&infer(t.path(), &image, &m, "crop", &["--blend", "crop", "--overlap", "0.5"])).data;
+    let a = read_map(&infer(
+        t.path(),
+        &image,
+        &m,
+        "hann",
+        &["--blend", "hann", "--overlap", "0.5"],
+    ))
+    .data;
+    let b = read_map(&infer(
+        t.path(),
+        &image,
+        &m,
+        "crop",
+        &["--blend", "crop", "--overlap", "0.5"],
+    ))
+    .data;
     let diff = a.iter().zip(&b).filter(|(x, y)| x != y).count();
     assert!(diff > 0, "hann and crop gave the same map");
-    assert!(diff < a.len() / 2, "hann and crop disagree on {diff} of {} px", a.len());
+    assert!(
+        diff < a.len() / 2,
+        "hann and crop disagree on {diff} of {} px",
+        a.len()
+    );
 }
 
 #[test]
@@ -93,12 +154,18 @@ fn nodata_becomes_nodata_and_empty_windows_are_skipped() {
     let scene = synth(t.path(), 640, 480, 6);
     let image = scene.join("image.tif");
     let nd = t.path().join("nodata.tif");
-    gdal_tool("gdal_translate", &["-q", "-a_nodata", "0", s(&image), s(&nd)]);
+    gdal_tool(
+        "gdal_translate",
+        &["-q", "-a_nodata", "0", s(&image), s(&nd)],
+    );
     {
         // blank the left 300 columns in every band
         let ds = gdal::Dataset::open_ex(
             &nd,
-            gdal::DatasetOptions { open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE, ..Default::default() },
+            gdal::DatasetOptions {
+                open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE,
+                ..Default::default()
+            },
         )
         .unwrap();
         for b in 1..=3 {
@@ -127,7 +194,10 @@ fn nodata_becomes_nodata_and_empty_windows_are_skipped() {
         .and_then(|head| head.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no skip count in summary: {out}"));
-    assert!(skipped >= 4, "windows wholly in nodata must be skipped: {out}");
+    assert!(
+        skipped >= 4,
+        "windows wholly in nodata must be skipped: {out}"
+    );
 }
 
 #[test]
@@ -137,11 +207,28 @@ fn vrt_mosaic_maps_exactly_like_the_single_file() {
     let scene = synth(t.path(), 900, 700, 8);
     let image = scene.join("image.tif");
     let mut tiles = Vec::new();
-    for (i, (x, y, w, h)) in [(0, 0, 500, 350), (500, 0, 400, 350), (0, 350, 500, 350), (500, 350, 400, 350)].iter().enumerate() {
+    for (i, (x, y, w, h)) in [
+        (0, 0, 500, 350),
+        (500, 0, 400, 350),
+        (0, 350, 500, 350),
+        (500, 350, 400, 350),
+    ]
+    .iter()
+    .enumerate()
+    {
         let p = t.path().join(format!("tile{i}.tif"));
         gdal_tool(
             "gdal_translate",
-            &["-q", "-srcwin", &x.to_string(), &y.to_string(), &w.to_string(), &h.to_string(), s(&image), s(&p)],
+            &[
+                "-q",
+                "-srcwin",
+                &x.to_string(),
+                &y.to_string(),
+                &w.to_string(),
+                &h.to_string(),
+                s(&image),
+                s(&p),
+            ],
         );
         tiles.push(p.to_str().unwrap().to_string());
     }
@@ -162,7 +249,18 @@ fn cog_with_jpeg_tiles_and_band_selection() {
     let scene = synth(t.path(), 800, 600, 9);
     let image = scene.join("image.tif");
     let cog = t.path().join("cog.tif");
-    gdal_tool("gdal_translate", &["-q", "-of", "COG", "-co", "COMPRESS=JPEG", s(&image), s(&cog)]);
+    gdal_tool(
+        "gdal_translate",
+        &[
+            "-q",
+            "-of",
+            "COG",
+            "-co",
+            "COMPRESS=JPEG",
+            s(&image),
+            s(&cog),
+        ],
+    );
     let map = infer(t.path(), &cog, &m, "cog_map", &["--bands", "3,2,1"]);
     check_map_files(&map, &cog);
 }
@@ -176,18 +274,30 @@ fn scene_without_georeferencing_warns_and_maps() {
     {
         let src = gdal::Dataset::open(scene.join("image.tif")).unwrap();
         let drv = gdal::DriverManager::get_driver_by_name("GTiff").unwrap();
-        let dst = drv.create_with_band_type::<u8, _>(&plain, 200, 150, 3).unwrap();
+        let dst = drv
+            .create_with_band_type::<u8, _>(&plain, 200, 150, 3)
+            .unwrap();
         for b in 1..=3 {
-            let data = src.rasterband(b).unwrap().read_as::<u8>((0, 0), (200, 150), (200, 150), None).unwrap();
+            let data = src
+                .rasterband(b)
+                .unwrap()
+                .read_as::<u8>((0, 0), (200, 150), (200, 150), None)
+                .unwrap();
             let mut buf = gdal::raster::Buffer::new((200, 150), data.data().to_vec());
-            dst.rasterband(b).unwrap().write((0, 0), (200, 150), &mut buf).unwrap();
+            dst.rasterband(b)
+                .unwrap()
+                .write((0, 0), (200, 150), &mut buf)
+                .unwrap();
         }
     }
     let map = t.path().join("plain_map.tif");
     let out = rstile(&["infer", s(&plain), "-o", s(&map), "--model", s(&m)]);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("warning") && err.contains("no georeferencing"), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("no georeferencing"),
+        "{err}"
+    );
     let mm = read_map(&map);
     assert_eq!((mm.width, mm.height), (200, 150));
     assert!(mm.wkt.is_none());
@@ -201,8 +311,15 @@ fn existing_output_needs_overwrite() {
     let image = scene.join("image.tif");
     let map = infer(t.path(), &image, &m, "once", &[]);
     let before = std::fs::read(&map).unwrap();
-    fails(&["infer", s(&image), "-o", s(&map), "--model", s(&m)], "--overwrite");
-    assert_eq!(before, std::fs::read(&map).unwrap(), "the existing map was touched");
+    fails(
+        &["infer", s(&image), "-o", s(&map), "--model", s(&m)],
+        "--overwrite",
+    );
+    assert_eq!(
+        before,
+        std::fs::read(&map).unwrap(),
+        "the existing map was touched"
+    );
     infer(t.path(), &image, &m, "once", &["--overwrite"]);
 }
 
@@ -241,12 +358,18 @@ fn real_aerial_nl_jpeg_tiles() {
 
 #[test]
 fn real_naip_4_bands_choose_3() {
-    real_case("naip_1m/m_3607824_se_17_1_20160620_sub.tif", 3, &["--bands", "4,1,2"]);
+    real_case(
+        "naip_1m/m_3607824_se_17_1_20160620_sub.tif",
+        3,
+        &["--bands", "4,1,2"],
+    );
 }
 
 #[test]
 fn real_landsat_with_nodata() {
-    let Some(real) = real_data("landsat_rgb") else { return };
+    let Some(real) = real_data("landsat_rgb") else {
+        return;
+    };
     real_case("landsat_rgb/RGB.byte.tif", 3, &[]);
     // the nodata collar must be nodata in the map
     let t = tmp();
@@ -256,22 +379,34 @@ fn real_landsat_with_nodata() {
     let d = read_map(&map).data;
     assert_eq!(d[0], 255, "the corner is nodata");
     let nd = d.iter().filter(|&&v| v == 255).count();
-    assert!(nd > d.len() / 10 && nd < d.len() * 9 / 10, "nodata share {nd} of {}", d.len());
+    assert!(
+        nd > d.len() / 10 && nd < d.len() * 9 / 10,
+        "nodata share {nd} of {}",
+        d.len()
+    );
 }
 
 #[test]
 fn real_spacenet_u16_panchromatic() {
-    let Some(real) = real_data("spacenet_atlanta") else { return };
+    let Some(real) = real_data("spacenet_atlanta") else {
+        return;
+    };
     let dir = real.join("spacenet_atlanta");
     let file = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             p.extension().is_some_and(|e| e == "tif")
-                && gdal::Dataset::open(p).is_ok_and(|d| d.rasterband(1).is_ok_and(|b| b.band_type() == gdal::raster::GdalDataType::UInt16))
+                && gdal::Dataset::open(p).is_ok_and(|d| {
+                    d.rasterband(1)
+                        .is_ok_and(|b| b.band_type() == gdal::raster::GdalDataType::UInt16)
+                })
         })
         .expect("a u16 raster in spacenet_atlanta");
-    let rel = format!("spacenet_atlanta/{}", file.file_name().unwrap().to_string_lossy());
+    let rel = format!(
+        "spacenet_atlanta/{}",
+        file.file_name().unwrap().to_string_lossy()
+    );
     real_case(&rel, 1, &[]);
 }
 
@@ -289,8 +424,14 @@ fn qgis_available() -> bool {
 /// legend and rendered colours.
 fn qgis_check(map: &Path, dir: &Path) {
     if !qgis_available() {
-        assert!(std::env::var_os("CI").is_none(), "QGIS (python3-qgis) must be installed in CI");
-        println!("SKIP QGIS check of {}: python3-qgis is not installed", map.display());
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "QGIS (python3-qgis) must be installed in CI"
+        );
+        println!(
+            "SKIP QGIS check of {}: python3-qgis is not installed",
+            map.display()
+        );
         return;
     }
     let ds = gdal::Dataset::open(map).unwrap();
@@ -303,14 +444,21 @@ fn qgis_check(map: &Path, dir: &Path) {
     std::fs::write(&exp, expected.to_string()).unwrap();
     let png = dir.join("qgis.png");
     let out = std::process::Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/qgis/check_map.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/qgis/check_map.py"
+        ))
         .args([map, &exp, &png])
         .env("QT_QPA_PLATFORM", "offscreen")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
-    assert!(out.status.success(), "QGIS check failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "QGIS check failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -136,6 +136,18 @@ pub struct SceneSource {
     cum_area: Vec<u64>,
 }
 
+fn check_bands(ds: &gdal::Dataset, path: &std::path::Path, bands: &[usize]) -> Result<()> {
+    for &b in bands {
+        if b == 0 || b > ds.raster_count() {
+            return Err(Error::file(
+                path,
+                format!("has {} band(s), band {b} was asked for", ds.raster_count()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn grid_starts(n: usize, size: usize) -> Vec<(i64, usize)> {
     if n <= size {
         return vec![(0, 0)];
@@ -182,14 +194,7 @@ impl SceneSource {
             if w == 0 || h == 0 {
                 return Err(Error::file(&p.image, "the raster has no pixels"));
             }
-            for &b in bands {
-                if b == 0 || b > img.raster_count() {
-                    return Err(Error::file(
-                        &p.image,
-                        format!("has {} band(s), band {b} was asked for", img.raster_count()),
-                    ));
-                }
-            }
+            check_bands(&img, &p.image, bands)?;
             let lab = open_raster(&p.label)?;
             if lab.raster_size() != (w, h) {
                 let (lw, lh) = lab.raster_size();
@@ -255,6 +260,7 @@ impl SceneSource {
         let mut n = vec![0f64; bands.len()];
         for p in pairs {
             let ds = open_raster(&p.image)?;
+            check_bands(&ds, &p.image, bands)?;
             let (w, h) = ds.raster_size();
             let f = (w.max(h) as f64 / max_side as f64).max(1.0);
             let (bw, bh) = (

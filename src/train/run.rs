@@ -443,7 +443,7 @@ pub fn train(
         state.step = step;
         state.epochs_done = epoch + 1;
         let score = m.val_mean_f1.unwrap_or(0.0);
-        let improved = state.best_mean_f1.map_or(true, |b| score > b);
+        let improved = state.best_mean_f1.is_none_or(|b| score > b);
         if improved {
             state.best_mean_f1 = Some(score);
             state.best_epoch = Some(epoch + 1);
