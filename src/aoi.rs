@@ -193,7 +193,7 @@ impl Aoi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use geo::{polygon, Contains};
+    use geo::{polygon, Contains, Intersects};
 
     #[test]
     fn mask_matches_point_in_polygon() {
@@ -205,6 +205,9 @@ mod tests {
         for j in 0..40 {
             for i in 0..50 {
                 let c = geo::Point::new(i as f64 - 2.0 + 0.5, j as f64 - 3.0 + 0.5);
+                if with_hole.intersects(&c) && !with_hole.contains(&c) {
+                    continue; // a centre exactly on the boundary may go either way
+                }
                 assert_eq!(m[j * 50 + i] == 1, with_hole.contains(&c), "pixel {i},{j}");
             }
         }

@@ -8,6 +8,7 @@
 pub mod aoi;
 pub mod augment;
 pub mod classes;
+pub mod demo;
 pub mod error;
 pub mod merge;
 pub mod metrics;
