@@ -290,8 +290,12 @@ fn tiny_learns_loveda_left_to_right() {
     );
 }
 
-/// Measured (seed 1, 8 epochs): TODO.
-const LOVEDA_MARGIN: f64 = 0.0;
+/// Margin over the majority baseline's mIoU, fixed after measuring (seed 1,
+/// 8 epochs of 96 crops, 2 cores, about 50 s): the baseline (agriculture
+/// everywhere) scored 0.089 on the right halves and the trained model
+/// 0.245 (IoU agriculture 0.57, forest 0.51, water 0.36; building and road
+/// stay near 0 for a 15k-parameter model); half of the measured gap.
+const LOVEDA_MARGIN: f64 = 0.08;
 
 /// The real Vaihingen crop (512 x 512 IR-R-G, area 1): left half trains,
 /// right half validates, labels from the index map.
@@ -328,5 +332,10 @@ fn tiny_learns_vaihingen_crop_left_to_right() {
     );
 }
 
-/// Measured (seed 1, 8 epochs): TODO.
-const VAIHINGEN_MARGIN: f64 = 0.0;
+/// Margin over the majority baseline's mIoU, fixed after measuring (seed 1,
+/// 8 epochs of 64 crops, about 15 s): the baseline (building everywhere)
+/// scored 0.027 on the right half and the trained model 0.131 (0.130 after
+/// 4 epochs, 0.164 after 12). The left half holds almost no low vegetation
+/// (260 px) and no tree, which the right half has (16k and 5k px), so those
+/// classes cannot be learnt from it; half of the measured gap.
+const VAIHINGEN_MARGIN: f64 = 0.05;
