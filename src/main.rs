@@ -5,13 +5,6 @@
 mod cli;
 
 fn main() {
-    // Window buffers are a few MiB each and short-lived: keep them on the
-    // heap instead of mmap/munmap per buffer, which costs a page fault and a
-    // page clear for every 4 KiB, every window.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
     let code = match cli::run() {
         Ok(()) => 0,
         Err(e) => {
