@@ -228,16 +228,6 @@ fn write_rgb(
     Ok(())
 }
 
-fn read_ids(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
-    let ds = open_raster(path)?;
-    let (w, h) = ds.raster_size();
-    let band = ds.rasterband(1).map_err(|e| Error::file(path, e))?;
-    let buf = band
-        .read_as::<u8>((0, 0), (w, h), (w, h), None)
-        .map_err(|e| Error::file(path, e))?;
-    Ok((w, h, buf.data().to_vec()))
-}
-
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::file(path, e)
 }
@@ -274,7 +264,7 @@ pub fn write_official_area(
     }
     std::fs::rename(&out.image, &top).map_err(io(&top))?;
     std::fs::rename(&out.dsm, &dsm).map_err(io(&dsm))?;
-    let (_, _, ids) = read_ids(&out.gt)?;
+    let (_, _, ids) = crate::read::read_u8_band(&out.gt)?;
     let boundary = eroded_boundary(&ids, w, h, ERODE_RADIUS);
     let georef = open_raster(&top)?;
     let code = |eroded: bool| -> [Vec<u8>; 3] {

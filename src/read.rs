@@ -126,6 +126,18 @@ impl SceneInfo {
     }
 }
 
+/// Reads band 1 of a small raster (a map, a label image) whole, as u8:
+/// `(width, height, pixels)`.
+pub fn read_u8_band(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    let ds = open_raster(path)?;
+    let (w, h) = ds.raster_size();
+    let band = ds.rasterband(1).map_err(|e| Error::file(path, e))?;
+    let buf = band
+        .read_as::<u8>((0, 0), (w, h), (w, h), None)
+        .map_err(|e| Error::file(path, e))?;
+    Ok((w, h, buf.data().to_vec()))
+}
+
 /// Checks that a GDAL band type is one rstile reads.
 pub fn supported_type(t: GdalDataType) -> bool {
     use GdalDataType::*;

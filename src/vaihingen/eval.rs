@@ -105,16 +105,6 @@ fn write_features(path: &Path, area: &super::Area, georef: Option<&Path>) -> Res
     Ok(())
 }
 
-fn read_map(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
-    let ds = open_raster(path)?;
-    let (w, h) = ds.raster_size();
-    let band = ds.rasterband(1).map_err(|e| Error::file(path, e))?;
-    let buf = band
-        .read_as::<u8>((0, 0), (w, h), (w, h), None)
-        .map_err(|e| Error::file(path, e))?;
-    Ok((w, h, buf.data().to_vec()))
-}
-
 /// Runs the evaluation; writes the maps, `eval.md` and `eval.json` to `out`.
 pub fn evaluate(o: &EvalOptions) -> Result<EvalSummary> {
     let meta = read_meta(&o.model)?;
@@ -182,7 +172,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalSummary> {
         if !o.keep_features {
             let _ = std::fs::remove_file(&feat);
         }
-        let (w, h, pred) = read_map(&map)?;
+        let (w, h, pred) = crate::read::read_u8_band(&map)?;
         if (w, h) != (area.width, area.height) {
             return Err(Error::file(
                 &map,
