@@ -337,8 +337,18 @@ fn validation_grid_scores_every_pixel_once() {
 }
 
 fn config(dir: &Path, train: &[ScenePair], val: &[ScenePair], extra: &str) -> TrainConfig {
+    config_arch(dir, train, val, extra, "tiny")
+}
+
+fn config_arch(
+    dir: &Path,
+    train: &[ScenePair],
+    val: &[ScenePair],
+    extra: &str,
+    arch: &str,
+) -> TrainConfig {
     let mut s = format!(
-        "[model]\narch = \"tiny\"\nclasses = \"{}\"\nbands = [1, 2, 3]\n\n[data]\nworkers = 2\n",
+        "[model]\narch = \"{arch}\"\nclasses = \"{}\"\nbands = [1, 2, 3]\n\n[data]\nworkers = 2\n",
         classes_toml()
     );
     // [train] and [augment] come from `extra`; scenes last
@@ -376,25 +386,35 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
     let dir = common::tmp();
     let train = [scene(dir.path(), 160, 1), scene(dir.path(), 128, 2)];
     let val = [scene(dir.path(), 96, 3)];
-    for opt in [
-        "optimizer = \"adamw\"\nschedule = \"poly\"",
-        "optimizer = \"sgd\"\nmomentum = 0.9\nschedule = \"cosine\"\nlr = 0.05",
+    for (arch, opt) in [
+        ("tiny", "optimizer = \"adamw\"\nschedule = \"poly\""),
+        (
+            "tiny",
+            "optimizer = \"sgd\"\nmomentum = 0.9\nschedule = \"cosine\"\nlr = 0.05",
+        ),
+        // with the FCN head's (seeded) dropout
+        (
+            "resnet18-fcn",
+            "optimizer = \"adamw\"\nschedule = \"cosine\"",
+        ),
     ] {
         let extra = format!(
             "samples_per_epoch = 6\nval_window = 64\n--\n[train]\nepochs = 3\nbatch = 2\ncrop = 48\n{}\nseed = 5\nout_dir = \"OUT/run\"\n\n[augment]\nnoise = true\n",
             if opt.contains("lr =") { opt.to_string() } else { format!("lr = 0.01\n{opt}") }
         );
-        let a = config(
-            &dir.path().join(format!("a{}", opt.len())),
+        let a = config_arch(
+            &dir.path().join(format!("a{arch}{}", opt.len())),
             &train,
             &val,
             &extra,
+            arch,
         );
-        let b = config(
-            &dir.path().join(format!("b{}", opt.len())),
+        let b = config_arch(
+            &dir.path().join(format!("b{arch}{}", opt.len())),
             &train,
             &val,
             &extra,
+            arch,
         );
         let opts = |resume: Option<PathBuf>, max| RunOptions {
             resume,
@@ -426,10 +446,15 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
             &Device::Cpu,
         )
         .unwrap();
-        let w0 = fresh.varmap().data().lock().unwrap()["cls.weight"]
+        let last = if arch == "tiny" {
+            "cls.weight"
+        } else {
+            "classifier.4.weight"
+        };
+        let w0 = fresh.varmap().data().lock().unwrap()[last]
             .as_tensor()
             .clone();
-        let wl = &wa.iter().find(|(n, _)| n == "cls.weight").unwrap().1;
+        let wl = &wa.iter().find(|(n, _)| n == last).unwrap().1;
         assert_ne!(&vals(&w0), wl);
         // the histories agree too (timings aside; the resumed run's first
         // epochs went through JSON, which may round the last bit)

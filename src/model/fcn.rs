@@ -15,6 +15,8 @@
 use super::resnet::{bn, conv, Depth, ResNet, WInit};
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, VarBuilder};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Interpolation weights of PyTorch's bilinear resize (align_corners =
 /// False, no antialiasing) along one axis: a row-major `n_out x n_in`
@@ -65,12 +67,19 @@ struct FcnHead {
     conv0: Conv2d,
     bn1: BatchNorm,
     conv4: Conv2d,
+    dropout_seed: Arc<AtomicU64>,
 }
 
 impl FcnHead {
-    fn new(vb: VarBuilder, c_in: usize, classes: usize) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        c_in: usize,
+        classes: usize,
+        dropout_seed: Arc<AtomicU64>,
+    ) -> Result<Self> {
         let inter = c_in / 4;
         Ok(Self {
+            dropout_seed,
             conv0: conv(vb.pp("0"), c_in, inter, 3, 1, 1, false, WInit::TorchDefault)?,
             bn1: bn(vb.pp("1"), inter)?,
             conv4: conv(
@@ -89,12 +98,37 @@ impl FcnHead {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.bn1.forward_t(&self.conv0.forward(x)?, train)?.relu()?;
         let y = if train {
-            candle_nn::ops::dropout(&y, 0.1)?
+            let seed = self.dropout_seed.fetch_add(1, Ordering::Relaxed);
+            seeded_dropout(&y, 0.1, seed)?
         } else {
             y
         };
         self.conv4.forward(&y)
     }
+}
+
+/// Dropout with a mask drawn from `seed` (splitmix64 per element), so that
+/// training is reproducible; candle's own dropout uses an unseeded generator.
+pub(super) fn seeded_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    let n = x.elem_count();
+    let keep = 1.0 - p;
+    let mask: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let mut z =
+                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_add(0x632b_e59b_d9b4_e019);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+            if u < keep {
+                1.0 / keep
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let m = Tensor::from_vec(mask, x.shape(), x.device())?;
+    x.mul(&m)
 }
 
 /// The 1x1 score layers of FCN-8s on layer3 (stride 16) and layer2 (8).
@@ -119,10 +153,11 @@ impl Fcn {
         bands: usize,
         classes: usize,
         vb: VarBuilder,
+        dropout_seed: Arc<AtomicU64>,
     ) -> Result<Self> {
         let ch = depth.channels();
         let backbone = ResNet::new(depth, bands, vb.pp("backbone"))?;
-        let head = FcnHead::new(vb.pp("classifier"), ch[3], classes)?;
+        let head = FcnHead::new(vb.pp("classifier"), ch[3], classes, dropout_seed)?;
         let skips = if fcn8s {
             Some(Skips {
                 score16: conv(

@@ -30,6 +30,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Version of the metadata layout written by this library.
 pub const FORMAT: u32 = 1;
@@ -181,11 +183,22 @@ enum Net {
 }
 
 impl Net {
-    fn new(arch: Arch, bands: usize, classes: usize, vb: VarBuilder) -> candle_core::Result<Net> {
+    fn new(
+        arch: Arch,
+        bands: usize,
+        classes: usize,
+        vb: VarBuilder,
+        dropout_seed: Arc<AtomicU64>,
+    ) -> candle_core::Result<Net> {
         Ok(match arch {
-            Arch::Fcn { depth, fcn8s } => {
-                Net::Fcn(fcn::Fcn::new(depth, fcn8s, bands, classes, vb)?)
-            }
+            Arch::Fcn { depth, fcn8s } => Net::Fcn(fcn::Fcn::new(
+                depth,
+                fcn8s,
+                bands,
+                classes,
+                vb,
+                dropout_seed,
+            )?),
             Arch::Tiny => Net::Tiny(fcn::Tiny::new(bands, classes, vb)?),
             Arch::Linear => Net::Linear(fcn::Linear::new(bands, classes, vb)?),
         })
@@ -210,6 +223,8 @@ pub struct Model {
     /// (arch, bands, classes) the network was built for; `meta` is public
     /// and could be edited, so `save` checks it still agrees.
     built_for: (String, usize, usize),
+    /// Seed of the next dropout mask (FCN heads in train mode).
+    dropout_seed: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Model {
@@ -241,7 +256,14 @@ impl Model {
             seed,
         };
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-        let net = Net::new(arch, meta.bands, meta.num_classes(), vb)?;
+        let dropout_seed = Arc::new(AtomicU64::new(0));
+        let net = Net::new(
+            arch,
+            meta.bands,
+            meta.num_classes(),
+            vb,
+            dropout_seed.clone(),
+        )?;
         let built_for = (meta.arch.clone(), meta.bands, meta.num_classes());
         Ok(Model {
             meta,
@@ -249,6 +271,7 @@ impl Model {
             device: device.clone(),
             varmap,
             built_for,
+            dropout_seed,
         })
     }
 
@@ -401,6 +424,13 @@ impl Model {
         let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
         softmax_channels(&mut v, b, k, h * w);
         Ok(v)
+    }
+
+    /// Seeds the dropout masks of the following train-mode passes (each pass
+    /// advances the seed), so that a training run, and its resume, draw the
+    /// same masks. Set it from the run's seed and step before each step.
+    pub fn set_dropout_seed(&self, seed: u64) {
+        self.dropout_seed.store(seed, Ordering::Relaxed);
     }
 
     /// Logits `(B, K, H, W)`. With `train`, batch norm uses (and updates)
@@ -741,6 +771,26 @@ mod tests {
 
     fn meta(arch: &str, bands: usize) -> ModelMeta {
         ModelMeta::new(arch, bands, ClassTable::isprs())
+    }
+
+    #[test]
+    fn dropout_is_seeded() {
+        let x = Tensor::ones((2, 8, 16, 16), DType::F32, &Device::Cpu).unwrap();
+        let v = |seed| {
+            fcn::seeded_dropout(&x, 0.1, seed)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(v(7), v(7));
+        assert_ne!(v(7), v(8));
+        let kept = v(7).iter().filter(|&&y| y > 0.0).count() as f64 / 4096.0;
+        assert!((kept - 0.9).abs() < 0.03, "kept {kept}");
+        assert!(v(7)
+            .iter()
+            .all(|&y| y == 0.0 || (y - 1.0 / 0.9).abs() < 1e-6));
     }
 
     #[test]

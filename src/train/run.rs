@@ -18,9 +18,8 @@
 //!   epoch's validation confusion matrix (rows truth, columns prediction).
 //!
 //! Determinism: on one machine, with the same seed and thread count, runs
-//! give bit-identical weights. The FCN heads' dropout (`resnet*-fcn*`)
-//! draws from candle's own unseeded generator, so only `tiny` and `linear`
-//! are bit-reproducible today.
+//! give bit-identical weights. The FCN heads' dropout (`resnet*-fcn*`) is
+//! seeded from the run's seed and the step.
 
 use super::config::{OptimizerName, TrainConfig};
 use super::data::{run_epoch, DataSource, EpochPlan, Sampling, SceneSource};
@@ -367,6 +366,9 @@ pub fn train(
             } else {
                 Some(lr * t.encoder_lr_mult)
             };
+            // dropout masks follow the run's seed and the step, so a resumed
+            // run draws the same ones
+            model.set_dropout_seed(derive_seed(seed, &[step, 0xd5]));
             let logits = model.forward_t(&b.images, true)?;
             let loss = cross_entropy(&logits, &b.labels, weights.as_deref())?;
             let grads = loss.backward()?;
