@@ -39,7 +39,6 @@ use crate::error::{Error, Result};
 use crate::model::{read_meta, Model};
 use crate::pipeline::{self, InferOptions, InferPlan, NoProgress};
 use crate::read::{open_raster, SceneInfo};
-use crate::stitch::Blend;
 use crate::synth::{synth, SynthConfig};
 use crate::train::{EpochMetrics, RunOptions, TrainConfig, TrainProgress};
 use crate::vaihingen::eval::{evaluate, EvalOptions, EvalSummary};
@@ -600,20 +599,9 @@ pub fn run(o: &DemoOptions, log: &dyn DemoLog) -> Result<DemoSummary> {
     let map = infer_dir.join(format!("map_area{}.tif", o.infer_area));
     let meta = read_meta(&model)?;
     let iopts = InferOptions {
-        window: None,
-        overlap: None,
-        batch: 4,
-        readers: 2,
-        blend: Blend::Hann,
-        bands: None,
-        chunk: None,
         confidence: true,
-        creation_options: Vec::new(),
         overwrite: true,
-        gdal_cache_mb: 256,
-        part: None,
-        resume: false,
-        aoi: None,
+        ..Default::default()
     };
     let plan = InferPlan::resolve(
         SceneInfo::probe(&input)?,

@@ -653,7 +653,7 @@ pub fn peak_rss() -> Option<u64> {
 }
 
 /// What the user asked for; `None` means "the model's default".
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct InferOptions {
     pub window: Option<usize>,
     pub overlap: Option<f64>,
@@ -671,6 +671,29 @@ pub struct InferOptions {
     pub resume: bool,
     /// A polygon file limiting the map.
     pub aoi: Option<PathBuf>,
+}
+
+impl Default for InferOptions {
+    /// The command line's defaults: the model's window and overlap, batch 4,
+    /// 2 readers, Hann blending, the first bands, a 256 MiB GDAL cache.
+    fn default() -> Self {
+        InferOptions {
+            window: None,
+            overlap: None,
+            batch: 4,
+            readers: 2,
+            blend: Blend::Hann,
+            bands: None,
+            chunk: None,
+            confidence: false,
+            creation_options: Vec::new(),
+            overwrite: false,
+            gdal_cache_mb: 256,
+            part: None,
+            resume: false,
+            aoi: None,
+        }
+    }
 }
 
 /// The file of part `i` of `n` of the map `map`: `MAP.part-I-of-N.tif`.

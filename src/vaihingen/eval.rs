@@ -16,7 +16,6 @@ use crate::metrics::{Confusion, Report};
 use crate::model::{read_meta, Model};
 use crate::pipeline::{self, InferOptions, InferPlan, NoProgress};
 use crate::read::{open_raster, SceneInfo};
-use crate::stitch::Blend;
 use gdal::raster::{Buffer, RasterCreationOptions};
 use gdal::DriverManager;
 use std::collections::BTreeMap;
@@ -145,20 +144,9 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalSummary> {
         write_features(&feat, &area, georef.as_deref())?;
         let map = o.out.join(format!("map_area{n}.tif"));
         let opts = InferOptions {
-            window: None,
-            overlap: None,
             batch: o.batch.max(1),
-            readers: 2,
-            blend: Blend::Hann,
-            bands: None,
-            chunk: None,
-            confidence: false,
-            creation_options: Vec::new(),
             overwrite: true,
-            gdal_cache_mb: 256,
-            part: None,
-            resume: false,
-            aoi: None,
+            ..Default::default()
         };
         let plan = InferPlan::resolve(
             SceneInfo::probe(&feat)?,
