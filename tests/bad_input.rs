@@ -88,29 +88,11 @@ fn band_count_and_type_that_do_not_fit() {
     );
     let map = c.out.join("map.tif");
     fails(
-        &[
-            "infer",
-            s(&c.image),
-            "-o",
-            s(&map),
-            "--model",
-            s(&c.model),
-            "--bands",
-            "1,2,9",
-        ],
+        &infer_argv(&c.image, &map, &c.model, &["--bands", "1,2,9"]),
         "has no band 9",
     );
     fails(
-        &[
-            "infer",
-            s(&c.image),
-            "-o",
-            s(&map),
-            "--model",
-            s(&c.model),
-            "--bands",
-            "1,2",
-        ],
+        &infer_argv(&c.image, &map, &c.model, &["--bands", "1,2"]),
         "--bands selects 2",
     );
     let cplx = c.t.path().join("complex.tif");
@@ -157,20 +139,13 @@ fn outputs_that_cannot_be_written() {
     let c = setup();
     // a folder
     fails(
-        &[
-            "infer",
-            s(&c.image),
-            "-o",
-            s(&c.out),
-            "--model",
-            s(&c.model),
-        ],
+        &infer_argv(&c.image, &c.out, &c.model, &[]),
         "is a directory",
     );
     // a folder that does not exist
     let deep = c.t.path().join("no/such/dir/map.tif");
     fails(
-        &["infer", s(&c.image), "-o", s(&deep), "--model", s(&c.model)],
+        &infer_argv(&c.image, &deep, &c.model, &[]),
         "does not exist",
     );
     // a read-only place (even root cannot create files in /proc)
@@ -251,17 +226,12 @@ fn full_disk_leaves_nothing() {
     let m = model(c.t.path(), "linear", 3, 256);
     let map = mnt.join("map.tif");
     // uncompressed, so that the pixels themselves do not fit
-    let out = rstile(&[
-        "infer",
-        s(&scene),
-        "-o",
-        s(&map),
-        "--model",
-        s(&m),
-        "--quiet",
-        "--co",
-        "COMPRESS=NONE",
-    ]);
+    let out = rstile(&infer_argv(
+        &scene,
+        &map,
+        &m,
+        &["--quiet", "--co", "COMPRESS=NONE"],
+    ));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     let left: Vec<_> = std::fs::read_dir(&mnt)
         .unwrap()
@@ -285,15 +255,7 @@ fn sigint_and_sigterm_stop_cleanly() {
     for sig in ["INT", "TERM"] {
         let map = c.out.join("map.tif");
         let child = std::process::Command::new(bin())
-            .args([
-                "infer",
-                s(&scene),
-                "-o",
-                s(&map),
-                "--model",
-                s(&m),
-                "--quiet",
-            ])
+            .args(infer_argv(&scene, &map, &m, &["--quiet"]))
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -322,55 +284,19 @@ fn bad_flags_and_commands() {
     let c = setup();
     let map = c.out.join("map.tif");
     fails(
-        &[
-            "infer",
-            s(&c.image),
-            "-o",
-            s(&map),
-            "--model",
-            s(&c.model),
-            "--overlap",
-            "0.97",
-        ],
+        &infer_argv(&c.image, &map, &c.model, &["--overlap", "0.97"]),
         "overlap",
     );
     fails(
-        &[
-            "infer",
-            s(&c.image),
-            "-o",
-            s(&map),
-            "--model",
-            s(&c.model),
-            "--window",
-            "4",
-        ],
+        &infer_argv(&c.image, &map, &c.model, &["--window", "4"]),
         "window",
     );
     fails(
-        &[
-            "infer",
-            s(&c.image),
-            "-o",
-            s(&map),
-            "--model",
-            s(&c.model),
-            "--co",
-            "NOEQUALS",
-        ],
+        &infer_argv(&c.image, &map, &c.model, &["--co", "NOEQUALS"]),
         "KEY=VALUE",
     );
     fails(
-        &[
-            "infer",
-            s(&c.image),
-            "-o",
-            s(&map),
-            "--model",
-            s(&c.model),
-            "--device",
-            "cuda:0",
-        ],
+        &infer_argv(&c.image, &map, &c.model, &["--device", "cuda:0"]),
         "--device cuda:0",
     );
     fails(

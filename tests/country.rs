@@ -76,55 +76,16 @@ fn part_out_of_range_is_refused() {
     let scene = synth(t.path(), 300, 600, 22).join("image.tif");
     let map = t.path().join("map.tif");
     fails(
-        &[
-            "infer",
-            s(&scene),
-            "-o",
-            s(&map),
-            "--model",
-            s(&m),
-            "--part",
-            "3/3",
-        ],
+        &infer_argv(&scene, &map, &m, &["--part", "3/3"]),
         "--part 3/3",
     );
     fails(
-        &[
-            "infer",
-            s(&scene),
-            "-o",
-            s(&map),
-            "--model",
-            s(&m),
-            "--part",
-            "0/5",
-        ],
+        &infer_argv(&scene, &map, &m, &["--part", "0/5"]),
         "at most 2 parts",
     );
-    fails(
-        &[
-            "infer",
-            s(&scene),
-            "-o",
-            s(&map),
-            "--model",
-            s(&m),
-            "--part",
-            "x",
-        ],
-        "--part x",
-    );
+    fails(&infer_argv(&scene, &map, &m, &["--part", "x"]), "--part x");
     let out = Command::new(bin())
-        .args([
-            "infer",
-            s(&scene),
-            "-o",
-            s(&map),
-            "--model",
-            s(&m),
-            "--part",
-            "auto",
-        ])
+        .args(infer_argv(&scene, &map, &m, &["--part", "auto"]))
         .env_remove("SLURM_ARRAY_TASK_ID")
         .output()
         .unwrap();
@@ -190,19 +151,12 @@ fn resume_after_sigkill_gives_the_same_map() {
         }
         // and a second kill during the resume itself
         let mut child = Command::new(bin())
-            .args([
-                "infer",
-                s(&scene),
-                "-o",
-                s(&map),
-                "--model",
-                s(&m),
-                "--quiet",
-                "--chunk",
-                "512",
-                "--confidence",
-                "--resume",
-            ])
+            .args(infer_argv(
+                &scene,
+                &map,
+                &m,
+                &["--quiet", "--chunk", "512", "--confidence", "--resume"],
+            ))
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(400));
@@ -243,17 +197,7 @@ fn resume_with_other_settings_is_refused() {
     let scene = synth(t.path(), 2048, 2048, 24).join("image.tif");
     let map = t.path().join("map.tif");
     let mut child = Command::new(bin())
-        .args([
-            "infer",
-            s(&scene),
-            "-o",
-            s(&map),
-            "--model",
-            s(&m),
-            "--quiet",
-            "--chunk",
-            "512",
-        ])
+        .args(infer_argv(&scene, &map, &m, &["--quiet", "--chunk", "512"]))
         .spawn()
         .unwrap();
     // wait until the journal records a band
@@ -268,34 +212,17 @@ fn resume_with_other_settings_is_refused() {
     let _ = child.wait();
     assert!(journal.exists(), "no resume journal");
     fails(
-        &[
-            "infer",
-            s(&scene),
-            "-o",
-            s(&map),
-            "--model",
-            s(&m),
-            "--chunk",
-            "512",
-            "--resume",
-            "--window",
-            "64",
-        ],
+        &infer_argv(
+            &scene,
+            &map,
+            &m,
+            &["--chunk", "512", "--resume", "--window", "64"],
+        ),
         "other settings: window 128 (now 64)",
     );
     let other = model(t.path(), "linear", 3, 128);
     fails(
-        &[
-            "infer",
-            s(&scene),
-            "-o",
-            s(&map),
-            "--model",
-            s(&other),
-            "--chunk",
-            "512",
-            "--resume",
-        ],
+        &infer_argv(&scene, &map, &other, &["--chunk", "512", "--resume"]),
         "other settings",
     );
     assert!(!map.exists());
@@ -392,16 +319,7 @@ fn bad_aoi_files_are_refused() {
     )
     .unwrap();
     fails(
-        &[
-            "infer",
-            s(&scene),
-            "-o",
-            s(&map),
-            "--model",
-            s(&m),
-            "--aoi",
-            s(&pts),
-        ],
+        &infer_argv(&scene, &map, &m, &["--aoi", s(&pts)]),
         "points.geojson: is not a polygon file",
     );
     let far = t.path().join("far.geojson");
@@ -411,31 +329,13 @@ fn bad_aoi_files_are_refused() {
         &[(100.0, 10.0), (101.0, 10.0), (101.0, 11.0), (100.0, 10.0)],
     );
     fails(
-        &[
-            "infer",
-            s(&scene),
-            "-o",
-            s(&map),
-            "--model",
-            s(&m),
-            "--aoi",
-            s(&far),
-        ],
+        &infer_argv(&scene, &map, &m, &["--aoi", s(&far)]),
         "far.geojson: does not overlap",
     );
     let txt = t.path().join("aoi.txt");
     std::fs::write(&txt, "hello").unwrap();
     fails(
-        &[
-            "infer",
-            s(&scene),
-            "-o",
-            s(&map),
-            "--model",
-            s(&m),
-            "--aoi",
-            s(&txt),
-        ],
+        &infer_argv(&scene, &map, &m, &["--aoi", s(&txt)]),
         "aoi.txt",
     );
     assert!(!map.exists());
@@ -554,15 +454,7 @@ fn vrt_of_a_thousand_files_maps_like_one_file_with_bounded_handles() {
     run_map(&scene, &m, &single, &["--quiet"]);
     let vmap = t.path().join("vrt_map.tif");
     let mut child = Command::new(bin())
-        .args([
-            "infer",
-            s(&vrt),
-            "-o",
-            s(&vmap),
-            "--model",
-            s(&m),
-            "--quiet",
-        ])
+        .args(infer_argv(&vrt, &vmap, &m, &["--quiet"]))
         .spawn()
         .unwrap();
     let fd_dir = format!("/proc/{}/fd", child.id());

@@ -175,7 +175,7 @@ fn nodata_becomes_nodata_and_empty_windows_are_skipped() {
         }
     }
     let map = t.path().join("nd_map.tif");
-    let out = ok(&["infer", s(&nd), "-o", s(&map), "--model", s(&m)]);
+    let out = ok(&infer_argv(&nd, &map, &m, &[]));
     check_map_files(&map, &nd);
     let d = read_map(&map).data;
     for y in 0..480 {
@@ -291,7 +291,7 @@ fn scene_without_georeferencing_warns_and_maps() {
         }
     }
     let map = t.path().join("plain_map.tif");
-    let out = rstile(&["infer", s(&plain), "-o", s(&map), "--model", s(&m)]);
+    let out = rstile(&infer_argv(&plain, &map, &m, &[]));
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -311,10 +311,7 @@ fn existing_output_needs_overwrite() {
     let image = scene.join("image.tif");
     let map = infer(t.path(), &image, &m, "once", &[]);
     let before = std::fs::read(&map).unwrap();
-    fails(
-        &["infer", s(&image), "-o", s(&map), "--model", s(&m)],
-        "--overwrite",
-    );
+    fails(&infer_argv(&image, &map, &m, &[]), "--overwrite");
     assert_eq!(
         before,
         std::fs::read(&map).unwrap(),

@@ -14,6 +14,18 @@ pub fn rstile(args: &[&str]) -> Output {
     Command::new(bin()).args(args).output().expect("run rstile")
 }
 
+/// `infer SCENE -o MAP --model MODEL EXTRA...`, the argv most tests run.
+pub fn infer_argv<'a>(
+    scene: &'a Path,
+    map: &'a Path,
+    model: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut v = vec!["infer", s(scene), "-o", s(map), "--model", s(model)];
+    v.extend_from_slice(extra);
+    v
+}
+
 /// Runs rstile and panics with its stderr if it fails.
 pub fn ok(args: &[&str]) -> String {
     let out = rstile(args);
