@@ -4,14 +4,7 @@
 #   bash benches/country.sh                 # 1,000-file VRT vs one GeoTIFF; big scene vs 8192
 #   BIG=50000 bash benches/country.sh       # the size of the big scene (default 16384)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cargo build --release -q
-B=$PWD/target/release/rstile
-W=${BENCH_DIR:-target/bench}
-mkdir -p "$W"
-classes=configs/classes/isprs.toml
-[ -f "$W/linear.safetensors" ] || $B model new --arch linear --bands 3 --classes $classes --window 512 -o "$W/linear.safetensors" >/dev/null
-scene() { local d="$W/scene_$1"; [ -f "$d/image.tif" ] || $B synth --size "$1x$1" --seed 1 -o "$d" --quiet; echo "$d"; }
+source "$(dirname "$0")/common.sh"
 run() { # label, args... -> "label wall_s Mpx/s peak_MiB"
   local label=$1; shift
   local out; out=$(/usr/bin/time -f "TIME %e %M" $B infer "$@" --overwrite 2>&1 | tr '\n' ' ')

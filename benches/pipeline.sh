@@ -4,19 +4,8 @@
 #   bash benches/pipeline.sh            # all three
 #   SIZES="2048 4096 8192" bash benches/pipeline.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cargo build --release -q
-B=$PWD/target/release/rstile
-W=${BENCH_DIR:-target/bench}
-mkdir -p "$W"
-classes=configs/classes/isprs.toml
-[ -f "$W/linear.safetensors" ] || $B model new --arch linear --bands 3 --classes $classes --window 512 -o "$W/linear.safetensors" >/dev/null
+source "$(dirname "$0")/common.sh"
 [ -f "$W/r50.safetensors" ] || $B model new --arch resnet50-fcn --bands 3 --classes $classes --window 256 -o "$W/r50.safetensors" >/dev/null
-scene() { # size -> folder
-  local d="$W/scene_$1"
-  [ -f "$d/image.tif" ] || $B synth --size "$1x$1" --seed 1 -o "$d" --quiet
-  echo "$d"
-}
 rss() { /usr/bin/time -f "%M" "$@" 2>&1 >/dev/null | tail -1; } # peak RSS in KiB
 now() { date +%s.%N; }
 
