@@ -188,6 +188,47 @@ enum ModelCmd {
         /// The model file.
         model: PathBuf,
     },
+    /// Time the network alone: forward passes and training steps on random
+    /// input.
+    Bench(ModelBenchArgs),
+}
+
+#[derive(Args)]
+struct ModelBenchArgs {
+    /// A model file; without it, a random model of --arch with --bands and
+    /// the six ISPRS classes.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Architecture of the random model.
+    #[arg(long, default_value = "resnet50-fcn")]
+    arch: String,
+    /// Input bands of the random model.
+    #[arg(long, default_value_t = 3)]
+    bands: usize,
+    /// Windows per batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Window height and width.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Timed runs of each kind.
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Untimed runs before them.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Also time training steps (forward, cross-entropy, backward, AdamW).
+    #[arg(long)]
+    train: bool,
+    /// Compute threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -238,6 +279,7 @@ pub fn run() -> Result<()> {
         Cmd::Synth(a) => synth(a),
         Cmd::Model(ModelCmd::New(a)) => model_new(a),
         Cmd::Model(ModelCmd::Info { model }) => model_info(model),
+        Cmd::Model(ModelCmd::Bench(a)) => model_bench(a),
         Cmd::Train(a) => train(a),
         Cmd::Slurm(c) => slurm(c),
         Cmd::Prepare(PrepareCmd::Vaihingen(a)) => prepare_vaihingen(a),
@@ -629,6 +671,82 @@ fn model_new(a: ModelNewArgs) -> Result<()> {
         model.meta.classes.len(),
         model.num_params()
     );
+    Ok(())
+}
+
+fn model_bench(a: ModelBenchArgs) -> Result<()> {
+    let threads = set_threads(a.threads);
+    let device = parse_device(&a.device)?;
+    if a.batch == 0 || a.size < 32 || a.iters == 0 {
+        bail!("model bench: --batch and --iters must be at least 1, --size at least 32");
+    }
+    let model = match &a.model {
+        Some(path) => Model::load(path, &device)?,
+        None => {
+            let meta = ModelMeta {
+                format: 1,
+                arch: a.arch.clone(),
+                bands: a.bands,
+                band_names: Vec::new(),
+                mean: vec![0.0; a.bands],
+                std: vec![1.0; a.bands],
+                classes: ClassTable::isprs(),
+                window: a.size,
+                overlap: 0.25,
+            };
+            meta.validate()?;
+            Model::new_random(meta, 0, &device)?
+        }
+    };
+    let cfg = rstile::speed::SpeedConfig {
+        batch: a.batch,
+        size: a.size,
+        iters: a.iters,
+        warmup: a.warmup,
+        train: a.train,
+    };
+    let sp = rstile::speed::measure(&model, &cfg)?;
+    let px = (a.batch * a.size * a.size) as f64;
+    let gflops = sp.forward_flops as f64 / 1e9;
+    if a.json {
+        let mut o = serde_json::json!({
+            "arch": model.meta.arch,
+            "bands": model.meta.bands,
+            "batch": a.batch,
+            "size": a.size,
+            "device": a.device,
+            "threads": threads,
+            "forward_gflop": gflops,
+            "forward_min_s": sp.forward.min_s,
+            "forward_median_s": sp.forward.median_s,
+        });
+        if let Some(t) = sp.train_step {
+            o["train_step_min_s"] = t.min_s.into();
+            o["train_step_median_s"] = t.median_s.into();
+        }
+        println!("{o}");
+        return Ok(());
+    }
+    println!(
+        "{} {}x{}x{}x{} on {} ({} threads), {:.1} GFLOP per forward",
+        model.meta.arch, a.batch, model.meta.bands, a.size, a.size, a.device, threads, gflops
+    );
+    let f = sp.forward;
+    println!(
+        "  forward     min {:.3} s  median {:.3} s  {:.1} GFLOP/s  {:.3} Mpx/s",
+        f.min_s,
+        f.median_s,
+        gflops / f.min_s,
+        px / f.min_s / 1e6
+    );
+    if let Some(t) = sp.train_step {
+        println!(
+            "  train step  min {:.3} s  median {:.3} s  {:.2} samples/s",
+            t.min_s,
+            t.median_s,
+            a.batch as f64 / t.min_s
+        );
+    }
     Ok(())
 }
 

@@ -12,9 +12,10 @@
 //! be marginally faster but leaves per-sample results at the mercy of the
 //! GEMM's blocking.
 
-use super::resnet::{bn, conv, Depth, ResNet, WInit};
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, VarBuilder};
+use super::conv::{Conv2d, ConvBn};
+use super::resnet::{conv, conv_bn, Depth, ResNet, WInit};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -64,8 +65,7 @@ pub fn resize_bilinear(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 /// stored as `classifier.0`, `.1` and `.4` like `torchvision`'s `fcn_resnet*`.
 #[derive(Debug, Clone)]
 struct FcnHead {
-    conv0: Conv2d,
-    bn1: BatchNorm,
+    unit0: ConvBn,
     conv4: Conv2d,
     dropout_seed: Arc<AtomicU64>,
 }
@@ -80,8 +80,16 @@ impl FcnHead {
         let inter = c_in / 4;
         Ok(Self {
             dropout_seed,
-            conv0: conv(vb.pp("0"), c_in, inter, 3, 1, 1, false, WInit::TorchDefault)?,
-            bn1: bn(vb.pp("1"), inter)?,
+            unit0: conv_bn(
+                vb.pp("0"),
+                vb.pp("1"),
+                c_in,
+                inter,
+                3,
+                1,
+                1,
+                WInit::TorchDefault,
+            )?,
             conv4: conv(
                 vb.pp("4"),
                 inter,
@@ -96,14 +104,13 @@ impl FcnHead {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv0.forward(x)?, train)?.relu()?;
-        let y = if train {
+        let y = self.unit0.forward_t(x, train, None, true)?;
+        if train {
             let seed = self.dropout_seed.fetch_add(1, Ordering::Relaxed);
-            seeded_dropout(&y, 0.1, seed)?
+            self.conv4.forward(&seeded_dropout(&y, 0.1, seed)?)
         } else {
-            y
-        };
-        self.conv4.forward(&y)
+            self.conv4.forward_fused(&y, None, None, false)
+        }
     }
 }
 
@@ -191,6 +198,19 @@ impl Fcn {
         })
     }
 
+    /// Convolution FLOPs of a forward pass on `b` windows of `h x w`.
+    pub(super) fn flops(&self, b: usize, h: usize, w: usize) -> u64 {
+        let (mut total, sizes) = self.backbone.flops(b, h, w);
+        let (h32, w32) = sizes[3];
+        let (f0, h0, w0) = self.head.unit0.conv.flops(b, h32, w32);
+        total += f0 + self.head.conv4.flops(b, h0, w0).0;
+        if let Some(s) = &self.skips {
+            total += s.score16.flops(b, sizes[2].0, sizes[2].1).0;
+            total += s.score8.flops(b, sizes[1].0, sizes[1].1).0;
+        }
+        total
+    }
+
     pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let f = self.backbone.forward_t(x, train)?;
@@ -198,10 +218,10 @@ impl Fcn {
         if let Some(s) = &self.skips {
             // Each step upsamples to the exact size of the skip tensor, so
             // sizes that are not multiples of 32 work too.
-            let s16 = s.score16.forward(&f.s16)?;
+            let s16 = score(&s.score16, &f.s16, train)?;
             let (_, _, h16, w16) = s16.dims4()?;
             y = (resize_bilinear(&y, h16, w16)? + s16)?;
-            let s8 = s.score8.forward(&f.s8)?;
+            let s8 = score(&s.score8, &f.s8, train)?;
             let (_, _, h8, w8) = s8.dims4()?;
             y = (resize_bilinear(&y, h8, w8)? + s8)?;
         }
@@ -209,33 +229,28 @@ impl Fcn {
     }
 }
 
-/// A conv3x3 → BN → ReLU unit of [`Tiny`], stored as `<name>.conv`, `<name>.bn`.
-#[derive(Debug, Clone)]
-struct ConvBnRelu {
-    conv: Conv2d,
-    bn: BatchNorm,
+/// A 1x1 scoring convolution with its bias: recorded for autograd in
+/// training, one fused pass at inference.
+fn score(conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
+    if train {
+        conv.forward(x)
+    } else {
+        conv.forward_fused(x, None, None, false)
+    }
 }
 
-impl ConvBnRelu {
-    fn new(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Result<Self> {
-        Ok(Self {
-            conv: conv(
-                vb.pp("conv"),
-                c_in,
-                c_out,
-                3,
-                stride,
-                1,
-                false,
-                WInit::KaimingFanOut,
-            )?,
-            bn: bn(vb.pp("bn"), c_out)?,
-        })
-    }
-
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()
-    }
+/// A conv3x3 → BN → ReLU unit of [`Tiny`], stored as `<name>.conv`, `<name>.bn`.
+fn conv_bn_relu(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Result<ConvBn> {
+    conv_bn(
+        vb.pp("conv"),
+        vb.pp("bn"),
+        c_in,
+        c_out,
+        3,
+        stride,
+        1,
+        WInit::KaimingFanOut,
+    )
 }
 
 /// Strides of `enc.0`, `enc.1`, `enc.2` of [`Tiny`]; they do not change any
@@ -250,7 +265,7 @@ const TINY_STRIDES: [usize; 3] = [2, 2, 1];
 /// receptive field (9 px instead of 15 px).
 #[derive(Debug, Clone)]
 pub(super) struct Tiny {
-    enc: [ConvBnRelu; 3],
+    enc: [ConvBn; 3],
     cls: Conv2d,
 }
 
@@ -259,9 +274,9 @@ impl Tiny {
         let e = vb.pp("enc");
         Ok(Self {
             enc: [
-                ConvBnRelu::new(e.pp(0), bands, 16, TINY_STRIDES[0])?,
-                ConvBnRelu::new(e.pp(1), 16, 32, TINY_STRIDES[1])?,
-                ConvBnRelu::new(e.pp(2), 32, 32, TINY_STRIDES[2])?,
+                conv_bn_relu(e.pp(0), bands, 16, TINY_STRIDES[0])?,
+                conv_bn_relu(e.pp(1), 16, 32, TINY_STRIDES[1])?,
+                conv_bn_relu(e.pp(2), 32, 32, TINY_STRIDES[2])?,
             ],
             cls: conv(
                 vb.pp("cls"),
@@ -276,13 +291,22 @@ impl Tiny {
         })
     }
 
+    pub(super) fn flops(&self, b: usize, h: usize, w: usize) -> u64 {
+        let (mut total, mut h, mut w) = (0, h, w);
+        for e in &self.enc {
+            let (f, h2, w2) = e.conv.flops(b, h, w);
+            (total, h, w) = (total + f, h2, w2);
+        }
+        total + self.cls.flops(b, h, w).0
+    }
+
     pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let mut y = x.clone();
         for e in &self.enc {
-            y = e.forward_t(&y, train)?;
+            y = e.forward_t(&y, train, None, true)?;
         }
-        resize_bilinear(&self.cls.forward(&y)?, h, w)
+        resize_bilinear(&score(&self.cls, &y, train)?, h, w)
     }
 }
 
@@ -309,8 +333,12 @@ impl Linear {
         })
     }
 
-    pub(super) fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
-        self.cls.forward(x)
+    pub(super) fn flops(&self, b: usize, h: usize, w: usize) -> u64 {
+        self.cls.flops(b, h, w).0
+    }
+
+    pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        score(&self.cls, x, train)
     }
 }
 

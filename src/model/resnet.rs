@@ -11,8 +11,9 @@
 //! 2), which would make the backbone untrainable. Since it follows a ReLU,
 //! zero padding is equivalent to torchvision's `-inf` padding.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
+use super::conv::{Conv2d, ConvBn};
+use candle_core::{Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
 
 /// How a convolution's weights are drawn at random initialisation.
 #[derive(Debug, Clone, Copy)]
@@ -65,12 +66,7 @@ pub(super) fn conv(
     } else {
         None
     };
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    Ok(Conv2d::new(weight, bias, cfg))
+    Ok(Conv2d::new(weight, bias, stride, padding))
 }
 
 /// Batch norm with PyTorch's defaults (eps 1e-5, momentum 0.1); candle's
@@ -78,6 +74,24 @@ pub(super) fn conv(
 /// the `VarMap`'s own variables) when called with `train = true`.
 pub(super) fn bn(vb: VarBuilder, c: usize) -> Result<BatchNorm> {
     candle_nn::batch_norm(c, BatchNormConfig::default(), vb)
+}
+
+/// `<conv_vb>` convolution (no bias, Kaiming) followed by `<bn_vb>` batch norm.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_bn(
+    conv_vb: VarBuilder,
+    bn_vb: VarBuilder,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    init: WInit,
+) -> Result<ConvBn> {
+    Ok(ConvBn {
+        conv: conv(conv_vb, c_in, c_out, k, stride, padding, false, init)?,
+        bn: bn(bn_vb, c_out)?,
+    })
 }
 
 /// The supported depths.
@@ -111,86 +125,59 @@ impl Depth {
 }
 
 /// `downsample.0` (1x1 conv) + `downsample.1` (BN) on the identity path.
-#[derive(Debug, Clone)]
-struct Downsample {
-    conv: Conv2d,
-    bn: BatchNorm,
-}
-
-impl Downsample {
-    fn new(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Result<Self> {
-        Ok(Self {
-            conv: conv(
-                vb.pp("0"),
-                c_in,
-                c_out,
-                1,
-                stride,
-                0,
-                false,
-                WInit::KaimingFanOut,
-            )?,
-            bn: bn(vb.pp("1"), c_out)?,
-        })
-    }
-
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)
-    }
+fn downsample(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Result<ConvBn> {
+    conv_bn(
+        vb.pp("0"),
+        vb.pp("1"),
+        c_in,
+        c_out,
+        1,
+        stride,
+        0,
+        WInit::KaimingFanOut,
+    )
 }
 
 /// torchvision's `BasicBlock` (ResNet-18/34).
 #[derive(Debug, Clone)]
 struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    downsample: Option<Downsample>,
+    unit1: ConvBn,
+    unit2: ConvBn,
+    downsample: Option<ConvBn>,
 }
 
 impl BasicBlock {
+    fn flops(&self, b: usize, h: usize, w: usize) -> (u64, usize, usize) {
+        let (f1, h1, w1) = self.unit1.conv.flops(b, h, w);
+        let (f2, h2, w2) = self.unit2.conv.flops(b, h1, w1);
+        let fd = self
+            .downsample
+            .as_ref()
+            .map_or(0, |d| d.conv.flops(b, h, w).0);
+        (f1 + f2 + fd, h2, w2)
+    }
+
     fn new(vb: VarBuilder, c_in: usize, planes: usize, stride: usize) -> Result<Self> {
         let downsample = if stride != 1 || c_in != planes {
-            Some(Downsample::new(vb.pp("downsample"), c_in, planes, stride)?)
+            Some(downsample(vb.pp("downsample"), c_in, planes, stride)?)
         } else {
             None
         };
+        let k = WInit::KaimingFanOut;
         Ok(Self {
-            conv1: conv(
-                vb.pp("conv1"),
-                c_in,
-                planes,
-                3,
-                stride,
-                1,
-                false,
-                WInit::KaimingFanOut,
-            )?,
-            bn1: bn(vb.pp("bn1"), planes)?,
-            conv2: conv(
-                vb.pp("conv2"),
-                planes,
-                planes,
-                3,
-                1,
-                1,
-                false,
-                WInit::KaimingFanOut,
-            )?,
-            bn2: bn(vb.pp("bn2"), planes)?,
+            unit1: conv_bn(vb.pp("conv1"), vb.pp("bn1"), c_in, planes, 3, stride, 1, k)?,
+            unit2: conv_bn(vb.pp("conv2"), vb.pp("bn2"), planes, planes, 3, 1, 1, k)?,
             downsample,
         })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
-        let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
+        let y = self.unit1.forward_t(x, train, None, true)?;
         let identity = match &self.downsample {
-            Some(d) => d.forward_t(x, train)?,
+            Some(d) => d.forward_t(x, train, None, false)?,
             None => x.clone(),
         };
-        (y + identity)?.relu()
+        self.unit2.forward_t(&y, train, Some(&identity), true)
     }
 }
 
@@ -198,74 +185,49 @@ impl BasicBlock {
 /// 3x3 convolution.
 #[derive(Debug, Clone)]
 struct Bottleneck {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    conv3: Conv2d,
-    bn3: BatchNorm,
-    downsample: Option<Downsample>,
+    unit1: ConvBn,
+    unit2: ConvBn,
+    unit3: ConvBn,
+    downsample: Option<ConvBn>,
 }
 
 impl Bottleneck {
+    fn flops(&self, b: usize, h: usize, w: usize) -> (u64, usize, usize) {
+        let (f1, h1, w1) = self.unit1.conv.flops(b, h, w);
+        let (f2, h2, w2) = self.unit2.conv.flops(b, h1, w1);
+        let (f3, h3, w3) = self.unit3.conv.flops(b, h2, w2);
+        let fd = self
+            .downsample
+            .as_ref()
+            .map_or(0, |d| d.conv.flops(b, h, w).0);
+        (f1 + f2 + f3 + fd, h3, w3)
+    }
+
     fn new(vb: VarBuilder, c_in: usize, planes: usize, stride: usize) -> Result<Self> {
         let width = planes;
         let c_out = planes * 4;
         let downsample = if stride != 1 || c_in != c_out {
-            Some(Downsample::new(vb.pp("downsample"), c_in, c_out, stride)?)
+            Some(downsample(vb.pp("downsample"), c_in, c_out, stride)?)
         } else {
             None
         };
+        let k = WInit::KaimingFanOut;
         Ok(Self {
-            conv1: conv(
-                vb.pp("conv1"),
-                c_in,
-                width,
-                1,
-                1,
-                0,
-                false,
-                WInit::KaimingFanOut,
-            )?,
-            bn1: bn(vb.pp("bn1"), width)?,
-            conv2: conv(
-                vb.pp("conv2"),
-                width,
-                width,
-                3,
-                stride,
-                1,
-                false,
-                WInit::KaimingFanOut,
-            )?,
-            bn2: bn(vb.pp("bn2"), width)?,
-            conv3: conv(
-                vb.pp("conv3"),
-                width,
-                c_out,
-                1,
-                1,
-                0,
-                false,
-                WInit::KaimingFanOut,
-            )?,
-            bn3: bn(vb.pp("bn3"), c_out)?,
+            unit1: conv_bn(vb.pp("conv1"), vb.pp("bn1"), c_in, width, 1, 1, 0, k)?,
+            unit2: conv_bn(vb.pp("conv2"), vb.pp("bn2"), width, width, 3, stride, 1, k)?,
+            unit3: conv_bn(vb.pp("conv3"), vb.pp("bn3"), width, c_out, 1, 1, 0, k)?,
             downsample,
         })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
-        let y = self
-            .bn2
-            .forward_t(&self.conv2.forward(&y)?, train)?
-            .relu()?;
-        let y = self.bn3.forward_t(&self.conv3.forward(&y)?, train)?;
+        let y = self.unit1.forward_t(x, train, None, true)?;
+        let y = self.unit2.forward_t(&y, train, None, true)?;
         let identity = match &self.downsample {
-            Some(d) => d.forward_t(x, train)?,
+            Some(d) => d.forward_t(x, train, None, false)?,
             None => x.clone(),
         };
-        (y + identity)?.relu()
+        self.unit3.forward_t(&y, train, Some(&identity), true)
     }
 }
 
@@ -276,6 +238,13 @@ enum Block {
 }
 
 impl Block {
+    fn flops(&self, b: usize, h: usize, w: usize) -> (u64, usize, usize) {
+        match self {
+            Block::Basic(x) => x.flops(b, h, w),
+            Block::Bottleneck(x) => x.flops(b, h, w),
+        }
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             Block::Basic(b) => b.forward_t(x, train),
@@ -298,8 +267,7 @@ pub(super) struct Features {
 /// A torchvision ResNet without its pooling and fully-connected layers.
 #[derive(Debug, Clone)]
 pub(super) struct ResNet {
-    conv1: Conv2d,
-    bn1: BatchNorm,
+    stem: ConvBn,
     layers: [Vec<Block>; 4],
 }
 
@@ -307,17 +275,16 @@ impl ResNet {
     /// `vb` is the backbone's root (its paths are prefixed `backbone.` by
     /// the caller).
     pub(super) fn new(depth: Depth, bands: usize, vb: VarBuilder) -> Result<Self> {
-        let conv1 = conv(
+        let stem = conv_bn(
             vb.pp("conv1"),
+            vb.pp("bn1"),
             bands,
             64,
             7,
             2,
             3,
-            false,
             WInit::KaimingFanOut,
         )?;
-        let bn1 = bn(vb.pp("bn1"), 64)?;
         let mut c_in = 64;
         let planes = [64, 128, 256, 512];
         let strides = [1, 2, 2, 2];
@@ -338,11 +305,29 @@ impl ResNet {
                 c_in = planes[l] * depth.expansion();
             }
         }
-        Ok(Self { conv1, bn1, layers })
+        Ok(Self { stem, layers })
+    }
+
+    /// Convolution FLOPs of a forward pass, and the `(height, width)` of
+    /// layer1..layer4's outputs.
+    pub(super) fn flops(&self, b: usize, h: usize, w: usize) -> (u64, [(usize, usize); 4]) {
+        let (mut total, h, w) = self.stem.conv.flops(b, h, w);
+        // the 3x3 / 2 max pool with padding 1
+        let (mut h, mut w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+        let mut sizes = [(0, 0); 4];
+        for (l, layer) in self.layers.iter().enumerate() {
+            for block in layer {
+                let (f, h2, w2) = block.flops(b, h, w);
+                total += f;
+                (h, w) = (h2, w2);
+            }
+            sizes[l] = (h, w);
+        }
+        (total, sizes)
     }
 
     pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Features> {
-        let x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let x = self.stem.forward_t(x, train, None, true)?;
         let mut x = if train {
             max_pool_3x3_s2_differentiable(&x)?
         } else {

@@ -1,0 +1,672 @@
+//! 2-D convolution as im2col + GEMM, forward and both gradients, NCHW.
+//!
+//! The work is cut into *units*: one sample and one fixed range of output
+//! pixels (a tile). Each unit gathers its patch matrix (im2col) into a small
+//! per-thread buffer that stays in cache and runs one single-threaded GEMM;
+//! rayon spreads the units over the cores. The tile width depends only on
+//! the layer's shape, never on the batch size or the thread count, and a
+//! unit's arithmetic depends only on its own sample, so every output value
+//! is computed by the same sequence of operations however the batch is
+//! composed and however many threads run. That is what keeps `rstile infer`
+//! bit-identical under any `--batch` and `--threads`.
+//!
+//! Pointwise convolutions (1x1, stride 1, no padding) skip im2col: the
+//! sample's `C x H·W` plane already is the patch matrix.
+//!
+//! The forward pass takes an [`Epilogue`] applied while a tile is still in
+//! cache: a per-channel affine map (batch norm folded in at inference, or a
+//! bias), a residual and a ReLU. That removes the separate passes over the
+//! activations that candle would make for each.
+//!
+//! ```
+//! use rstile::kernels::{conv2d_forward, ConvShape, Epilogue};
+//! // a 3x3 box filter over a 4x4 plane of ones, zero padding 1
+//! let s = ConvShape { batch: 1, c_in: 1, height: 4, width: 4, c_out: 1,
+//!                     kernel: 3, stride: 1, padding: 1, dilation: 1 };
+//! let y = conv2d_forward(&s, &[1.0; 16], &[1.0; 9], &Epilogue::default());
+//! assert_eq!(&y[..4], &[4.0, 6.0, 6.0, 4.0]);
+//! assert_eq!(y[5], 9.0);
+//! ```
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// The geometry of one convolution: NCHW input, `c_out x c_in x k x k`
+/// weights, square kernel, the same stride, padding and dilation on both
+/// axes (all that the ResNet family uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub c_in: usize,
+    pub height: usize,
+    pub width: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+}
+
+/// What happens to each output value after the GEMM, in this order:
+/// `y = acc * scale[c] + shift[c] + residual`, then `max(y, 0)` if `relu`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Per output channel; batch norm's `gamma / sqrt(var + eps)`.
+    pub scale: Option<&'a [f32]>,
+    /// Per output channel; a bias, or batch norm's folded shift.
+    pub shift: Option<&'a [f32]>,
+    /// Same shape as the output.
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+/// Target size of one unit's patch matrix: half of this machine's 1 MiB
+/// per-core L2, leaving room for the GEMM's own packed blocks.
+const COL_BYTES: usize = 512 * 1024;
+
+impl ConvShape {
+    /// Whether the kernel fits inside the padded input at least once.
+    pub fn is_valid(&self) -> bool {
+        self.batch > 0
+            && self.c_in > 0
+            && self.c_out > 0
+            && self.kernel > 0
+            && self.stride > 0
+            && self.dilation > 0
+            && self.height + 2 * self.padding > self.dilation * (self.kernel - 1)
+            && self.width + 2 * self.padding > self.dilation * (self.kernel - 1)
+    }
+
+    pub fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding - self.dilation * (self.kernel - 1) - 1) / self.stride + 1
+    }
+
+    pub fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding - self.dilation * (self.kernel - 1) - 1) / self.stride + 1
+    }
+
+    /// Rows of the patch matrix: `c_in · k · k`, the GEMM's inner dimension.
+    pub fn patch_len(&self) -> usize {
+        self.c_in * self.kernel * self.kernel
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.c_in * self.height * self.width
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.patch_len()
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.batch * self.c_out * self.out_pixels()
+    }
+
+    /// Multiply-adds times two, the usual FLOP count of a forward pass.
+    pub fn flops(&self) -> u64 {
+        2 * (self.batch * self.c_out * self.out_pixels()) as u64 * self.patch_len() as u64
+    }
+
+    fn out_pixels(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+
+    fn pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Output pixels per unit. A function of the layer alone (see the
+    /// module docs); at least 64 so that the GEMM stays efficient.
+    fn tile(&self) -> usize {
+        let t = (COL_BYTES / 4 / self.patch_len()).max(64) / 16 * 16;
+        t.min(self.out_pixels())
+    }
+
+    /// `(sample, first pixel, end pixel)` of every unit, in order.
+    fn units(&self) -> Vec<(usize, usize, usize)> {
+        let (p, t) = (self.out_pixels(), self.tile());
+        (0..self.batch)
+            .flat_map(|b| (0..p.div_ceil(t)).map(move |i| (b, i * t, (i * t + t).min(p))))
+            .collect()
+    }
+
+    fn check(&self, x: &[f32], w: &[f32]) {
+        assert!(self.is_valid(), "invalid convolution {self:?}");
+        assert_eq!(x.len(), self.input_len(), "input length");
+        assert_eq!(w.len(), self.weight_len(), "weight length");
+    }
+}
+
+/// A pointer that units may share because each writes a disjoint region.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// A method, not a field read, so that closures capture the whole
+    /// (`Sync`) wrapper rather than the bare pointer.
+    fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the allocation the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+thread_local! {
+    /// Each rayon worker's patch-matrix buffer, reused across calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
+/// Range of output columns `[lo, hi)` for which input column
+/// `ox·stride + offset` falls inside `0..width`.
+fn valid_range(offset: isize, stride: usize, width: usize, out: usize) -> (usize, usize) {
+    let s = stride as isize;
+    // smallest ox with ox·s + offset >= 0
+    let lo = if offset >= 0 {
+        0
+    } else {
+        (-offset + s - 1) / s
+    };
+    // largest ox with ox·s + offset <= width - 1
+    let last = width as isize - 1 - offset;
+    let hi = if last < 0 { 0 } else { last / s + 1 };
+    let lo = (lo as usize).min(out);
+    (lo, (hi as usize).clamp(lo, out))
+}
+
+/// Gathers the patch matrix of output pixels `p0..p1` of one sample `xb`
+/// (`c_in x H x W`) into `col` (`patch_len x (p1 - p0)`, row-major; row
+/// `(ci·k + ky)·k + kx` matches the weights' memory order).
+fn im2col(s: &ConvShape, xb: &[f32], p0: usize, p1: usize, col: &mut [f32]) {
+    let (h, w, k) = (s.height, s.width, s.kernel);
+    let (ow, n) = (s.out_width(), p1 - p0);
+    for ci in 0..s.c_in {
+        let plane = &xb[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((ci * k + ky) * k + kx) * n..][..n];
+                let off_x = (kx * s.dilation) as isize - s.padding as isize;
+                let (lo, hi) = valid_range(off_x, s.stride, w, ow);
+                let mut p = p0;
+                while p < p1 {
+                    let (oy, ox0) = (p / ow, p % ow);
+                    let ox1 = ow.min(ox0 + (p1 - p));
+                    let dst = &mut row[p - p0..p - p0 + (ox1 - ox0)];
+                    let iy = (oy * s.stride + ky * s.dilation) as isize - s.padding as isize;
+                    if iy < 0 || iy >= h as isize {
+                        dst.fill(0.0);
+                    } else {
+                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        let (a, b) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
+                        dst[..a - ox0].fill(0.0);
+                        dst[b - ox0..].fill(0.0);
+                        let first = (a as isize * s.stride as isize + off_x) as usize;
+                        if s.stride == 1 {
+                            dst[a - ox0..b - ox0].copy_from_slice(&src[first..first + (b - a)]);
+                        } else {
+                            for (d, ix) in dst[a - ox0..b - ox0]
+                                .iter_mut()
+                                .zip((first..).step_by(s.stride))
+                            {
+                                *d = src[ix];
+                            }
+                        }
+                    }
+                    p += ox1 - ox0;
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each patch-matrix entry of pixels
+/// `p0..p1` back onto the input position it was gathered from.
+fn col2im_add(s: &ConvShape, col: &[f32], p0: usize, p1: usize, dxb: &mut [f32]) {
+    let (h, w, k) = (s.height, s.width, s.kernel);
+    let (ow, n) = (s.out_width(), p1 - p0);
+    for ci in 0..s.c_in {
+        let plane = &mut dxb[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &col[((ci * k + ky) * k + kx) * n..][..n];
+                let off_x = (kx * s.dilation) as isize - s.padding as isize;
+                let (lo, hi) = valid_range(off_x, s.stride, w, ow);
+                let mut p = p0;
+                while p < p1 {
+                    let (oy, ox0) = (p / ow, p % ow);
+                    let ox1 = ow.min(ox0 + (p1 - p));
+                    let iy = (oy * s.stride + ky * s.dilation) as isize - s.padding as isize;
+                    if iy >= 0 && iy < h as isize {
+                        let dst = &mut plane[iy as usize * w..(iy as usize + 1) * w];
+                        let (a, b) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
+                        let src = &row[p - p0 + (a - ox0)..p - p0 + (b - ox0)];
+                        let first = (a as isize * s.stride as isize + off_x) as usize;
+                        for (v, ix) in src.iter().zip((first..).step_by(s.stride)) {
+                            dst[ix] += *v;
+                        }
+                    }
+                    p += ox1 - ox0;
+                }
+            }
+        }
+    }
+}
+
+/// `y = conv(x, w)` followed by the epilogue. `x` is `batch x c_in x H x W`,
+/// `w` is `c_out x c_in x k x k`, both contiguous; returns
+/// `batch x c_out x H' x W'`.
+pub fn conv2d_forward(s: &ConvShape, x: &[f32], w: &[f32], ep: &Epilogue) -> Vec<f32> {
+    s.check(x, w);
+    let (p_out, k_len, c_out) = (s.out_pixels(), s.patch_len(), s.c_out);
+    if let Some(r) = ep.residual {
+        assert_eq!(r.len(), s.output_len(), "residual length");
+    }
+    let mut out = vec![0f32; s.output_len()];
+    let dst = Shared(out.as_mut_ptr());
+    let in_len = s.c_in * s.height * s.width;
+    s.units().into_par_iter().for_each(|(b, p0, p1)| {
+        let n = p1 - p0;
+        let xb = &x[b * in_len..(b + 1) * in_len];
+        // unit (b, p0..p1) writes only columns p0..p1 of sample b
+        let ob = dst.at(b * c_out * p_out);
+        let run = |rhs: *const f32, rhs_rs: usize| unsafe {
+            gemm(
+                c_out,
+                n,
+                k_len,
+                ob.add(p0),
+                1,
+                p_out as isize,
+                false,
+                w.as_ptr(),
+                1,
+                k_len as isize,
+                rhs,
+                1,
+                rhs_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            )
+        };
+        if s.pointwise() {
+            run(xb[p0..].as_ptr(), p_out);
+        } else {
+            with_scratch(k_len * n, |col| {
+                im2col(s, xb, p0, p1, col);
+                run(col.as_ptr(), n);
+            });
+        }
+        for c in 0..c_out {
+            let at = b * c_out * p_out + c * p_out + p0;
+            // SAFETY: as above, this unit's own slice of the output.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.at(at), n) };
+            apply_epilogue(row, ep, c, at);
+        }
+    });
+    out
+}
+
+fn apply_epilogue(row: &mut [f32], ep: &Epilogue, c: usize, at: usize) {
+    let scale = ep.scale.map_or(1.0, |s| s[c]);
+    let shift = ep.shift.map_or(0.0, |s| s[c]);
+    if ep.scale.is_some() || ep.shift.is_some() {
+        for v in row.iter_mut() {
+            *v = *v * scale + shift;
+        }
+    }
+    if let Some(r) = ep.residual {
+        let n = row.len();
+        for (v, r) in row.iter_mut().zip(&r[at..at + n]) {
+            *v += *r;
+        }
+    }
+    if ep.relu {
+        for v in row.iter_mut() {
+            *v = v.max(0.0);
+        }
+    }
+}
+
+/// The gradient of the input: `dx = convᵀ(dy, w)`, `batch x c_in x H x W`.
+/// One unit per sample, whose tiles run in order, because neighbouring
+/// tiles add into the same input pixels.
+pub fn conv2d_backward_input(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    assert!(s.is_valid(), "invalid convolution {s:?}");
+    assert_eq!(dy.len(), s.output_len(), "gradient length");
+    assert_eq!(w.len(), s.weight_len(), "weight length");
+    let (p_out, k_len, c_out) = (s.out_pixels(), s.patch_len(), s.c_out);
+    let in_len = s.c_in * s.height * s.width;
+    let mut dx = vec![0f32; s.input_len()];
+    let par = inner_parallelism(s.batch);
+    dx.par_chunks_mut(in_len).enumerate().for_each(|(b, dxb)| {
+        let dyb = &dy[b * c_out * p_out..(b + 1) * c_out * p_out];
+        if s.pointwise() {
+            // dx_b (c_in x P) = wᵀ (c_in x c_out) · dy_b (c_out x P)
+            unsafe {
+                gemm(
+                    s.c_in,
+                    p_out,
+                    c_out,
+                    dxb.as_mut_ptr(),
+                    1,
+                    p_out as isize,
+                    false,
+                    w.as_ptr(),
+                    s.c_in as isize,
+                    1,
+                    dyb.as_ptr(),
+                    1,
+                    p_out as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            };
+            return;
+        }
+        let t = s.tile();
+        for p0 in (0..p_out).step_by(t) {
+            let p1 = (p0 + t).min(p_out);
+            let n = p1 - p0;
+            with_scratch(k_len * n, |dcol| {
+                // dcol (K x n) = wᵀ (K x c_out) · dy_b[:, p0..p1] (c_out x n)
+                unsafe {
+                    gemm(
+                        k_len,
+                        n,
+                        c_out,
+                        dcol.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        w.as_ptr(),
+                        k_len as isize,
+                        1,
+                        dyb[p0..].as_ptr(),
+                        1,
+                        p_out as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    )
+                };
+                col2im_add(s, dcol, p0, p1, dxb);
+            });
+        }
+    });
+    dx
+}
+
+/// The gradient of the weights: `dw = Σ_units dy_tile · colᵀ`,
+/// `c_out x c_in x k x k`. The units are split into one contiguous run per
+/// thread, each summed into its own accumulator, and the accumulators are
+/// added in order: the result depends on the thread count but not on
+/// scheduling, so a training run repeats exactly.
+pub fn conv2d_backward_weight(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(s.is_valid(), "invalid convolution {s:?}");
+    assert_eq!(x.len(), s.input_len(), "input length");
+    assert_eq!(dy.len(), s.output_len(), "gradient length");
+    let (p_out, k_len, c_out) = (s.out_pixels(), s.patch_len(), s.c_out);
+    let in_len = s.c_in * s.height * s.width;
+    let units = s.units();
+    let runs = rayon::current_num_threads().clamp(1, units.len());
+    let per_run = units.len().div_ceil(runs);
+    let partials: Vec<Vec<f32>> = units
+        .par_chunks(per_run)
+        .map(|run| {
+            let mut acc = vec![0f32; c_out * k_len];
+            for &(b, p0, p1) in run {
+                let n = p1 - p0;
+                let xb = &x[b * in_len..(b + 1) * in_len];
+                let dyb = &dy[b * c_out * p_out..(b + 1) * c_out * p_out];
+                // acc (c_out x K) += dy_b[:, p0..p1] (c_out x n) · colᵀ (n x K)
+                let add = |rhs: *const f32, rhs_cs: usize, acc: &mut [f32]| unsafe {
+                    gemm(
+                        c_out,
+                        k_len,
+                        n,
+                        acc.as_mut_ptr(),
+                        1,
+                        k_len as isize,
+                        true,
+                        dyb[p0..].as_ptr(),
+                        1,
+                        p_out as isize,
+                        rhs,
+                        rhs_cs as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                };
+                if s.pointwise() {
+                    add(xb[p0..].as_ptr(), p_out, &mut acc);
+                } else {
+                    with_scratch(k_len * n, |col| {
+                        im2col(s, xb, p0, p1, col);
+                        add(col.as_ptr(), n, &mut acc);
+                    });
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut it = partials.into_iter();
+    let mut dw = it.next().expect("at least one unit");
+    for p in it {
+        for (a, b) in dw.iter_mut().zip(&p) {
+            *a += *b;
+        }
+    }
+    dw
+}
+
+/// Threads for a GEMM inside a per-sample unit: all of them when there are
+/// fewer samples than threads, none otherwise.
+fn inner_parallelism(units: usize) -> Parallelism {
+    let t = rayon::current_num_threads();
+    if units >= t {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(t.div_ceil(units))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straight from the definition, in f64.
+    fn naive(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f64> {
+        let (oh, ow, k) = (s.out_height(), s.out_width(), s.kernel);
+        let mut y = vec![0f64; s.output_len()];
+        for b in 0..s.batch {
+            for co in 0..s.c_out {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0f64;
+                        for ci in 0..s.c_in {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s.stride + ky * s.dilation) as isize
+                                        - s.padding as isize;
+                                    let ix = (ox * s.stride + kx * s.dilation) as isize
+                                        - s.padding as isize;
+                                    if iy < 0
+                                        || ix < 0
+                                        || iy >= s.height as isize
+                                        || ix >= s.width as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi = ((b * s.c_in + ci) * s.height + iy as usize) * s.width
+                                        + ix as usize;
+                                    let wi = ((co * s.c_in + ci) * k + ky) * k + kx;
+                                    acc += x[xi] as f64 * w[wi] as f64;
+                                }
+                            }
+                        }
+                        y[((b * s.c_out + co) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
+        let mut z = seed;
+        (0..n)
+            .map(|_| {
+                z = z
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((z >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn shapes() -> Vec<ConvShape> {
+        let mut v = Vec::new();
+        for (k, stride, padding, dilation) in [
+            (1, 1, 0, 1),
+            (1, 2, 0, 1),
+            (3, 1, 1, 1),
+            (3, 2, 1, 1),
+            (3, 1, 2, 2),
+            (7, 2, 3, 1),
+            (2, 3, 0, 1),
+        ] {
+            for (h, w) in [(5, 7), (8, 8), (1, 3), (13, 4)] {
+                let s = ConvShape {
+                    batch: 2,
+                    c_in: 3,
+                    height: h,
+                    width: w,
+                    c_out: 4,
+                    kernel: k,
+                    stride,
+                    padding,
+                    dilation,
+                };
+                if s.is_valid() {
+                    v.push(s);
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        for s in shapes() {
+            let x = pseudo(s.input_len(), 1);
+            let w = pseudo(s.weight_len(), 2);
+            let y = conv2d_forward(&s, &x, &w, &Epilogue::default());
+            for (a, b) in y.iter().zip(naive(&s, &x, &w)) {
+                assert!((*a as f64 - b).abs() < 1e-5, "{s:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// <conv(x, w), g> = <x, dx> = <w, dw>: both gradients against the
+    /// forward pass, through the adjoint identities.
+    #[test]
+    fn gradients_are_the_adjoints_of_the_forward_pass() {
+        for s in shapes() {
+            let x = pseudo(s.input_len(), 3);
+            let w = pseudo(s.weight_len(), 4);
+            let g = pseudo(s.output_len(), 5);
+            let y = conv2d_forward(&s, &x, &w, &Epilogue::default());
+            let lhs: f64 = y.iter().zip(&g).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let dx = conv2d_backward_input(&s, &g, &w);
+            let dw = conv2d_backward_weight(&s, &x, &g);
+            let via_x: f64 = dx.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let via_w: f64 = dw.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((lhs - via_x).abs() < 1e-4, "{s:?}: {lhs} vs {via_x}");
+            assert!((lhs - via_w).abs() < 1e-4, "{s:?}: {lhs} vs {via_w}");
+        }
+    }
+
+    #[test]
+    fn epilogue_applies_scale_shift_residual_and_relu() {
+        let s = ConvShape {
+            batch: 1,
+            c_in: 1,
+            height: 2,
+            width: 2,
+            c_out: 2,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+        };
+        let x = [1.0, -1.0, 2.0, 0.5];
+        let w = [1.0, 2.0];
+        let res = [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0];
+        let y = conv2d_forward(
+            &s,
+            &x,
+            &w,
+            &Epilogue {
+                scale: Some(&[2.0, -1.0]),
+                shift: Some(&[0.5, 0.0]),
+                residual: Some(&res),
+                relu: true,
+            },
+        );
+        assert_eq!(y, vec![2.5, 0.0, 4.5, 2.5, 0.0, 2.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn a_sample_does_not_depend_on_its_batch() {
+        let one = ConvShape {
+            batch: 1,
+            c_in: 16,
+            height: 37,
+            width: 29,
+            c_out: 8,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+        };
+        let four = ConvShape { batch: 4, ..one };
+        let x = pseudo(four.input_len(), 9);
+        let w = pseudo(four.weight_len(), 10);
+        let all = conv2d_forward(&four, &x, &w, &Epilogue::default());
+        for b in 0..4 {
+            let xb = &x[b * one.input_len()..(b + 1) * one.input_len()];
+            let yb = conv2d_forward(&one, xb, &w, &Epilogue::default());
+            assert_eq!(
+                &all[b * one.output_len()..(b + 1) * one.output_len()],
+                &yb[..]
+            );
+        }
+    }
+}

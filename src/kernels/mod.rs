@@ -1,0 +1,21 @@
+//! CPU kernels for the parts of the network where candle's CPU backend is
+//! the limit.
+//!
+//! candle 0.11 runs a 3x3 convolution as many small GEMMs behind a
+//! single-threaded NCHW→NHWC copy of the whole input, and its backward pass
+//! for the input gradient is a direct (loop) transposed convolution. Both
+//! dominate the time of a ResNet on a CPU. The kernels here keep candle's
+//! NCHW layout, so they slot in behind the same `Module` API, but cut the
+//! work into independent units that each run one well-shaped GEMM from the
+//! `gemm` crate (the one candle itself uses).
+//!
+//! They know nothing of candle or GDAL: plain `f32` slices in, `Vec<f32>`
+//! out, so that they can be tested and benchmarked alone. The candle side
+//! (custom ops with a backward pass, batch-norm folding) lives in
+//! `model::conv`.
+
+pub mod conv;
+
+pub use conv::{
+    conv2d_backward_input, conv2d_backward_weight, conv2d_forward, ConvShape, Epilogue,
+};
