@@ -322,6 +322,7 @@ fn set_threads(threads: Option<usize>) -> usize {
     });
     // candle and gemm size their pools from RAYON_NUM_THREADS
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rstile::speed::single_candle_pool();
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global();
@@ -676,6 +677,7 @@ fn model_new(a: ModelNewArgs) -> Result<()> {
 
 fn model_bench(a: ModelBenchArgs) -> Result<()> {
     let threads = set_threads(a.threads);
+    rstile::speed::reuse_freed_memory();
     let device = parse_device(&a.device)?;
     if a.batch == 0 || a.size < 32 || a.iters == 0 {
         bail!("model bench: --batch and --iters must be at least 1, --size at least 32");
@@ -834,6 +836,7 @@ impl rstile::train::TrainProgress for TrainBar {
 
 fn train(a: TrainArgs) -> Result<()> {
     set_threads(a.threads);
+    rstile::speed::reuse_freed_memory();
     let device = parse_device(&a.device)?;
     let config = match (&a.config, &a.resume) {
         (Some(c), _) => c.clone(),

@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{BatchNorm, Module, ModuleT};
 use rstile::model::conv::{Conv2d, ConvBn};
+use rstile::model::norm::BatchNorm2d;
 
 const TOL: f32 = 1e-4;
 
@@ -125,11 +126,20 @@ fn fused_inference_matches_candle_batch_norm_residual_and_relu() {
         let var = (rand(&[c_out], seed + 3) + 1.0).unwrap();
         let gamma = (rand(&[c_out], seed + 4) + 1.0).unwrap();
         let beta = rand(&[c_out], seed + 5);
-        let bn = BatchNorm::new(c_out, mean, var, gamma, beta, 1e-5).unwrap();
+        let reference = BatchNorm::new(
+            c_out,
+            mean.copy().unwrap(),
+            var.copy().unwrap(),
+            gamma.clone(),
+            beta.clone(),
+            1e-5,
+        )
+        .unwrap();
+        let bn = BatchNorm2d::new(mean, var, gamma, beta, 1e-5).unwrap();
         let unit = ConvBn { conv, bn };
         let y0 = unit.conv.forward_candle(&x).unwrap();
         let residual = rand(y0.dims(), seed + 6);
-        let normed = unit.bn.forward_t(&y0, false).unwrap();
+        let normed = reference.forward_t(&y0, false).unwrap();
         let reference = (normed + &residual).unwrap().relu().unwrap();
         let ours = unit.forward_t(&x, false, Some(&residual), true).unwrap();
         let e = rel_err(&ours, &reference);
@@ -163,4 +173,77 @@ fn results_do_not_depend_on_the_thread_count() {
     let one = run(1);
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
+}
+
+/// Training mode: `relu(bn(x) + r)` with batch statistics, its gradients
+/// for x, r, gamma and beta, and the running statistics it leaves, against
+/// candle's `BatchNorm` composed with candle's add and ReLU.
+#[test]
+fn fused_training_batch_norm_matches_candle() {
+    for (b, c, h, w, residual, relu) in [
+        (2, 64, 13, 11, true, true),
+        (4, 256, 5, 7, false, true),
+        (2, 512, 3, 5, false, false),
+        (1, 16, 9, 9, true, true),
+    ] {
+        let seed = (b * c * h) as u64;
+        let x = Var::from_tensor(&(rand(&[b, c, h, w], seed) * 3.0).unwrap()).unwrap();
+        let r = Var::from_tensor(&rand(&[b, c, h, w], seed + 1)).unwrap();
+        let gamma = Var::from_tensor(&(rand(&[c], seed + 2) + 1.0).unwrap()).unwrap();
+        let beta = Var::from_tensor(&rand(&[c], seed + 3)).unwrap();
+        let stats = || (rand(&[c], seed + 4), (rand(&[c], seed + 5) + 1.0).unwrap());
+        let (m0, v0) = stats();
+        let ours = BatchNorm2d::new(
+            m0,
+            v0,
+            gamma.as_tensor().clone(),
+            beta.as_tensor().clone(),
+            1e-5,
+        )
+        .unwrap();
+        let (m1, v1) = stats();
+        let theirs = BatchNorm::new_with_momentum(
+            c,
+            m1,
+            v1,
+            gamma.as_tensor().clone(),
+            beta.as_tensor().clone(),
+            1e-5,
+            0.1,
+        )
+        .unwrap();
+        let res = residual.then(|| r.as_tensor());
+        let a = ours.forward_fused(x.as_tensor(), true, res, relu).unwrap();
+        let mut bref = theirs.forward_t(x.as_tensor(), true).unwrap();
+        if let Some(r) = res {
+            bref = (bref + r).unwrap();
+        }
+        if relu {
+            bref = bref.relu().unwrap();
+        }
+        let what = format!("{b}x{c}x{h}x{w} residual {residual} relu {relu}");
+        let e = rel_err(&a, &bref);
+        assert!(e < TOL, "{what}: forward relative error {e}");
+        for (name, x, y) in [
+            ("running mean", ours.running_mean(), theirs.running_mean()),
+            ("running var", ours.running_var(), theirs.running_var()),
+        ] {
+            let e = rel_err(x, y);
+            assert!(e < TOL, "{what}: {name} relative error {e}");
+        }
+        let g = rand(a.dims(), seed + 6);
+        let ga = (a * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (bref * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut vars = vec![("x", &x), ("gamma", &gamma), ("beta", &beta)];
+        if residual {
+            vars.push(("residual", &r));
+        }
+        for (name, v) in vars {
+            let e = rel_err(
+                ga.get(v.as_tensor()).expect("ours"),
+                gb.get(v.as_tensor()).expect("candle's"),
+            );
+            assert!(e < TOL, "{what}: {name} gradient relative error {e}");
+        }
+    }
 }

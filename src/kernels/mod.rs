@@ -9,13 +9,19 @@
 //! work into independent units that each run one well-shaped GEMM from the
 //! `gemm` crate (the one candle itself uses).
 //!
+//! Batch norm in training mode is the other hot spot: composed from
+//! candle's element-wise ops it makes some thirty passes over each
+//! activation per step; [`norm`] makes five.
+//!
 //! They know nothing of candle or GDAL: plain `f32` slices in, `Vec<f32>`
 //! out, so that they can be tested and benchmarked alone. The candle side
 //! (custom ops with a backward pass, batch-norm folding) lives in
 //! `model::conv`.
 
 pub mod conv;
+pub mod norm;
 
-pub use conv::{
-    conv2d_backward_input, conv2d_backward_weight, conv2d_forward, ConvShape, Epilogue,
+pub use conv::{conv2d_backward, conv2d_forward, ConvShape, Epilogue};
+pub use norm::{
+    batch_norm_train, batch_norm_train_backward, BatchNormGrads, BatchStats, NormShape,
 };

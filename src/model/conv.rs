@@ -10,15 +10,14 @@
 //! usual conv → BN (batch statistics) → optional residual → optional ReLU.
 //! At inference the normalisation is an affine map per channel, so it is
 //! folded into the kernel's epilogue together with the residual and the
-//! ReLU: one pass over the activations instead of five. The fold is
+//! ReLU: one pass over the activations instead of five. In training the
+//! batch norm, residual and ReLU are one fused op too ([`super::norm`]). The fold is
 //! recomputed from the running statistics on every call (a few hundred
 //! floats per layer), so it can never go stale when training updates them.
 
+use super::norm::BatchNorm2d;
 use crate::kernels::{self, ConvShape, Epilogue};
-use candle_core::{
-    CpuStorage, CustomOp2, DType, Layout, Module, ModuleT, Result, Shape, Storage, Tensor,
-};
-use candle_nn::BatchNorm;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Storage, Tensor};
 
 /// A square 2-D convolution with torchvision's parameter layout
 /// (`weight`: `c_out x c_in x k x k`, optional `bias`: `c_out`).
@@ -226,7 +225,7 @@ impl Module for Conv2d {
 }
 
 /// Runs `f` on the `f32` CPU slice of a contiguous tensor.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cpu(cpu) => f(f32_slice(cpu, layout)?),
@@ -234,7 +233,7 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -286,84 +285,21 @@ impl CustomOp2 for ConvOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let s = self.with_batch(x.dim(0)?);
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(w, &ConvGradInput(self.with_batch(x.dim(0)?)))?;
-        let dw = x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.with_batch(x.dim(0)?)))?;
-        Ok((Some(dx), Some(dw)))
-    }
-}
-
-/// `(dy, w) ↦ dx`; no second-order gradient.
-struct ConvGradInput(ConvShape);
-
-impl CustomOp2 for ConvGradInput {
-    fn name(&self) -> &'static str {
-        "rstile-conv2d-grad-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let s = self.0;
-        let dx = kernels::conv2d_backward_input(&s, f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (dx, dw) = with_f32(x, |xs| {
+            with_f32(&grad, |gs| {
+                with_f32(&w.contiguous()?, |ws| {
+                    Ok(kernels::conv2d_backward(&s, xs, gs, ws))
+                })
+            })
+        })?;
+        let dev = x.device();
         Ok((
-            CpuStorage::F32(dx),
-            Shape::from((s.batch, s.c_in, s.height, s.width)),
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
         ))
     }
-}
-
-/// `(x, dy) ↦ dw`; no second-order gradient.
-struct ConvGradWeight(ConvShape);
-
-impl CustomOp2 for ConvGradWeight {
-    fn name(&self) -> &'static str {
-        "rstile-conv2d-grad-weight"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let s = self.0;
-        let dw = kernels::conv2d_backward_weight(&s, f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        Ok((
-            CpuStorage::F32(dw),
-            Shape::from((s.c_out, s.c_in, s.kernel, s.kernel)),
-        ))
-    }
-}
-
-/// Batch norm's inference map as `(scale, shift)` per channel:
-/// `gamma / sqrt(var + eps)` and `beta - mean · scale`.
-pub fn bn_affine(bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
-    let f = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
-    let mean = f(bn.running_mean())?;
-    let var = f(bn.running_var())?;
-    let (gamma, beta) = match bn.weight_and_bias() {
-        Some((g, b)) => (f(g)?, f(b)?),
-        None => (vec![1.0; mean.len()], vec![0.0; mean.len()]),
-    };
-    let eps = bn.eps() as f32;
-    let scale: Vec<f32> = gamma
-        .iter()
-        .zip(&var)
-        .map(|(g, v)| g / (v + eps).sqrt())
-        .collect();
-    let shift = beta
-        .iter()
-        .zip(&mean)
-        .zip(&scale)
-        .map(|((b, m), s)| b - m * s)
-        .collect();
-    Ok((scale, shift))
 }
 
 /// A convolution and its batch norm, stored under their own names (e.g.
@@ -371,7 +307,7 @@ pub fn bn_affine(bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
 #[derive(Debug, Clone)]
 pub struct ConvBn {
     pub conv: Conv2d,
-    pub bn: BatchNorm,
+    pub bn: BatchNorm2d,
 }
 
 impl ConvBn {
@@ -384,19 +320,12 @@ impl ConvBn {
         relu: bool,
     ) -> Result<Tensor> {
         if !train && self.conv.is_fast(x) {
-            let (scale, shift) = bn_affine(&self.bn)?;
+            let (scale, shift) = self.bn.affine()?;
             return self
                 .conv
                 .forward_fused(x, Some((&scale, &shift)), residual, relu);
         }
-        let mut y = self.bn.forward_t(&self.conv.forward(x)?, train)?;
-        if let Some(r) = residual {
-            y = (y + r)?;
-        }
-        if relu {
-            y.relu()
-        } else {
-            Ok(y)
-        }
+        self.bn
+            .forward_fused(&self.conv.forward(x)?, train, residual, relu)
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod conv;
 mod fcn;
+pub mod norm;
 mod resnet;
 
 pub use crate::classes::ClassTable;

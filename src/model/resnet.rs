@@ -12,8 +12,9 @@
 //! zero padding is equivalent to torchvision's `-inf` padding.
 
 use super::conv::{Conv2d, ConvBn};
+use super::norm::{batch_norm2d, BatchNorm2d};
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 /// How a convolution's weights are drawn at random initialisation.
 #[derive(Debug, Clone, Copy)]
@@ -69,11 +70,11 @@ pub(super) fn conv(
     Ok(Conv2d::new(weight, bias, stride, padding))
 }
 
-/// Batch norm with PyTorch's defaults (eps 1e-5, momentum 0.1); candle's
-/// `BatchNorm` uses batch statistics and updates the running ones (which are
-/// the `VarMap`'s own variables) when called with `train = true`.
-pub(super) fn bn(vb: VarBuilder, c: usize) -> Result<BatchNorm> {
-    candle_nn::batch_norm(c, BatchNormConfig::default(), vb)
+/// Batch norm with PyTorch's defaults (eps 1e-5, momentum 0.1); in
+/// training it uses batch statistics and updates the running ones (which
+/// are the `VarMap`'s own variables).
+pub(super) fn bn(vb: VarBuilder, c: usize) -> Result<BatchNorm2d> {
+    batch_norm2d(vb, c)
 }
 
 /// `<conv_vb>` convolution (no bias, Kaiming) followed by `<bn_vb>` batch norm.

@@ -1,0 +1,378 @@
+//! Batch normalisation in training mode, fused with the residual add and
+//! the ReLU that follow it in a ResNet, forward and backward.
+//!
+//! Composed from candle's element-wise ops, a training-mode batch norm is
+//! about a dozen full passes over the activations forward and twice that
+//! backward, each allocating its result; on a CPU that cost more than the
+//! convolutions around it. Here the forward pass is two reads and one write
+//! per value (statistics, then the normalised output) and the backward
+//! pass two reads of each input and one write per gradient. Channels are
+//! independent, so they are spread over the threads, and each channel's
+//! sums are taken in a fixed order (in `f64`): results do not depend on the
+//! thread count.
+//!
+//! Layout: NCHW, contiguous, `x[b][c][p]` with `plane = H·W`.
+
+use rayon::prelude::*;
+
+/// The dimensions of an NCHW activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormShape {
+    pub batch: usize,
+    pub channels: usize,
+    /// Height times width.
+    pub plane: usize,
+}
+
+impl NormShape {
+    pub fn len(&self) -> usize {
+        self.batch * self.channels * self.plane
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Values per channel.
+    fn count(&self) -> usize {
+        self.batch * self.plane
+    }
+
+    /// The `batch` blocks of channel `c`, as index ranges.
+    fn blocks(&self, c: usize) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        (0..self.batch).map(move |b| {
+            let at = (b * self.channels + c) * self.plane;
+            at..at + self.plane
+        })
+    }
+}
+
+/// Statistics of one training-mode pass: per-channel batch mean and biased
+/// variance (what normalised the batch; the running statistics take the
+/// unbiased one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStats {
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+}
+
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// A method, not a field read, so that closures capture the wrapper.
+    ///
+    /// # Safety
+    /// `r` must lie inside the allocation, which must outlive `'a`, and no
+    /// two live slices may overlap.
+    unsafe fn slice<'a>(&self, r: std::ops::Range<usize>) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(r.start), r.len())
+    }
+}
+
+/// Lanes of the partial sums: wide enough for the compiler to keep them in
+/// vector registers, summed in a fixed order so results are reproducible.
+const LANES: usize = 16;
+
+/// `(Σ a_i, Σ a_i·b_i)` in f32 lanes, then f64.
+fn sum_and_dot(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut s, mut d) = ([0f32; LANES], [0f32; LANES]);
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            s[l] += x[l];
+            d[l] += x[l] * y[l];
+        }
+    }
+    let mut total = (0f64, 0f64);
+    for l in 0..LANES {
+        total.0 += s[l] as f64;
+        total.1 += d[l] as f64;
+    }
+    for (x, y) in ra.iter().zip(rb) {
+        total.0 += *x as f64;
+        total.1 += (*x * *y) as f64;
+    }
+    total
+}
+
+/// `Σ (a_i - shift)` and `Σ (a_i - shift)²`, in f32 lanes, then f64.
+fn centred_moments(a: &[f32], shift: f32) -> (f64, f64) {
+    let (mut s, mut q) = ([0f32; LANES], [0f32; LANES]);
+    let c = a.chunks_exact(LANES);
+    let rest = c.remainder();
+    for x in c {
+        for l in 0..LANES {
+            let v = x[l] - shift;
+            s[l] += v;
+            q[l] += v * v;
+        }
+    }
+    let mut total = (0f64, 0f64);
+    for l in 0..LANES {
+        total.0 += s[l] as f64;
+        total.1 += q[l] as f64;
+    }
+    for x in rest {
+        let v = *x - shift;
+        total.0 += v as f64;
+        total.1 += (v * v) as f64;
+    }
+    total
+}
+
+/// `relu?((x - mean) / sqrt(var + eps) · gamma + beta + residual?)` with the
+/// batch's own statistics, which are returned too.
+pub fn batch_norm_train(
+    s: &NormShape,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    residual: Option<&[f32]>,
+    relu: bool,
+) -> (Vec<f32>, BatchStats) {
+    assert_eq!(x.len(), s.len(), "input length");
+    assert!(gamma.len() == s.channels && beta.len() == s.channels);
+    if let Some(r) = residual {
+        assert_eq!(r.len(), s.len(), "residual length");
+    }
+    let mut y = vec![0f32; s.len()];
+    let out = Shared(y.as_mut_ptr());
+    let n = s.count() as f64;
+    let stats: Vec<(f32, f32)> = (0..s.channels)
+        .into_par_iter()
+        .map(|c| {
+            // moments about the first value, then corrected: accurate in
+            // f32 lanes even when the mean is large against the spread
+            let pivot = x[(c * s.plane)..][0];
+            let (mut sum, mut sq) = (0f64, 0f64);
+            for r in s.blocks(c) {
+                let (a, b) = centred_moments(&x[r], pivot);
+                sum += a;
+                sq += b;
+            }
+            let d = sum / n;
+            let mean = pivot as f64 + d;
+            let var = (sq / n - d * d).max(0.0);
+            let scale = gamma[c] / (var as f32 + eps).sqrt();
+            let shift = beta[c] - mean as f32 * scale;
+            for r in s.blocks(c) {
+                // SAFETY: channel c owns its blocks of the output
+                let dst = unsafe { out.slice(r.clone()) };
+                for (d, &v) in dst.iter_mut().zip(&x[r.clone()]) {
+                    *d = v * scale + shift;
+                }
+                if let Some(res) = residual {
+                    for (d, &v) in dst.iter_mut().zip(&res[r]) {
+                        *d += v;
+                    }
+                }
+                if relu {
+                    for d in dst.iter_mut() {
+                        *d = d.max(0.0);
+                    }
+                }
+            }
+            (mean as f32, var as f32)
+        })
+        .collect();
+    let (mean, var) = stats.into_iter().unzip();
+    (y, BatchStats { mean, var })
+}
+
+/// Gradients of [`batch_norm_train`].
+#[derive(Debug, Clone)]
+pub struct BatchNormGrads {
+    pub input: Vec<f32>,
+    /// The gradient that reaches the residual (and the pre-ReLU sum);
+    /// present when asked for.
+    pub residual: Option<Vec<f32>>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+/// Backward pass of [`batch_norm_train`]: `y` is its output (for the ReLU
+/// mask), `dy` the gradient arriving at it.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train_backward(
+    s: &NormShape,
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    stats: &BatchStats,
+    eps: f32,
+    relu: bool,
+    want_residual: bool,
+) -> BatchNormGrads {
+    assert!(x.len() == s.len() && y.len() == s.len() && dy.len() == s.len());
+    let mut dx = vec![0f32; s.len()];
+    let mut dr = if want_residual {
+        vec![0f32; s.len()]
+    } else {
+        Vec::new()
+    };
+    let (dxp, drp) = (Shared(dx.as_mut_ptr()), Shared(dr.as_mut_ptr()));
+    let n = s.count() as f64;
+    let grad = |dy: f32, y: f32| if relu && y <= 0.0 { 0.0 } else { dy };
+    let sums: Vec<(f32, f32)> = (0..s.channels)
+        .into_par_iter()
+        .map(|c| {
+            let mean = stats.mean[c];
+            let inv = 1.0 / (stats.var[c] + eps).sqrt();
+            // g = the gradient below the ReLU; Σ g and Σ g·(x - mean), in
+            // lanes, through one masked copy of the block at a time
+            let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+            let mut gbuf = vec![0f32; s.plane];
+            let mut xbuf = vec![0f32; s.plane];
+            for r in s.blocks(c) {
+                for ((o, &d), &yv) in gbuf.iter_mut().zip(&dy[r.clone()]).zip(&y[r.clone()]) {
+                    *o = grad(d, yv);
+                }
+                for (o, &xv) in xbuf.iter_mut().zip(&x[r]) {
+                    *o = xv - mean;
+                }
+                let (a, b) = sum_and_dot(&gbuf, &xbuf);
+                sum_g += a;
+                sum_gx += b * inv as f64;
+            }
+            let (mg, mgx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
+            let k = gamma[c] * inv;
+            for r in s.blocks(c) {
+                // SAFETY: channel c owns its blocks of dx
+                let dst = unsafe { dxp.slice(r.clone()) };
+                for (((o, &d), &yv), &xv) in dst
+                    .iter_mut()
+                    .zip(&dy[r.clone()])
+                    .zip(&y[r.clone()])
+                    .zip(&x[r.clone()])
+                {
+                    let g = grad(d, yv);
+                    *o = k * (g - mg - (xv - mean) * inv * mgx);
+                }
+                if want_residual {
+                    // SAFETY: and of dr
+                    let dst = unsafe { drp.slice(r.clone()) };
+                    for ((o, &d), &yv) in dst.iter_mut().zip(&dy[r.clone()]).zip(&y[r]) {
+                        *o = grad(d, yv);
+                    }
+                }
+            }
+            (sum_gx as f32, sum_g as f32)
+        })
+        .collect();
+    let (dgamma, dbeta) = sums.into_iter().unzip();
+    BatchNormGrads {
+        input: dx,
+        residual: want_residual.then_some(dr),
+        gamma: dgamma,
+        beta: dbeta,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_each_channel_over_batch_and_plane() {
+        let s = NormShape {
+            batch: 2,
+            channels: 2,
+            plane: 2,
+        };
+        // channel 0: 1, 3, 5, 7; channel 1: constant 4
+        let x = [1.0, 3.0, 4.0, 4.0, 5.0, 7.0, 4.0, 4.0];
+        let (y, st) = batch_norm_train(&s, &x, &[1.0, 2.0], &[0.0, 1.0], 0.0, None, false);
+        assert_eq!(st.mean, vec![4.0, 4.0]);
+        assert_eq!(
+            st.var,
+            vec![5.0, 0.0]
+                .into_iter()
+                .map(|v| v as f32)
+                .collect::<Vec<_>>()
+        );
+        let k = 1.0 / 5f32.sqrt();
+        let want = [-3.0 * k, -k, 1.0, 1.0, k, 3.0 * k, 1.0, 1.0];
+        for (a, b) in y.iter().zip(want) {
+            // channel 1 has zero variance and eps 0: 0/0 would be NaN, so
+            // only channel 0 is compared exactly
+            if b != 1.0 {
+                assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            }
+        }
+    }
+
+    /// Finite differences of `<relu(bn(x) + r), g>` against the analytic
+    /// gradients, in f64 arithmetic on small values.
+    #[test]
+    fn backward_matches_finite_differences() {
+        let s = NormShape {
+            batch: 2,
+            channels: 3,
+            plane: 5,
+        };
+        let v = |n: usize, k: u64| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i as u64 * 2654435761 + k) % 1000) as f32 / 500.0) - 1.0)
+                .collect()
+        };
+        let (x, r, g) = (v(s.len(), 1), v(s.len(), 2), v(s.len(), 3));
+        let (gamma, beta) = (vec![0.5, 1.5, -1.0], vec![0.1, -0.2, 0.3]);
+        let eps = 1e-3;
+        let f = |x: &[f32], r: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
+            let (y, _) = batch_norm_train(&s, x, gamma, beta, eps, Some(r), true);
+            y.iter().zip(&g).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let (y, st) = batch_norm_train(&s, &x, &gamma, &beta, eps, Some(&r), true);
+        let gr = batch_norm_train_backward(&s, &x, &y, &g, &gamma, &st, eps, true, true);
+        let h = 1e-2f32;
+        let check = |analytic: f32, plus: f64, minus: f64, what: &str| {
+            let num = (plus - minus) / (2.0 * h as f64);
+            assert!(
+                (num - analytic as f64).abs() < 2e-2 * (1.0 + num.abs()),
+                "{what}: numeric {num}, analytic {analytic}"
+            );
+        };
+        for i in [0, 7, 13, 29] {
+            let (mut a, mut b) = (x.clone(), x.clone());
+            a[i] += h;
+            b[i] -= h;
+            check(
+                gr.input[i],
+                f(&a, &r, &gamma, &beta),
+                f(&b, &r, &gamma, &beta),
+                "x",
+            );
+            let (mut a, mut b) = (r.clone(), r.clone());
+            a[i] += h;
+            b[i] -= h;
+            let dr = gr.residual.as_ref().unwrap()[i];
+            check(dr, f(&x, &a, &gamma, &beta), f(&x, &b, &gamma, &beta), "r");
+        }
+        for c in 0..3 {
+            let (mut a, mut b) = (gamma.clone(), gamma.clone());
+            a[c] += h;
+            b[c] -= h;
+            check(
+                gr.gamma[c],
+                f(&x, &r, &a, &beta),
+                f(&x, &r, &b, &beta),
+                "gamma",
+            );
+            let (mut a, mut b) = (beta.clone(), beta.clone());
+            a[c] += h;
+            b[c] -= h;
+            check(
+                gr.beta[c],
+                f(&x, &r, &gamma, &a),
+                f(&x, &r, &gamma, &b),
+                "beta",
+            );
+        }
+    }
+}
