@@ -287,18 +287,21 @@ impl CustomOp2 for ConvOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let s = self.with_batch(x.dim(0)?);
         let grad = grad.contiguous()?;
+        // the network's input needs no gradient: skip half the work there
+        let want_input = x.track_op();
         let (dx, dw) = with_f32(x, |xs| {
             with_f32(&grad, |gs| {
                 with_f32(&w.contiguous()?, |ws| {
-                    Ok(kernels::conv2d_backward(&s, xs, gs, ws))
+                    Ok(kernels::conv2d_backward(&s, xs, gs, ws, want_input))
                 })
             })
         })?;
         let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-        ))
+        let dx = match dx {
+            Some(dx) => Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            None => None,
+        };
+        Ok((dx, Some(Tensor::from_vec(dw, w.shape(), dev)?)))
     }
 }
 
