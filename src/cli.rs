@@ -726,6 +726,9 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
             o["train_step_min_s"] = t.min_s.into();
             o["train_step_median_s"] = t.median_s.into();
         }
+        if let Some([f, b, u]) = sp.train_phases {
+            o["train_phases_s"] = serde_json::json!({"forward": f, "backward": b, "update": u});
+        }
         println!("{o}");
         return Ok(());
     }
@@ -748,6 +751,9 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
             t.median_s,
             a.batch as f64 / t.min_s
         );
+    }
+    if let Some([f, b, u]) = sp.train_phases {
+        println!("    of which   forward+loss {f:.3} s  backward {b:.3} s  update {u:.3} s");
     }
     Ok(())
 }

@@ -94,6 +94,9 @@ impl Timing {
 pub struct Speed {
     pub forward: Timing,
     pub train_step: Option<Timing>,
+    /// Of the fastest training step: seconds in the forward pass with the
+    /// loss, in the backward pass, and in the optimiser update.
+    pub train_phases: Option<[f64; 3]>,
     /// Forward FLOPs of one batch (convolutions only, which are >99 %).
     pub forward_flops: u64,
 }
@@ -123,7 +126,7 @@ pub fn measure(model: &Model, cfg: &SpeedConfig) -> Result<Speed> {
     let mut fwd = fwd;
     time(cfg.warmup, &mut fwd)?;
     let forward = Timing::of(time(cfg.iters.max(1), &mut fwd)?);
-    let train_step = if cfg.train {
+    let (train_step, train_phases) = if cfg.train {
         let classes = model.meta.classes.len();
         let labels: Vec<u8> = (0..b * s * s).map(|i| (i * 7 % classes) as u8).collect();
         let mut opt = Optimizer::new(
@@ -135,21 +138,36 @@ pub fn measure(model: &Model, cfg: &SpeedConfig) -> Result<Speed> {
             },
             params_of(model),
         );
+        let mut phases = Vec::new();
         let mut step = || -> Result<()> {
+            let t0 = Instant::now();
             let logits = model.forward_t(&x, true)?;
             let loss = cross_entropy(&logits, &labels, None)?;
+            sync(&loss)?;
+            let t1 = Instant::now();
             let grads = loss.backward()?;
+            let t2 = Instant::now();
             opt.step(&grads, &[Some(1e-4), Some(1e-4)])?;
-            sync(&loss)
+            sync(&loss)?;
+            let t3 = Instant::now();
+            phases.push([t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64()));
+            Ok(())
         };
         time(cfg.warmup, &mut step)?;
-        Some(Timing::of(time(cfg.iters.max(1), &mut step)?))
+        let t = time(cfg.iters.max(1), &mut step)?;
+        drop(step);
+        let fastest = phases[cfg.warmup..]
+            .iter()
+            .min_by(|a, b| a.iter().sum::<f64>().total_cmp(&b.iter().sum::<f64>()))
+            .copied();
+        (Some(Timing::of(t)), fastest)
     } else {
-        None
+        (None, None)
     };
     Ok(Speed {
         forward,
         train_step,
+        train_phases,
         forward_flops: model.forward_flops(b, s, s)?,
     })
 }
