@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what rstile needs on a fresh Debian 12 machine: GDAL, HDF5 and
-# clang dev packages to build, gdal-bin for the tests' gdalbuildvrt and
+# clang dev packages to build (python3-venv: scripts/build-cuda.sh's CUDA
+# toolkit venv), gdal-bin for the tests' gdalbuildvrt and
 # gdalinfo, and QGIS (python3-qgis, offscreen) for the QGIS test.
 # Idempotent: installs only what is missing.
 set -euo pipefail
-pkgs=(libgdal-dev gdal-bin python3-gdal libhdf5-dev clang libclang-dev pkg-config)
+pkgs=(libgdal-dev gdal-bin python3-gdal libhdf5-dev clang libclang-dev pkg-config python3-venv)
 if [ "${RSTILE_SKIP_QGIS:-0}" != 1 ]; then
   pkgs+=(python3-qgis qgis-providers)
 fi

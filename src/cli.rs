@@ -310,7 +310,23 @@ fn parse_device(s: &str) -> Result<candle_core::Device> {
     if !candle_core::utils::cuda_is_available() {
         bail!("--device {s}: this rstile was built without CUDA (rebuild with --features cuda)");
     }
-    candle_core::Device::new_cuda(n).with_context(|| format!("--device {s}: no usable GPU"))
+    // cudarc loads libcuda, cuBLAS and cuRAND on first use and panics when
+    // one is missing: make that the one-line error too
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let dev = std::panic::catch_unwind(|| candle_core::Device::new_cuda(n));
+    std::panic::set_hook(hook);
+    match dev {
+        Ok(dev) => dev.with_context(|| format!("--device {s}: no usable GPU")),
+        Err(panic) => {
+            let msg = (panic.downcast_ref::<String>().map(String::as_str))
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("CUDA failed to start");
+            // cudarc's message goes on with every file name it tried
+            let msg = msg.split(" - searched").next().unwrap_or(msg);
+            bail!("--device {s}: no usable GPU: {msg} (is the NVIDIA driver installed, and cuBLAS/cuRAND on LD_LIBRARY_PATH?)")
+        }
+    }
 }
 
 /// Sets the compute thread count before any thread pool exists.

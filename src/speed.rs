@@ -155,7 +155,6 @@ pub fn measure(model: &Model, cfg: &SpeedConfig) -> Result<Speed> {
         };
         time(cfg.warmup, &mut step)?;
         let t = time(cfg.iters.max(1), &mut step)?;
-        drop(step);
         let fastest = phases[cfg.warmup..]
             .iter()
             .min_by(|a, b| a.iter().sum::<f64>().total_cmp(&b.iter().sum::<f64>()))
