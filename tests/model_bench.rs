@@ -1,0 +1,60 @@
+//! `rstile model bench`: what it reports, from the real binary, and its
+//! bad input.
+
+mod common;
+use common::*;
+
+#[test]
+fn reports_forward_and_training_times_with_the_flop_count() {
+    let out = ok(&[
+        "model",
+        "bench",
+        "--arch",
+        "tiny",
+        "--bands",
+        "5",
+        "--batch",
+        "2",
+        "--size",
+        "64",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--train",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(v["arch"], "tiny");
+    assert_eq!(v["batch"], 2);
+    assert_eq!(v["threads"], 1);
+    // tiny at 64 x 64: three 3x3 convolutions (5→16 /2, 16→32 /2, 32→32)
+    // and the 1x1 classifier (32→6), per window:
+    let per_window = 2.0
+        * (16.0 * 45.0 * 32.0 * 32.0
+            + 32.0 * 144.0 * 16.0 * 16.0
+            + 32.0 * 288.0 * 16.0 * 16.0
+            + 6.0 * 32.0 * 16.0 * 16.0);
+    let gflop = v["forward_gflop"].as_f64().unwrap();
+    assert!((gflop - 2.0 * per_window / 1e9).abs() < 1e-9, "{gflop}");
+    for k in ["forward_min_s", "forward_median_s", "train_step_min_s"] {
+        let t = v[k].as_f64().unwrap();
+        assert!(t > 0.0 && t < 60.0, "{k} = {t}");
+    }
+    assert!(v["forward_min_s"].as_f64() <= v["forward_median_s"].as_f64());
+    let ph = &v["train_phases_s"];
+    assert!(ph["backward"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bad_arguments_get_one_line_errors() {
+    fails(&["model", "bench", "--batch", "0"], "--batch");
+    fails(&["model", "bench", "--arch", "resnet99"], "resnet99");
+    fails(
+        &["model", "bench", "--model", "/nonexistent/m.safetensors"],
+        "/nonexistent/m.safetensors",
+    );
+    fails(&["model", "bench", "--device", "cuda:0"], "cuda:0");
+}
