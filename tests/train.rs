@@ -1255,3 +1255,64 @@ fn train_bad_input_gives_one_line_errors() {
         "not a run directory",
     );
 }
+
+/// A checkpoint written by PyTorch itself: `torch.save` of torchvision's
+/// resnet50 state dict (random weights; nothing is downloaded), loaded into
+/// resnet50-fcn. Runs where a Python with torch and torchvision is found
+/// (`RSTILE_TORCH_PYTHON`, or the venv that `benches/cpu_vs_torch.sh`
+/// installs); prints a skip line elsewhere.
+#[test]
+fn pretrained_loads_a_real_torch_save_file() {
+    let python = std::env::var("RSTILE_TORCH_PYTHON").ok().or_else(|| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/torch-venv/bin/python");
+        std::path::Path::new(venv)
+            .exists()
+            .then(|| venv.to_string())
+    });
+    let Some(python) = python else {
+        println!("SKIP pretrained_loads_a_real_torch_save_file: no Python with torch (set RSTILE_TORCH_PYTHON or run benches/cpu_vs_torch.sh once)");
+        return;
+    };
+    let dir = common::tmp();
+    let pth = dir.path().join("resnet50-0676ba61.pth");
+    let probe = dir.path().join("probe.json");
+    let script = format!(
+        r#"
+import json, torch, torchvision
+torch.manual_seed(3)
+m = torchvision.models.resnet50(weights=None)
+for mod in m.modules():
+    if isinstance(mod, torch.nn.BatchNorm2d):
+        mod.running_mean.uniform_(-1, 1); mod.running_var.uniform_(0.5, 2)
+sd = m.state_dict()
+torch.save(sd, {pth:?})
+keys = ["conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight",
+        "layer3.5.conv2.weight", "layer4.2.bn3.bias", "layer4.2.bn3.running_mean"]
+json.dump({{k: sd[k].flatten()[:16].tolist() for k in keys}}, open({probe:?}, "w"))
+"#,
+        pth = pth.to_str().unwrap(),
+        probe = probe.to_str().unwrap()
+    );
+    let out = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = ModelMeta::new("resnet50-fcn", 3, ClassTable::isprs());
+    let model = Model::new_random(meta, 1, &Device::Cpu).unwrap();
+    let report = rstile::train::pretrained::load_imagenet(&model, &pth).unwrap();
+    // 320 tensors in the state dict: fc.weight, fc.bias and the 53
+    // num_batches_tracked are skipped, the other 265 loaded
+    assert_eq!((report.loaded, report.skipped), (265, 55));
+    let probe: std::collections::HashMap<String, Vec<f32>> =
+        serde_json::from_str(&std::fs::read_to_string(&probe).unwrap()).unwrap();
+    let vars = model.varmap().data().lock().unwrap();
+    for (k, want) in probe {
+        let got = vals(vars[&format!("backbone.{k}")].as_tensor());
+        assert_eq!(&got[..want.len()], &want[..], "{k}");
+    }
+}
