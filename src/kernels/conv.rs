@@ -536,7 +536,14 @@ fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
             padding: reach - s.padding,
             dilation: s.dilation,
         };
-        let dx = conv2d_batched(&t, dy, &wf);
+        // large maps: the per-sample units, whose patch matrices stay in
+        // cache (and pointwise layers need none); small maps: one batched
+        // GEMM, so the weights are packed once rather than once per sample
+        let dx = if t.out_pixels() >= 1024 {
+            conv2d_forward(&t, dy, &wf, &Epilogue::default())
+        } else {
+            conv2d_batched(&t, dy, &wf)
+        };
         debug_assert_eq!(t.out_height(), s.height);
         return dx;
     }
@@ -731,7 +738,8 @@ mod tests {
             (7, 2, 3, 1),
             (2, 3, 0, 1),
         ] {
-            for (h, w) in [(5, 7), (8, 8), (1, 3), (13, 4)] {
+            // 40 x 30: past the 1024-pixel switch of the input gradient
+            for (h, w) in [(5, 7), (8, 8), (1, 3), (13, 4), (40, 30)] {
                 let s = ConvShape {
                     batch: 2,
                     c_in: 3,

@@ -20,6 +20,7 @@
 
 pub mod conv;
 pub mod norm;
+pub mod pool;
 
 pub use conv::{conv2d_backward, conv2d_forward, ConvShape, Epilogue};
 pub use norm::{

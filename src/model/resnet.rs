@@ -13,6 +13,7 @@
 
 use super::conv::{Conv2d, ConvBn};
 use super::norm::{batch_norm2d, BatchNorm2d};
+use crate::kernels::pool;
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -329,11 +330,7 @@ impl ResNet {
 
     pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Features> {
         let x = self.stem.forward_t(x, train, None, true)?;
-        let mut x = if train {
-            max_pool_3x3_s2_differentiable(&x)?
-        } else {
-            max_pool_3x3_s2(&x)?
-        };
+        let mut x = max_pool(&x, train)?;
         let mut outs = Vec::with_capacity(4);
         for layer in &self.layers {
             for block in layer {
@@ -349,6 +346,57 @@ impl ResNet {
             s16: next(),
             s32: next(),
         })
+    }
+}
+
+/// torchvision's `MaxPool2d(3, 2, padding=1)`: rstile's kernel, with its
+/// backward pass, on the CPU in f32; candle's ops elsewhere.
+pub(super) fn max_pool(x: &Tensor, train: bool) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        return x.contiguous()?.apply_op1(MaxPoolOp::default());
+    }
+    if train {
+        max_pool_3x3_s2_differentiable(x)
+    } else {
+        max_pool_3x3_s2(x)
+    }
+}
+
+/// The pool as a candle op; the forward pass leaves each output's source
+/// index for the backward pass.
+#[derive(Default)]
+struct MaxPoolOp {
+    indices: std::sync::Mutex<Vec<u32>>,
+}
+
+impl candle_core::CustomOp1 for MaxPoolOp {
+    fn name(&self) -> &'static str {
+        "rstile-max-pool-3x3-s2"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let x = super::conv::f32_slice(s, l)?;
+        let (y, idx) = pool::max_pool_3x3_s2(x, b * c, h, w);
+        *self.indices.lock().expect("pool lock") = idx;
+        Ok((
+            candle_core::CpuStorage::F32(y),
+            (b, c, pool::pooled(h), pool::pooled(w)).into(),
+        ))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let (b, c, h, w) = x.dims4()?;
+        let dy = dy.contiguous()?;
+        let idx = self.indices.lock().expect("pool lock");
+        let dx = super::conv::with_f32(&dy, |g| {
+            Ok(pool::max_pool_3x3_s2_backward(g, &idx, b * c, h, w))
+        })?;
+        Ok(Some(Tensor::from_vec(dx, (b, c, h, w), x.device())?))
     }
 }
 
@@ -411,6 +459,32 @@ mod tests {
             assert_eq!(a.dims(), b.dims());
             let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
             assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        }
+    }
+
+    /// rstile's pool op against candle's composition: the same values and,
+    /// on tie-free input, the same gradient.
+    #[test]
+    fn pool_op_matches_the_candle_composition() {
+        for (h, w) in [(8, 8), (7, 9), (1, 2), (33, 16)] {
+            let n = 2 * 3 * h * w;
+            // distinct positive values: no ties
+            let v: Vec<f32> = (0..n).map(|i| ((i * 7919) % n) as f32 + 0.5).collect();
+            let x = candle_core::Var::from_vec(v, (2, 3, h, w), &Device::Cpu).unwrap();
+            let a = max_pool(x.as_tensor(), true).unwrap();
+            let b = max_pool_3x3_s2_differentiable(x.as_tensor()).unwrap();
+            assert_eq!(a.dims(), b.dims());
+            let d = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+            let g = Tensor::rand(0f32, 1f32, a.dims(), &Device::Cpu).unwrap();
+            let ga = (a * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (b * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ga, gb) = (
+                ga.get(x.as_tensor()).unwrap(),
+                gb.get(x.as_tensor()).unwrap(),
+            );
+            let d = (ga - gb).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-6, "{h}x{w}");
         }
     }
 
