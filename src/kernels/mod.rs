@@ -11,7 +11,9 @@
 //!
 //! Batch norm in training mode is the other hot spot: composed from
 //! candle's element-wise ops it makes some thirty passes over each
-//! activation per step; [`norm`] makes five.
+//! activation per step; [`norm`] makes five. [`pool`] does the same for the
+//! stem's max pool, which candle cannot differentiate with overlapping
+//! windows.
 //!
 //! They know nothing of candle or GDAL: plain `f32` slices in, `Vec<f32>`
 //! out, so that they can be tested and benchmarked alone. The candle side
