@@ -225,7 +225,7 @@ impl Module for Conv2d {
 }
 
 /// Runs `f` on the `f32` CPU slice of a contiguous tensor.
-pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cpu(cpu) => f(f32_slice(cpu, layout)?),

@@ -228,37 +228,53 @@ fn adamw_cpu(
     bufs: &[Tensor],
     a: AdamwStep,
 ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    use crate::model::conv::with_f32;
     use candle_core::DType;
     use rayon::prelude::*;
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     if !(f32_cpu(theta) && f32_cpu(g) && bufs.iter().all(f32_cpu)) {
         return Ok(None);
     }
-    let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-    let mut th = flat(theta)?;
-    let gv = flat(g)?;
-    let (mut m, mut v) = match bufs {
-        [m, v] => (flat(m)?, flat(v)?),
-        _ => (vec![0f32; th.len()], vec![0f32; th.len()]),
-    };
     let (b1, b2) = (a.beta1 as f32, a.beta2 as f32);
     let c1 = (1.0 / (1.0 - a.beta1.powi(a.t as i32))) as f32;
     let c2 = (1.0 / (1.0 - a.beta2.powi(a.t as i32))) as f32;
     let decay = (1.0 - a.lr * a.weight_decay) as f32;
     let (lr, eps) = (a.lr as f32, a.eps as f32);
     const CHUNK: usize = 1 << 14;
-    th.par_chunks_mut(CHUNK)
-        .zip(m.par_chunks_mut(CHUNK))
-        .zip(v.par_chunks_mut(CHUNK))
-        .zip(gv.par_chunks(CHUNK))
-        .for_each(|(((th, m), v), g)| {
-            for i in 0..th.len() {
-                m[i] = m[i] * b1 + g[i] * (1.0 - b1);
-                v[i] = v[i] * b2 + g[i] * g[i] * (1.0 - b2);
-                let upd = (m[i] * c1) / ((v[i] * c2).sqrt() + eps);
-                th[i] = th[i] * decay - upd * lr;
-            }
-        });
+    let n = theta.elem_count();
+    let (mut th, mut m, mut v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let zeros;
+    let (m0, v0) = match bufs {
+        [m, v] => (m.contiguous()?, v.contiguous()?),
+        _ => {
+            zeros = theta.zeros_like()?;
+            (zeros.clone(), zeros)
+        }
+    };
+    // read the inputs where they are, write the three results once
+    with_f32(&theta.contiguous()?, |t0| {
+        with_f32(&g.contiguous()?, |gv| {
+            with_f32(&m0, |m0| {
+                with_f32(&v0, |v0| {
+                    th.par_chunks_mut(CHUNK)
+                        .zip(m.par_chunks_mut(CHUNK))
+                        .zip(v.par_chunks_mut(CHUNK))
+                        .enumerate()
+                        .for_each(|(c, ((th, m), v))| {
+                            let at = c * CHUNK;
+                            for i in 0..th.len() {
+                                let gi = gv[at + i];
+                                m[i] = m0[at + i] * b1 + gi * (1.0 - b1);
+                                v[i] = v0[at + i] * b2 + gi * gi * (1.0 - b2);
+                                let upd = (m[i] * c1) / ((v[i] * c2).sqrt() + eps);
+                                th[i] = t0[at + i] * decay - upd * lr;
+                            }
+                        });
+                    Ok(())
+                })
+            })
+        })
+    })?;
     let (shape, dev) = (theta.shape(), theta.device());
     Ok(Some((
         Tensor::from_vec(th, shape, dev)?,
