@@ -175,31 +175,20 @@ impl Conv2d {
             None => None,
         };
         let y = with_f32(&x, |xs| {
-            with_f32(&w, |ws| match &residual {
-                Some(r) => with_f32(r, |rs| {
-                    Ok(kernels::conv2d_forward(
-                        &s,
-                        xs,
-                        ws,
-                        &Epilogue {
-                            scale: affine.map(|a| a.0),
-                            shift: shift.as_deref(),
-                            residual: Some(rs),
-                            relu,
-                        },
-                    ))
-                }),
-                None => Ok(kernels::conv2d_forward(
-                    &s,
-                    xs,
-                    ws,
-                    &Epilogue {
+            with_f32(&w, |ws| {
+                let run = |rs: Option<&[f32]>| {
+                    let ep = Epilogue {
                         scale: affine.map(|a| a.0),
                         shift: shift.as_deref(),
-                        residual: None,
+                        residual: rs,
                         relu,
-                    },
-                )),
+                    };
+                    Ok(kernels::conv2d_forward(&s, xs, ws, &ep))
+                };
+                match &residual {
+                    Some(r) => with_f32(r, |rs| run(Some(rs))),
+                    None => run(None),
+                }
             })
         })?;
         Tensor::from_vec(
