@@ -1154,6 +1154,7 @@ struct EvalArgs {
 
 fn eval_vaihingen(a: EvalArgs) -> Result<()> {
     use rstile::vaihingen::eval::{evaluate, EvalOptions};
+    rstile::speed::single_candle_pool();
     let mut o = EvalOptions::new(a.model, a.data, a.out);
     o.areas = a.areas;
     o.full_reference = a.full_reference;
