@@ -242,41 +242,27 @@ unsafe fn im2col_strided(s: &ConvShape, xb: &[f32], p0: usize, p1: usize, base: 
     }
 }
 
-/// The adjoint of [`im2col`] for input channel `ci`: adds each entry of its
-/// patch-matrix rows (`ld` apart, pixels `p0..p1`) back onto the position
-/// of `plane` (`H x W`) it was gathered from.
-fn col2im_add(
-    s: &ConvShape,
-    col: &[f32],
-    ld: usize,
-    ci: usize,
-    p0: usize,
-    p1: usize,
-    plane: &mut [f32],
-) {
+/// The adjoint of [`im2col`] for input channel `ci` of one sample: adds
+/// each entry of its patch-matrix rows (`K x P`, all output pixels) back
+/// onto the position of `plane` (`H x W`) it was gathered from.
+fn col2im_add(s: &ConvShape, col: &[f32], ci: usize, plane: &mut [f32]) {
     let (h, w, k) = (s.height, s.width, s.kernel);
-    let (ow, n) = (s.out_width(), p1 - p0);
-    {
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &col[((ci * k + ky) * k + kx) * ld..][..n];
-                let off_x = (kx * s.dilation) as isize - s.padding as isize;
-                let (lo, hi) = valid_range(off_x, s.stride, w, ow);
-                let mut p = p0;
-                while p < p1 {
-                    let (oy, ox0) = (p / ow, p % ow);
-                    let ox1 = ow.min(ox0 + (p1 - p));
-                    let iy = (oy * s.stride + ky * s.dilation) as isize - s.padding as isize;
-                    if iy >= 0 && iy < h as isize {
-                        let dst = &mut plane[iy as usize * w..(iy as usize + 1) * w];
-                        let (a, b) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
-                        let src = &row[p - p0 + (a - ox0)..p - p0 + (b - ox0)];
-                        let first = (a as isize * s.stride as isize + off_x) as usize;
-                        for (v, ix) in src.iter().zip((first..).step_by(s.stride)) {
-                            dst[ix] += *v;
-                        }
-                    }
-                    p += ox1 - ox0;
+    let (oh, ow) = (s.out_height(), s.out_width());
+    for ky in 0..k {
+        for kx in 0..k {
+            let row = &col[((ci * k + ky) * k + kx) * oh * ow..][..oh * ow];
+            let off_x = (kx * s.dilation) as isize - s.padding as isize;
+            let (lo, hi) = valid_range(off_x, s.stride, w, ow);
+            let first = (lo as isize * s.stride as isize + off_x) as usize;
+            for oy in 0..oh {
+                let iy = (oy * s.stride + ky * s.dilation) as isize - s.padding as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let dst = &mut plane[iy as usize * w..(iy as usize + 1) * w];
+                let src = &row[oy * ow + lo..oy * ow + hi];
+                for (v, ix) in src.iter().zip((first..).step_by(s.stride)) {
+                    dst[ix] += *v;
                 }
             }
         }
@@ -559,7 +545,7 @@ fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
             )
         };
         for (ci, dst) in dxb.chunks_mut(plane).enumerate() {
-            col2im_add(s, &dcol, p, ci, 0, p, dst);
+            col2im_add(s, &dcol, ci, dst);
         }
     });
     dx

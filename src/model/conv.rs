@@ -113,7 +113,11 @@ impl Conv2d {
     /// candle's own convolution plus bias: the path for other devices and
     /// dtypes, and the tests' reference.
     pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, self.dilation, 1)?;
+        self.add_bias(x.conv2d(&self.weight, self.padding, self.stride, self.dilation, 1)?)
+    }
+
+    /// `y` plus the bias per output channel (recorded for autograd).
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
@@ -205,11 +209,7 @@ impl Module for Conv2d {
             return self.forward_candle(x);
         }
         let s = self.shape_for(x)?;
-        let y = x.contiguous()?.apply_op2(&self.weight, ConvOp(s))?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        }
+        self.add_bias(x.contiguous()?.apply_op2(&self.weight, ConvOp(s))?)
     }
 }
 
