@@ -352,20 +352,18 @@ fn apply_epilogue(row: &mut [f32], ep: &Epilogue, c: usize, at: usize) {
 /// `batch x c_in x H x W` (only if `want_input`), and the weights',
 /// `c_out x c_in x k x k`.
 ///
-/// * Weights: `dw = dy · colᵀ` with the whole batch as the inner dimension
-///   (`dy` laid out as `c_out x (batch·P)`, the patches as
-///   `K x (batch·P)`), so that even the deep layers, where a sample has a
-///   few dozen pixels, get a long inner dimension. The GEMM writes `dwᵀ`
-///   (its fast, column-major orientation: three times the speed of the
-///   row-major one on these shapes) in one column block per thread.
+/// * Weights: `dw = dy · colᵀ`, summed over pixels; see
+///   [`weight_gradient`] for how the pixels are streamed.
 /// * Input, stride 1: the gradient of a stride-1 convolution is itself a
 ///   stride-1 convolution of `dy` with the flipped, transposed kernel and
 ///   padding `d·(k−1) − p`, so it runs through [`conv2d_forward`].
 /// * Input, other strides: per sample, `dcol = wᵀ · dy_b` and col2im.
 ///
-/// The transient buffers hold `K x (batch·P)` values (38 MiB for ResNet-50's
-/// widest layer at batch 4, 256 x 256). Results are reproducible for a given
-/// batch and thread count; training needs no more.
+/// On large maps the transient buffers are per-thread chunks; on small ones
+/// (under [`DW_PIXELS`] pixels a sample) they hold the batch's patches,
+/// `K x (batch·P)` values (18 MiB for ResNet-50's FCN head at batch 4,
+/// 256 x 256). Results are reproducible for a given batch and thread count;
+/// training needs no more.
 pub fn conv2d_backward(
     s: &ConvShape,
     x: &[f32],
@@ -380,99 +378,231 @@ pub fn conv2d_backward(
     (dx, dw)
 }
 
-/// Inner-dimension chunk of the weight-gradient GEMMs: long enough to
-/// amortise a call, short enough to keep the GEMM in its fast regime (the
-/// `gemm` crate slows down on these shapes when k runs to tens of
-/// thousands).
-const BP_CHUNK: usize = 2048;
+/// Pixels per weight-gradient GEMM: the GEMM's inner dimension. The
+/// `gemm` crate keeps its speed on these "both operands pixel-contiguous"
+/// products only while the inner dimension is short (about 100 GFLOP/s a
+/// core at 256, under half of that at 1024 and beyond).
+const DW_PIXELS: usize = 256;
 
-fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (p, k_len, c_out, b) = (s.out_pixels(), s.patch_len(), s.c_out, s.batch);
-    let bp = b * p;
-    // dy pixel-major, (batch·P) x c_out: with the column-major result this
-    // is the GEMM's fastest orientation here (about 100 GFLOP/s a core
-    // against 30–60 for the others on ResNet-50's shapes)
-    let dy_n = pixel_major(dy, b, c_out, p);
-    let col = batch_patches(s, x);
-    // dwᵀ: column-major dw, K x c_out; one block per thread, split along
-    // the larger of the two dimensions
-    let mut dw_t = vec![0f32; k_len * c_out];
-    let out = Shared(dw_t.as_mut_ptr());
-    let threads = rayon::current_num_threads().max(1);
-    let split_k = k_len >= c_out;
-    let dim = if split_k { k_len } else { c_out };
-    let block = dim.div_ceil(threads).div_ceil(16) * 16;
-    (0..dim.div_ceil(block)).into_par_iter().for_each(|i| {
-        let (a, z) = (i * block, ((i + 1) * block).min(dim));
-        let (m, n, dst, lhs, rhs) = if split_k {
-            (
-                c_out,
-                z - a,
-                out.at(a * c_out),
-                dy_n.as_ptr(),
-                col[a * bp..].as_ptr(),
-            )
-        } else {
-            (z - a, k_len, out.at(a), dy_n[a..].as_ptr(), col.as_ptr())
-        };
-        for j0 in (0..bp).step_by(BP_CHUNK) {
-            let kc = BP_CHUNK.min(bp - j0);
-            // dst (m x n, column-major) += dy_n[j0..]ᵀ (m x kc) · col[.., j0..]ᵀ (kc x n)
-            // SAFETY: each block writes its own rows (split on c_out) or
-            // columns (split on K) of dwᵀ.
-            unsafe {
-                gemm(
-                    m,
-                    n,
-                    kc,
-                    dst,
-                    c_out as isize,
-                    1,
-                    j0 > 0,
-                    lhs.add(j0 * c_out),
-                    c_out as isize,
-                    1,
-                    rhs.add(j0),
-                    bp as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                )
-            }
-        }
-    });
-    let mut dw = vec![0f32; k_len * c_out];
-    dw.par_chunks_mut(k_len).enumerate().for_each(|(co, row)| {
-        for (kk, v) in row.iter_mut().enumerate() {
-            *v = dw_t[kk * c_out + co];
-        }
-    });
-    dw
+/// `acc += dy_u · x_uᵀ` for `n` pixels: `dy_u` is `c_out` rows `dy_rs`
+/// apart, `x_u` is `K` rows `x_rs` apart, each row `n` contiguous pixels.
+/// The GEMM's rows are the output channels if `by_channel` (`acc` is then
+/// `K x c_out` row-major, the transposed result), else the patch rows
+/// (`acc` is `c_out x K` row-major). The `gemm` crate is fast on this
+/// product with its rows on the smaller side, or on a long side of
+/// thousands. With `first`, `acc` is overwritten rather than added to (it
+/// is then not read, so a freshly mapped buffer is not first faulted in as
+/// the shared zero page and then copied on write).
+///
+/// # Safety
+/// `dy_u`, `x_u` and `acc` must be valid for the extents above, and `acc`
+/// written by no one else meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_accumulate(
+    s: &ConvShape,
+    by_channel: bool,
+    acc: *mut f32,
+    dy_u: *const f32,
+    dy_rs: usize,
+    x_u: *const f32,
+    x_rs: usize,
+    n: usize,
+    rows: std::ops::Range<usize>,
+    first: bool,
+) {
+    let (k_len, c_out) = (s.patch_len(), s.c_out);
+    let m = rows.end - rows.start;
+    if by_channel {
+        // acc(co, kk) at co + kk·c_out; lhs(co, j) = dy_u, rhs(j, kk) = x_u
+        gemm(
+            m,
+            k_len,
+            n,
+            acc.add(rows.start),
+            c_out as isize,
+            1,
+            !first,
+            dy_u.add(rows.start * dy_rs),
+            1,
+            dy_rs as isize,
+            x_u,
+            x_rs as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    } else {
+        // acc(kk, co) at kk + co·K; lhs(kk, j) = x_u, rhs(j, co) = dy_u
+        gemm(
+            m,
+            c_out,
+            n,
+            acc.add(rows.start),
+            k_len as isize,
+            1,
+            !first,
+            x_u.add(rows.start * x_rs),
+            1,
+            x_rs as isize,
+            dy_u,
+            dy_rs as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
 }
 
-/// `[batch][rows][p]` → `[batch·p][rows]`.
-fn pixel_major(v: &[f32], batch: usize, rows: usize, p: usize) -> Vec<f32> {
-    assert_eq!(v.len(), batch * rows * p);
-    let mut out = vec![0f32; v.len()];
-    out.par_chunks_mut(p * rows)
-        .enumerate()
-        .for_each(|(b, dst)| {
-            let src = &v[b * rows * p..(b + 1) * rows * p];
-            // in blocks of 64 pixels so that both sides stay in cache
-            for p0 in (0..p).step_by(64) {
-                let p1 = (p0 + 64).min(p);
-                for r in 0..rows {
-                    for q in p0..p1 {
-                        dst[q * rows + r] = src[r * p + q];
-                    }
+/// `dw = Σ_pixels dy · patchesᵀ`, `c_out x K`.
+///
+/// * Large maps (at least [`DW_PIXELS`] pixels a sample): the pixels are
+///   streamed in chunks. Each chunk's patch matrix is gathered into a
+///   per-thread buffer that stays in cache (pointwise layers read the input
+///   in place), and `dy` is read in place; each thread sums into its own
+///   accumulator, and the accumulators are added at the end. The
+///   accumulators are small here (at most a few hundred thousand values).
+/// * Small maps (the deep layers, where the weights outnumber the pixels):
+///   the whole batch's patches, `K x (batch·P)`, in one GEMM per thread
+///   over a block of patch rows, written straight into `dw`.
+fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (p, k_len, c_out, b) = (s.out_pixels(), s.patch_len(), s.c_out, s.batch);
+    let threads = rayon::current_num_threads().max(1);
+    let mut dw = vec![0f32; k_len * c_out];
+    if p < DW_PIXELS {
+        let bp = b * p;
+        let col = batch_patches(s, x);
+        let dy_b = batch_major(dy, b, c_out, p);
+        let block = k_len.div_ceil(threads).div_ceil(16) * 16;
+        let out = Shared(dw.as_mut_ptr());
+        (0..k_len.div_ceil(block)).into_par_iter().for_each(|i| {
+            let rows = i * block..((i + 1) * block).min(k_len);
+            for j0 in (0..bp).step_by(2 * DW_PIXELS) {
+                let n = (2 * DW_PIXELS).min(bp - j0);
+                // SAFETY: block i writes only its own rows of the result
+                unsafe {
+                    dw_accumulate(
+                        s,
+                        false,
+                        out.at(0),
+                        dy_b[j0..].as_ptr(),
+                        bp,
+                        col[j0..].as_ptr(),
+                        bp,
+                        n,
+                        rows.clone(),
+                        j0 == 0,
+                    )
                 }
             }
         });
-    out
+        return dw;
+    }
+    let chunks = p.div_ceil(DW_PIXELS);
+    let units: Vec<(usize, usize, usize)> = (0..b)
+        .flat_map(|i| (0..chunks).map(move |c| (i, c * DW_PIXELS, ((c + 1) * DW_PIXELS).min(p))))
+        .collect();
+    let groups = threads.min(units.len());
+    let in_len = s.c_in * s.height * s.width;
+    let by_channel = c_out < k_len;
+    let m = if by_channel { c_out } else { k_len };
+    // one accumulator per group of consecutive units: the sums depend on
+    // the thread count, not on scheduling
+    let accs: Vec<Vec<f32>> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let mut acc = vec![0f32; k_len * c_out];
+            let mine = &units[g * units.len() / groups..(g + 1) * units.len() / groups];
+            for (u, &(i, p0, p1)) in mine.iter().enumerate() {
+                let n = p1 - p0;
+                let dy_u = dy[(i * c_out) * p + p0..].as_ptr();
+                let xb = &x[i * in_len..(i + 1) * in_len];
+                // SAFETY: extents as documented on dw_accumulate; acc is ours
+                if s.pointwise() {
+                    unsafe {
+                        dw_accumulate(
+                            s,
+                            by_channel,
+                            acc.as_mut_ptr(),
+                            dy_u,
+                            p,
+                            xb[p0..].as_ptr(),
+                            p,
+                            n,
+                            0..m,
+                            u == 0,
+                        )
+                    }
+                } else {
+                    with_scratch(k_len * n, |col| {
+                        im2col(s, xb, p0, p1, col);
+                        unsafe {
+                            dw_accumulate(
+                                s,
+                                by_channel,
+                                acc.as_mut_ptr(),
+                                dy_u,
+                                p,
+                                col.as_ptr(),
+                                n,
+                                n,
+                                0..m,
+                                u == 0,
+                            )
+                        }
+                    });
+                }
+            }
+            acc
+        })
+        .collect();
+    let parts: Vec<&[f32]> = accs.iter().map(|a| a.as_slice()).collect();
+    if by_channel {
+        transpose_into(&parts, &mut dw, k_len, c_out);
+    } else {
+        dw.par_chunks_mut(k_len).enumerate().for_each(|(co, row)| {
+            for part in &parts {
+                for (v, a) in row.iter_mut().zip(&part[co * k_len..(co + 1) * k_len]) {
+                    *v += *a;
+                }
+            }
+        });
+    }
+    dw
+}
+
+/// `out (c_out x K, row-major) = Σ parts`, each part `K x c_out` row-major.
+fn transpose_into(parts: &[&[f32]], out: &mut [f32], k_len: usize, c_out: usize) {
+    out.par_chunks_mut(k_len).enumerate().for_each(|(co, row)| {
+        for (kk, v) in row.iter_mut().enumerate() {
+            *v = parts.iter().map(|part| part[kk * c_out + co]).sum();
+        }
+    });
+}
+
+/// The weights of the transposed convolution: `c_in x c_out x k x k`, each
+/// kernel rotated by 180°.
+fn flip_transpose(s: &ConvShape, w: &[f32]) -> Vec<f32> {
+    let kk = s.kernel * s.kernel;
+    let mut wf = vec![0f32; w.len()];
+    wf.par_chunks_mut(s.c_out * kk)
+        .enumerate()
+        .for_each(|(ci, dst)| {
+            for (co, taps) in dst.chunks_exact_mut(kk).enumerate() {
+                let src = &w[(co * s.c_in + ci) * kk..][..kk];
+                for (d, v) in taps.iter_mut().zip(src.iter().rev()) {
+                    *d = *v;
+                }
+            }
+        });
+    wf
 }
 
 fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
@@ -480,17 +610,6 @@ fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let reach = s.dilation * (k - 1);
     if s.stride == 1 && s.padding <= reach {
         // dx = conv(dy, flip(w)ᵀ), padding reach − p, same dilation
-        let mut wf = vec![0f32; w.len()];
-        for co in 0..s.c_out {
-            for ci in 0..s.c_in {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        wf[((ci * s.c_out + co) * k + (k - 1 - ky)) * k + (k - 1 - kx)] =
-                            w[((co * s.c_in + ci) * k + ky) * k + kx];
-                    }
-                }
-            }
-        }
         let t = ConvShape {
             batch: s.batch,
             c_in: s.c_out,
@@ -505,10 +624,13 @@ fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
         // large maps: the per-sample units, whose patch matrices stay in
         // cache (and pointwise layers need none); small maps: one batched
         // GEMM, so the weights are packed once rather than once per sample
+        // (and pointwise layers read them transposed in place)
         let dx = if t.out_pixels() >= 1024 {
-            conv2d_forward(&t, dy, &wf, &Epilogue::default())
+            conv2d_forward(&t, dy, &flip_transpose(s, w), &Epilogue::default())
+        } else if k == 1 {
+            conv2d_batched(&t, dy, w, true)
         } else {
-            conv2d_batched(&t, dy, &wf)
+            conv2d_batched(&t, dy, &flip_transpose(s, w), false)
         };
         debug_assert_eq!(t.out_height(), s.height);
         return dx;
@@ -557,7 +679,9 @@ fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// [`conv2d_forward`]'s per-sample units pack them once per unit, which
 /// dominates in the deep layers (a few dozen pixels a sample, millions of
 /// weights). Its sums depend on the batch, so it serves training only.
-fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// With `transposed`, `w` is stored `K x c_out` (a pointwise layer's
+/// weights read as those of its transpose).
+fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[f32], transposed: bool) -> Vec<f32> {
     let (p, k_len, c_out, b) = (s.out_pixels(), s.patch_len(), s.c_out, s.batch);
     let bp = b * p;
     let col = batch_patches(s, x);
@@ -565,6 +689,8 @@ fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f32> {
     let mut y_t = vec![0f32; c_out * bp];
     let threads = rayon::current_num_threads().max(1);
     let block = c_out.div_ceil(threads).div_ceil(16) * 16;
+    // strides of w(row, col) between columns and between rows
+    let (w_cs, w_rs) = if transposed { (c_out, 1) } else { (1, k_len) };
     y_t.par_chunks_mut(block * bp)
         .enumerate()
         .for_each(|(i, dst)| {
@@ -578,9 +704,9 @@ fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f32> {
                     1,
                     bp as isize,
                     false,
-                    w[i * block * k_len..].as_ptr(),
-                    1,
-                    k_len as isize,
+                    w[i * block * w_rs..].as_ptr(),
+                    w_cs as isize,
+                    w_rs as isize,
                     col.as_ptr(),
                     1,
                     bp as isize,
