@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rstile::classes::ClassTable;
+use rstile::model::ledger::Op;
 use rstile::model::{Model, ModelMeta};
 use rstile::pipeline::{self, InferOptions, InferPlan, Progress};
 use rstile::read::SceneInfo;
@@ -745,6 +746,14 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
         if let Some([f, b, u]) = sp.train_phases {
             o["train_phases_s"] = serde_json::json!({"forward": f, "backward": b, "update": u});
         }
+        if let Some(ops) = sp.train_ops {
+            let m: serde_json::Map<String, serde_json::Value> = Op::ALL
+                .iter()
+                .zip(ops)
+                .map(|(op, t)| (op.name().replace(' ', "_"), t.into()))
+                .collect();
+            o["train_ops_s"] = m.into();
+        }
         println!("{o}");
         return Ok(());
     }
@@ -770,6 +779,17 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
     }
     if let Some([f, b, u]) = sp.train_phases {
         println!("    of which   forward+loss {f:.3} s  backward {b:.3} s  update {u:.3} s");
+    }
+    if let (Some([f, b, _]), Some(ops)) = (sp.train_phases, sp.train_ops) {
+        let [cf, cb, nf, nb, pf, pb] = ops;
+        println!(
+            "    forward:   conv {cf:.3} s  batch norm {nf:.3} s  max pool {pf:.3} s  other {:.3} s",
+            f - cf - nf - pf
+        );
+        println!(
+            "    backward:  conv {cb:.3} s  batch norm {nb:.3} s  max pool {pb:.3} s  other {:.3} s",
+            b - cb - nb - pb
+        );
     }
     Ok(())
 }

@@ -11,7 +11,7 @@
 //! machines this runs on are shared and noisy.
 
 use crate::error::Result;
-use crate::model::Model;
+use crate::model::{ledger, Model};
 use crate::train::loss::cross_entropy;
 use crate::train::optim::{OptimConfig, Optimizer};
 use crate::train::run::params_of;
@@ -97,6 +97,9 @@ pub struct Speed {
     /// Of the fastest training step: seconds in the forward pass with the
     /// loss, in the backward pass, and in the optimiser update.
     pub train_phases: Option<[f64; 3]>,
+    /// Of the same step: seconds in each of rstile's own ops, in
+    /// [`ledger::Op::ALL`] order.
+    pub train_ops: Option<[f64; 6]>,
     /// Forward FLOPs of one batch (convolutions only, which are >99 %).
     pub forward_flops: u64,
 }
@@ -126,7 +129,7 @@ pub fn measure(model: &Model, cfg: &SpeedConfig) -> Result<Speed> {
     let mut fwd = fwd;
     time(cfg.warmup, &mut fwd)?;
     let forward = Timing::of(time(cfg.iters.max(1), &mut fwd)?);
-    let (train_step, train_phases) = if cfg.train {
+    let (train_step, train_phases, train_ops) = if cfg.train {
         let classes = model.meta.classes.len();
         let labels: Vec<u8> = (0..b * s * s).map(|i| (i * 7 % classes) as u8).collect();
         let mut opt = Optimizer::new(
@@ -140,6 +143,7 @@ pub fn measure(model: &Model, cfg: &SpeedConfig) -> Result<Speed> {
         );
         let mut phases = Vec::new();
         let mut step = || -> Result<()> {
+            let ops0 = ledger::snapshot();
             let t0 = Instant::now();
             let logits = model.forward_t(&x, true)?;
             let loss = cross_entropy(&logits, &labels, None)?;
@@ -150,23 +154,32 @@ pub fn measure(model: &Model, cfg: &SpeedConfig) -> Result<Speed> {
             opt.step(&grads, &[Some(1e-4), Some(1e-4)])?;
             sync(&loss)?;
             let t3 = Instant::now();
-            phases.push([t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64()));
+            let ops1 = ledger::snapshot();
+            phases.push((
+                [t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64()),
+                std::array::from_fn(|i| ops1[i] - ops0[i]),
+            ));
             Ok(())
         };
         time(cfg.warmup, &mut step)?;
         let t = time(cfg.iters.max(1), &mut step)?;
-        let fastest = phases[cfg.warmup..]
+        let fastest: Option<([f64; 3], [f64; 6])> = phases[cfg.warmup..]
             .iter()
-            .min_by(|a, b| a.iter().sum::<f64>().total_cmp(&b.iter().sum::<f64>()))
+            .min_by(|a, b| a.0.iter().sum::<f64>().total_cmp(&b.0.iter().sum::<f64>()))
             .copied();
-        (Some(Timing::of(t)), fastest)
+        (
+            Some(Timing::of(t)),
+            fastest.map(|f| f.0),
+            fastest.map(|f| f.1),
+        )
     } else {
-        (None, None)
+        (None, None, None)
     };
     Ok(Speed {
         forward,
         train_step,
         train_phases,
+        train_ops,
         forward_flops: model.forward_flops(b, s, s)?,
     })
 }

@@ -76,29 +76,6 @@ impl Shared {
 /// vector registers, summed in a fixed order so results are reproducible.
 const LANES: usize = 16;
 
-/// `(Σ a_i, Σ a_i·b_i)` in f32 lanes, then f64.
-fn sum_and_dot(a: &[f32], b: &[f32]) -> (f64, f64) {
-    let (mut s, mut d) = ([0f32; LANES], [0f32; LANES]);
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            s[l] += x[l];
-            d[l] += x[l] * y[l];
-        }
-    }
-    let mut total = (0f64, 0f64);
-    for l in 0..LANES {
-        total.0 += s[l] as f64;
-        total.1 += d[l] as f64;
-    }
-    for (x, y) in ra.iter().zip(rb) {
-        total.0 += *x as f64;
-        total.1 += (*x * *y) as f64;
-    }
-    total
-}
-
 /// `Σ (a_i - shift)` and `Σ (a_i - shift)²`, in f32 lanes, then f64.
 fn centred_moments(a: &[f32], shift: f32) -> (f64, f64) {
     let (mut s, mut q) = ([0f32; LANES], [0f32; LANES]);
@@ -195,8 +172,16 @@ pub struct BatchNormGrads {
     pub beta: Vec<f32>,
 }
 
-/// Backward pass of [`batch_norm_train`]: `y` is its output (for the ReLU
-/// mask), `dy` the gradient arriving at it.
+/// Backward pass of [`batch_norm_train`]: `y` is its output, `dy` the
+/// gradient arriving at it.
+///
+/// The ReLU's mask is where the output is positive. Without a residual it
+/// is recomputed from `x` with the forward pass's own arithmetic (the same
+/// `scale` and `shift`, hence the same bits), so `y` is not read; with one,
+/// it is read from `y`, and the masked gradient is written once, to the
+/// residual's gradient, which the second pass then reads back. That makes
+/// five passes over memory per value without a residual and seven with
+/// one.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train_backward(
     s: &NormShape,
@@ -204,12 +189,14 @@ pub fn batch_norm_train_backward(
     y: &[f32],
     dy: &[f32],
     gamma: &[f32],
+    beta: &[f32],
     stats: &BatchStats,
     eps: f32,
     relu: bool,
     want_residual: bool,
 ) -> BatchNormGrads {
     assert!(x.len() == s.len() && y.len() == s.len() && dy.len() == s.len());
+    assert!(gamma.len() == s.channels && beta.len() == s.channels);
     let mut dx = vec![0f32; s.len()];
     let mut dr = if want_residual {
         vec![0f32; s.len()]
@@ -218,25 +205,34 @@ pub fn batch_norm_train_backward(
     };
     let (dxp, drp) = (Shared(dx.as_mut_ptr()), Shared(dr.as_mut_ptr()));
     let n = s.count() as f64;
-    let grad = |dy: f32, y: f32| if relu && y <= 0.0 { 0.0 } else { dy };
     let sums: Vec<(f32, f32)> = (0..s.channels)
         .into_par_iter()
         .map(|c| {
             let mean = stats.mean[c];
             let inv = 1.0 / (stats.var[c] + eps).sqrt();
-            // g = the gradient below the ReLU; Σ g and Σ g·(x - mean), in
-            // lanes, through one masked copy of the block at a time
+            // as in the forward pass
+            let scale = gamma[c] / (stats.var[c] + eps).sqrt();
+            let shift = beta[c] - mean * scale;
+            // the gradient below the ReLU, from the mask of the output
+            let below = |d: f32, xv: f32| {
+                if relu && xv * scale + shift <= 0.0 {
+                    0.0
+                } else {
+                    d
+                }
+            };
             let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-            let mut gbuf = vec![0f32; s.plane];
-            let mut xbuf = vec![0f32; s.plane];
             for r in s.blocks(c) {
-                for ((o, &d), &yv) in gbuf.iter_mut().zip(&dy[r.clone()]).zip(&y[r.clone()]) {
-                    *o = grad(d, yv);
-                }
-                for (o, &xv) in xbuf.iter_mut().zip(&x[r]) {
-                    *o = xv - mean;
-                }
-                let (a, b) = sum_and_dot(&gbuf, &xbuf);
+                let (a, b) = if want_residual {
+                    // SAFETY: channel c owns its blocks of dr
+                    let g = unsafe { drp.slice(r.clone()) };
+                    for ((o, &d), &yv) in g.iter_mut().zip(&dy[r.clone()]).zip(&y[r.clone()]) {
+                        *o = if relu && yv <= 0.0 { 0.0 } else { d };
+                    }
+                    masked_sums(g, &x[r], mean, |d, _| d)
+                } else {
+                    masked_sums(&dy[r.clone()], &x[r], mean, below)
+                };
                 sum_g += a;
                 sum_gx += b * inv as f64;
             }
@@ -245,20 +241,16 @@ pub fn batch_norm_train_backward(
             for r in s.blocks(c) {
                 // SAFETY: channel c owns its blocks of dx
                 let dst = unsafe { dxp.slice(r.clone()) };
-                for (((o, &d), &yv), &xv) in dst
-                    .iter_mut()
-                    .zip(&dy[r.clone()])
-                    .zip(&y[r.clone()])
-                    .zip(&x[r.clone()])
-                {
-                    let g = grad(d, yv);
-                    *o = k * (g - mg - (xv - mean) * inv * mgx);
-                }
+                let out = |g: f32, xv: f32| k * (g - mg - (xv - mean) * inv * mgx);
                 if want_residual {
-                    // SAFETY: and of dr
-                    let dst = unsafe { drp.slice(r.clone()) };
-                    for ((o, &d), &yv) in dst.iter_mut().zip(&dy[r.clone()]).zip(&y[r]) {
-                        *o = grad(d, yv);
+                    // SAFETY: written above, by this channel only
+                    let g = unsafe { drp.slice(r.clone()) };
+                    for ((o, &g), &xv) in dst.iter_mut().zip(&*g).zip(&x[r]) {
+                        *o = out(g, xv);
+                    }
+                } else {
+                    for ((o, &d), &xv) in dst.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                        *o = out(below(d, xv), xv);
                     }
                 }
             }
@@ -272,6 +264,32 @@ pub fn batch_norm_train_backward(
         gamma: dgamma,
         beta: dbeta,
     }
+}
+
+/// `(Σ g_i, Σ g_i·(x_i - mean))` with `g_i = mask(d_i, x_i)`, in f32 lanes,
+/// then f64.
+fn masked_sums(d: &[f32], x: &[f32], mean: f32, mask: impl Fn(f32, f32) -> f32) -> (f64, f64) {
+    let (mut s, mut p) = ([0f32; LANES], [0f32; LANES]);
+    let (cd, cx) = (d.chunks_exact(LANES), x.chunks_exact(LANES));
+    let (rd, rx) = (cd.remainder(), cx.remainder());
+    for (a, b) in cd.zip(cx) {
+        for l in 0..LANES {
+            let g = mask(a[l], b[l]);
+            s[l] += g;
+            p[l] += g * (b[l] - mean);
+        }
+    }
+    let mut total = (0f64, 0f64);
+    for l in 0..LANES {
+        total.0 += s[l] as f64;
+        total.1 += p[l] as f64;
+    }
+    for (a, b) in rd.iter().zip(rx) {
+        let g = mask(*a, *b);
+        total.0 += g as f64;
+        total.1 += (g * (*b - mean)) as f64;
+    }
+    total
 }
 
 #[cfg(test)]
@@ -307,8 +325,10 @@ mod tests {
         }
     }
 
-    /// Finite differences of `<relu(bn(x) + r), g>` against the analytic
-    /// gradients, in f64 arithmetic on small values.
+    /// Finite differences of `<relu?(bn(x) + r?), g>` against the analytic
+    /// gradients, in f64 arithmetic on small values, with and without the
+    /// residual and the ReLU (the mask comes from `y` with a residual and
+    /// from `x` without).
     #[test]
     fn backward_matches_finite_differences() {
         let s = NormShape {
@@ -324,55 +344,67 @@ mod tests {
         let (x, r, g) = (v(s.len(), 1), v(s.len(), 2), v(s.len(), 3));
         let (gamma, beta) = (vec![0.5, 1.5, -1.0], vec![0.1, -0.2, 0.3]);
         let eps = 1e-3;
-        let f = |x: &[f32], r: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
-            let (y, _) = batch_norm_train(&s, x, gamma, beta, eps, Some(r), true);
-            y.iter().zip(&g).map(|(a, b)| *a as f64 * *b as f64).sum()
-        };
-        let (y, st) = batch_norm_train(&s, &x, &gamma, &beta, eps, Some(&r), true);
-        let gr = batch_norm_train_backward(&s, &x, &y, &g, &gamma, &st, eps, true, true);
-        let h = 1e-2f32;
-        let check = |analytic: f32, plus: f64, minus: f64, what: &str| {
-            let num = (plus - minus) / (2.0 * h as f64);
-            assert!(
-                (num - analytic as f64).abs() < 2e-2 * (1.0 + num.abs()),
-                "{what}: numeric {num}, analytic {analytic}"
-            );
-        };
-        for i in [0, 7, 13, 29] {
-            let (mut a, mut b) = (x.clone(), x.clone());
-            a[i] += h;
-            b[i] -= h;
-            check(
-                gr.input[i],
-                f(&a, &r, &gamma, &beta),
-                f(&b, &r, &gamma, &beta),
-                "x",
-            );
-            let (mut a, mut b) = (r.clone(), r.clone());
-            a[i] += h;
-            b[i] -= h;
-            let dr = gr.residual.as_ref().unwrap()[i];
-            check(dr, f(&x, &a, &gamma, &beta), f(&x, &b, &gamma, &beta), "r");
-        }
-        for c in 0..3 {
-            let (mut a, mut b) = (gamma.clone(), gamma.clone());
-            a[c] += h;
-            b[c] -= h;
-            check(
-                gr.gamma[c],
-                f(&x, &r, &a, &beta),
-                f(&x, &r, &b, &beta),
-                "gamma",
-            );
-            let (mut a, mut b) = (beta.clone(), beta.clone());
-            a[c] += h;
-            b[c] -= h;
-            check(
-                gr.beta[c],
-                f(&x, &r, &gamma, &a),
-                f(&x, &r, &gamma, &b),
-                "beta",
-            );
+        for (with_res, relu) in [(true, true), (false, true), (false, false), (true, false)] {
+            let f = |x: &[f32], r: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
+                let r = with_res.then_some(r);
+                let (y, _) = batch_norm_train(&s, x, gamma, beta, eps, r, relu);
+                y.iter().zip(&g).map(|(a, b)| *a as f64 * *b as f64).sum()
+            };
+            let res = with_res.then_some(&r[..]);
+            let (y, st) = batch_norm_train(&s, &x, &gamma, &beta, eps, res, relu);
+            let gr =
+                batch_norm_train_backward(&s, &x, &y, &g, &gamma, &beta, &st, eps, relu, with_res);
+            assert_eq!(gr.residual.is_some(), with_res);
+            let h = 1e-2f32;
+            let check = |analytic: f32, plus: f64, minus: f64, what: &str| {
+                let num = (plus - minus) / (2.0 * h as f64);
+                assert!(
+                    (num - analytic as f64).abs() < 2e-2 * (1.0 + num.abs()),
+                    "{what} (residual {with_res}, relu {relu}): numeric {num}, analytic {analytic}"
+                );
+            };
+            for i in [0, 7, 13, 29] {
+                let (mut a, mut b) = (x.clone(), x.clone());
+                a[i] += h;
+                b[i] -= h;
+                check(
+                    gr.input[i],
+                    f(&a, &r, &gamma, &beta),
+                    f(&b, &r, &gamma, &beta),
+                    "x",
+                );
+                if let Some(dr) = &gr.residual {
+                    let (mut a, mut b) = (r.clone(), r.clone());
+                    a[i] += h;
+                    b[i] -= h;
+                    check(
+                        dr[i],
+                        f(&x, &a, &gamma, &beta),
+                        f(&x, &b, &gamma, &beta),
+                        "r",
+                    );
+                }
+            }
+            for c in 0..3 {
+                let (mut a, mut b) = (gamma.clone(), gamma.clone());
+                a[c] += h;
+                b[c] -= h;
+                check(
+                    gr.gamma[c],
+                    f(&x, &r, &a, &beta),
+                    f(&x, &r, &b, &beta),
+                    "gamma",
+                );
+                let (mut a, mut b) = (beta.clone(), beta.clone());
+                a[c] += h;
+                b[c] -= h;
+                check(
+                    gr.beta[c],
+                    f(&x, &r, &gamma, &a),
+                    f(&x, &r, &gamma, &b),
+                    "beta",
+                );
+            }
         }
     }
 }

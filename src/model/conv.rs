@@ -15,6 +15,7 @@
 //! recomputed from the running statistics on every call (a few hundred
 //! floats per layer), so it can never go stale when training updates them.
 
+use super::ledger::{self, Op};
 use super::norm::BatchNorm2d;
 use crate::kernels::{self, ConvShape, Epilogue};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Storage, Tensor};
@@ -187,7 +188,9 @@ impl Conv2d {
                         residual: rs,
                         relu,
                     };
-                    Ok(kernels::conv2d_forward(&s, xs, ws, &ep))
+                    Ok(ledger::timed(Op::ConvForward, || {
+                        kernels::conv2d_forward(&s, xs, ws, &ep)
+                    }))
                 };
                 match &residual {
                     Some(r) => with_f32(r, |rs| run(Some(rs))),
@@ -255,12 +258,10 @@ impl CustomOp2 for ConvOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let s = self.with_batch(l1.dims()[0]);
-        let y = kernels::conv2d_forward(
-            &s,
-            f32_slice(s1, l1)?,
-            f32_slice(s2, l2)?,
-            &Epilogue::default(),
-        );
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let y = ledger::timed(Op::ConvForward, || {
+            kernels::conv2d_forward(&s, x, w, &Epilogue::default())
+        });
         Ok((
             CpuStorage::F32(y),
             Shape::from((s.batch, s.c_out, s.out_height(), s.out_width())),
@@ -281,7 +282,9 @@ impl CustomOp2 for ConvOp {
         let (dx, dw) = with_f32(x, |xs| {
             with_f32(&grad, |gs| {
                 with_f32(&w.contiguous()?, |ws| {
-                    Ok(kernels::conv2d_backward(&s, xs, gs, ws, want_input))
+                    Ok(ledger::timed(Op::ConvBackward, || {
+                        kernels::conv2d_backward(&s, xs, gs, ws, want_input)
+                    }))
                 })
             })
         })?;

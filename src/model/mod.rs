@@ -17,6 +17,7 @@
 
 pub mod conv;
 mod fcn;
+pub mod ledger;
 pub mod norm;
 mod resnet;
 

@@ -11,6 +11,7 @@
 //! unbiased variance.
 
 use super::conv::{f32_slice, with_f32};
+use super::ledger::{self, Op};
 use crate::kernels::{self, BatchStats, NormShape};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
@@ -199,15 +200,18 @@ impl BnTrain {
             Some((r, l)) => Some(f32_slice(r, l)?),
             None => None,
         };
-        let (y, st) = kernels::batch_norm_train(
-            &s,
-            f32_slice(x, lx)?,
-            &gb[..s.channels],
-            &gb[s.channels..],
-            self.eps,
-            res,
-            self.relu,
-        );
+        let x = f32_slice(x, lx)?;
+        let (y, st) = ledger::timed(Op::NormForward, || {
+            kernels::batch_norm_train(
+                &s,
+                x,
+                &gb[..s.channels],
+                &gb[s.channels..],
+                self.eps,
+                res,
+                self.relu,
+            )
+        });
         // read by the caller (running statistics) and by bwd
         *self.stats.lock().expect("stats lock") = Some(st);
         Ok((CpuStorage::F32(y), lx.shape().clone()))
@@ -234,17 +238,20 @@ impl BnTrain {
             with_f32(y, |ys| {
                 with_f32(&dy, |ds| {
                     with_f32(&gb.contiguous()?, |gbs| {
-                        Ok(kernels::batch_norm_train_backward(
-                            &s,
-                            xs,
-                            ys,
-                            ds,
-                            &gbs[..c],
-                            &st,
-                            self.eps,
-                            self.relu,
-                            want_residual,
-                        ))
+                        Ok(ledger::timed(Op::NormBackward, || {
+                            kernels::batch_norm_train_backward(
+                                &s,
+                                xs,
+                                ys,
+                                ds,
+                                &gbs[..c],
+                                &gbs[c..],
+                                &st,
+                                self.eps,
+                                self.relu,
+                                want_residual,
+                            )
+                        }))
                     })
                 })
             })

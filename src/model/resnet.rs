@@ -12,6 +12,7 @@
 //! zero padding is equivalent to torchvision's `-inf` padding.
 
 use super::conv::{Conv2d, ConvBn};
+use super::ledger::{self, Op};
 use super::norm::{batch_norm2d, BatchNorm2d};
 use crate::kernels::pool;
 use candle_core::{Result, Tensor};
@@ -381,7 +382,7 @@ impl candle_core::CustomOp1 for MaxPoolOp {
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
         let x = super::conv::f32_slice(s, l)?;
-        let (y, idx) = pool::max_pool_3x3_s2(x, b * c, h, w);
+        let (y, idx) = ledger::timed(Op::PoolForward, || pool::max_pool_3x3_s2(x, b * c, h, w));
         *self.indices.lock().expect("pool lock") = idx;
         Ok((
             candle_core::CpuStorage::F32(y),
@@ -394,7 +395,9 @@ impl candle_core::CustomOp1 for MaxPoolOp {
         let dy = dy.contiguous()?;
         let idx = self.indices.lock().expect("pool lock");
         let dx = super::conv::with_f32(&dy, |g| {
-            Ok(pool::max_pool_3x3_s2_backward(g, &idx, b * c, h, w))
+            Ok(ledger::timed(Op::PoolBackward, || {
+                pool::max_pool_3x3_s2_backward(g, &idx, b * c, h, w)
+            }))
         })?;
         Ok(Some(Tensor::from_vec(dx, (b, c, h, w), x.device())?))
     }
