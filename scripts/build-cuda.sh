@@ -20,13 +20,11 @@
 #
 # candle-core 0.11 turns on cudarc's `dynamic-linking`, which would make the
 # binary need libcuda.so.1, cuBLAS, cuRAND and NVRTC just to start, so even
-# `rstile --help` would fail on a machine without them. This script builds
-# instead with cudarc's `dynamic-loading` (dlopen on first GPU use): it
-# vendors the locked dependencies into target/cuda-vendor and swaps the one
-# feature name in the vendored candle-core, used through cargo's source
-# replacement, so Cargo.toml and Cargo.lock stay untouched. cudart (needed
-# by candle-kernels' MoE kernels) is linked statically. The binary then
-# needs no CUDA library until --device cuda:N; at that point it dlopens
+# `rstile --help` would fail on a machine without them. rstile's patched
+# candle-core (crates/candle-core, see its RSTILE.md) asks for cudarc's
+# `dynamic-loading` instead (dlopen on first GPU use). cudart (needed by
+# candle-kernels' MoE kernels) is linked statically. The binary then needs
+# no CUDA library until --device cuda:N; at that point it dlopens
 # libcuda.so.1, libcublas.so.13, libcublasLt.so.13 and libcurand.so.10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,58 +101,19 @@ linkdir=$root/target/cuda-root/lib64
 mkdir -p "$linkdir"
 ln -sfn "$cuda/lib/libcudart_static.a" "$linkdir/libcudart.a"
 
-# Vendored sources with candle-core switched to dynamic loading; redone
-# whenever Cargo.lock changes.
-vendor=$root/target/cuda-vendor
-lockhash=$(sha256sum Cargo.lock | cut -d' ' -f1)
-if [ "$(cat "$vendor/.rstile-lock" 2>/dev/null)" != "$lockhash" ]; then
-  echo "build-cuda: vendoring the locked dependencies into $vendor"
-  cargo vendor --quiet --versioned-dirs "$vendor" >/dev/null
-  shopt -s nullglob
-  patched=0
-  for d in "$vendor"/candle-core-*; do
-    "$venv/bin/python" - "$d" <<'PY'
-import hashlib, json, pathlib, sys
-d = pathlib.Path(sys.argv[1])
-toml = d / "Cargo.toml"
-text = toml.read_text()
-# the cudarc dependency's feature list, and only there
-i = text.index("[dependencies.cudarc]")
-j = text.find("\n[", i)
-j = len(text) if j < 0 else j
-section = text[i:j]
-if '"dynamic-linking"' not in section:
-    sys.exit(f"build-cuda: no cudarc dynamic-linking feature in {toml}")
-new = text[:i] + section.replace('"dynamic-linking"', '"dynamic-loading"') + text[j:]
-toml.write_text(new)
-ck = d / ".cargo-checksum.json"
-sums = json.loads(ck.read_text())
-sums["files"]["Cargo.toml"] = hashlib.sha256(new.encode()).hexdigest()
-ck.write_text(json.dumps(sums))
-PY
-    patched=$((patched + 1))
-  done
-  [ "$patched" -gt 0 ] || { echo "build-cuda: no candle-core in $vendor" >&2; exit 1; }
-  echo "$lockhash" >"$vendor/.rstile-lock"
-fi
-
 export CARGO_TARGET_DIR=$root/target/cuda
 # the check's empty libmoe.a objects must never reach a real build (cudaforge
 # caches objects by source, not by compiler), hence a target dir of its own
 [ "$mode" = check ] && [ "${RSTILE_CUDA_CHECK_FULL:-0}" != 1 ] && CARGO_TARGET_DIR=$root/target/cuda/check
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$linkdir"
-cargo_cfg=(
-  --config 'source.crates-io.replace-with="rstile-cuda-vendor"'
-  --config "source.rstile-cuda-vendor.directory=\"$vendor\""
-)
 
 start=$(date +%s)
 if [ "$mode" = check ]; then
-  cargo "${cargo_cfg[@]}" check --all-targets --features cuda "${args[@]}"
+  cargo check --all-targets --features cuda "${args[@]}"
   echo "build-cuda: check ok in $(($(date +%s) - start)) s"
   exit 0
 fi
-cargo "${cargo_cfg[@]}" build --release --features cuda "${args[@]}"
+cargo build --release --features cuda "${args[@]}"
 
 bin=$CARGO_TARGET_DIR/release/rstile
 stubs=$CARGO_TARGET_DIR/release/cuda-stubs
