@@ -56,7 +56,8 @@ pub fn max_pool_3x3_s2(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec<f32
                         }
                     }
                     if nan {
-                        (best, at) = first_nan(xp, w, 2 * oy - 1..2 * oy + 2, 2 * ox - 1..2 * ox + 2);
+                        (best, at) =
+                            first_nan(xp, w, 2 * oy - 1..2 * oy + 2, 2 * ox - 1..2 * ox + 2);
                     }
                     yp[oy * ow + ox] = best;
                     ip[oy * ow + ox] = at as u32;
@@ -152,7 +153,9 @@ mod tests {
             for ox in 0..ow {
                 let rows = (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h);
                 let cols = (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w);
-                let has_nan = rows.clone().any(|r| cols.clone().any(|c| x[r * w + c].is_nan()));
+                let has_nan = rows
+                    .clone()
+                    .any(|r| cols.clone().any(|c| x[r * w + c].is_nan()));
                 assert_eq!(y[oy * ow + ox].is_nan(), has_nan, "output ({oy}, {ox})");
                 if has_nan {
                     assert!(x[idx[oy * ow + ox] as usize].is_nan());
