@@ -274,13 +274,21 @@ fn col2im_add(s: &ConvShape, col: &[f32], ci: usize, plane: &mut [f32]) {
 /// `batch x c_out x H' x W'`.
 pub fn conv2d_forward(s: &ConvShape, x: &[f32], w: &[f32], ep: &Epilogue) -> Vec<f32> {
     s.check(x, w);
-    let (p_out, k_len, c_out) = (s.out_pixels(), s.patch_len(), s.c_out);
     if let Some(r) = ep.residual {
         assert_eq!(r.len(), s.output_len(), "residual length");
     }
-    let mut out = vec![0f32; s.output_len()];
-    let dst = Shared(out.as_mut_ptr());
     let in_len = s.c_in * s.height * s.width;
+    // SAFETY: the units cover every (sample, channel, pixel) of the output;
+    // each writes its own through the GEMM before the epilogue reads it
+    unsafe {
+        super::filled(s.output_len(), |out| {
+            forward_units(s, x, w, ep, in_len, Shared(out))
+        })
+    }
+}
+
+fn forward_units(s: &ConvShape, x: &[f32], w: &[f32], ep: &Epilogue, in_len: usize, dst: Shared) {
+    let (p_out, k_len, c_out) = (s.out_pixels(), s.patch_len(), s.c_out);
     s.units().into_par_iter().for_each(|(b, p0, p1)| {
         let n = p1 - p0;
         let xb = &x[b * in_len..(b + 1) * in_len];
@@ -324,7 +332,6 @@ pub fn conv2d_forward(s: &ConvShape, x: &[f32], w: &[f32], ep: &Epilogue) -> Vec
             apply_epilogue(row, ep, c, at);
         }
     });
-    out
 }
 
 fn apply_epilogue(row: &mut [f32], ep: &Epilogue, c: usize, at: usize) {
@@ -686,21 +693,21 @@ fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[f32], transposed: bool) -> Vec<
     let bp = b * p;
     let col = batch_patches(s, x);
     // y_t (c_out x bp) = w (c_out x K) · col (K x bp), in blocks of rows
-    let mut y_t = vec![0f32; c_out * bp];
     let threads = rayon::current_num_threads().max(1);
     let block = c_out.div_ceil(threads).div_ceil(16) * 16;
     // strides of w(row, col) between columns and between rows
     let (w_cs, w_rs) = if transposed { (c_out, 1) } else { (1, k_len) };
-    y_t.par_chunks_mut(block * bp)
-        .enumerate()
-        .for_each(|(i, dst)| {
-            let rows = dst.len() / bp;
-            unsafe {
+    // SAFETY: the row blocks cover all c_out rows of y_t
+    let y_t = unsafe {
+        super::filled(c_out * bp, |y_t| {
+            let y_t = Shared(y_t);
+            (0..c_out.div_ceil(block)).into_par_iter().for_each(|i| {
+                let rows = block.min(c_out - i * block);
                 gemm(
                     rows,
                     bp,
                     k_len,
-                    dst.as_mut_ptr(),
+                    y_t.at(i * block * bp),
                     1,
                     bp as isize,
                     false,
@@ -717,18 +724,23 @@ fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[f32], transposed: bool) -> Vec<
                     false,
                     Parallelism::None,
                 )
-            }
-        });
+            })
+        })
+    };
     // back to [batch][c_out][P]
-    let mut y = vec![0f32; c_out * bp];
-    y.par_chunks_mut(c_out * p)
-        .enumerate()
-        .for_each(|(sample, dst)| {
-            for (c, row) in dst.chunks_mut(p).enumerate() {
-                row.copy_from_slice(&y_t[c * bp + sample * p..c * bp + (sample + 1) * p]);
-            }
-        });
-    y
+    // SAFETY: every (sample, channel) row of p values is copied
+    unsafe {
+        super::filled(c_out * bp, |y| {
+            let y = Shared(y);
+            (0..b).into_par_iter().for_each(|sample| {
+                for c in 0..c_out {
+                    let src = &y_t[c * bp + sample * p..][..p];
+                    let at = (sample * c_out + c) * p;
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), y.at(at), p);
+                }
+            })
+        })
+    }
 }
 
 /// The patch matrix of the whole batch, `K x (batch·P)`: sample `i` in

@@ -70,6 +70,12 @@ impl Shared {
     unsafe fn slice<'a>(&self, r: std::ops::Range<usize>) -> &'a mut [f32] {
         std::slice::from_raw_parts_mut(self.0.add(r.start), r.len())
     }
+
+    /// The address `offset` values in, for writes of values not yet
+    /// initialised.
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
 }
 
 /// Lanes of the partial sums: wide enough for the compiler to keep them in
@@ -117,46 +123,54 @@ pub fn batch_norm_train(
     if let Some(r) = residual {
         assert_eq!(r.len(), s.len(), "residual length");
     }
-    let mut y = vec![0f32; s.len()];
-    let out = Shared(y.as_mut_ptr());
     let n = s.count() as f64;
-    let stats: Vec<(f32, f32)> = (0..s.channels)
-        .into_par_iter()
-        .map(|c| {
-            // moments about the first value, then corrected: accurate in
-            // f32 lanes even when the mean is large against the spread
-            let pivot = x[(c * s.plane)..][0];
-            let (mut sum, mut sq) = (0f64, 0f64);
-            for r in s.blocks(c) {
-                let (a, b) = centred_moments(&x[r], pivot);
-                sum += a;
-                sq += b;
-            }
-            let d = sum / n;
-            let mean = pivot as f64 + d;
-            let var = (sq / n - d * d).max(0.0);
-            let scale = gamma[c] / (var as f32 + eps).sqrt();
-            let shift = beta[c] - mean as f32 * scale;
-            for r in s.blocks(c) {
-                // SAFETY: channel c owns its blocks of the output
-                let dst = unsafe { out.slice(r.clone()) };
-                for (d, &v) in dst.iter_mut().zip(&x[r.clone()]) {
-                    *d = v * scale + shift;
-                }
-                if let Some(res) = residual {
-                    for (d, &v) in dst.iter_mut().zip(&res[r]) {
-                        *d += v;
+    let mut stats = Vec::new();
+    // SAFETY: each channel writes all of its blocks
+    let y = unsafe {
+        super::filled(s.len(), |y| {
+            let out = Shared(y);
+            stats = (0..s.channels)
+                .into_par_iter()
+                .map(|c| {
+                    // moments about the first value, then corrected: accurate in
+                    // f32 lanes even when the mean is large against the spread
+                    let pivot = x[(c * s.plane)..][0];
+                    let (mut sum, mut sq) = (0f64, 0f64);
+                    for r in s.blocks(c) {
+                        let (a, b) = centred_moments(&x[r], pivot);
+                        sum += a;
+                        sq += b;
                     }
-                }
-                if relu {
-                    for d in dst.iter_mut() {
-                        *d = d.max(0.0);
+                    let d = sum / n;
+                    let mean = pivot as f64 + d;
+                    let var = (sq / n - d * d).max(0.0);
+                    let scale = gamma[c] / (var as f32 + eps).sqrt();
+                    let shift = beta[c] - mean as f32 * scale;
+                    for r in s.blocks(c) {
+                        // channel c owns its blocks of the output; one pass each
+                        let dst = out.at(r.start);
+                        let xs = &x[r.clone()];
+                        match residual {
+                            Some(res) => {
+                                for (i, (&v, &rv)) in xs.iter().zip(&res[r]).enumerate() {
+                                    let y = v * scale + shift + rv;
+                                    // inside the channel's block (see the SAFETY note above)
+                                    dst.add(i).write(if relu { y.max(0.0) } else { y });
+                                }
+                            }
+                            None => {
+                                for (i, &v) in xs.iter().enumerate() {
+                                    let y = v * scale + shift;
+                                    dst.add(i).write(if relu { y.max(0.0) } else { y });
+                                }
+                            }
+                        }
                     }
-                }
-            }
-            (mean as f32, var as f32)
+                    (mean as f32, var as f32)
+                })
+                .collect();
         })
-        .collect();
+    };
     let (mean, var) = stats.into_iter().unzip();
     (y, BatchStats { mean, var })
 }
@@ -197,12 +211,9 @@ pub fn batch_norm_train_backward(
 ) -> BatchNormGrads {
     assert!(x.len() == s.len() && y.len() == s.len() && dy.len() == s.len());
     assert!(gamma.len() == s.channels && beta.len() == s.channels);
-    let mut dx = vec![0f32; s.len()];
-    let mut dr = if want_residual {
-        vec![0f32; s.len()]
-    } else {
-        Vec::new()
-    };
+    // written in full below before they are read (no zeroing pass)
+    let mut dx = Vec::<f32>::with_capacity(s.len());
+    let mut dr = Vec::<f32>::with_capacity(if want_residual { s.len() } else { 0 });
     let (dxp, drp) = (Shared(dx.as_mut_ptr()), Shared(dr.as_mut_ptr()));
     let n = s.count() as f64;
     let sums: Vec<(f32, f32)> = (0..s.channels)
@@ -224,11 +235,13 @@ pub fn batch_norm_train_backward(
             let (mut sum_g, mut sum_gx) = (0f64, 0f64);
             for r in s.blocks(c) {
                 let (a, b) = if want_residual {
-                    // SAFETY: channel c owns its blocks of dr
-                    let g = unsafe { drp.slice(r.clone()) };
-                    for ((o, &d), &yv) in g.iter_mut().zip(&dy[r.clone()]).zip(&y[r.clone()]) {
-                        *o = if relu && yv <= 0.0 { 0.0 } else { d };
+                    let g = drp.at(r.start);
+                    for (i, (&d, &yv)) in dy[r.clone()].iter().zip(&y[r.clone()]).enumerate() {
+                        // SAFETY: channel c owns its blocks of dr
+                        unsafe { g.add(i).write(if relu && yv <= 0.0 { 0.0 } else { d }) };
                     }
+                    // SAFETY: just written, by this channel only
+                    let g = unsafe { drp.slice(r.clone()) };
                     masked_sums(g, &x[r], mean, |d, _| d)
                 } else {
                     masked_sums(&dy[r.clone()], &x[r], mean, below)
@@ -239,24 +252,32 @@ pub fn batch_norm_train_backward(
             let (mg, mgx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
             let k = gamma[c] * inv;
             for r in s.blocks(c) {
-                // SAFETY: channel c owns its blocks of dx
-                let dst = unsafe { dxp.slice(r.clone()) };
+                let dst = dxp.at(r.start);
                 let out = |g: f32, xv: f32| k * (g - mg - (xv - mean) * inv * mgx);
                 if want_residual {
                     // SAFETY: written above, by this channel only
                     let g = unsafe { drp.slice(r.clone()) };
-                    for ((o, &g), &xv) in dst.iter_mut().zip(&*g).zip(&x[r]) {
-                        *o = out(g, xv);
+                    for (i, (&g, &xv)) in g.iter().zip(&x[r]).enumerate() {
+                        // SAFETY: channel c owns its blocks of dx
+                        unsafe { dst.add(i).write(out(g, xv)) };
                     }
                 } else {
-                    for ((o, &d), &xv) in dst.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                        *o = out(below(d, xv), xv);
+                    for (i, (&d, &xv)) in dy[r.clone()].iter().zip(&x[r]).enumerate() {
+                        // SAFETY: as above
+                        unsafe { dst.add(i).write(out(below(d, xv), xv)) };
                     }
                 }
             }
             (sum_gx as f32, sum_g as f32)
         })
         .collect();
+    // SAFETY: every channel wrote all of its blocks of dx (and of dr)
+    unsafe {
+        dx.set_len(s.len());
+        if want_residual {
+            dr.set_len(s.len());
+        }
+    }
     let (dgamma, dbeta) = sums.into_iter().unzip();
     BatchNormGrads {
         input: dx,
