@@ -482,35 +482,38 @@ unsafe fn dw_accumulate(
 fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (p, k_len, c_out, b) = (s.out_pixels(), s.patch_len(), s.c_out, s.batch);
     let threads = rayon::current_num_threads().max(1);
-    let mut dw = vec![0f32; k_len * c_out];
     if p < DW_PIXELS {
         let bp = b * p;
         let col = batch_patches(s, x);
         let dy_b = batch_major(dy, b, c_out, p);
         let block = k_len.div_ceil(threads).div_ceil(16) * 16;
-        let out = Shared(dw.as_mut_ptr());
-        (0..k_len.div_ceil(block)).into_par_iter().for_each(|i| {
-            let rows = i * block..((i + 1) * block).min(k_len);
-            for j0 in (0..bp).step_by(2 * DW_PIXELS) {
-                let n = (2 * DW_PIXELS).min(bp - j0);
-                // SAFETY: block i writes only its own rows of the result
-                unsafe {
-                    dw_accumulate(
-                        s,
-                        false,
-                        out.at(0),
-                        dy_b[j0..].as_ptr(),
-                        bp,
-                        col[j0..].as_ptr(),
-                        bp,
-                        n,
-                        rows.clone(),
-                        j0 == 0,
-                    )
+        // SAFETY: the row blocks cover all K rows, and each block's first
+        // chunk overwrites its rows for every output channel
+        let fill = |dw: *mut f32| {
+            let out = Shared(dw);
+            (0..k_len.div_ceil(block)).into_par_iter().for_each(|i| {
+                let rows = i * block..((i + 1) * block).min(k_len);
+                for j0 in (0..bp).step_by(2 * DW_PIXELS) {
+                    let n = (2 * DW_PIXELS).min(bp - j0);
+                    // SAFETY: block i writes only its own rows of the result
+                    unsafe {
+                        dw_accumulate(
+                            s,
+                            false,
+                            out.at(0),
+                            dy_b[j0..].as_ptr(),
+                            bp,
+                            col[j0..].as_ptr(),
+                            bp,
+                            n,
+                            rows.clone(),
+                            j0 == 0,
+                        )
+                    }
                 }
-            }
-        });
-        return dw;
+            });
+        };
+        return unsafe { super::filled(k_len * c_out, fill) };
     }
     let chunks = p.div_ceil(DW_PIXELS);
     let units: Vec<(usize, usize, usize)> = (0..b)
@@ -571,6 +574,7 @@ fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
         })
         .collect();
     let parts: Vec<&[f32]> = accs.iter().map(|a| a.as_slice()).collect();
+    let mut dw = vec![0f32; k_len * c_out];
     if by_channel {
         transpose_into(&parts, &mut dw, k_len, c_out);
     } else {
@@ -612,10 +616,24 @@ fn flip_transpose(s: &ConvShape, w: &[f32]) -> Vec<f32> {
     wf
 }
 
+/// The input gradient, by whichever of three routes is fastest for the
+/// layer (measured per ResNet-50 shape, `examples` aside):
+///
+/// * stride 1, pointwise: `dx = wᵀ · dy`, the weights read transposed in
+///   place; per-sample units on large maps, one batched GEMM on small ones
+///   (where the weights outnumber the pixels and would be packed once per
+///   sample);
+/// * stride 1, larger kernels, maps of at least 256 pixels: the gradient of
+///   a stride-1 convolution is itself a stride-1 convolution of `dy` with
+///   the flipped, transposed kernel and padding `d·(k−1) − p`, so it runs
+///   through [`conv2d_forward`];
+/// * otherwise (strides above 1, and the deep layers' small maps, where
+///   flipping millions of weights costs more than it saves): per sample,
+///   `dcol = wᵀ · dy_b` and col2im.
 fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let k = s.kernel;
     let reach = s.dilation * (k - 1);
-    if s.stride == 1 && s.padding <= reach {
+    if s.stride == 1 && s.padding <= reach && (k == 1 || s.out_pixels() >= 256) {
         // dx = conv(dy, flip(w)ᵀ), padding reach − p, same dilation
         let t = ConvShape {
             batch: s.batch,
@@ -628,19 +646,12 @@ fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
             padding: reach - s.padding,
             dilation: s.dilation,
         };
-        // large maps: the per-sample units, whose patch matrices stay in
-        // cache (and pointwise layers need none); small maps: one batched
-        // GEMM, so the weights are packed once rather than once per sample
-        // (and pointwise layers read them transposed in place)
-        let dx = if t.out_pixels() >= 1024 {
-            conv2d_forward(&t, dy, &flip_transpose(s, w), &Epilogue::default())
-        } else if k == 1 {
-            conv2d_batched(&t, dy, w, true)
-        } else {
-            conv2d_batched(&t, dy, &flip_transpose(s, w), false)
-        };
         debug_assert_eq!(t.out_height(), s.height);
-        return dx;
+        return if k == 1 && t.out_pixels() < 1024 {
+            pointwise_batched_transposed(&t, dy, w)
+        } else {
+            conv2d_forward(&t, dy, &flip_transpose(s, w), &Epilogue::default())
+        };
     }
     let (p, k_len, c_out) = (s.out_pixels(), s.patch_len(), s.c_out);
     let in_len = s.c_in * s.height * s.width;
@@ -680,23 +691,23 @@ fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
-/// A forward convolution (no epilogue) with the whole batch in one patch
-/// matrix, `K x (batch·P)`, and one GEMM per thread over a block of output
+/// A pointwise convolution (no epilogue) with the whole batch in one
+/// `c_in x (batch·P)` matrix and one GEMM per thread over a block of output
 /// channels: each block packs its slice of the weights once, where
 /// [`conv2d_forward`]'s per-sample units pack them once per unit, which
 /// dominates in the deep layers (a few dozen pixels a sample, millions of
-/// weights). Its sums depend on the batch, so it serves training only.
-/// With `transposed`, `w` is stored `K x c_out` (a pointwise layer's
-/// weights read as those of its transpose).
-fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[f32], transposed: bool) -> Vec<f32> {
+/// weights). `w` is stored `c_in x c_out`, the transpose of the usual
+/// layout: the input gradient's use, which reads a layer's own weights.
+/// Its sums depend on the batch, so it serves training only.
+fn pointwise_batched_transposed(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (p, k_len, c_out, b) = (s.out_pixels(), s.patch_len(), s.c_out, s.batch);
     let bp = b * p;
     let col = batch_patches(s, x);
     // y_t (c_out x bp) = w (c_out x K) · col (K x bp), in blocks of rows
     let threads = rayon::current_num_threads().max(1);
     let block = c_out.div_ceil(threads).div_ceil(16) * 16;
-    // strides of w(row, col) between columns and between rows
-    let (w_cs, w_rs) = if transposed { (c_out, 1) } else { (1, k_len) };
+    // w(row, col) at col·c_out + row
+    let (w_cs, w_rs) = (c_out, 1);
     // SAFETY: the row blocks cover all c_out rows of y_t
     let y_t = unsafe {
         super::filled(c_out * bp, |y_t| {

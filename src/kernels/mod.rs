@@ -38,7 +38,36 @@ pub use norm::{
 /// `fill` must write all `len` values (and nothing past them).
 pub(crate) unsafe fn filled(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
     let mut v = Vec::<f32>::with_capacity(len);
+    huge_pages(v.as_mut_ptr(), len);
     fill(v.as_mut_ptr());
     v.set_len(len);
     v
+}
+
+/// Asks for transparent huge pages on a fresh allocation too large for the
+/// heap (glibc maps anything over 32 MiB on its own, and those pages are
+/// faulted in one by one on first write: thousands of faults, each a
+/// kernel entry and a zeroed 4 KiB page). With 2 MiB pages that is a few
+/// dozen. Only a hint: without THP, or with THP set to `never`, nothing
+/// changes.
+fn huge_pages(ptr: *mut f32, len: usize) {
+    const MIN: usize = 32 << 20;
+    const HUGE: usize = 2 << 20;
+    let bytes = len * std::mem::size_of::<f32>();
+    if bytes < MIN {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // the 2 MiB-aligned interior of the allocation
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + bytes) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: an advice on memory this allocation owns; it changes
+            // no contents
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, HUGE);
 }
