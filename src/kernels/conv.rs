@@ -367,7 +367,7 @@ fn apply_epilogue(row: &mut [f32], ep: &Epilogue, c: usize, at: usize) {
 /// * Input, other strides: per sample, `dcol = wᵀ · dy_b` and col2im.
 ///
 /// On large maps the transient buffers are per-thread chunks; on small ones
-/// (under [`DW_PIXELS`] pixels a sample) they hold the batch's patches,
+/// (under [`SMALL_MAP`] pixels a sample) they hold the batch's patches,
 /// `K x (batch·P)` values (18 MiB for ResNet-50's FCN head at batch 4,
 /// 256 x 256). Results are reproducible for a given batch and thread count;
 /// training needs no more.
@@ -385,11 +385,21 @@ pub fn conv2d_backward(
     (dx, dw)
 }
 
-/// Pixels per weight-gradient GEMM: the GEMM's inner dimension. The
-/// `gemm` crate keeps its speed on these "both operands pixel-contiguous"
-/// products only while the inner dimension is short (about 100 GFLOP/s a
-/// core at 256, under half of that at 1024 and beyond).
-const DW_PIXELS: usize = 256;
+/// Pixels per weight-gradient GEMM on large maps: the GEMM's inner
+/// dimension. The `gemm` crate keeps its speed on these "both operands
+/// pixel-contiguous" products only while the inner dimension is short:
+/// single-threaded on ResNet-50's shapes, 103–114 GFLOP/s at 128, 87–113 at
+/// 256, under half of that at 1024 (`examples`-style sweeps, kept in
+/// `benches/RESULTS.md`).
+const DW_PIXELS: usize = 128;
+
+/// Below this many pixels a sample, the weight gradient is one batched
+/// GEMM per thread (see [`weight_gradient`]).
+const SMALL_MAP: usize = 256;
+
+/// Inner dimension of the batched GEMMs (their rows run to thousands,
+/// where the crate is fast at this length).
+const BATCHED_PIXELS: usize = 512;
 
 /// `acc += dy_u · x_uᵀ` for `n` pixels: `dy_u` is `c_out` rows `dy_rs`
 /// apart, `x_u` is `K` rows `x_rs` apart, each row `n` contiguous pixels.
@@ -470,7 +480,7 @@ unsafe fn dw_accumulate(
 
 /// `dw = Σ_pixels dy · patchesᵀ`, `c_out x K`.
 ///
-/// * Large maps (at least [`DW_PIXELS`] pixels a sample): the pixels are
+/// * Large maps (at least [`SMALL_MAP`] pixels a sample): the pixels are
 ///   streamed in chunks. Each chunk's patch matrix is gathered into a
 ///   per-thread buffer that stays in cache (pointwise layers read the input
 ///   in place), and `dy` is read in place; each thread sums into its own
@@ -482,7 +492,7 @@ unsafe fn dw_accumulate(
 fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (p, k_len, c_out, b) = (s.out_pixels(), s.patch_len(), s.c_out, s.batch);
     let threads = rayon::current_num_threads().max(1);
-    if p < DW_PIXELS {
+    if p < SMALL_MAP {
         let bp = b * p;
         let col = batch_patches(s, x);
         let dy_b = batch_major(dy, b, c_out, p);
@@ -493,8 +503,8 @@ fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
             let out = Shared(dw);
             (0..k_len.div_ceil(block)).into_par_iter().for_each(|i| {
                 let rows = i * block..((i + 1) * block).min(k_len);
-                for j0 in (0..bp).step_by(2 * DW_PIXELS) {
-                    let n = (2 * DW_PIXELS).min(bp - j0);
+                for j0 in (0..bp).step_by(BATCHED_PIXELS) {
+                    let n = BATCHED_PIXELS.min(bp - j0);
                     // SAFETY: block i writes only its own rows of the result
                     unsafe {
                         dw_accumulate(
