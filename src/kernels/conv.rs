@@ -225,7 +225,7 @@ unsafe fn im2col_strided(s: &ConvShape, xb: &[f32], p0: usize, p1: usize, base: 
                         dst[b - ox0..].fill(0.0);
                         let first = (a as isize * s.stride as isize + off_x) as usize;
                         if s.stride == 1 {
-                            dst[a - ox0..b - ox0].copy_from_slice(&src[first..first + (b - a)]);
+                            copy_row(&mut dst[a - ox0..b - ox0], &src[first..first + (b - a)]);
                         } else {
                             for (d, ix) in dst[a - ox0..b - ox0]
                                 .iter_mut()
@@ -239,6 +239,26 @@ unsafe fn im2col_strided(s: &ConvShape, xb: &[f32], p0: usize, p1: usize, base: 
                 }
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, without a call to `memcpy` for the short
+/// rows of the deep layers' small maps (8 to 32 values), where the call
+/// costs more than the copy.
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    if dst.len() > 64 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    for (d8, s8) in d.by_ref().zip(s.by_ref()) {
+        let s8: &[f32; 8] = s8.try_into().expect("chunk of 8");
+        let d8: &mut [f32; 8] = d8.try_into().expect("chunk of 8");
+        *d8 = *s8;
+    }
+    for (d1, s1) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d1 = *s1;
     }
 }
 
@@ -383,6 +403,16 @@ pub fn conv2d_backward(
     let dw = weight_gradient(s, x, dy);
     let dx = want_input.then(|| input_gradient(s, dy, w));
     (dx, dw)
+}
+
+/// The input gradient of [`conv2d_forward`] alone (as [`conv2d_backward`]
+/// computes it), `batch x c_in x H x W`: for benchmarks, which time the two
+/// gradients apart.
+pub fn conv2d_input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    assert!(s.is_valid(), "invalid convolution {s:?}");
+    assert_eq!(w.len(), s.weight_len(), "weight length");
+    assert_eq!(dy.len(), s.output_len(), "gradient length");
+    input_gradient(s, dy, w)
 }
 
 /// Pixels per weight-gradient GEMM on large maps: the GEMM's inner

@@ -24,7 +24,7 @@ pub mod conv;
 pub mod norm;
 pub mod pool;
 
-pub use conv::{conv2d_backward, conv2d_forward, ConvShape, Epilogue};
+pub use conv::{conv2d_backward, conv2d_forward, conv2d_input_gradient, ConvShape, Epilogue};
 pub use norm::{
     batch_norm_train, batch_norm_train_backward, BatchNormGrads, BatchStats, NormShape,
 };
