@@ -46,6 +46,31 @@ fn reports_forward_and_training_times_with_the_flop_count() {
     assert!(v["forward_min_s"].as_f64() <= v["forward_median_s"].as_f64());
     let ph = &v["train_phases_s"];
     assert!(ph["backward"].as_f64().unwrap() > 0.0);
+    // rstile's own ops, timed inside the same step: tiny has convolutions
+    // and batch norms (no max pool), each within its phase
+    let ops = &v["train_ops_s"];
+    let op = |k: &str| ops[k].as_f64().unwrap_or_else(|| panic!("no {k} in {ops}"));
+    for k in [
+        "conv_forward",
+        "conv_backward",
+        "batch_norm_forward",
+        "batch_norm_backward",
+    ] {
+        assert!(op(k) > 0.0, "{k} = {}", op(k));
+    }
+    assert_eq!(op("max_pool_forward"), 0.0);
+    let (f, b) = (
+        ph["forward"].as_f64().unwrap(),
+        ph["backward"].as_f64().unwrap(),
+    );
+    assert!(
+        op("conv_forward") + op("batch_norm_forward") <= f,
+        "{ops} vs forward {f}"
+    );
+    assert!(
+        op("conv_backward") + op("batch_norm_backward") <= b,
+        "{ops} vs backward {b}"
+    );
 }
 
 #[test]
