@@ -459,53 +459,34 @@ unsafe fn dw_accumulate(
 ) {
     let (k_len, c_out) = (s.patch_len(), s.c_out);
     let m = rows.end - rows.start;
-    if by_channel {
-        // acc(co, kk) at co + kk·c_out; lhs(co, j) = dy_u, rhs(j, kk) = x_u
-        gemm(
-            m,
-            k_len,
-            n,
-            acc.add(rows.start),
-            c_out as isize,
-            1,
-            !first,
-            dy_u.add(rows.start * dy_rs),
-            1,
-            dy_rs as isize,
-            x_u,
-            x_rs as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
+    // acc(r, c) at r + c·ld, lhs(r, j) row-major, rhs(j, c) column-major:
+    // by channel, r = co and c = kk (lhs = dy_u, rhs = x_u); else swapped
+    let (lhs, lhs_rs, rhs, rhs_cs, cols, ld) = if by_channel {
+        (dy_u.add(rows.start * dy_rs), dy_rs, x_u, x_rs, k_len, c_out)
     } else {
-        // acc(kk, co) at kk + co·K; lhs(kk, j) = x_u, rhs(j, co) = dy_u
-        gemm(
-            m,
-            c_out,
-            n,
-            acc.add(rows.start),
-            k_len as isize,
-            1,
-            !first,
-            x_u.add(rows.start * x_rs),
-            1,
-            x_rs as isize,
-            dy_u,
-            dy_rs as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
+        (x_u.add(rows.start * x_rs), x_rs, dy_u, dy_rs, c_out, k_len)
+    };
+    gemm(
+        m,
+        cols,
+        n,
+        acc.add(rows.start),
+        ld as isize,
+        1,
+        !first,
+        lhs,
+        1,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        1,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
 }
 
 /// `dw = Σ_pixels dy · patchesᵀ`, `c_out x K`.
