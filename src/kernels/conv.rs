@@ -419,8 +419,8 @@ pub fn conv2d_input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// dimension. The `gemm` crate keeps its speed on these "both operands
 /// pixel-contiguous" products only while the inner dimension is short:
 /// single-threaded on ResNet-50's shapes, 103–114 GFLOP/s at 128, 87–113 at
-/// 256, under half of that at 1024 (`examples`-style sweeps, kept in
-/// `benches/RESULTS.md`).
+/// 256, under half of that at 1024 (`cargo bench --bench gemm_shapes`; the
+/// sweep is in `benches/RESULTS.md`).
 const DW_PIXELS: usize = 128;
 
 /// Below this many pixels a sample, the weight gradient is one batched
@@ -638,7 +638,8 @@ fn flip_transpose(s: &ConvShape, w: &[f32]) -> Vec<f32> {
 }
 
 /// The input gradient, by whichever of three routes is fastest for the
-/// layer (measured per ResNet-50 shape, `examples` aside):
+/// layer (measured on each ResNet-50 shape with `cargo bench --bench
+/// layers`):
 ///
 /// * stride 1, pointwise: `dx = wᵀ · dy`, the weights read transposed in
 ///   place; per-sample units on large maps, one batched GEMM on small ones
