@@ -381,10 +381,9 @@ fn apply_epilogue(row: &mut [f32], ep: &Epilogue, c: usize, at: usize) {
 ///
 /// * Weights: `dw = dy · colᵀ`, summed over pixels; see
 ///   [`weight_gradient`] for how the pixels are streamed.
-/// * Input, stride 1: the gradient of a stride-1 convolution is itself a
-///   stride-1 convolution of `dy` with the flipped, transposed kernel and
-///   padding `d·(k−1) − p`, so it runs through [`conv2d_forward`].
-/// * Input, other strides: per sample, `dcol = wᵀ · dy_b` and col2im.
+/// * Input: by one of three routes (a transposed pointwise product, a
+///   convolution with the flipped kernel, or `dcol = wᵀ · dy` and col2im);
+///   see [`input_gradient`].
 ///
 /// On large maps the transient buffers are per-thread chunks; on small ones
 /// (under [`SMALL_MAP`] pixels a sample) they hold the batch's patches,
@@ -495,8 +494,9 @@ unsafe fn dw_accumulate(
 ///   streamed in chunks. Each chunk's patch matrix is gathered into a
 ///   per-thread buffer that stays in cache (pointwise layers read the input
 ///   in place), and `dy` is read in place; each thread sums into its own
-///   accumulator, and the accumulators are added at the end. The
-///   accumulators are small here (at most a few hundred thousand values).
+///   accumulator, and the accumulators are added at the end. They hold
+///   `K x c_out` values each, whatever the batch (for ResNet-50 at 256 x 256
+///   windows at most 590 thousand, in layer3).
 /// * Small maps (the deep layers, where the weights outnumber the pixels):
 ///   the whole batch's patches, `K x (batch·P)`, in one GEMM per thread
 ///   over a block of patch rows, written straight into `dw`.
@@ -641,10 +641,11 @@ fn flip_transpose(s: &ConvShape, w: &[f32]) -> Vec<f32> {
 /// layer (measured on each ResNet-50 shape with `cargo bench --bench
 /// layers`):
 ///
-/// * stride 1, pointwise: `dx = wᵀ · dy`, the weights read transposed in
-///   place; per-sample units on large maps, one batched GEMM on small ones
-///   (where the weights outnumber the pixels and would be packed once per
-///   sample);
+/// * stride 1, pointwise: `dx = wᵀ · dy`; on large maps through the
+///   per-sample units of [`conv2d_forward`] with the weights transposed
+///   (few, in these layers), on small ones as one batched GEMM that reads
+///   the weights transposed in place (there they outnumber the pixels and
+///   per-sample units would pack them once per sample);
 /// * stride 1, larger kernels, maps of at least 256 pixels: the gradient of
 ///   a stride-1 convolution is itself a stride-1 convolution of `dy` with
 ///   the flipped, transposed kernel and padding `d·(k−1) − p`, so it runs
