@@ -99,7 +99,7 @@ pub struct Speed {
     pub train_phases: Option<[f64; 3]>,
     /// Of the same step: seconds in each of rstile's own ops, in
     /// [`ledger::Op::ALL`] order.
-    pub train_ops: Option<[f64; 6]>,
+    pub train_ops: Option<ledger::OpTimes>,
     /// Forward FLOPs of one batch (convolutions only, which are >99 %).
     pub forward_flops: u64,
 }
@@ -163,7 +163,7 @@ pub fn measure(model: &Model, cfg: &SpeedConfig) -> Result<Speed> {
         };
         time(cfg.warmup, &mut step)?;
         let t = time(cfg.iters.max(1), &mut step)?;
-        let fastest: Option<([f64; 3], [f64; 6])> = phases[cfg.warmup..]
+        let fastest: Option<([f64; 3], ledger::OpTimes)> = phases[cfg.warmup..]
             .iter()
             .min_by(|a, b| a.0.iter().sum::<f64>().total_cmp(&b.0.iter().sum::<f64>()))
             .copied();

@@ -32,6 +32,8 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+use super::Shared;
+
 /// The geometry of one convolution: NCHW input, `c_out x c_in x k x k`
 /// weights, square kernel, the same stride, padding and dilation on both
 /// axes (all that the ResNet family uses).
@@ -135,21 +137,6 @@ impl ConvShape {
         assert!(self.is_valid(), "invalid convolution {self:?}");
         assert_eq!(x.len(), self.input_len(), "input length");
         assert_eq!(w.len(), self.weight_len(), "weight length");
-    }
-}
-
-/// A pointer that units may share because each writes a disjoint region.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// A method, not a field read, so that closures capture the whole
-    /// (`Sync`) wrapper rather than the bare pointer.
-    fn at(&self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the allocation the pointer came from.
-        unsafe { self.0.add(offset) }
     }
 }
 
@@ -555,8 +542,9 @@ fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 let n = p1 - p0;
                 let dy_u = dy[(i * c_out) * p + p0..].as_ptr();
                 let xb = &x[i * in_len..(i + 1) * in_len];
-                // SAFETY: extents as documented on dw_accumulate; acc is ours
-                if s.pointwise() {
+                // the chunk's patch rows, `x_rs` apart
+                let mut run = |x_u: *const f32, x_rs: usize| {
+                    // SAFETY: extents as documented on dw_accumulate; acc is ours
                     unsafe {
                         dw_accumulate(
                             s,
@@ -564,30 +552,20 @@ fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
                             acc.as_mut_ptr(),
                             dy_u,
                             p,
-                            xb[p0..].as_ptr(),
-                            p,
+                            x_u,
+                            x_rs,
                             n,
                             0..m,
                             u == 0,
                         )
                     }
+                };
+                if s.pointwise() {
+                    run(xb[p0..].as_ptr(), p);
                 } else {
                     with_scratch(k_len * n, |col| {
                         im2col(s, xb, p0, p1, col);
-                        unsafe {
-                            dw_accumulate(
-                                s,
-                                by_channel,
-                                acc.as_mut_ptr(),
-                                dy_u,
-                                p,
-                                col.as_ptr(),
-                                n,
-                                n,
-                                0..m,
-                                u == 0,
-                            )
-                        }
+                        run(col.as_ptr(), n);
                     });
                 }
             }
@@ -729,8 +707,6 @@ fn pointwise_batched_transposed(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f32>
     // y_t (c_out x bp) = w (c_out x K) · col (K x bp), in blocks of rows
     let threads = rayon::current_num_threads().max(1);
     let block = c_out.div_ceil(threads).div_ceil(16) * 16;
-    // w(row, col) at col·c_out + row
-    let (w_cs, w_rs) = (c_out, 1);
     // SAFETY: the row blocks cover all c_out rows of y_t
     let y_t = unsafe {
         super::filled(c_out * bp, |y_t| {
@@ -745,9 +721,10 @@ fn pointwise_batched_transposed(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f32>
                     1,
                     bp as isize,
                     false,
-                    w[i * block * w_rs..].as_ptr(),
-                    w_cs as isize,
-                    w_rs as isize,
+                    // rows i·block.. of w(row, col), stored at col·c_out + row
+                    w[i * block..].as_ptr(),
+                    c_out as isize,
+                    1,
                     col.as_ptr(),
                     1,
                     bp as isize,

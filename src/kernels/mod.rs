@@ -29,6 +29,31 @@ pub use norm::{
     batch_norm_train, batch_norm_train_backward, BatchNormGrads, BatchStats, NormShape,
 };
 
+/// A pointer into an output buffer that parallel workers share, each
+/// writing its own disjoint part of it.
+#[derive(Clone, Copy)]
+pub(crate) struct Shared(pub(crate) *mut f32);
+// SAFETY: the users write disjoint regions (each says which) and read only
+// what they wrote
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The address `offset` values in. A method, not a field read, so that
+    /// closures capture the whole (`Sync`) wrapper rather than the bare
+    /// pointer.
+    pub(crate) fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+
+    /// # Safety
+    /// `r` must lie inside the allocation, which must outlive `'a`, its
+    /// values must be initialised, and no two live slices may overlap.
+    pub(crate) unsafe fn slice<'a>(&self, r: std::ops::Range<usize>) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(r.start), r.len())
+    }
+}
+
 /// A vector of `len` values that `fill` writes, every one of them, through
 /// the pointer it is given, before anything reads them. `vec![0.0; len]`
 /// would zero them first: with the freed buffers of a training step kept in

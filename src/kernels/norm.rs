@@ -13,6 +13,7 @@
 //!
 //! Layout: NCHW, contiguous, `x[b][c][p]` with `plane = H·W`.
 
+use super::Shared;
 use rayon::prelude::*;
 
 /// The dimensions of an NCHW activation.
@@ -54,28 +55,6 @@ impl NormShape {
 pub struct BatchStats {
     pub mean: Vec<f32>,
     pub var: Vec<f32>,
-}
-
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// A method, not a field read, so that closures capture the wrapper.
-    ///
-    /// # Safety
-    /// `r` must lie inside the allocation, which must outlive `'a`, and no
-    /// two live slices may overlap.
-    unsafe fn slice<'a>(&self, r: std::ops::Range<usize>) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(r.start), r.len())
-    }
-
-    /// The address `offset` values in, for writes of values not yet
-    /// initialised.
-    fn at(&self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// Lanes of the partial sums: wide enough for the compiler to keep them in

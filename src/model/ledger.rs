@@ -10,6 +10,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+/// How many ops are timed.
+pub const OPS: usize = 6;
+
+/// Seconds per op, in [`Op::ALL`] order.
+pub type OpTimes = [f64; OPS];
+
 /// The ops that are timed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -22,7 +28,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; OPS] = [
         Op::ConvForward,
         Op::ConvBackward,
         Op::NormForward,
@@ -43,7 +49,7 @@ impl Op {
     }
 }
 
-static NANOS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+static NANOS: [AtomicU64; OPS] = [const { AtomicU64::new(0) }; OPS];
 
 /// Runs `f`, adding its wall time to `op`'s total.
 pub(crate) fn timed<R>(op: Op, f: impl FnOnce() -> R) -> R {
@@ -55,6 +61,6 @@ pub(crate) fn timed<R>(op: Op, f: impl FnOnce() -> R) -> R {
 
 /// Seconds spent in each op (in [`Op::ALL`] order) since the process
 /// started; differences of two snapshots time a stretch of work.
-pub fn snapshot() -> [f64; 6] {
+pub fn snapshot() -> OpTimes {
     std::array::from_fn(|i| NANOS[i].load(Ordering::Relaxed) as f64 * 1e-9)
 }

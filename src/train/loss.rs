@@ -1,6 +1,7 @@
 //! Pixel-wise cross-entropy that ignores unlabelled pixels.
 
 use crate::augment::IGNORE;
+use crate::kernels::Shared;
 use crate::model::conv::with_f32;
 use crate::model::exp_neg;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
@@ -176,7 +177,7 @@ impl CustomOp1 for CrossEntropyOp {
         let n = h * w;
         let g = grad.to_dtype(DType::F64)?.to_scalar::<f64>()? / self.total;
         let mut dz = vec![0f32; logits.elem_count()];
-        let out = SharedOut(dz.as_mut_ptr());
+        let out = Shared(dz.as_mut_ptr());
         with_f32(&logits.contiguous()?, |z| {
             self.softmax_grad(z, (b, k, n), g, out);
             Ok(())
@@ -188,14 +189,14 @@ impl CustomOp1 for CrossEntropyOp {
 impl CrossEntropyOp {
     /// Writes the gradient of the logits `z` through `out`, `g` being the
     /// incoming gradient over the total weight.
-    fn softmax_grad(&self, z: &[f32], (b, k, n): (usize, usize, usize), g: f64, out: SharedOut) {
+    fn softmax_grad(&self, z: &[f32], (b, k, n): (usize, usize, usize), g: f64, out: Shared) {
         Self::units(b, n).into_par_iter().for_each(|(i, p0, p1)| {
             let zs = &z[i * k * n..(i + 1) * k * n];
             let cp = Self::softmax_parts(zs, k, n, p0, p1);
             for c in 0..k {
                 let at = i * k * n + c * n;
                 // SAFETY: each unit writes its own pixels of each plane
-                let d = unsafe { out.slice(at + p0, p1 - p0) };
+                let d = unsafe { out.slice(at + p0..at + p1) };
                 for (j, o) in d.iter_mut().enumerate() {
                     let p = i * n + p0 + j;
                     let scale = (g * self.weights[p] as f64) as f32;
@@ -217,19 +218,6 @@ impl CrossEntropyOp {
                 }
             }
         });
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// In bounds, and no two live slices overlap.
-    unsafe fn slice<'a>(&self, at: usize, len: usize) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(at), len)
     }
 }
 
