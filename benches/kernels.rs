@@ -13,8 +13,8 @@ use rstile::model::conv::Conv2d;
 
 fn gemm(c: &mut Criterion) {
     // as the command line does (this group runs first)
-    rstile::speed::single_candle_pool();
-    rstile::speed::reuse_freed_memory();
+    rstile::model::bench::single_candle_pool();
+    rstile::model::bench::reuse_freed_memory();
     let mut g = c.benchmark_group("gemm");
     g.sample_size(10);
     // (m, n, k): a layer4 3x3 conv of one 256x256 sample, a layer1 3x3 tile

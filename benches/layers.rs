@@ -48,7 +48,7 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    rstile::speed::reuse_freed_memory();
+    rstile::model::bench::reuse_freed_memory();
     let reps: usize = std::env::var("REPS")
         .ok()
         .and_then(|v| v.parse().ok())

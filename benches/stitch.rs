@@ -4,8 +4,8 @@
 //! `cargo bench --bench stitch`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rstile::stitch::{Blend, ChunkStitcher, Prediction, Region};
-use rstile::window::{Size, WindowGrid};
+use rstile::infer::stitch::{Blend, ChunkStitcher, Prediction, Region};
+use rstile::infer::window::{Size, WindowGrid};
 
 fn bench(c: &mut Criterion) {
     let size = Size {

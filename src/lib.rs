@@ -1,29 +1,32 @@
 //! rstile: stream georeferenced rasters through a fully-convolutional network
 //! into land-cover GeoTIFFs, in memory bounded by the configuration.
 //!
-//! The modules follow the data path: `read` → [`window`] → batch →
-//! `model` → [`stitch`] → `write`, wired together by `pipeline`.
-//! [`window`] and [`stitch`] are pure: they know neither GDAL nor candle.
+//! The folders follow the data path of `rstile infer`:
+//!
+//! ```text
+//! infer::read ──► infer::window ──► infer::batch ──► model ──► infer::stitch ──► infer::write
+//!  (a WindowSource)   (pure geometry)   (tensors)     (Network)   (pure blending)    (GeoTIFF)
+//! ```
+//!
+//! wired together by [`infer::stages`], one named function per thread.
+//! Beside the path: [`scale`] (AOI, split runs, merge, Slurm), [`train`],
+//! [`vaihingen`] (the ISPRS benchmark), [`synth`] (generated scenes),
+//! [`kernels`] (the CPU compute), [`metrics`], [`classes`] and [`raster`]
+//! (opening, probing and PNG writing through GDAL).
+//! [`infer::window`], [`infer::stitch`] and [`metrics`] are pure: they know
+//! neither GDAL nor candle. The library changes no process-wide state; the
+//! binary does all of that.
 
-pub mod aoi;
-pub mod augment;
 pub mod classes;
-pub mod demo;
 pub mod error;
+pub mod infer;
 pub mod kernels;
-pub mod merge;
 pub mod metrics;
 pub mod model;
-pub mod pipeline;
 pub mod qml;
-pub mod read;
-pub mod slurm;
-pub mod speed;
-pub mod stitch;
+pub mod scale;
 pub mod synth;
 pub mod train;
 pub mod vaihingen;
-pub mod window;
-pub mod write;
 
 pub use error::{Error, Result};

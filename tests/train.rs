@@ -6,10 +6,10 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
-use rstile::augment::{augment, AugmentConfig, Sample, SplitMix64, IGNORE};
 use rstile::classes::ClassTable;
 use rstile::metrics::Confusion;
 use rstile::model::{Model, ModelMeta};
+use rstile::train::augment::{augment, AugmentConfig, Sample, SplitMix64, IGNORE};
 use rstile::train::config::TrainConfig;
 use rstile::train::data::{run_epoch, EpochPlan, Sampling};
 use rstile::train::optim::{OptimConfig, Optimizer, Param};
@@ -291,7 +291,7 @@ fn validation_grid_scores_every_pixel_once() {
     let dir = common::tmp();
     let p = scene(dir.path(), 200, 3);
     let classes = ClassTable::isprs();
-    let norm = rstile::read::Normalize {
+    let norm = rstile::infer::read::Normalize {
         mean: vec![0.0; 3],
         std: vec![1.0; 3],
     };

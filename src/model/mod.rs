@@ -15,6 +15,7 @@
 //! Nothing here knows about GDAL or the command line: the model sees
 //! normalised `f32` tensors and returns tensors.
 
+pub mod bench;
 pub mod conv;
 mod fcn;
 pub mod ledger;

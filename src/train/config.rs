@@ -33,15 +33,15 @@
 //! out_dir = "runs/tiny"
 //! patience = 0                        # early stopping after N epochs without a better val mean F1; 0 = off
 //!
-//! [augment]                           # see rstile::augment::AugmentConfig
+//! [augment]                           # see rstile::train::augment::AugmentConfig
 //! flips = true
 //! ```
 //!
 //! Relative paths are taken relative to the current directory.
 
 use super::data::ScenePair;
-use crate::augment::AugmentConfig;
 use crate::error::{Error, Result};
+use crate::train::augment::AugmentConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

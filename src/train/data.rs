@@ -22,11 +22,11 @@
 //! * [`super::patches::PatchSource`]: the patches of `rstile prepare
 //!   vaihingen` (its memory-mapped `.bin` copy or its HDF5 file).
 
-use crate::augment::{augment, derive_seed, AugmentConfig, Sample, SplitMix64, IGNORE};
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
-use crate::read::{open_raster, Normalize, Reader};
-use crate::window::{Size, Window, WindowGrid};
+use crate::infer::read::{open_raster, Normalize, Reader};
+use crate::infer::window::{Size, Window, WindowGrid};
+use crate::train::augment::{augment, derive_seed, AugmentConfig, Sample, SplitMix64, IGNORE};
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::path::PathBuf;

@@ -1,9 +1,9 @@
 //! Pixel-wise cross-entropy that ignores unlabelled pixels.
 
-use crate::augment::IGNORE;
 use crate::kernels::Shared;
 use crate::model::conv::with_f32;
 use crate::model::exp_neg;
+use crate::train::augment::IGNORE;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;

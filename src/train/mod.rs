@@ -1,7 +1,8 @@
 //! Training: loss, optimisers, schedules, data loading, augmentation
-//! (`crate::augment`), ImageNet initialisation, and the training loop with
+//! (`crate::train::augment`), ImageNet initialisation, and the training loop with
 //! its run directory (`rstile train`).
 
+pub mod augment;
 pub mod config;
 pub mod data;
 pub mod loss;

@@ -11,9 +11,9 @@
 //! `ignore_boundary` is on, as the ISPRS benchmark scores.
 
 use super::data::{DataSource, Dataset};
-use crate::augment::{Sample, SplitMix64, IGNORE};
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
+use crate::train::augment::{Sample, SplitMix64, IGNORE};
 use crate::vaihingen::raw::RawPatches;
 use crate::vaihingen::PatchSet;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Small PNG plots drawn into an RGB buffer: training curves and the
 //! confusion matrix. Written through GDAL's PNG driver (a MEM dataset and
-//! `create_copy`), like `rstile::write::write_preview`.
+//! `create_copy`), like `rstile::infer::write::write_preview`.
 
 use crate::error::{Error, Result};
 use crate::metrics::Confusion;

@@ -4,7 +4,7 @@
 //! For each area the five features (NIR, R, G, nDSM, NDVI; raw units, the
 //! model's own mean/std normalise them) are written to a 5-band Float32
 //! GeoTIFF, which the streaming `rstile infer` pipeline maps
-//! ([`crate::pipeline::infer`], window and overlap from the model, Hann
+//! ([`crate::infer::infer`], window and overlap from the model, Hann
 //! blending). The map is scored against the eroded reference by default
 //! (boundary pixels ignored, as the benchmark does) or the full reference.
 //! A map pixel without a class (nodata) counts as wrong.
@@ -12,10 +12,10 @@
 use super::{load, Layout};
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
+use crate::infer::read::{open_raster, SceneInfo};
+use crate::infer::{self, InferOptions, InferPlan, NoProgress};
 use crate::metrics::{Confusion, Report};
 use crate::model::{read_meta, Model};
-use crate::pipeline::{self, InferOptions, InferPlan, NoProgress};
-use crate::read::{open_raster, SceneInfo};
 use gdal::raster::{Buffer, RasterCreationOptions};
 use gdal::DriverManager;
 use std::collections::BTreeMap;
@@ -156,11 +156,11 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalSummary> {
             &opts,
         )?;
         let model = Model::load(&o.model, &candle_core::Device::Cpu)?;
-        pipeline::infer(&plan, model, Arc::new(AtomicBool::new(false)), &NoProgress)?;
+        infer::infer(&plan, model, Arc::new(AtomicBool::new(false)), &NoProgress)?;
         if !o.keep_features {
             let _ = std::fs::remove_file(&feat);
         }
-        let (w, h, pred) = crate::read::read_u8_band(&map)?;
+        let (w, h, pred) = crate::infer::read::read_u8_band(&map)?;
         if (w, h) != (area.width, area.height) {
             return Err(Error::file(
                 &map,

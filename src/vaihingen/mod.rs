@@ -83,6 +83,7 @@
 //! 22.5 m at 9 cm; a window of 45 m, wider than Vaihingen's buildings), in
 //! O(1) per pixel whatever the radius (van Herk / Gil-Werman).
 
+pub mod demo;
 pub mod eval;
 pub mod features;
 pub mod raw;

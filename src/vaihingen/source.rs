@@ -3,7 +3,7 @@
 
 use super::features::{ndsm, ndvi};
 use crate::error::{Error, Result};
-use crate::read::open_raster;
+use crate::infer::read::open_raster;
 use std::path::{Path, PathBuf};
 
 /// One labelled area, in memory.

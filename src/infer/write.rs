@@ -14,9 +14,9 @@
 
 use crate::classes::{ClassTable, NODATA};
 use crate::error::{Error, Result};
-use crate::read::one_line;
-use crate::stitch::Band;
-use crate::window::Size;
+use crate::infer::read::one_line;
+use crate::infer::stitch::Band;
+use crate::infer::window::Size;
 use gdal::cpl::CslStringList;
 use gdal::raster::{ColorEntry, ColorTable, PaletteInterpretation};
 use gdal::spatial_ref::SpatialRef;
@@ -426,9 +426,9 @@ impl MapWriter {
     /// durable; then the old generation goes.
     fn continue_from(&mut self, old: &Journal) -> Result<()> {
         let (om, oc) = self.gen_paths(old.generation);
-        let old_map = crate::read::open_raster(&om)?;
+        let old_map = crate::infer::read::open_raster(&om)?;
         let old_conf = if self.spec.confidence {
-            Some(crate::read::open_raster(&oc)?)
+            Some(crate::infer::read::open_raster(&oc)?)
         } else {
             None
         };
@@ -446,7 +446,7 @@ impl MapWriter {
             let mut y = y_base;
             while y < done {
                 let h = TILE.min(done - y);
-                let rect = crate::window::Rect {
+                let rect = crate::infer::window::Rect {
                     x: x0,
                     y: y - y_base,
                     width: x1 - x0,
@@ -698,7 +698,12 @@ fn sync(file: &Path, name: &Path) -> Result<()> {
         .map_err(|e| Error::file(name, format!("cannot sync to disk: {e}")))
 }
 
-fn write_u8(ds: &mut Dataset, path: &Path, r: crate::window::Rect, data: &[u8]) -> Result<()> {
+fn write_u8(
+    ds: &mut Dataset,
+    path: &Path,
+    r: crate::infer::window::Rect,
+    data: &[u8],
+) -> Result<()> {
     let mut band = ds.rasterband(1).map_err(|e| Error::file(path, e))?;
     let mut buf = gdal::raster::Buffer::new((r.width, r.height), data.to_vec());
     band.write((r.x as isize, r.y as isize), (r.width, r.height), &mut buf)
@@ -717,7 +722,7 @@ fn write_u8(ds: &mut Dataset, path: &Path, r: crate::window::Rect, data: &[u8]) 
 
 /// Writes a coloured PNG preview of a finished map, at most `max_side` px.
 pub fn write_preview(map: &Path, png: &Path, classes: &ClassTable, max_side: usize) -> Result<()> {
-    let ds = crate::read::open_raster(map)?;
+    let ds = crate::infer::read::open_raster(map)?;
     let (w, h) = ds.raster_size();
     let scale = (w.max(h) as f64 / max_side as f64).max(1.0);
     let pw = ((w as f64 / scale).round() as usize).max(1);

@@ -4,11 +4,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rstile::classes::ClassTable;
+use rstile::infer::read::SceneInfo;
+use rstile::infer::stitch::Blend;
+use rstile::infer::{self, InferOptions, InferPlan, Progress};
 use rstile::model::ledger::Op;
 use rstile::model::{Model, ModelMeta};
-use rstile::pipeline::{self, InferOptions, InferPlan, Progress};
-use rstile::read::SceneInfo;
-use rstile::stitch::Blend;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -339,7 +339,7 @@ fn set_threads(threads: Option<usize>) -> usize {
     });
     // candle and gemm size their pools from RAYON_NUM_THREADS
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    rstile::speed::single_candle_pool();
+    rstile::model::bench::single_candle_pool();
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global();
@@ -485,9 +485,9 @@ fn infer_one(
         aoi: a.aoi.clone(),
     };
     let plan = InferPlan::resolve(scene, output.to_path_buf(), &a.model, &meta, &opts)?;
-    rstile::write::check_output(&plan.output, a.overwrite)?;
+    rstile::infer::write::check_output(&plan.output, a.overwrite)?;
     let model = Model::load(&a.model, device)?;
-    let bound = pipeline::MemoryBound::of(&plan, &meta, model.num_params());
+    let bound = infer::MemoryBound::of(&plan, &meta, model.num_params());
     if !a.quiet {
         eprintln!(
             "rstile: {} ({}x{} px, {} band(s)) -> {} with {} ({} classes), window {} overlap {:.2} batch {} threads {} blend {}",
@@ -529,12 +529,12 @@ fn infer_one(
         start: Instant::now(),
         pixels: Default::default(),
     };
-    let report = match pipeline::infer(&plan, model, cancel, &progress) {
+    let report = match infer::infer(&plan, model, cancel, &progress) {
         Ok(r) => r,
         Err(e) => {
             progress.bar.finish_and_clear();
             if matches!(e, rstile::Error::Interrupted)
-                && rstile::write::journal_path(&plan.output).exists()
+                && rstile::infer::write::journal_path(&plan.output).exists()
             {
                 return Err(anyhow::Error::new(e).context(format!(
                     "{}: stopped; run the same command with --resume to continue",
@@ -561,10 +561,10 @@ fn infer_one(
         _ => None,
     };
     if let Some(png) = &preview {
-        rstile::write::write_preview(&report.files.map, png, &meta.classes, 1024)?;
+        rstile::infer::write::write_preview(&report.files.map, png, &meta.classes, 1024)?;
     }
     if !a.quiet {
-        let peak = pipeline::peak_rss().unwrap_or(0);
+        let peak = infer::peak_rss().unwrap_or(0);
         println!(
             "rstile: mapped {} px in {:.2} s ({:.2} Mpx/s), peak memory {:.0} MiB (bound {:.0} MiB), {} windows, {} skipped as nodata, {} skipped outside the AOI -> {}",
             report.pixels,
@@ -608,7 +608,7 @@ fn parse_part(s: &str) -> Result<(usize, usize)> {
 
 fn merge(a: MergeArgs) -> Result<()> {
     let t = Instant::now();
-    let files = rstile::merge::merge(&a.parts, &a.output, a.overwrite)?;
+    let files = rstile::scale::merge::merge(&a.parts, &a.output, a.overwrite)?;
     if !a.quiet {
         println!(
             "rstile: merged {} into {} in {:.2} s",
@@ -694,7 +694,7 @@ fn model_new(a: ModelNewArgs) -> Result<()> {
 
 fn model_bench(a: ModelBenchArgs) -> Result<()> {
     let threads = set_threads(a.threads);
-    rstile::speed::reuse_freed_memory();
+    rstile::model::bench::reuse_freed_memory();
     let device = parse_device(&a.device)?;
     if a.batch == 0 || a.size < 32 || a.iters == 0 {
         bail!("model bench: --batch and --iters must be at least 1, --size at least 32");
@@ -717,14 +717,14 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
             Model::new_random(meta, 0, &device)?
         }
     };
-    let cfg = rstile::speed::SpeedConfig {
+    let cfg = rstile::model::bench::SpeedConfig {
         batch: a.batch,
         size: a.size,
         iters: a.iters,
         warmup: a.warmup,
         train: a.train,
     };
-    let sp = rstile::speed::measure(&model, &cfg)?;
+    let sp = rstile::model::bench::measure(&model, &cfg)?;
     let px = (a.batch * a.size * a.size) as f64;
     let gflops = sp.forward_flops as f64 / 1e9;
     if a.json {
@@ -878,7 +878,7 @@ impl rstile::train::TrainProgress for TrainBar {
 
 fn train(a: TrainArgs) -> Result<()> {
     set_threads(a.threads);
-    rstile::speed::reuse_freed_memory();
+    rstile::model::bench::reuse_freed_memory();
     let device = parse_device(&a.device)?;
     let config = match (&a.config, &a.resume) {
         (Some(c), _) => c.clone(),
@@ -999,7 +999,7 @@ struct SlurmTrainArgs {
 }
 
 fn slurm(cmd: SlurmCmd) -> Result<()> {
-    use rstile::slurm::{InferJob, SbatchOptions, TrainJob};
+    use rstile::scale::slurm::{InferJob, SbatchOptions, TrainJob};
     let opts = |s: &SbatchArgs, gpus: Option<usize>| SbatchOptions {
         partition: s.partition.clone(),
         time: s.time.clone(),
@@ -1054,7 +1054,7 @@ fn slurm(cmd: SlurmCmd) -> Result<()> {
             }
             let job = TrainJob {
                 rstile: exe,
-                config: rstile::slurm::absolute(&a.config)?,
+                config: rstile::scale::slurm::absolute(&a.config)?,
                 workdir: std::env::current_dir().context("the working directory")?,
                 sbatch: opts(&a.sbatch, Some(a.gpus)),
                 extra: a.extra,
@@ -1174,7 +1174,7 @@ struct EvalArgs {
 
 fn eval_vaihingen(a: EvalArgs) -> Result<()> {
     use rstile::vaihingen::eval::{evaluate, EvalOptions};
-    rstile::speed::single_candle_pool();
+    rstile::model::bench::single_candle_pool();
     let mut o = EvalOptions::new(a.model, a.data, a.out);
     o.areas = a.areas;
     o.full_reference = a.full_reference;
@@ -1223,7 +1223,7 @@ struct DemoArgs {
 
 fn demo(a: DemoArgs) -> Result<()> {
     set_threads(a.threads);
-    let mut o = rstile::demo::DemoOptions::new(&a.out);
+    let mut o = rstile::vaihingen::demo::DemoOptions::new(&a.out);
     o.seconds = a.seconds;
     o.seed = a.seed;
     o.overwrite = a.overwrite;
@@ -1233,7 +1233,7 @@ fn demo(a: DemoArgs) -> Result<()> {
             eprintln!("rstile: demo: {msg}");
         }
     };
-    let s = rstile::demo::run(&o, &log)?;
+    let s = rstile::vaihingen::demo::run(&o, &log)?;
     let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:.1}", 100.0 * v));
     println!(
         "Vaihingen-shaped demo: tiny FCN, {} epoch(s) in {:.0} s, areas {:?}, {} reference (F1 per class and overall accuracy, %):\n",

@@ -26,7 +26,7 @@
 //!    against the eroded reference: the leaderboard table
 //!    `| imp surf | building | low_veg | tree | car | Overall |`, `eval.md`,
 //!    `eval.json`.
-//! 5. **infer**: [`crate::pipeline::infer`] maps one validation area into a
+//! 5. **infer**: [`crate::infer::infer`] maps one validation area into a
 //!    GeoTIFF with its QGIS style (`.qml`), a confidence raster and a PNG
 //!    preview, beside a preview of the reference. The input is the 5-band
 //!    feature raster (NIR, R, G, nDSM, NDVI; EPSG:32632, 9 cm) that eval
@@ -36,9 +36,9 @@
 
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
+use crate::infer::read::{open_raster, SceneInfo};
+use crate::infer::{self, InferOptions, InferPlan, NoProgress};
 use crate::model::{read_meta, Model};
-use crate::pipeline::{self, InferOptions, InferPlan, NoProgress};
-use crate::read::{open_raster, SceneInfo};
 use crate::synth::{synth, SynthConfig};
 use crate::train::{EpochMetrics, RunOptions, TrainConfig, TrainProgress};
 use crate::vaihingen::eval::{evaluate, EvalOptions, EvalSummary};
@@ -263,7 +263,7 @@ pub fn write_official_area(
     }
     std::fs::rename(&out.image, &top).map_err(io(&top))?;
     std::fs::rename(&out.dsm, &dsm).map_err(io(&dsm))?;
-    let (_, _, ids) = crate::read::read_u8_band(&out.gt)?;
+    let (_, _, ids) = crate::infer::read::read_u8_band(&out.gt)?;
     let boundary = eroded_boundary(&ids, w, h, ERODE_RADIUS);
     let georef = open_raster(&top)?;
     let code = |eroded: bool| -> [Vec<u8>; 3] {
@@ -282,9 +282,9 @@ pub fn write_official_area(
     write_rgb(&eroded, w, h, code(true), &georef)?;
     if let Some(dst) = keep_ids {
         std::fs::rename(&out.gt, dst).map_err(io(dst))?;
-        let aux = crate::write::aux_path(&out.gt);
+        let aux = crate::infer::write::aux_path(&out.gt);
         if aux.exists() {
-            let _ = std::fs::rename(&aux, crate::write::aux_path(dst));
+            let _ = std::fs::rename(&aux, crate::infer::write::aux_path(dst));
         }
     }
     std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -611,11 +611,11 @@ pub fn run(o: &DemoOptions, log: &dyn DemoLog) -> Result<DemoSummary> {
         &iopts,
     )?;
     let net = Model::load(&model, &candle_core::Device::Cpu)?;
-    let r = pipeline::infer(&plan, net, Arc::new(AtomicBool::new(false)), &NoProgress)?;
+    let r = infer::infer(&plan, net, Arc::new(AtomicBool::new(false)), &NoProgress)?;
     let preview = map.with_extension("png");
-    crate::write::write_preview(&r.files.map, &preview, &meta.classes, 1024)?;
+    crate::infer::write::write_preview(&r.files.map, &preview, &meta.classes, 1024)?;
     let reference_preview = reference.with_extension("png");
-    crate::write::write_preview(&reference, &reference_preview, &meta.classes, 1024)?;
+    crate::infer::write::write_preview(&reference, &reference_preview, &meta.classes, 1024)?;
     steps[4] = t.elapsed().as_secs_f64();
     log.line(&format!(
         "infer: area {} ({} px) in {:.1} s -> {}",

@@ -15,7 +15,7 @@
 //! This module is pure: it knows neither GDAL nor candle.
 //!
 //! ```
-//! use rstile::window::{Size, WindowGrid};
+//! use rstile::infer::window::{Size, WindowGrid};
 //! let grid = WindowGrid::new(Size { width: 1000, height: 700 }, 256, 0.25).unwrap();
 //! assert_eq!(grid.overlap_px(), 64);
 //! assert_eq!(grid.stride(), 192);
@@ -231,7 +231,7 @@ impl WindowGrid {
 /// even when the padding is wider than the raster.
 ///
 /// ```
-/// use rstile::window::reflect;
+/// use rstile::infer::window::reflect;
 /// assert_eq!(reflect(-1, 5), 1);
 /// assert_eq!(reflect(5, 5), 3);
 /// assert_eq!(reflect(-7, 1), 0);

@@ -16,7 +16,7 @@
 //!
 //! This module is pure: it knows neither GDAL nor candle.
 
-use crate::window::{Rect, Window, WindowGrid};
+use crate::infer::window::{Rect, Window, WindowGrid};
 
 /// How overlapping predictions are weighted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -296,7 +296,7 @@ impl ChunkStitcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::Size;
+    use crate::infer::window::Size;
     use proptest::prelude::*;
 
     /// A deterministic fake prediction that depends on the window position,

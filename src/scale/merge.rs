@@ -8,11 +8,11 @@
 
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
-use crate::pipeline::part_rows;
-use crate::read::open_raster;
-use crate::stitch::Band;
-use crate::window::{Rect, Size};
-use crate::write::{confidence_path, MapFiles, MapSpec, MapWriter, TILE};
+use crate::infer::part_rows;
+use crate::infer::read::open_raster;
+use crate::infer::stitch::Band;
+use crate::infer::window::{Rect, Size};
+use crate::infer::write::{confidence_path, MapFiles, MapSpec, MapWriter, TILE};
 use gdal::Metadata;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

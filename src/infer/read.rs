@@ -12,7 +12,7 @@
 //! band mean (0 after normalisation) and leave the map as nodata.
 
 use crate::error::{Error, Result};
-use crate::window::{reflect, Rect, Size, Window, WindowGrid};
+use crate::infer::window::{reflect, Rect, Size, Window, WindowGrid};
 use gdal::raster::GdalDataType;
 use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
 use std::path::{Path, PathBuf};
@@ -184,7 +184,7 @@ pub struct Reader {
     band_buf: Vec<f32>,
     mask_buf: Vec<u8>,
     any_mask: Vec<u8>,
-    aoi: Option<std::sync::Arc<crate::aoi::Aoi>>,
+    aoi: Option<std::sync::Arc<crate::scale::aoi::Aoi>>,
 }
 
 impl Reader {
@@ -196,7 +196,7 @@ impl Reader {
         bands: &[usize],
         norm: Normalize,
         grid: WindowGrid,
-        aoi: Option<std::sync::Arc<crate::aoi::Aoi>>,
+        aoi: Option<std::sync::Arc<crate::scale::aoi::Aoi>>,
     ) -> Result<Reader> {
         let ds = open_raster(path)?;
         let mut per_dataset = false;

@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The array job template: one part of the map per task.
-pub const INFER_ARRAY_TEMPLATE: &str = include_str!("../configs/slurm/infer_array.sbatch");
+pub const INFER_ARRAY_TEMPLATE: &str = include_str!("../../configs/slurm/infer_array.sbatch");
 /// The merge job template: joins the parts into the map.
-pub const MERGE_TEMPLATE: &str = include_str!("../configs/slurm/merge.sbatch");
+pub const MERGE_TEMPLATE: &str = include_str!("../../configs/slurm/merge.sbatch");
 /// The training job template: `rstile train --config` as one job with GPUs.
-pub const TRAIN_TEMPLATE: &str = include_str!("../configs/slurm/train.sbatch");
+pub const TRAIN_TEMPLATE: &str = include_str!("../../configs/slurm/train.sbatch");
 
 /// Substitutes `{{NAME}}` placeholders in `template`.
 ///
@@ -279,8 +279,10 @@ impl InferJob {
             }
         }
         // refuse a split that every task would refuse, before submitting
-        let height = crate::read::SceneInfo::probe(&self.scene)?.size.height;
-        crate::pipeline::part_rows(height, 0, self.parts).map_err(|e| {
+        let height = crate::infer::read::SceneInfo::probe(&self.scene)?
+            .size
+            .height;
+        crate::infer::part_rows(height, 0, self.parts).map_err(|e| {
             Error::Config(format!(
                 "--parts {} for {}: {e}",
                 self.parts,

@@ -7,8 +7,8 @@
 //! when its centre `(x + 0.5, y + 0.5)` is (even-odd rule, holes honoured).
 
 use crate::error::{Error, Result};
-use crate::read::SceneInfo;
-use crate::window::Rect;
+use crate::infer::read::SceneInfo;
+use crate::infer::window::Rect;
 use gdal::spatial_ref::{AxisMappingStrategy, SpatialRef};
 use gdal::vector::LayerAccess;
 use gdal::{Dataset, DatasetOptions, GdalOpenFlags};

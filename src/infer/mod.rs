@@ -19,12 +19,17 @@
 //! scene width; windows that straddle a chunk border are computed for both
 //! chunks. Nothing in the pipeline grows with the scene size.
 
+pub mod read;
+pub mod stitch;
+pub mod window;
+pub mod write;
+
 use crate::error::{Error, Result};
+use crate::infer::read::{Normalize, Reader, SceneInfo, WindowData};
+use crate::infer::stitch::{Band, Blend, ChunkStitcher, Prediction, Region};
+use crate::infer::window::{Window, WindowGrid};
+use crate::infer::write::{MapFiles, MapSpec, MapWriter, TILE};
 use crate::model::{Model, ModelMeta};
-use crate::read::{Normalize, Reader, SceneInfo, WindowData};
-use crate::stitch::{Band, Blend, ChunkStitcher, Prediction, Region};
-use crate::window::{Window, WindowGrid};
-use crate::write::{MapFiles, MapSpec, MapWriter, TILE};
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::BTreeMap;
@@ -63,7 +68,7 @@ pub struct InferPlan {
     /// Digest of the model file, so a resume cannot mix models.
     pub model_digest: String,
     /// Only windows touching this area are computed; pixels outside are nodata.
-    pub aoi: Option<Arc<crate::aoi::Aoi>>,
+    pub aoi: Option<Arc<crate::scale::aoi::Aoi>>,
     /// Digest of the AOI file.
     pub aoi_digest: Option<String>,
 }
@@ -748,7 +753,7 @@ impl InferPlan {
                 ));
             }
             let t = scene.band_types[b - 1];
-            if !crate::read::supported_type(t) {
+            if !crate::infer::read::supported_type(t) {
                 return Err(Error::file(
                     &path,
                     format!("band {b} has type {t:?}, which rstile cannot read"),
@@ -781,7 +786,7 @@ impl InferPlan {
         let aoi = o
             .aoi
             .as_deref()
-            .map(|p| crate::aoi::Aoi::load(p, &scene).map(Arc::new))
+            .map(|p| crate::scale::aoi::Aoi::load(p, &scene).map(Arc::new))
             .transpose()?;
         let aoi_digest = o.aoi.as_deref().map(file_digest).transpose()?;
         Ok(InferPlan {
