@@ -5,6 +5,11 @@
 //!
 //! `cargo bench --bench kernels`
 
+// the binary's process set-up (the library changes no process-wide state)
+#[allow(dead_code)]
+#[path = "../src/cli/process.rs"]
+mod process;
+
 use candle_core::{Device, Tensor, Var};
 use candle_nn::Module;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -13,8 +18,8 @@ use rstile::model::conv::Conv2d;
 
 fn gemm(c: &mut Criterion) {
     // as the command line does (this group runs first)
-    rstile::model::bench::single_candle_pool();
-    rstile::model::bench::reuse_freed_memory();
+    process::single_candle_pool();
+    process::reuse_freed_memory();
     let mut g = c.benchmark_group("gemm");
     g.sample_size(10);
     // (m, n, k): a layer4 3x3 conv of one 256x256 sample, a layer1 3x3 tile

@@ -8,6 +8,11 @@
 //! `cargo bench --bench layers` (`RAYON_NUM_THREADS` sets the threads;
 //! `ONLY=i` times layer `i` alone).
 
+// the binary's process set-up (the library changes no process-wide state)
+#[allow(dead_code)]
+#[path = "../src/cli/process.rs"]
+mod process;
+
 use rstile::kernels::{
     conv2d_backward, conv2d_forward, conv2d_input_gradient, ConvShape, Epilogue,
 };
@@ -48,7 +53,7 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    rstile::model::bench::reuse_freed_memory();
+    process::reuse_freed_memory();
     let reps: usize = std::env::var("REPS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -308,7 +308,7 @@ fn slurm_array_of_four_parts_plus_merge_equals_a_single_run() {
             "--parts",
             "2",
         ])
-        .args(["--", "--bands", "1,2,9"])
+        .args(["--bands", "1,2,9"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

@@ -31,25 +31,45 @@ pub enum Blend {
     Crop,
 }
 
+impl Blend {
+    /// Every blend, in the order the help lists them.
+    pub const ALL: [Blend; 3] = [Blend::Hann, Blend::Gaussian, Blend::Crop];
+
+    /// The name in flags, settings and model files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Blend::Hann => "hann",
+            Blend::Gaussian => "gaussian",
+            Blend::Crop => "crop",
+        }
+    }
+
+    /// One line on what it does.
+    pub fn help(self) -> &'static str {
+        match self {
+            Blend::Hann => "sin² taper, positive everywhere: seamless (the default)",
+            Blend::Gaussian => "Gaussian taper, sigma = window / 8",
+            Blend::Crop => "only each window's centre counts: no blending",
+        }
+    }
+}
+
 impl std::str::FromStr for Blend {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "hann" => Ok(Blend::Hann),
-            "gaussian" => Ok(Blend::Gaussian),
-            "crop" => Ok(Blend::Crop),
-            _ => Err(format!("unknown blend '{s}' (hann, gaussian or crop)")),
-        }
+        Blend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Blend::ALL.iter().map(|b| b.name()).collect();
+                format!("unknown blend '{s}' (one of {})", names.join(", "))
+            })
     }
 }
 
 impl std::fmt::Display for Blend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Blend::Hann => "hann",
-            Blend::Gaussian => "gaussian",
-            Blend::Crop => "crop",
-        })
+        f.write_str(self.name())
     }
 }
 

@@ -18,35 +18,6 @@ use crate::train::run::params_of;
 use candle_core::Tensor;
 use std::time::Instant;
 
-/// Leaves candle's element-wise thread pool at one thread unless
-/// `CANDLE_NUM_THREADS` says otherwise. Call before the first candle op.
-///
-/// candle 0.11 runs element-wise ops on a second pool of spinning threads
-/// beside rayon's; the two pools fight over the same cores (a training step
-/// took twice as long with it on two cores). The heavy work runs on rayon in
-/// rstile's kernels.
-pub fn single_candle_pool() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-}
-
-/// Keeps freed activation buffers in the heap for the next step instead of
-/// giving them back to the kernel: every candle op allocates its output, and
-/// with glibc's defaults each large one is a fresh mmap whose pages the
-/// kernel must zero (a fifth of a training step's time). For work whose
-/// working set repeats step after step (training, benchmarks); the
-/// inference pipeline keeps the defaults, since its memory bound is
-/// measured with them.
-pub fn reuse_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        // 32 MiB is glibc's largest mmap threshold on 64-bit systems
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct SpeedConfig {

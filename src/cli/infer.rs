@@ -1,0 +1,354 @@
+//! `rstile infer`: map scenes with a model.
+
+use super::{mib, process, value_enum, DeviceArg};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use rstile::infer::read::SceneInfo;
+use rstile::infer::stitch::Blend;
+use rstile::infer::{self, InferOptions, InferPlan, Progress};
+use rstile::model::Model;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+value_enum!(BlendArg, Blend);
+
+#[derive(Args)]
+pub struct InferArgs {
+    /// The scene(s): any raster GDAL opens (GeoTIFF, COG, VRT, ...).
+    #[arg(required = true)]
+    scene: Vec<PathBuf>,
+    /// The output map (GeoTIFF), for one scene.
+    #[arg(
+        short,
+        long,
+        required_unless_present = "out_dir",
+        conflicts_with = "out_dir"
+    )]
+    output: Option<PathBuf>,
+    /// Map each scene to DIR/STEM.tif; a scene that fails is reported at
+    /// the end and the others go on.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    #[command(flatten)]
+    map: MapFlags,
+    /// Replace an existing map.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Write a coloured PNG preview of the map.
+    #[arg(long, value_name = "PNG")]
+    preview: Option<PathBuf>,
+    /// Compute part I of N (I in 0..N) into MAP.part-I-of-N.tif; `auto`
+    /// reads SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT, SLURM_ARRAY_TASK_MIN.
+    #[arg(long, value_name = "I/N|auto")]
+    part: Option<String>,
+    /// Continue an unfinished run of the same command.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// The flags that decide how a map is computed, shared with `rstile slurm
+/// infer`, which passes them on to every part.
+#[derive(Args)]
+#[command(next_help_heading = "Map options (passed on by `rstile slurm infer`)")]
+pub struct MapFlags {
+    /// The model file (.safetensors).
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Window size in px [default: the model's].
+    #[arg(long)]
+    window: Option<usize>,
+    /// Overlap between windows, a fraction of the window [default: the model's].
+    #[arg(long)]
+    overlap: Option<f64>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Compute threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Reader threads, each with its own GDAL handle [default: min(2, threads)].
+    #[arg(long)]
+    readers: Option<usize>,
+    /// How overlapping predictions are combined.
+    #[arg(long, value_enum, default_value = "hann")]
+    blend: BlendArg,
+    /// 1-based input bands, e.g. 1,2,3 [default: the first N bands].
+    #[arg(long, value_delimiter = ',')]
+    bands: Option<Vec<usize>>,
+    /// Also write MAP.confidence.tif (0-100).
+    #[arg(long)]
+    confidence: bool,
+    /// GDAL creation option KEY=VALUE (repeatable).
+    #[arg(long = "co", value_name = "KEY=VALUE", value_parser = parse_co)]
+    co: Vec<(String, String)>,
+    /// Internal column chunk width in px (multiple of 512); bounds memory.
+    #[arg(long)]
+    chunk: Option<usize>,
+    /// GDAL block cache in MiB.
+    #[arg(long, default_value_t = 256)]
+    gdal_cache: usize,
+    /// Compute device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Only map inside these polygons (GeoJSON, GeoPackage, Shapefile, any CRS).
+    #[arg(long, value_name = "FILE")]
+    aoi: Option<PathBuf>,
+}
+
+fn parse_co(kv: &str) -> Result<(String, String), String> {
+    match kv.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err("expected KEY=VALUE".into()),
+    }
+}
+
+struct Bar {
+    bar: indicatif::ProgressBar,
+    start: Instant,
+    pixels: AtomicU64,
+}
+
+impl Progress for Bar {
+    fn start(&self, windows: u64) {
+        self.bar.set_length(windows);
+    }
+    fn window_done(&self, pixels: u64) {
+        let p = self.pixels.fetch_add(pixels, Ordering::Relaxed) + pixels;
+        self.bar.inc(1);
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        self.bar
+            .set_message(format!("{:.2} Mpx/s", p as f64 / secs / 1e6));
+    }
+}
+
+pub fn run(a: InferArgs) -> Result<()> {
+    let threads = process::set_threads(a.map.threads);
+    process::gdal_cache(a.map.gdal_cache);
+    let cancel = process::stop_flag()?;
+    let device = a.map.device.open()?;
+    let part = a.part.as_deref().map(parse_part).transpose()?;
+    let jobs: Vec<(PathBuf, PathBuf)> = match (&a.output, &a.out_dir) {
+        (Some(out), None) => {
+            if a.scene.len() != 1 {
+                bail!(
+                    "{} scenes but one output; use --out-dir DIR to map several scenes",
+                    a.scene.len()
+                );
+            }
+            vec![(a.scene[0].clone(), out.clone())]
+        }
+        (None, Some(dir)) => {
+            if !dir.is_dir() {
+                bail!("{}: --out-dir is not an existing folder", dir.display());
+            }
+            let mut seen = std::collections::HashMap::new();
+            let mut jobs = Vec::new();
+            for sc in &a.scene {
+                let stem = sc
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                if let Some(prev) = seen.insert(stem.clone(), sc.clone()) {
+                    bail!(
+                        "{} and {} would both map to {stem}.tif",
+                        prev.display(),
+                        sc.display()
+                    );
+                }
+                jobs.push((sc.clone(), dir.join(format!("{stem}.tif"))));
+            }
+            jobs
+        }
+        _ => bail!("give -o MAP.tif or --out-dir DIR"),
+    };
+    if jobs.len() == 1 {
+        let (scene, out) = &jobs[0];
+        return infer_one(&a, scene, out, part, threads, &device, cancel);
+    }
+    let mut failed = Vec::new();
+    for (i, (scene, out)) in jobs.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        if !a.quiet {
+            eprintln!(
+                "rstile: scene {} of {}: {}",
+                i + 1,
+                jobs.len(),
+                scene.display()
+            );
+        }
+        if let Err(e) = infer_one(&a, scene, out, part, threads, &device, cancel.clone()) {
+            let msg = format!("{e:#}");
+            eprintln!(
+                "rstile: error: {}",
+                msg.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+            failed.push(scene.display().to_string());
+        }
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(rstile::Error::Interrupted.into());
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} scenes failed: {}",
+            failed.len(),
+            jobs.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn infer_one(
+    a: &InferArgs,
+    scene_path: &Path,
+    output: &Path,
+    part: Option<(usize, usize)>,
+    threads: usize,
+    device: &candle_core::Device,
+    cancel: Arc<AtomicBool>,
+) -> Result<()> {
+    let m = &a.map;
+    let meta = rstile::model::read_meta(&m.model)?;
+    let scene = SceneInfo::probe(scene_path)?;
+    if scene.geo_transform.is_none() || scene.srs_wkt.is_none() {
+        eprintln!(
+            "rstile: warning: {} has no georeferencing; the map is written without a CRS",
+            scene_path.display()
+        );
+    }
+    let opts = InferOptions {
+        window: m.window,
+        overlap: m.overlap,
+        batch: m.batch,
+        readers: m.readers.unwrap_or(threads.min(2)),
+        blend: m.blend.0,
+        bands: m.bands.clone(),
+        chunk: m.chunk,
+        confidence: m.confidence,
+        creation_options: m.co.clone(),
+        overwrite: a.overwrite,
+        gdal_cache_mb: m.gdal_cache,
+        part,
+        resume: a.resume,
+        aoi: m.aoi.clone(),
+    };
+    let plan = InferPlan::resolve(scene, output.to_path_buf(), &m.model, &meta, &opts)?;
+    rstile::infer::write::check_output(&plan.output, a.overwrite)?;
+    let model = Model::load(&m.model, device)?;
+    let bound = infer::MemoryBound::of(&plan, &meta, model.num_params());
+    if !a.quiet {
+        eprintln!(
+            "rstile: {} ({}x{} px, {} band(s)) -> {} with {} ({} classes), window {} overlap {:.2} batch {} threads {} blend {}",
+            plan.scene.path.display(),
+            plan.scene.size.width,
+            plan.scene.size.height,
+            plan.scene.band_count,
+            plan.output.display(),
+            meta.arch,
+            meta.classes.len(),
+            plan.window,
+            plan.overlap,
+            plan.batch,
+            threads,
+            plan.blend
+        );
+        eprintln!(
+            "rstile: memory bound {:.0} MiB = model {:.0} + in-flight windows {:.0} + stitcher {:.0} + writer {:.0} + GDAL cache {:.0} + base {:.0}",
+            mib(bound.total()),
+            mib(bound.model),
+            mib(bound.in_flight),
+            mib(bound.stitcher),
+            mib(bound.writer),
+            mib(bound.gdal_cache),
+            mib(bound.base)
+        );
+    }
+    let progress = Bar {
+        bar: super::bar(a.quiet, "{bar:30} {pos}/{len} windows  {msg}  ETA {eta}"),
+        start: Instant::now(),
+        pixels: AtomicU64::new(0),
+    };
+    let report = match infer::infer(&plan, model, cancel, &progress) {
+        Ok(r) => r,
+        Err(e) => {
+            progress.bar.finish_and_clear();
+            if matches!(e, rstile::Error::Interrupted)
+                && rstile::infer::write::journal_path(&plan.output).exists()
+            {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{}: stopped; run the same command with --resume to continue",
+                    plan.output.display()
+                )));
+            }
+            return Err(e.into());
+        }
+    };
+    progress.bar.finish_and_clear();
+    if let Some(note) = &report.note {
+        eprintln!("rstile: warning: {}: {note}", plan.output.display());
+    }
+    if report.resumed && !a.quiet {
+        eprintln!(
+            "rstile: continued the unfinished run of {}",
+            plan.output.display()
+        );
+    }
+    // with several scenes, each gets its own preview beside its map
+    let preview = match (&a.preview, &a.out_dir) {
+        (Some(_), Some(_)) => Some(output.with_extension("png")),
+        (p, None) => p.clone(),
+        _ => None,
+    };
+    if let Some(png) = &preview {
+        rstile::infer::write::write_preview(&report.files.map, png, &meta.classes, 1024)?;
+    }
+    if !a.quiet {
+        let peak = infer::peak_rss().unwrap_or(0);
+        println!(
+            "rstile: mapped {} px in {:.2} s ({:.2} Mpx/s), peak memory {:.0} MiB (bound {:.0} MiB), {} windows, {} skipped as nodata, {} skipped outside the AOI -> {}",
+            report.pixels,
+            report.seconds,
+            report.pixels as f64 / report.seconds / 1e6,
+            mib(peak),
+            mib(report.memory_bound.total()),
+            report.windows,
+            report.windows_skipped,
+            report.windows_outside_aoi,
+            report.files.map.display()
+        );
+    }
+    Ok(())
+}
+
+/// Parses `I/N`, or `auto` from a Slurm array job's environment.
+fn parse_part(s: &str) -> Result<(usize, usize)> {
+    if s == "auto" {
+        let var = |k: &str| -> Result<usize> {
+            let v = std::env::var(k).with_context(|| {
+                format!("--part auto: {k} is not set (not inside a Slurm array job?)")
+            })?;
+            v.parse()
+                .with_context(|| format!("--part auto: {k}={v} is not a number"))
+        };
+        let (id, count, min) = (
+            var("SLURM_ARRAY_TASK_ID")?,
+            var("SLURM_ARRAY_TASK_COUNT")?,
+            var("SLURM_ARRAY_TASK_MIN")?,
+        );
+        if id < min {
+            bail!("--part auto: SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}");
+        }
+        return Ok((id - min, count));
+    }
+    s.split_once('/')
+        .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)))
+        .with_context(|| format!("--part {s}: expected I/N, e.g. 0/4, or auto"))
+}

@@ -1,0 +1,35 @@
+//! `rstile merge`: join the parts of a split run into one map.
+
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The folder with the parts (MAP.part-I-of-N.tif).
+    parts: PathBuf,
+    /// The merged map.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Replace an existing map.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub fn run(a: MergeArgs) -> Result<()> {
+    let t = Instant::now();
+    let files = rstile::scale::merge::merge(&a.parts, &a.output, a.overwrite)?;
+    if !a.quiet {
+        println!(
+            "rstile: merged {} into {} in {:.2} s",
+            a.parts.display(),
+            files.map.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}

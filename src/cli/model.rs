@@ -1,0 +1,266 @@
+//! `rstile model`: create, inspect and time model files.
+
+use super::{process, DeviceArg};
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use rstile::classes::ClassTable;
+use rstile::model::ledger::Op;
+use rstile::model::{Model, ModelMeta};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum ModelCmd {
+    /// Write a randomly initialised model.
+    New(ModelNewArgs),
+    /// Print what a model file holds.
+    Info {
+        /// The model file.
+        model: PathBuf,
+    },
+    /// Time the network alone: forward passes and training steps on random
+    /// input.
+    Bench(ModelBenchArgs),
+}
+
+#[derive(Args)]
+pub struct ModelBenchArgs {
+    /// A model file; without it, a random model of --arch with --bands and
+    /// the six ISPRS classes.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Architecture of the random model.
+    #[arg(long, default_value = "resnet50-fcn")]
+    arch: String,
+    /// Input bands of the random model.
+    #[arg(long, default_value_t = 3)]
+    bands: usize,
+    /// Windows per batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Window height and width.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Timed runs of each kind.
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Untimed runs before them.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Also time training steps (forward, cross-entropy, backward, AdamW).
+    #[arg(long)]
+    train: bool,
+    /// Compute threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Compute device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ModelNewArgs {
+    /// Architecture.
+    #[arg(long)]
+    arch: String,
+    /// Number of input bands.
+    #[arg(long)]
+    bands: usize,
+    /// Class table (TOML).
+    #[arg(long)]
+    classes: PathBuf,
+    /// Output model file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Per-band mean, comma separated [default: 127.5 each].
+    #[arg(long, value_delimiter = ',')]
+    mean: Option<Vec<f32>>,
+    /// Per-band standard deviation [default: 64 each].
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+    /// Band names, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    band_names: Option<Vec<String>>,
+    /// Default window size.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Default overlap fraction.
+    #[arg(long, default_value_t = 0.25)]
+    overlap: f64,
+    /// Seed of the random initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Replace an existing file.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+pub fn run(cmd: ModelCmd) -> Result<()> {
+    match cmd {
+        ModelCmd::New(a) => model_new(a),
+        ModelCmd::Info { model } => model_info(model),
+        ModelCmd::Bench(a) => model_bench(a),
+    }
+}
+
+fn model_new(a: ModelNewArgs) -> Result<()> {
+    if a.output.exists() && !a.overwrite {
+        bail!(
+            "{}: already exists; pass --overwrite to replace it",
+            a.output.display()
+        );
+    }
+    let classes = ClassTable::from_toml_file(&a.classes)?;
+    let meta = ModelMeta {
+        format: 1,
+        arch: a.arch.clone(),
+        bands: a.bands,
+        band_names: a.band_names.unwrap_or_default(),
+        mean: a.mean.unwrap_or_else(|| vec![127.5; a.bands]),
+        std: a.std.unwrap_or_else(|| vec![64.0; a.bands]),
+        classes,
+        window: a.window,
+        overlap: a.overlap,
+    };
+    meta.validate()?;
+    let model = Model::new_random(meta, a.seed, &candle_core::Device::Cpu)?;
+    model.save(&a.output)?;
+    println!(
+        "rstile: wrote {} ({}, {} bands, {} classes, {} parameters)",
+        a.output.display(),
+        a.arch,
+        a.bands,
+        model.meta.classes.len(),
+        model.num_params()
+    );
+    Ok(())
+}
+
+fn model_bench(a: ModelBenchArgs) -> Result<()> {
+    let threads = process::set_threads(a.threads);
+    process::reuse_freed_memory();
+    let device = a.device.open()?;
+    if a.batch == 0 || a.size < 32 || a.iters == 0 {
+        bail!("model bench: --batch and --iters must be at least 1, --size at least 32");
+    }
+    let model = match &a.model {
+        Some(path) => Model::load(path, &device)?,
+        None => {
+            let meta = ModelMeta {
+                format: 1,
+                arch: a.arch.clone(),
+                bands: a.bands,
+                band_names: Vec::new(),
+                mean: vec![0.0; a.bands],
+                std: vec![1.0; a.bands],
+                classes: ClassTable::isprs(),
+                window: a.size,
+                overlap: 0.25,
+            };
+            meta.validate()?;
+            Model::new_random(meta, 0, &device)?
+        }
+    };
+    let cfg = rstile::model::bench::SpeedConfig {
+        batch: a.batch,
+        size: a.size,
+        iters: a.iters,
+        warmup: a.warmup,
+        train: a.train,
+    };
+    let sp = rstile::model::bench::measure(&model, &cfg)?;
+    let px = (a.batch * a.size * a.size) as f64;
+    let gflops = sp.forward_flops as f64 / 1e9;
+    if a.json {
+        let mut o = serde_json::json!({
+            "arch": model.meta.arch,
+            "bands": model.meta.bands,
+            "batch": a.batch,
+            "size": a.size,
+            "device": a.device.to_string(),
+            "threads": threads,
+            "forward_gflop": gflops,
+            "forward_min_s": sp.forward.min_s,
+            "forward_median_s": sp.forward.median_s,
+        });
+        if let Some(t) = sp.train_step {
+            o["train_step_min_s"] = t.min_s.into();
+            o["train_step_median_s"] = t.median_s.into();
+        }
+        if let Some([f, b, u]) = sp.train_phases {
+            o["train_phases_s"] = serde_json::json!({"forward": f, "backward": b, "update": u});
+        }
+        if let Some(ops) = sp.train_ops {
+            let m: serde_json::Map<String, serde_json::Value> = Op::ALL
+                .iter()
+                .zip(ops)
+                .map(|(op, t)| (op.name().replace(' ', "_"), t.into()))
+                .collect();
+            o["train_ops_s"] = m.into();
+        }
+        println!("{o}");
+        return Ok(());
+    }
+    println!(
+        "{} {}x{}x{}x{} on {} ({} threads), {:.1} GFLOP per forward",
+        model.meta.arch, a.batch, model.meta.bands, a.size, a.size, a.device, threads, gflops
+    );
+    let f = sp.forward;
+    println!(
+        "  forward     min {:.3} s  median {:.3} s  {:.1} GFLOP/s  {:.3} Mpx/s",
+        f.min_s,
+        f.median_s,
+        gflops / f.min_s,
+        px / f.min_s / 1e6
+    );
+    if let Some(t) = sp.train_step {
+        println!(
+            "  train step  min {:.3} s  median {:.3} s  {:.2} samples/s",
+            t.min_s,
+            t.median_s,
+            a.batch as f64 / t.min_s
+        );
+    }
+    if let Some([f, b, u]) = sp.train_phases {
+        println!("    of which   forward+loss {f:.3} s  backward {b:.3} s  update {u:.3} s");
+    }
+    if let (Some([f, b, _]), Some(ops)) = (sp.train_phases, sp.train_ops) {
+        let [cf, cb, nf, nb, pf, pb] = ops;
+        println!(
+            "    forward:   conv {cf:.3} s  batch norm {nf:.3} s  max pool {pf:.3} s  other {:.3} s",
+            f - cf - nf - pf
+        );
+        println!(
+            "    backward:  conv {cb:.3} s  batch norm {nb:.3} s  max pool {pb:.3} s  other {:.3} s",
+            b - cb - nb - pb
+        );
+    }
+    Ok(())
+}
+
+fn model_info(path: PathBuf) -> Result<()> {
+    let m = rstile::model::read_meta(&path)?;
+    println!("{}", path.display());
+    println!("  arch      {}", m.arch);
+    println!(
+        "  bands     {} {}",
+        m.bands,
+        if m.band_names.is_empty() {
+            String::new()
+        } else {
+            format!("({})", m.band_names.join(", "))
+        }
+    );
+    println!("  mean      {:?}", m.mean);
+    println!("  std       {:?}", m.std);
+    println!("  window    {} px, overlap {}", m.window, m.overlap);
+    println!("  classes   {}", m.classes.len());
+    for c in &m.classes.classes {
+        println!("    {:>3}  {:<8} {}", c.id, c.color, c.name);
+    }
+    let model = Model::load(&path, &candle_core::Device::Cpu)?;
+    println!("  params    {}", model.num_params());
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Process-wide set-up, in the binary only: thread pools, candle's thread
+//! count, the allocator, signal hooks, GDAL's error handler and block cache.
+//! The library changes none of these.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// GDAL errors come back as values (with GDAL's message); GDAL's own
+/// printing to stderr would garble the one-line errors and the logs.
+pub fn quiet_gdal() {
+    gdal::config::set_error_handler(|_, _, _| {});
+}
+
+/// Sets the compute thread count before any thread pool exists, and
+/// returns it.
+pub fn set_threads(threads: Option<usize>) -> usize {
+    let n = threads.filter(|&n| n > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    // candle and gemm size their pools from RAYON_NUM_THREADS
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    single_candle_pool();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    n
+}
+
+/// Leaves candle's element-wise thread pool at one thread unless
+/// `CANDLE_NUM_THREADS` says otherwise. Call before the first candle op.
+///
+/// candle 0.11 runs element-wise ops on a second pool of spinning threads
+/// beside rayon's; the two pools fight over the same cores (a training step
+/// took twice as long with it on two cores). The heavy work runs on rayon in
+/// rstile's kernels.
+pub fn single_candle_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// Keeps freed activation buffers in the heap for the next step instead of
+/// giving them back to the kernel: every candle op allocates its output, and
+/// with glibc's defaults each large one is a fresh mmap whose pages the
+/// kernel must zero (a fifth of a training step's time). For work whose
+/// working set repeats step after step (training, benchmarks); the
+/// inference pipeline keeps the defaults, since its memory bound is
+/// measured with them.
+pub fn reuse_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        // 32 MiB is glibc's largest mmap threshold on 64-bit systems
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+/// GDAL's block cache, in MiB (counted in the memory bound).
+pub fn gdal_cache(mb: usize) {
+    let _ = gdal::config::set_config_option("GDAL_CACHEMAX", &mb.to_string());
+}
+
+/// A flag that SIGINT and SIGTERM raise; the pipeline stops at the next
+/// window and keeps what it has for `--resume`.
+pub fn stop_flag() -> std::io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(flag)
+}
