@@ -23,6 +23,7 @@ pub mod infer;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
+pub mod output;
 pub mod qml;
 pub mod scale;
 pub mod synth;

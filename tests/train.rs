@@ -32,7 +32,13 @@ fn scene(dir: &Path, size: usize, seed: u64) -> ScenePair {
         seed,
         ..Default::default()
     };
-    let out = rstile::synth::synth(&cfg, &dir.join(format!("s{seed}_{size}")), &|_, _| {}).unwrap();
+    let out = rstile::synth::synth(
+        &cfg,
+        &dir.join(format!("s{seed}_{size}")),
+        false,
+        &|_, _| {},
+    )
+    .unwrap();
     ScenePair {
         image: out.image,
         label: out.gt,

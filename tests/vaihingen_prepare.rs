@@ -69,7 +69,7 @@ fn make_official_area(root: &Path, n: u16, w: usize, h: usize) {
         seed: n as u64,
         ..Default::default()
     };
-    let out = synth(&cfg, &tmp, &|_, _| {}).unwrap();
+    let out = synth(&cfg, &tmp, false, &|_, _| {}).unwrap();
     for d in [
         "top",
         "dsm",
@@ -505,7 +505,7 @@ fn bad_input_gets_one_clear_line() {
         height: 300,
         ..Default::default()
     };
-    let other = synth(&cfg, &dir.path().join("other"), &|_, _| {}).unwrap();
+    let other = synth(&cfg, &dir.path().join("other"), false, &|_, _| {}).unwrap();
     std::fs::copy(&other.dsm, &dsm).unwrap();
     let e = run_err(&data, &out, &split);
     assert!(

@@ -16,6 +16,9 @@ pub struct SynthArgs {
     /// Output folder.
     #[arg(short, long)]
     output: PathBuf,
+    /// Replace a scene already in the folder.
+    #[arg(long)]
+    overwrite: bool,
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
@@ -38,7 +41,7 @@ pub fn run(a: SynthArgs) -> Result<()> {
     };
     let t = Instant::now();
     let bar = super::bar(a.quiet, "{bar:30} {pos}/{len} rows  ETA {eta}");
-    let out = rstile::synth::synth(&cfg, &a.output, &|done, total| {
+    let out = rstile::synth::synth(&cfg, &a.output, a.overwrite, &|done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })?;

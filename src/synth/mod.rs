@@ -168,14 +168,20 @@ pub fn pixel(cfg_seed: u64, x: i64, y: i64) -> SynthPixel {
 /// heights in m) and `dir/gt.tif` (Byte class ids 0..=5 of
 /// [`ClassTable::isprs`], with a colour table and category names), all on the
 /// grid of `cfg`, tiled `cfg.block` x `cfg.block` and DEFLATE-compressed.
-/// Creates `dir` if missing; replaces existing files.
+/// Creates `dir` if missing; an existing scene there is replaced only with
+/// `overwrite` (and never when it is not a regular file).
 ///
 /// Tiles are generated in parallel, a few at a time, and written as whole
 /// blocks as they come, so memory stays bounded whatever the scene size.
 /// `progress(done, total)` is called, on the calling thread, after each tile
 /// with the number of pixels written so far and the scene's pixel count.
 /// On error the three files are removed.
-pub fn synth(cfg: &SynthConfig, dir: &Path, progress: &dyn Fn(u64, u64)) -> Result<SynthOutput> {
+pub fn synth(
+    cfg: &SynthConfig,
+    dir: &Path,
+    overwrite: bool,
+    progress: &dyn Fn(u64, u64),
+) -> Result<SynthOutput> {
     cfg.validate()?;
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::file(dir, format!("cannot create the directory: {e}")))?;
@@ -184,6 +190,9 @@ pub fn synth(cfg: &SynthConfig, dir: &Path, progress: &dyn Fn(u64, u64)) -> Resu
         dsm: dir.join("dsm.tif"),
         gt: dir.join("gt.tif"),
     };
+    for p in [&out.image, &out.dsm, &out.gt] {
+        crate::output::check(p, overwrite, &crate::output::Inputs::new())?;
+    }
     let result = write_all(cfg, &out, progress);
     if result.is_err() {
         for p in [&out.image, &out.dsm, &out.gt] {

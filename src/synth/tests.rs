@@ -9,7 +9,7 @@ fn scene(dir: &Path, width: usize, height: usize, seed: u64, block: usize) -> Sy
         block,
         ..SynthConfig::default()
     };
-    synth(&cfg, dir, &|_, _| {}).unwrap()
+    synth(&cfg, dir, false, &|_, _| {}).unwrap()
 }
 
 fn read<T: Copy + GdalType>(path: &Path, band: usize) -> (usize, usize, Vec<T>) {
@@ -61,7 +61,7 @@ fn print_fractions(what: &str, f: &[f64; 6]) {
 fn all_three_files_share_grid_crs_and_tiling() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = SynthConfig::default();
-    let out = synth(&cfg, dir.path(), &|_, _| {}).unwrap();
+    let out = synth(&cfg, dir.path(), false, &|_, _| {}).unwrap();
     assert_eq!(out.image, dir.path().join("image.tif"));
     for (path, bands, ty) in [
         (&out.image, 3, gdal::raster::GdalDataType::UInt8),
@@ -311,7 +311,10 @@ fn progress_counts_every_pixel() {
         ..SynthConfig::default()
     };
     let seen = std::cell::RefCell::new(Vec::new());
-    synth(&cfg, dir.path(), &|d, t| seen.borrow_mut().push((d, t))).unwrap();
+    synth(&cfg, dir.path(), false, &|d, t| {
+        seen.borrow_mut().push((d, t))
+    })
+    .unwrap();
     let seen = seen.into_inner();
     assert_eq!(seen.len(), 3 * 2);
     assert!(seen.windows(2).all(|p| p[0].0 < p[1].0));
@@ -328,7 +331,7 @@ fn errors_name_the_path_and_leave_nothing_behind() {
         height: 64,
         ..SynthConfig::default()
     };
-    let err = synth(&cfg, &file.join("out"), &|_, _| {})
+    let err = synth(&cfg, &file.join("out"), false, &|_, _| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("not-a-dir"), "{err}");
@@ -336,7 +339,9 @@ fn errors_name_the_path_and_leave_nothing_behind() {
     // An existing directory where a file should go.
     let out = dir.path().join("scene");
     std::fs::create_dir_all(out.join("dsm.tif")).unwrap();
-    let err = synth(&cfg, &out, &|_, _| {}).unwrap_err().to_string();
+    let err = synth(&cfg, &out, false, &|_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("dsm.tif"), "{err}");
     assert!(!out.join("image.tif").exists());
 
@@ -355,7 +360,7 @@ fn errors_name_the_path_and_leave_nothing_behind() {
         },
     ] {
         assert!(matches!(
-            synth(&bad, dir.path(), &|_, _| {}),
+            synth(&bad, dir.path(), false, &|_, _| {}),
             Err(Error::Config(_))
         ));
     }
@@ -415,7 +420,7 @@ fn stats_and_throughput() {
         ..SynthConfig::default()
     };
     let t = std::time::Instant::now();
-    let out = synth(&cfg, dir.path(), &|_, _| {}).unwrap();
+    let out = synth(&cfg, dir.path(), false, &|_, _| {}).unwrap();
     let dt = t.elapsed().as_secs_f64();
     let size: u64 = [&out.image, &out.dsm, &out.gt]
         .iter()

@@ -254,7 +254,7 @@ pub fn write_official_area(
         seed,
         ..Default::default()
     };
-    let out = synth(&cfg, &tmp, &|_, _| {})?;
+    let out = synth(&cfg, &tmp, true, &|_, _| {})?;
     let [top, dsm, gt, eroded] = official_paths(root, n);
     for p in [&top, &dsm, &gt, &eroded] {
         if let Some(d) = p.parent() {
