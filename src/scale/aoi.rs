@@ -12,6 +12,7 @@ use crate::infer::window::Rect;
 use gdal::spatial_ref::{AxisMappingStrategy, SpatialRef};
 use gdal::vector::LayerAccess;
 use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
+use geo::orient::{Direction, Orient};
 use geo::{BoundingRect, Coord, Intersects, MapCoords, MultiPolygon, Polygon};
 use std::path::Path;
 
@@ -19,7 +20,8 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 pub struct Aoi {
     shape: MultiPolygon<f64>,
-    /// Polygon edges `(x0, y0, x1, y1)`, for scanline masks.
+    /// Oriented polygon edges `(x0, y0, x1, y1)`: exteriors counter-clockwise,
+    /// holes clockwise, for winding-number scanline masks.
     edges: Vec<[f64; 4]>,
 }
 
@@ -123,6 +125,7 @@ impl Aoi {
 
     /// An AOI from polygons already in pixel coordinates.
     pub fn from_pixel_polygons(shape: MultiPolygon<f64>) -> Aoi {
+        let shape = shape.orient(Direction::Default);
         let mut edges = Vec::new();
         for p in &shape.0 {
             for ring in std::iter::once(p.exterior()).chain(p.interiors()) {
@@ -165,7 +168,8 @@ impl Aoi {
             .iter()
             .filter(|e| e[1].max(e[3]) >= ylo && e[1].min(e[3]) <= yhi)
             .collect();
-        let mut xs: Vec<f64> = Vec::new();
+        // (x, +1 or -1) where an oriented edge crosses the row's centre line
+        let mut xs: Vec<(f64, i32)> = Vec::new();
         for j in 0..height {
             let yc = (y0 + j as i64) as f64 + 0.5;
             xs.clear();
@@ -173,14 +177,21 @@ impl Aoi {
                 let (ax, ay, bx, by) = (e[0], e[1], e[2], e[3]);
                 // half-open rule so a vertex on the line counts once
                 if (ay <= yc) != (by <= yc) {
-                    xs.push(ax + (yc - ay) * (bx - ax) / (by - ay));
+                    let dir = if ay <= yc { 1 } else { -1 };
+                    xs.push((ax + (yc - ay) * (bx - ax) / (by - ay), dir));
                 }
             }
-            xs.sort_by(|a, b| a.total_cmp(b));
-            for pair in xs.chunks_exact(2) {
+            xs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut winding = 0;
+            for k in 0..xs.len() {
+                winding += xs[k].1;
+                if winding == 0 || k + 1 == xs.len() {
+                    continue;
+                }
                 // pixel i is inside when its centre x0 + i + 0.5 is in [a, b)
-                let a = (pair[0] - 0.5 - x0 as f64).ceil().max(0.0) as usize;
-                let b = ((pair[1] - 0.5 - x0 as f64).ceil().max(0.0) as usize).min(width);
+                let (lo, hi) = (xs[k].0, xs[k + 1].0);
+                let a = (lo - 0.5 - x0 as f64).ceil().max(0.0) as usize;
+                let b = ((hi - 0.5 - x0 as f64).ceil().max(0.0) as usize).min(width);
                 if a < b {
                     m[j * width + a..j * width + b].fill(1);
                 }
@@ -225,5 +236,37 @@ mod tests {
             width: 5,
             height: 4
         }));
+    }
+
+    #[test]
+    fn overlapping_polygons_are_a_union_and_holes_stay_holes() {
+        // two overlapping features, the second given clockwise, and a
+        // polygon with a hole that a third polygon partly fills
+        let a: Polygon<f64> = polygon![(x: 2.013, y: 2.017), (x: 30.011, y: 2.031), (x: 30.023, y: 20.007), (x: 2.029, y: 20.041), (x: 2.013, y: 2.017)];
+        let b: Polygon<f64> = polygon![(x: 15.019, y: 10.013), (x: 15.037, y: 35.029), (x: 45.041, y: 35.011), (x: 45.007, y: 10.039), (x: 15.019, y: 10.013)];
+        let outer = polygon![(x: 50.011, y: 2.003), (x: 90.017, y: 2.021), (x: 90.031, y: 38.013), (x: 50.027, y: 38.037), (x: 50.011, y: 2.003)];
+        let hole = polygon![(x: 60.013, y: 10.029), (x: 80.021, y: 10.011), (x: 80.037, y: 30.019), (x: 60.009, y: 30.041), (x: 60.013, y: 10.029)];
+        let holed = Polygon::new(outer.exterior().clone(), vec![hole.exterior().clone()]);
+        let filler: Polygon<f64> = polygon![(x: 55.007, y: 15.031), (x: 70.029, y: 15.013), (x: 70.011, y: 25.037), (x: 55.033, y: 25.009), (x: 55.007, y: 15.031)];
+        let parts = vec![a, b, holed, filler];
+        let aoi = Aoi::from_pixel_polygons(MultiPolygon(parts.clone()));
+        let m = aoi.mask(0, 0, 100, 45);
+        let mut inside = 0;
+        for j in 0..45 {
+            for i in 0..100 {
+                let c = geo::Point::new(i as f64 + 0.5, j as f64 + 0.5);
+                if parts.iter().any(|p| p.intersects(&c) && !p.contains(&c)) {
+                    continue;
+                }
+                let want = parts.iter().any(|p| p.contains(&c));
+                inside += want as usize;
+                assert_eq!(m[j * 100 + i] == 1, want, "pixel {i},{j}");
+            }
+        }
+        // the overlap of a and b and the filled part of the hole are inside
+        assert_eq!(m[15 * 100 + 20], 1, "overlap of two features");
+        assert_eq!(m[20 * 100 + 62], 1, "hole filled by another feature");
+        assert_eq!(m[20 * 100 + 75], 0, "hole");
+        assert!(inside > 1000);
     }
 }
