@@ -9,6 +9,7 @@ use rstile::infer::stitch::Blend;
 use rstile::infer::{self, InferOptions, InferPlan, Progress};
 use rstile::model::ledger::Op;
 use rstile::model::{Model, ModelMeta};
+use rstile::scale::parts::Part;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -376,7 +377,7 @@ fn infer(a: InferArgs) -> Result<()> {
         signal_hook::flag::register(sig, cancel.clone())?;
     }
     let device = parse_device(&a.device)?;
-    let part = a.part.as_deref().map(parse_part).transpose()?;
+    let part = a.part.as_deref().map(Part::from_arg).transpose()?;
     let jobs: Vec<(PathBuf, PathBuf)> = match (&a.output, &a.out_dir) {
         (Some(out), None) => {
             if a.scene.len() != 1 {
@@ -387,28 +388,7 @@ fn infer(a: InferArgs) -> Result<()> {
             }
             vec![(a.scene[0].clone(), out.clone())]
         }
-        (None, Some(dir)) => {
-            if !dir.is_dir() {
-                bail!("{}: --out-dir is not an existing folder", dir.display());
-            }
-            let mut seen = std::collections::HashMap::new();
-            let mut jobs = Vec::new();
-            for sc in &a.scene {
-                let stem = sc
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                if let Some(prev) = seen.insert(stem.clone(), sc.clone()) {
-                    bail!(
-                        "{} and {} would both map to {stem}.tif",
-                        prev.display(),
-                        sc.display()
-                    );
-                }
-                jobs.push((sc.clone(), dir.join(format!("{stem}.tif"))));
-            }
-            jobs
-        }
+        (None, Some(dir)) => infer::out_dir_jobs(&a.scene, dir)?,
         _ => bail!("give -o MAP.tif or --out-dir DIR"),
     };
     if jobs.len() == 1 {
@@ -455,7 +435,7 @@ fn infer_one(
     a: &InferArgs,
     scene_path: &std::path::Path,
     output: &std::path::Path,
-    part: Option<(usize, usize)>,
+    part: Option<Part>,
     threads: usize,
     device: &candle_core::Device,
     cancel: Arc<AtomicBool>,
@@ -472,7 +452,7 @@ fn infer_one(
         window: a.window,
         overlap: a.overlap,
         batch: a.batch,
-        readers: a.readers.unwrap_or(threads.min(2)),
+        readers: a.readers,
         blend: a.blend,
         bands: a.bands.clone(),
         chunk: a.chunk,
@@ -486,6 +466,8 @@ fn infer_one(
     };
     let plan = InferPlan::resolve(scene, output.to_path_buf(), &a.model, &meta, &opts)?;
     rstile::infer::write::check_output(&plan.output, a.overwrite)?;
+    // the library changes no process-wide state; the binary applies the cache
+    let _ = gdal::config::set_config_option("GDAL_CACHEMAX", &plan.gdal_cache_mb.to_string());
     let model = Model::load(&a.model, device)?;
     let bound = infer::MemoryBound::of(&plan, &meta, model.num_params());
     if !a.quiet {
@@ -579,31 +561,6 @@ fn infer_one(
         );
     }
     Ok(())
-}
-
-/// Parses `I/N`, or `auto` from a Slurm array job's environment.
-fn parse_part(s: &str) -> Result<(usize, usize)> {
-    if s == "auto" {
-        let var = |k: &str| -> Result<usize> {
-            let v = std::env::var(k).with_context(|| {
-                format!("--part auto: {k} is not set (not inside a Slurm array job?)")
-            })?;
-            v.parse()
-                .with_context(|| format!("--part auto: {k}={v} is not a number"))
-        };
-        let (id, count, min) = (
-            var("SLURM_ARRAY_TASK_ID")?,
-            var("SLURM_ARRAY_TASK_COUNT")?,
-            var("SLURM_ARRAY_TASK_MIN")?,
-        );
-        if id < min {
-            bail!("--part auto: SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}");
-        }
-        return Ok((id - min, count));
-    }
-    s.split_once('/')
-        .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)))
-        .with_context(|| format!("--part {s}: expected I/N, e.g. 0/4, or auto"))
 }
 
 fn merge(a: MergeArgs) -> Result<()> {
