@@ -21,6 +21,22 @@ pub enum Error {
     /// An error from candle.
     #[error("model: {0}")]
     Candle(#[from] candle_core::Error),
+    /// The model failed at run time; `context` says what it was doing, the
+    /// source is the model's own error (candle's, typically).
+    #[error("{context}")]
+    Model {
+        context: String,
+        #[source]
+        source: Box<Error>,
+    },
+    /// A pipeline stage stopped without an error of its own to report: it
+    /// found another stage gone. The error of the stage that failed first
+    /// is reported instead wherever there is one.
+    #[error("{0}")]
+    Pipeline(String),
+    /// An external command (`sbatch`, `scancel`) could not be run or failed.
+    #[error("{0}")]
+    Command(String),
     /// An I/O error outside the context of a particular file.
     #[error("{0}")]
     Io(#[from] std::io::Error),

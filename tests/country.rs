@@ -83,6 +83,10 @@ fn part_out_of_range_is_refused() {
         &infer_argv(&scene, &map, &m, &["--part", "0/5"]),
         "at most 2 parts",
     );
+    fails(
+        &infer_argv(&scene, &map, &m, &["--part", "0/0"]),
+        "N must be at least 1",
+    );
     fails(&infer_argv(&scene, &map, &m, &["--part", "x"]), "--part x");
     let out = Command::new(bin())
         .args(infer_argv(&scene, &map, &m, &["--part", "auto"]))

@@ -466,3 +466,54 @@ fn qgis_shows_the_generated_map() {
     let map = infer(t.path(), &scene.join("image.tif"), &m, "q", &[]);
     qgis_check(&map, t.path());
 }
+
+/// A model that fails mid-run (here: fed two bands where it takes three, a
+/// plan the library never resolves but a caller can build) stops the run
+/// with the model's own error, wrapped in `Error::Model` (not a string, not
+/// a "stage stopped" error from another thread), and leaves no output.
+#[test]
+fn a_failing_model_reports_its_own_error_and_leaves_nothing() {
+    use rstile::infer::{self, read::SceneInfo, InferOptions, InferPlan, NoProgress};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 64);
+    let scene = synth(t.path(), 300, 200, 4).join("image.tif");
+    let map = t.path().join("map.tif");
+    let meta = rstile::model::read_meta(&m).unwrap();
+    let opts = InferOptions {
+        readers: Some(2),
+        ..Default::default()
+    };
+    let mut plan = InferPlan::resolve(
+        SceneInfo::probe(&scene).unwrap(),
+        map.clone(),
+        &m,
+        &meta,
+        &opts,
+    )
+    .unwrap();
+    plan.bands = vec![1, 2];
+    let net = rstile::model::Model::load(&m, &candle_core::Device::Cpu).unwrap();
+    let err = infer::infer(&plan, net, Arc::new(AtomicBool::new(false)), &NoProgress)
+        .expect_err("a model fed the wrong band count fails");
+    match &err {
+        rstile::Error::Model { context, source } => {
+            assert!(context.contains("model forward failed"), "{context}");
+            // the model's own error, as the model raised it
+            assert!(
+                source
+                    .to_string()
+                    .contains("shape (batch, 3, height, width)"),
+                "{source:?}"
+            );
+        }
+        other => panic!("expected Error::Model, got {other:?}"),
+    }
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("map") || n.starts_with(".map"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -29,6 +29,7 @@ pub struct DemoArgs {
 
 pub fn run(a: DemoArgs) -> Result<()> {
     process::set_threads(a.threads);
+    process::gdal_cache(rstile::infer::InferOptions::default().gdal_cache_mb);
     let mut o = rstile::vaihingen::demo::DemoOptions::new(&a.out);
     o.seconds = a.seconds;
     o.seed = a.seed;

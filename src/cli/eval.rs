@@ -38,6 +38,7 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<()> {
     use rstile::vaihingen::eval::{evaluate, EvalOptions};
     process::single_candle_pool();
+    process::gdal_cache(rstile::infer::InferOptions::default().gdal_cache_mb);
     let mut o = EvalOptions::new(a.model, a.data, a.out);
     o.areas = a.areas;
     o.full_reference = a.full_reference;

@@ -1,12 +1,13 @@
 //! `rstile infer`: map scenes with a model.
 
 use super::{mib, process, value_enum, DeviceArg};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use rstile::infer::read::SceneInfo;
 use rstile::infer::stitch::Blend;
 use rstile::infer::{self, InferOptions, InferPlan, Progress};
 use rstile::model::Model;
+use rstile::scale::parts::Part;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -131,7 +132,7 @@ pub fn run(a: InferArgs) -> Result<()> {
     process::gdal_cache(a.map.gdal_cache);
     let cancel = process::stop_flag()?;
     let device = a.map.device.open()?;
-    let part = a.part.as_deref().map(parse_part).transpose()?;
+    let part = a.part.as_deref().map(Part::from_arg).transpose()?;
     let jobs: Vec<(PathBuf, PathBuf)> = match (&a.output, &a.out_dir) {
         (Some(out), None) => {
             if a.scene.len() != 1 {
@@ -142,28 +143,7 @@ pub fn run(a: InferArgs) -> Result<()> {
             }
             vec![(a.scene[0].clone(), out.clone())]
         }
-        (None, Some(dir)) => {
-            if !dir.is_dir() {
-                bail!("{}: --out-dir is not an existing folder", dir.display());
-            }
-            let mut seen = std::collections::HashMap::new();
-            let mut jobs = Vec::new();
-            for sc in &a.scene {
-                let stem = sc
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                if let Some(prev) = seen.insert(stem.clone(), sc.clone()) {
-                    bail!(
-                        "{} and {} would both map to {stem}.tif",
-                        prev.display(),
-                        sc.display()
-                    );
-                }
-                jobs.push((sc.clone(), dir.join(format!("{stem}.tif"))));
-            }
-            jobs
-        }
+        (None, Some(dir)) => infer::out_dir_jobs(&a.scene, dir)?,
         _ => bail!("give -o MAP.tif or --out-dir DIR"),
     };
     if jobs.len() == 1 {
@@ -210,7 +190,7 @@ fn infer_one(
     a: &InferArgs,
     scene_path: &Path,
     output: &Path,
-    part: Option<(usize, usize)>,
+    part: Option<Part>,
     threads: usize,
     device: &candle_core::Device,
     cancel: Arc<AtomicBool>,
@@ -228,7 +208,7 @@ fn infer_one(
         window: m.window,
         overlap: m.overlap,
         batch: m.batch,
-        readers: m.readers.unwrap_or(threads.min(2)),
+        readers: m.readers,
         blend: m.blend.0,
         bands: m.bands.clone(),
         chunk: m.chunk,
@@ -326,29 +306,4 @@ fn infer_one(
         );
     }
     Ok(())
-}
-
-/// Parses `I/N`, or `auto` from a Slurm array job's environment.
-fn parse_part(s: &str) -> Result<(usize, usize)> {
-    if s == "auto" {
-        let var = |k: &str| -> Result<usize> {
-            let v = std::env::var(k).with_context(|| {
-                format!("--part auto: {k} is not set (not inside a Slurm array job?)")
-            })?;
-            v.parse()
-                .with_context(|| format!("--part auto: {k}={v} is not a number"))
-        };
-        let (id, count, min) = (
-            var("SLURM_ARRAY_TASK_ID")?,
-            var("SLURM_ARRAY_TASK_COUNT")?,
-            var("SLURM_ARRAY_TASK_MIN")?,
-        );
-        if id < min {
-            bail!("--part auto: SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}");
-        }
-        return Ok((id - min, count));
-    }
-    s.split_once('/')
-        .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)))
-        .with_context(|| format!("--part {s}: expected I/N, e.g. 0/4, or auto"))
 }

@@ -6,54 +6,39 @@
 //! produced them in their GDAL metadata, so that parts of different runs
 //! are refused rather than silently joined.
 
-use crate::classes::ClassTable;
 use crate::error::{Error, Result};
-use crate::infer::part_rows;
 use crate::infer::read::open_raster;
 use crate::infer::stitch::Band;
-use crate::infer::window::{Rect, Size};
+use crate::infer::window::Rect;
 use crate::infer::write::{confidence_path, MapFiles, MapSpec, MapWriter, TILE};
+use crate::scale::parts::{Part, PartMeta};
 use gdal::Metadata;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One part file and what it says about itself.
 #[derive(Debug, Clone)]
-pub struct Part {
+pub struct PartFile {
     pub path: PathBuf,
-    pub index: usize,
-    pub count: usize,
-    pub rows: (usize, usize),
-    pub settings: String,
-    pub classes: String,
-    pub scene: String,
+    pub meta: PartMeta,
 }
 
-fn parse_name(name: &str) -> Option<(String, usize, usize)> {
-    let stem = name.strip_suffix(".tif")?;
-    let (base, rest) = stem.rsplit_once(".part-")?;
-    let (i, n) = rest.split_once("-of-")?;
-    Some((base.to_string(), i.parse().ok()?, n.parse().ok()?))
-}
-
-fn item(ds: &gdal::Dataset, path: &Path, key: &str) -> Result<String> {
-    ds.metadata_item(key, "")
-        .ok_or_else(|| Error::file(path, format!("is not an rstile part (no {key} metadata)")))
-}
-
-/// Finds and checks the parts in `dir`.
-pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
+/// Finds and checks the parts in `dir`, in part order.
+pub fn find_parts(dir: &Path) -> Result<Vec<PartFile>> {
     let rd = std::fs::read_dir(dir)
         .map_err(|e| Error::file(dir, format!("cannot list the parts folder: {e}")))?;
-    let mut by_base: BTreeMap<String, Vec<(usize, usize, PathBuf)>> = BTreeMap::new();
+    let mut by_base: BTreeMap<String, Vec<(Part, PathBuf)>> = BTreeMap::new();
     for e in rd {
         let e = e.map_err(|e| Error::file(dir, e))?;
         let name = e.file_name().to_string_lossy().to_string();
         if name.starts_with('.') {
             continue;
         }
-        if let Some((base, i, n)) = parse_name(&name) {
-            by_base.entry(base).or_default().push((i, n, e.path()));
+        if let Some((base, part)) = Part::from_file_name(&name) {
+            by_base
+                .entry(base.to_string())
+                .or_default()
+                .push((part, e.path()));
         }
     }
     if by_base.is_empty() {
@@ -67,17 +52,20 @@ pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
         ));
     }
     let (base, mut files) = by_base.into_iter().next().expect("one base");
-    files.sort();
-    let n = files[0].1;
-    if let Some((i, m, p)) = files.iter().find(|(_, m, _)| *m != n) {
+    files.sort_by_key(|(p, path)| (p.index(), p.count(), path.clone()));
+    let n = files[0].0.count();
+    if let Some((p, path)) = files.iter().find(|(p, _)| p.count() != n) {
         return Err(Error::file(
-            p,
-            format!("is part {i} of {m}, but other parts are of {n}"),
+            path,
+            format!(
+                "is part {} of {}, but other parts are of {n}",
+                p.index(),
+                p.count()
+            ),
         ));
     }
-    let present: Vec<usize> = files.iter().map(|f| f.0).collect();
     let missing: Vec<String> = (0..n)
-        .filter(|i| !present.contains(i))
+        .filter(|&i| !files.iter().any(|(p, _)| p.index() == i))
         .map(|i| format!("{base}.part-{i}-of-{n}.tif"))
         .collect();
     if !missing.is_empty() {
@@ -87,33 +75,23 @@ pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
         ));
     }
     let mut parts = Vec::new();
-    for (i, _, path) in files {
+    for (part, path) in files {
         let ds = open_raster(&path)?;
-        let rows = item(&ds, &path, "RSTILE_ROWS")?;
-        let rows = rows
-            .split_once(',')
-            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-            .ok_or_else(|| Error::file(&path, "bad RSTILE_ROWS metadata"))?;
-        let part = Part {
-            index: i,
-            count: n,
-            rows,
-            settings: item(&ds, &path, "RSTILE_SETTINGS")?,
-            classes: item(&ds, &path, "RSTILE_CLASSES")?,
-            scene: item(&ds, &path, "RSTILE_SCENE")?,
-            path,
-        };
-        if item(&ds, &part.path, "RSTILE_PART")? != format!("{i}/{n}") {
+        let meta = PartMeta::from_items(&path, |k| ds.metadata_item(k, ""))?;
+        if meta.part != part {
             return Err(Error::file(
-                &part.path,
-                "its name and its RSTILE_PART metadata disagree",
+                &path,
+                format!(
+                    "its name and its {} metadata disagree",
+                    crate::scale::parts::keys::PART
+                ),
             ));
         }
-        parts.push(part);
+        parts.push(PartFile { path, meta });
     }
-    let first = parts[0].clone();
+    let first = &parts[0];
     for p in &parts[1..] {
-        if p.settings != first.settings || p.classes != first.classes || p.scene != first.scene {
+        if !p.meta.same_run(&first.meta) {
             return Err(Error::file(
                 &p.path,
                 format!(
@@ -130,26 +108,19 @@ pub fn find_parts(dir: &Path) -> Result<Vec<Part>> {
 pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
     let parts = find_parts(dir)?;
     let first = &parts[0];
-    let scene: serde_json::Value = serde_json::from_str(&first.scene)
-        .map_err(|e| Error::file(&first.path, format!("bad RSTILE_SCENE metadata: {e}")))?;
-    let size = Size {
-        width: scene["width"].as_u64().unwrap_or(0) as usize,
-        height: scene["height"].as_u64().unwrap_or(0) as usize,
-    };
-    let gt: Option<[f64; 6]> =
-        serde_json::from_value(scene["geo_transform"].clone()).unwrap_or(None);
-    let classes: ClassTable = serde_json::from_str(&first.classes)
-        .map_err(|e| Error::file(&first.path, format!("bad RSTILE_CLASSES metadata: {e}")))?;
+    let size = first.meta.scene.size();
+    let gt = first.meta.scene.geo_transform;
+    let classes = first.meta.classes.clone();
     for p in &parts {
-        let want = part_rows(size.height, p.index, p.count)?;
+        let want = p.meta.part.rows(size.height)?;
         let ds = open_raster(&p.path)?;
         let (w, h) = ds.raster_size();
-        if p.rows != want || w != size.width || h != want.1 - want.0 {
+        if p.meta.rows != want || w != size.width || h != want.1 - want.0 {
             return Err(Error::file(
                 &p.path,
                 format!(
                     "holds rows {:?} of {w}x{h} px, expected rows {want:?}",
-                    p.rows
+                    p.meta.rows
                 ),
             ));
         }
@@ -182,10 +153,11 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
         } else {
             None
         };
-        let mut y = p.rows.0;
-        while y < p.rows.1 {
-            let h = TILE.min(p.rows.1 - y);
-            let local = (y - p.rows.0) as isize;
+        let (y0, y1) = p.meta.rows;
+        let mut y = y0;
+        while y < y1 {
+            let h = TILE.min(y1 - y);
+            let local = (y - y0) as isize;
             let read = |b: &gdal::raster::RasterBand, path: &Path| {
                 b.read_as::<u8>((0, local), (size.width, h), (size.width, h), None)
                     .map(|buf| buf.data().to_vec())

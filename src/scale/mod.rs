@@ -4,4 +4,5 @@
 
 pub mod aoi;
 pub mod merge;
+pub mod parts;
 pub mod slurm;

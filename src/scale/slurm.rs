@@ -282,13 +282,15 @@ impl InferJob {
         let height = crate::infer::read::SceneInfo::probe(&self.scene)?
             .size
             .height;
-        crate::infer::part_rows(height, 0, self.parts).map_err(|e| {
-            Error::Config(format!(
-                "--parts {} for {}: {e}",
-                self.parts,
-                self.scene.display()
-            ))
-        })?;
+        crate::scale::parts::Part::new(0, self.parts)
+            .and_then(|p| p.rows(height))
+            .map_err(|e| {
+                Error::Config(format!(
+                    "--parts {} for {}: {e}",
+                    self.parts,
+                    self.scene.display()
+                ))
+            })?;
         let output = absolute(&self.output)?;
         if output.exists() && !self.overwrite {
             return Err(Error::file(
@@ -413,7 +415,9 @@ impl InferJob {
                 } else {
                     "could not cancel; run scancel"
                 };
-                return Err(Error::Config(format!("{e} (array job {array_id}: {what})")));
+                return Err(Error::Command(format!(
+                    "{e} (array job {array_id}: {what})"
+                )));
             }
         };
         Ok(Submitted {
@@ -542,25 +546,25 @@ pub fn sbatch(script: &Path, after: Option<&str>) -> Result<String> {
     let out = match cmd.output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::Config(
+            return Err(Error::Command(
                 "sbatch not found: Slurm's client commands are not on PATH (install slurm-client, or run on a login node)"
                     .into(),
             ))
         }
-        Err(e) => return Err(Error::Config(format!("sbatch: {e}"))),
+        Err(e) => return Err(Error::Command(format!("sbatch: {e}"))),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         let msg = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
-        return Err(Error::Config(format!(
+        return Err(Error::Command(format!(
             "sbatch {} failed ({}): {msg}",
             script.display(),
             out.status
         )));
     }
     parse_job_id(&stdout).ok_or_else(|| {
-        Error::Config(format!(
+        Error::Command(format!(
             "sbatch {}: no job id in its output {:?}",
             script.display(),
             stdout.trim()

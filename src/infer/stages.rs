@@ -1,0 +1,424 @@
+//! The stage threads of a run, one named function each: `dispatch`, `read`
+//! (one thread per reader), `model`, `stitch` and `write` (on the calling
+//! thread), methods of [`Stages`], which holds what they share (the plan,
+//! the stop flags, the first error, the counters). [`Stages::run`] makes the
+//! bounded crossbeam channels between them (`Channels`, sized from the
+//! plan), starts the threads and joins them.
+//!
+//! Order without a reorder buffer (the gzp idea): the dispatcher walks the
+//! windows in the stitcher's order and, for each, sends the job to the
+//! readers and a one-shot receiver to the stitcher, in that order. Readers
+//! and the model may finish windows in any order and batch them in any
+//! composition; the stitcher simply waits on the receivers in submission
+//! order. Because the model is batch-invariant and the stitcher sums in grid
+//! order, the map is identical for any thread count or batch size.
+//!
+//! In-flight data is bounded by the channel capacities: at most
+//! [`InferPlan::queue_len`] windows are between the dispatcher and the
+//! stitcher, so at most that many inputs or predictions exist at once.
+//!
+//! Stopping. A stage that fails records its error (the first one recorded
+//! wins, with its type: a reader's GDAL or file error, the model's
+//! [`Error::Model`], the writer's error) and raises the shared abort flag,
+//! *then* drops what it holds. The dispatcher stops at the flag, so the
+//! channels close one after another and every thread ends; a stage that
+//! finds its neighbour gone stops quietly, and the stitcher, finding a
+//! window's reply dropped, stops with [`Error::Pipeline`], which is reported
+//! only when no stage recorded a cause. Cancellation (SIGINT, SIGTERM) is a
+//! flag of the caller's, checked by the dispatcher and the stitcher; it wins
+//! over any error. Threads are joined in turn and a stage's panic is raised
+//! again on the joining thread.
+
+use crate::error::{Error, Result};
+use crate::infer::batch::run_batch;
+use crate::infer::plan::InferPlan;
+use crate::infer::read::{Reader, WindowData};
+use crate::infer::stitch::{Band, ChunkStitcher, Prediction, Region};
+use crate::infer::window::{Window, WindowGrid};
+use crate::infer::write::{MapWriter, TILE};
+use crate::infer::Progress;
+use crate::model::Model;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long the model waits for more windows before running a short batch.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
+
+/// What became of a window: skipped (all nodata, or outside the AOI), or
+/// its class probabilities `[classes][n][n]` and validity `[n][n]`.
+enum Slot {
+    Skipped,
+    Done { probs: Vec<f32>, valid: Vec<u8> },
+}
+
+/// The stitcher's work, in grid order.
+enum Order {
+    /// A window and the one-shot receiver its result will arrive on.
+    Window(Window, Receiver<Slot>),
+    /// All windows of grid row `r` have been sent.
+    EndRow(usize),
+    /// The current region is complete.
+    EndChunk,
+}
+
+/// A window for a reader to read.
+struct Job {
+    window: Window,
+    reply: Sender<Slot>,
+}
+
+/// A read window for the model.
+struct ModelJob {
+    data: WindowData,
+    reply: Sender<Slot>,
+}
+
+/// The bounded channels between the stages, sized from the plan: these
+/// capacities are what [`MemoryBound`](crate::infer::MemoryBound) counts.
+struct Channels {
+    /// dispatcher → readers: `2R` jobs.
+    jobs: (Sender<Job>, Receiver<Job>),
+    /// readers → model: `2B` windows.
+    windows: (Sender<ModelJob>, Receiver<ModelJob>),
+    /// dispatcher → stitcher: [`InferPlan::queue_len`] orders.
+    orders: (Sender<Order>, Receiver<Order>),
+    /// stitcher → writer: 2 bands of 512 rows.
+    bands: (Sender<Band>, Receiver<Band>),
+}
+
+impl Channels {
+    /// The channels for `plan`.
+    fn new(plan: &InferPlan) -> Channels {
+        Channels {
+            jobs: bounded(2 * plan.readers),
+            windows: bounded(2 * plan.batch),
+            orders: bounded(plan.queue_len()),
+            bands: bounded(2),
+        }
+    }
+}
+
+/// What the stages share: the plan, the regions to stitch, the flags that
+/// stop them, the first error and the counters.
+pub struct Stages<'a> {
+    plan: &'a InferPlan,
+    grid: WindowGrid,
+    regions: &'a [Region],
+    /// Class id of each model output channel.
+    class_ids: Vec<u8>,
+    progress: &'a dyn Progress,
+    /// Set by the caller to stop the run (the work done is kept for resume).
+    cancel: &'a AtomicBool,
+    /// Set by a stage that failed.
+    abort: AtomicBool,
+    /// The first error a stage recorded.
+    failure: Mutex<Option<Error>>,
+    skipped: AtomicU64,
+    outside: AtomicU64,
+}
+
+impl<'a> Stages<'a> {
+    /// The stages of a run of `plan` over `regions` of `grid`.
+    pub fn new(
+        plan: &'a InferPlan,
+        grid: WindowGrid,
+        regions: &'a [Region],
+        class_ids: Vec<u8>,
+        cancel: &'a AtomicBool,
+        progress: &'a dyn Progress,
+    ) -> Stages<'a> {
+        Stages {
+            plan,
+            grid,
+            regions,
+            class_ids,
+            progress,
+            cancel,
+            abort: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            skipped: AtomicU64::new(0),
+            outside: AtomicU64::new(0),
+        }
+    }
+
+    /// Windows skipped because all their pixels are nodata.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Windows not computed because they miss the AOI.
+    pub fn outside_aoi(&self) -> u64 {
+        self.outside.load(Ordering::Relaxed)
+    }
+
+    /// Runs every stage, one thread each (the writer on this one), until the
+    /// last region is written to `writer` or the run stops. Returns
+    /// [`Error::Interrupted`] when cancelled, else the first error a stage
+    /// recorded. `writer` is left unfinished either way.
+    pub fn run(&self, readers: Vec<Reader>, model: Model, writer: &mut MapWriter) -> Result<()> {
+        let Channels {
+            jobs: (job_tx, job_rx),
+            windows: (window_tx, window_rx),
+            orders: (order_tx, order_rx),
+            bands: (band_tx, band_rx),
+        } = Channels::new(self.plan);
+        std::thread::scope(|s| {
+            let dispatcher = spawn(s, "rstile-dispatch", move || {
+                self.dispatch(job_tx, order_tx)
+            });
+            let readers: Vec<_> = readers
+                .into_iter()
+                .map(|reader| {
+                    let (jobs, windows) = (job_rx.clone(), window_tx.clone());
+                    spawn(s, "rstile-read", move || self.read(reader, jobs, windows))
+                })
+                .collect();
+            // the readers hold the only ends left, so the channels close
+            // when they are done
+            drop((job_rx, window_tx));
+            let model = spawn(s, "rstile-model", move || self.model(model, window_rx));
+            let stitcher = spawn(s, "rstile-stitch", move || self.stitch(order_rx, band_tx));
+            self.write(writer, band_rx);
+            join(stitcher);
+            join(dispatcher);
+            for h in readers {
+                join(h);
+            }
+            join(model);
+        });
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        match self.take_failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `e` unless an earlier error was recorded, and stops the
+    /// dispatcher. Call it before dropping what the stage holds, so the
+    /// error that caused a stop is recorded before the stops it causes.
+    fn fail(&self, e: Error) {
+        self.abort.store(true, Ordering::Relaxed);
+        let mut first = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(e);
+        }
+    }
+
+    fn take_failure(&self) -> Option<Error> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn stopping(&self) -> bool {
+        self.abort.load(Ordering::Relaxed) || self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// The dispatcher: walks the windows of each region in grid order,
+    /// sending each window's one-shot receiver to the stitcher and its job
+    /// to the readers (a window outside the AOI is answered at once).
+    fn dispatch(&self, jobs: Sender<Job>, orders: Sender<Order>) {
+        let grid = &self.grid;
+        let aoi = self.plan.aoi.as_deref();
+        for reg in self.regions {
+            for r in grid.rows_touching(reg.y0, reg.y1) {
+                for c in grid.cols_touching(reg.x0, reg.x1) {
+                    if self.stopping() {
+                        return;
+                    }
+                    let (tx, rx) = bounded(1);
+                    let w = grid.window(c, r);
+                    if orders.send(Order::Window(w, rx)).is_err() {
+                        return;
+                    }
+                    if aoi.is_some_and(|a| !a.touches(&grid.clip(&w))) {
+                        self.outside.fetch_add(1, Ordering::Relaxed);
+                        let _ = tx.send(Slot::Skipped);
+                        continue;
+                    }
+                    let job = Job {
+                        window: w,
+                        reply: tx,
+                    };
+                    if jobs.send(job).is_err() {
+                        return;
+                    }
+                }
+                if orders.send(Order::EndRow(r)).is_err() {
+                    return;
+                }
+            }
+            if orders.send(Order::EndChunk).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A reader: reads, pads, normalises and masks each window with its own
+    /// GDAL handle; all-nodata windows are answered as skipped, the others
+    /// go to the model.
+    fn read(&self, mut reader: Reader, jobs: Receiver<Job>, windows: Sender<ModelJob>) {
+        for job in jobs.iter() {
+            match reader.read_window(&job.window) {
+                Ok(data) if !data.any_valid => {
+                    self.skipped.fetch_add(1, Ordering::Relaxed);
+                    let _ = job.reply.send(Slot::Skipped);
+                }
+                Ok(data) => {
+                    let job = ModelJob {
+                        data,
+                        reply: job.reply,
+                    };
+                    if windows.send(job).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.fail(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The model: gathers up to `batch` windows (waiting at most
+    /// [`BATCH_WAIT`] for each after the first), runs one forward pass and
+    /// answers each window with its prediction.
+    fn model(&self, model: Model, windows: Receiver<ModelJob>) {
+        let batch = self.plan.batch;
+        let (bands, n) = (self.plan.bands.len(), self.plan.window);
+        let mut jobs: Vec<ModelJob> = Vec::with_capacity(batch);
+        loop {
+            jobs.clear();
+            match windows.recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => return,
+            }
+            while jobs.len() < batch {
+                match windows.recv_timeout(BATCH_WAIT) {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let inputs: Vec<&[f32]> = jobs.iter().map(|j| j.data.input.as_slice()).collect();
+            match run_batch(&model, &inputs, bands, n) {
+                Ok(outs) => {
+                    for (job, probs) in jobs.drain(..).zip(outs) {
+                        let valid = job.data.valid;
+                        let _ = job.reply.send(Slot::Done { probs, valid });
+                    }
+                }
+                Err(e) => {
+                    self.fail(Error::Model {
+                        context: format!(
+                            "model forward failed on a batch of {} window(s) of {n} px",
+                            inputs.len()
+                        ),
+                        source: Box::new(e),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The stitcher: takes the windows' results in grid order, blends them
+    /// into the current region's strip, and hands finished 512-row bands to
+    /// the writer. It stops at cancellation, and with [`Error::Pipeline`]
+    /// when a window's reply was dropped (a stage before it stopped).
+    fn stitch(&self, orders: Receiver<Order>, bands: Sender<Band>) {
+        let new_stitcher = |reg: &Region| {
+            ChunkStitcher::new(
+                self.grid,
+                self.plan.blend,
+                self.class_ids.clone(),
+                *reg,
+                TILE,
+                self.plan.confidence,
+            )
+        };
+        let mut regions = self.regions.iter();
+        let mut st = regions.next().map(new_stitcher);
+        for msg in orders.iter() {
+            if self.cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            let cur = st.as_mut().expect("stitcher present");
+            match msg {
+                Order::Window(w, rx) => {
+                    match rx.recv() {
+                        Ok(Slot::Skipped) => cur.add(&w, None),
+                        Ok(Slot::Done { probs, valid }) => cur.add(
+                            &w,
+                            Some(Prediction {
+                                probs: &probs,
+                                valid: &valid,
+                            }),
+                        ),
+                        Err(_) if self.cancel.load(Ordering::Relaxed) => return,
+                        Err(_) => {
+                            let msg = "a pipeline stage stopped early";
+                            return self.fail(Error::Pipeline(msg.into()));
+                        }
+                    }
+                    self.progress.window_done(self.grid.clip(&w).area() as u64);
+                }
+                Order::EndRow(r) => {
+                    for b in cur.end_row(r) {
+                        if bands.send(b).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Order::EndChunk => {
+                    let done = st.take().expect("stitcher present");
+                    for b in done.finish() {
+                        if bands.send(b).is_err() {
+                            return;
+                        }
+                    }
+                    st = regions.next().map(new_stitcher);
+                    if st.is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The writer: writes each band as it comes; on an error, records it
+    /// and stops taking bands.
+    fn write(&self, writer: &mut MapWriter, bands: Receiver<Band>) {
+        for band in bands.iter() {
+            if let Err(e) = writer.write(&band) {
+                self.fail(e);
+                return;
+            }
+        }
+    }
+}
+
+/// Spawns a named scoped thread (names show in `top -H` and `perf`).
+fn spawn<'scope, 'env, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, 'env>,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> std::thread::ScopedJoinHandle<'scope, T> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn_scoped(s, f)
+        .expect("spawn a pipeline thread")
+}
+
+/// Joins a scoped thread, re-raising its panic.
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    match h.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
