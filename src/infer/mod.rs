@@ -228,7 +228,7 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
 pub fn file_digest(path: &std::path::Path) -> Result<String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-    let mut h: u64 = 0xcbf29ce484222325;
+    let mut h = crate::hash::Fnv1a::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
     loop {
@@ -237,11 +237,9 @@ pub fn file_digest(path: &std::path::Path) -> Result<String> {
             break;
         }
         len += n as u64;
-        for &b in &buf[..n] {
-            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-        }
+        h.update(&buf[..n]);
     }
-    Ok(format!("{len}:{h:016x}"))
+    Ok(format!("{len}:{:016x}", h.finish()))
 }
 
 /// The rows of part `i` of `n`: whole 512-row tile rows, split evenly.
