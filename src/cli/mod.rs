@@ -669,7 +669,7 @@ fn model_new(a: ModelNewArgs) -> Result<()> {
     let classes = ClassTable::from_toml_file(&a.classes)?;
     let meta = ModelMeta {
         format: 1,
-        arch: a.arch.clone(),
+        arch: a.arch.parse()?,
         bands: a.bands,
         band_names: a.band_names.unwrap_or_default(),
         mean: a.mean.unwrap_or_else(|| vec![127.5; a.bands]),
@@ -704,7 +704,7 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
         None => {
             let meta = ModelMeta {
                 format: 1,
-                arch: a.arch.clone(),
+                arch: a.arch.parse()?,
                 bands: a.bands,
                 band_names: Vec::new(),
                 mean: vec![0.0; a.bands],

@@ -118,7 +118,7 @@ impl MemoryBound {
         let per_window = px * (4 * bands.max(k) + 1);
         let in_flight = (q + plan.readers as u64) * per_window;
         let model =
-            params as u64 * 4 + plan.batch as u64 * px * activation_bytes_per_px(&meta.arch);
+            params as u64 * 4 + plan.batch as u64 * px * activation_bytes_per_px(meta.arch.name());
         let width = plan.chunk.min(plan.scene.size.width.next_multiple_of(TILE));
         let stitcher = ChunkStitcher::bytes_for(plan.window, TILE, width, k as usize) as u64;
         let writer = 4 * (width * TILE) as u64 * (1 + plan.confidence as u64);
@@ -209,7 +209,7 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
         format!("{}x{}", plan.scene.size.width, plan.scene.size.height),
     );
     put("model", plan.model_digest.clone());
-    put("arch", meta.arch.clone());
+    put("arch", meta.arch.to_string());
     put("window", plan.window.to_string());
     put("overlap", plan.overlap.to_string());
     put("bands", format!("{:?}", plan.bands));
