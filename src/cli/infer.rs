@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-value_enum!(BlendArg, Blend);
+value_enum!(BlendArg, Blend, help);
 
 #[derive(Args)]
 pub struct InferArgs {

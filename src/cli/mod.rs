@@ -135,10 +135,11 @@ impl DeviceArg {
     }
 }
 
-/// A library enum as a clap value: its names, and each one's help, come from
-/// the library (`ALL`, `name()`, `help()`), so no value list is written twice.
+/// A library enum as a clap value: its names (and, where it has them, each
+/// one's help) come from the library (`ALL`, `name()`, `help()`), so no value
+/// list is written twice.
 macro_rules! value_enum {
-    ($arg:ident, $lib:ty) => {
+    ($arg:ident, $lib:ty $(, $help:ident)?) => {
         #[derive(Debug, Clone, Copy)]
         pub struct $arg(pub $lib);
 
@@ -148,7 +149,9 @@ macro_rules! value_enum {
                 ALL.get_or_init(|| <$lib>::ALL.iter().map(|&v| $arg(v)).collect())
             }
             fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-                Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.help()))
+                let v = clap::builder::PossibleValue::new(self.0.name());
+                $(let v = v.help(self.0.$help());)?
+                Some(v)
             }
         }
     };

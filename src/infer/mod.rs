@@ -26,8 +26,8 @@ pub mod window;
 pub mod write;
 
 pub use plan::{
-    activation_bytes_per_px, chunks, default_readers, file_digest, out_dir_jobs, regions, settings,
-    window_count, InferOptions, InferPlan, MemoryBound, DEFAULT_CHUNK,
+    chunks, default_readers, file_digest, out_dir_jobs, regions, settings, window_count,
+    InferOptions, InferPlan, MemoryBound, DEFAULT_CHUNK,
 };
 
 use crate::error::{Error, Result};

@@ -263,7 +263,7 @@ impl MemoryBound {
         let per_window = px * (4 * bands.max(k) + 1);
         let in_flight = (q + plan.readers as u64) * per_window;
         let model =
-            params as u64 * 4 + plan.batch as u64 * px * activation_bytes_per_px(&meta.arch);
+            params as u64 * 4 + plan.batch as u64 * px * meta.arch.activation_bytes_per_px();
         let width = plan.chunk.min(plan.scene.size.width.next_multiple_of(TILE));
         let stitcher = ChunkStitcher::bytes_for(plan.window, TILE, width, k as usize) as u64;
         let writer = 4 * (width * TILE) as u64 * (1 + plan.confidence as u64);
@@ -277,22 +277,6 @@ impl MemoryBound {
             // cache) peaks at 139 MiB: binary, GDAL and driver state, allocator
             base: 128 << 20,
         }
-    }
-}
-
-/// Peak activation memory of one forward pass per input pixel, in bytes,
-/// measured on the CPU (f32, eval mode): the growth of peak RSS from batch 1
-/// to batch 5 at 256 x 256 windows, rounded up (linear 185, tiny 254,
-/// resnet18-fcn 1418, resnet50-fcn 5860 bytes per pixel).
-///
-/// Unknown names get the largest figure (6 KiB/px), silently; the model's
-/// architecture registry is to answer this instead.
-pub fn activation_bytes_per_px(arch: &str) -> u64 {
-    match arch {
-        "linear" => 256,
-        "tiny" => 320,
-        a if a.starts_with("resnet18") || a.starts_with("resnet34") => 1600,
-        _ => 6144,
     }
 }
 
@@ -352,7 +336,7 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
         format!("{}x{}", plan.scene.size.width, plan.scene.size.height),
     );
     put("model", plan.model_digest.clone());
-    put("arch", meta.arch.clone());
+    put("arch", meta.arch.to_string());
     put("window", plan.window.to_string());
     put("overlap", plan.overlap.to_string());
     put("bands", format!("{:?}", plan.bands));
@@ -371,7 +355,7 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
 pub fn file_digest(path: &Path) -> Result<String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-    let mut h: u64 = 0xcbf29ce484222325;
+    let mut h = crate::hash::Fnv1a::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
     loop {
@@ -380,11 +364,9 @@ pub fn file_digest(path: &Path) -> Result<String> {
             break;
         }
         len += n as u64;
-        for &b in &buf[..n] {
-            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-        }
+        h.update(&buf[..n]);
     }
-    Ok(format!("{len}:{h:016x}"))
+    Ok(format!("{len}:{:016x}", h.finish()))
 }
 
 /// The jobs of a many-scene run: each scene maps to `DIR/STEM.tif`.

@@ -218,7 +218,7 @@ pub fn train(
         let state: RunState = serde_json::from_str(&text)
             .map_err(|e| Error::file(&sp, format!("corrupt run state: {e}")))?;
         let model = Model::load(&dir.join(LAST), &opts.device)?;
-        if model.meta.arch != cfg.model.arch || model.meta.classes != classes {
+        if model.meta.arch.name() != cfg.model.arch || model.meta.classes != classes {
             return Err(Error::file(
                 dir,
                 "the run's model does not match the config (architecture or classes differ)",
@@ -254,7 +254,7 @@ pub fn train(
         };
         let meta = ModelMeta {
             format: FORMAT,
-            arch: cfg.model.arch.clone(),
+            arch: cfg.model.arch.parse()?,
             bands: nb,
             band_names: cfg.model.band_names.clone(),
             mean: norm.mean,
