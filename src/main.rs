@@ -21,6 +21,8 @@ fn main() {
             );
             if interrupted {
                 130
+            } else if e.downcast_ref::<cli::Usage>().is_some() {
+                2
             } else {
                 1
             }

@@ -301,7 +301,7 @@ fn bad_flags_and_commands() {
     );
     fails(
         &["synth", "--size", "10by10", "-o", s(&c.out)],
-        "--size 10by10",
+        "'10by10' for '--size",
     );
     let classes = c.t.path().join("bad.toml");
     std::fs::write(
