@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod qml;
+pub mod raster;
 pub mod scale;
 pub mod synth;
 pub mod train;
