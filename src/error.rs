@@ -4,8 +4,8 @@
 //! prints the error once, on one line, and a user must be able to tell which
 //! of the many files of a mosaic run was at fault without a backtrace.
 //!
-//! GDAL's errors stay typed: [`Error::GdalFile`] and [`Error::Gdal`] hold
-//! the [`gdal::errors::GdalError`] itself as their source (class, number and
+//! GDAL's errors stay typed: [`Error::GdalFile`] ([`GdalFileError`]) and
+//! [`Error::Gdal`] hold the [`gdal::errors::GdalError`] itself as their source (class, number and
 //! message of a `CplError`, the method of a `NullPointer`), and show GDAL's
 //! own reason ([`gdal_reason`]) rather than the crate's debug-like text.
 //! [`one_line`] flattens any error chain to the one line the binary prints.
@@ -20,13 +20,9 @@ pub enum Error {
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
     /// GDAL failed on a file: what rstile was doing, and GDAL's own reason
-    /// (the source).
-    #[error("{}", gdal_file_msg(.path, .what, .source))]
-    GdalFile {
-        path: PathBuf,
-        what: String,
-        source: GdalError,
-    },
+    /// (boxed, to keep `Result`s small).
+    #[error(transparent)]
+    GdalFile(Box<GdalFileError>),
     /// The configuration (flags, config file, model metadata) is invalid.
     #[error("{0}")]
     Config(String),
@@ -72,11 +68,11 @@ impl Error {
     /// GDAL failed on `path` while doing `what` (may be empty); `source`
     /// is GDAL's error, kept whole.
     pub fn gdal_file(path: impl Into<PathBuf>, what: impl Into<String>, source: GdalError) -> Self {
-        Error::GdalFile {
+        Error::GdalFile(Box::new(GdalFileError {
             path: path.into(),
             what: what.into(),
             source,
-        }
+        }))
     }
 
     /// Shorthand for `map_err`: GDAL failed on `path` (no extra context).
@@ -84,6 +80,17 @@ impl Error {
         let path = path.into();
         move |e| Error::gdal_file(path.clone(), "", e)
     }
+}
+
+/// GDAL failed on a file: shown as `PATH: WHAT: GDAL's reason`, with
+/// GDAL's typed error as its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", gdal_file_msg(.path, .what, .source))]
+pub struct GdalFileError {
+    pub path: PathBuf,
+    /// What rstile was doing; may be empty.
+    pub what: String,
+    pub source: GdalError,
 }
 
 fn gdal_file_msg(path: &std::path::Path, what: &str, source: &GdalError) -> String {

@@ -9,7 +9,7 @@
 //! [`sibling`], [`stem_with`]) are built the same way, byte for byte.
 //!
 //! Failures keep GDAL's own reason: they come back as
-//! [`Error::GdalFile`](crate::Error::GdalFile) with the typed
+//! [`Error::GdalFile`] with the typed
 //! [`GdalError`] as source.
 
 use crate::error::{Error, Result};
@@ -408,13 +408,10 @@ mod tests {
         let p = dir.path().join("notes.txt");
         std::fs::write(&p, "just some words\n").unwrap();
         let e = open_raster(&p).unwrap_err();
-        assert!(matches!(
-            &e,
-            Error::GdalFile {
-                source: GdalError::CplError { .. },
-                ..
-            }
-        ));
+        assert!(
+            matches!(&e, Error::GdalFile(f) if matches!(f.source, GdalError::CplError { .. })),
+            "{e:?}"
+        );
         let msg = e.to_string();
         assert!(msg.contains("not a raster GDAL can open: "), "{msg}");
         assert!(
