@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod qml;
+pub mod raster;
 pub mod rng;
 pub mod scale;
 pub mod synth;

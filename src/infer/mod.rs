@@ -31,7 +31,7 @@ pub use plan::{
 };
 
 use crate::error::{Error, Result};
-use crate::infer::read::Reader;
+use crate::infer::read::{GdalReader, WindowSource};
 use crate::infer::stages::Stages;
 use crate::infer::window::WindowGrid;
 use crate::infer::write::{MapFiles, MapSpec, MapWriter};
@@ -123,14 +123,14 @@ pub fn infer(
 
     // readers open their handles up front, so a bad scene fails before work
     let readers = (0..plan.readers)
-        .map(|_| {
-            Reader::open(
+        .map(|_| -> Result<Box<dyn WindowSource>> {
+            Ok(Box::new(GdalReader::open(
                 &plan.scene.path,
                 &plan.bands,
                 plan.normalize.clone(),
                 grid,
                 plan.aoi.clone(),
-            )
+            )?))
         })
         .collect::<Result<Vec<_>>>()?;
 

@@ -164,7 +164,7 @@ impl InferPlan {
                 ));
             }
             let t = scene.band_types[b - 1];
-            if !crate::infer::read::supported_type(t) {
+            if !crate::raster::supported_type(t) {
                 return Err(Error::file(
                     &path,
                     format!("band {b} has type {t:?}, which rstile cannot read"),
