@@ -118,6 +118,20 @@ pub fn check(path: &Path, overwrite: bool, inputs: &Inputs) -> Result<()> {
     Ok(())
 }
 
+/// Whether two paths name the same file, existing or not: the same
+/// canonical folder and the same file name.
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    let key = |p: &Path| {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = std::fs::canonicalize(parent.unwrap_or(Path::new("."))).ok()?;
+        Some((dir, p.file_name()?.to_owned()))
+    };
+    match (key(a), key(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 /// An exclusive lock on an output, held until dropped.
 #[derive(Debug)]
 pub struct OutputLock {

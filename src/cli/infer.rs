@@ -217,7 +217,21 @@ fn infer_one(
         aoi: m.aoi.clone(),
     };
     let plan = InferPlan::resolve(scene, output.to_path_buf(), &m.model, &meta, &opts)?;
-    rstile::infer::write::check_output(&plan.output, a.overwrite)?;
+    // refused before any work: an input as output, a non-regular file, an
+    // existing file without --overwrite (the map, and the preview)
+    rstile::output::check(&plan.output, a.overwrite, &plan.inputs)?;
+    let preview = match (&a.preview, &a.out_dir) {
+        // with several scenes, each gets its own preview beside its map
+        (Some(_), Some(_)) => Some(output.with_extension("png")),
+        (p, None) => p.clone(),
+        _ => None,
+    };
+    if let Some(png) = &preview {
+        if rstile::output::same_path(png, &plan.output) {
+            bail!("{}: --preview names the map itself", png.display());
+        }
+        rstile::output::check(png, a.overwrite, &plan.inputs)?;
+    }
     let model = Model::load(&m.model, device)?;
     let bound = infer::MemoryBound::of(&plan, &meta, model.num_params());
     if !a.quiet {
@@ -277,12 +291,6 @@ fn infer_one(
             plan.output.display()
         );
     }
-    // with several scenes, each gets its own preview beside its map
-    let preview = match (&a.preview, &a.out_dir) {
-        (Some(_), Some(_)) => Some(output.with_extension("png")),
-        (p, None) => p.clone(),
-        _ => None,
-    };
     if let Some(png) = &preview {
         rstile::infer::write::write_preview(&report.files.map, png, &meta.classes, 1024)?;
     }

@@ -114,6 +114,7 @@ pub fn infer(
         metadata,
         settings,
         resume: plan.resume,
+        inputs: plan.inputs.clone(),
     })?;
     let resumed = writer.resumed();
     let note = writer.note().map(str::to_string);

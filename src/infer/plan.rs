@@ -122,6 +122,8 @@ pub struct InferPlan {
     pub aoi: Option<Arc<Aoi>>,
     /// Digest of the AOI file.
     pub aoi_digest: Option<String>,
+    /// The files this run reads (scene, model, AOI): no output may be one.
+    pub inputs: crate::output::Inputs,
 }
 
 impl InferPlan {
@@ -203,7 +205,13 @@ impl InferPlan {
             .map(|p| Aoi::load(p, &scene).map(Arc::new))
             .transpose()?;
         let aoi_digest = o.aoi.as_deref().map(file_digest).transpose()?;
+        let inputs = crate::output::Inputs::of(
+            [scene.path.as_path(), model_path]
+                .into_iter()
+                .chain(o.aoi.as_deref()),
+        );
         Ok(InferPlan {
+            inputs,
             aoi,
             aoi_digest,
             rows,

@@ -16,6 +16,7 @@ use crate::classes::{ClassTable, NODATA};
 use crate::error::{Error, Result};
 use crate::infer::stitch::Band;
 use crate::infer::window::Size;
+use crate::output::{self, Inputs, OutputLock};
 use crate::raster::{append, reset_errors, sibling, stem_with, take_failure};
 use gdal::cpl::CslStringList;
 use gdal::raster::{ColorEntry, ColorTable, PaletteInterpretation};
@@ -51,6 +52,8 @@ pub struct MapSpec {
     pub settings: BTreeMap<String, String>,
     /// Continue an unfinished run with the same settings, if there is one.
     pub resume: bool,
+    /// The files the run reads: none of the map's files may be one of them.
+    pub inputs: Inputs,
 }
 
 /// The files a finished map consists of.
@@ -78,37 +81,6 @@ pub fn qml_path(map: &Path) -> PathBuf {
 
 fn tmp_path(p: &Path) -> PathBuf {
     sibling(p, ".", ".partial")
-}
-
-/// Checks that `path` may be written: not a directory, in an existing
-/// directory, and either new or `overwrite`.
-pub fn check_output(path: &Path, overwrite: bool) -> Result<()> {
-    if path.as_os_str().is_empty() {
-        return Err(Error::Config("the output path is empty".into()));
-    }
-    if path.is_dir() {
-        return Err(Error::file(
-            path,
-            "is a directory; give a file name for the map",
-        ));
-    }
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        return Err(Error::file(
-            path,
-            format!("the folder {} does not exist", parent.display()),
-        ));
-    }
-    if path.exists() && !overwrite {
-        return Err(Error::file(
-            path,
-            "already exists; pass --overwrite to replace it",
-        ));
-    }
-    Ok(())
 }
 
 /// Default creation options: 512 px tiles, DEFLATE with a predictor,
@@ -244,6 +216,8 @@ pub fn journal_path(map: &Path) -> PathBuf {
 /// the rows written, so that a run killed at any moment can be resumed
 /// from the journal without trusting anything it does not record.
 pub struct MapWriter {
+    /// Held from before the first check to the end: one writer per map.
+    _lock: OutputLock,
     spec: MapSpec,
     map: Option<Dataset>,
     conf: Option<Dataset>,
@@ -263,9 +237,20 @@ impl MapWriter {
     /// the output exists and `overwrite` is not set, or the place cannot be
     /// written, or the unfinished run used other settings.
     pub fn create(spec: MapSpec) -> Result<MapWriter> {
-        check_output(&spec.path, spec.overwrite)?;
+        let lock = OutputLock::acquire(&spec.path)?;
+        // the map and every sidecar it may replace or remove
+        for p in [
+            spec.path.clone(),
+            qml_path(&spec.path),
+            aux_path(&spec.path),
+            confidence_path(&spec.path),
+            aux_path(&confidence_path(&spec.path)),
+        ] {
+            output::check(&p, spec.overwrite, &spec.inputs)?;
+        }
         let jpath = journal_path(&spec.path);
         let mut w = MapWriter {
+            _lock: lock,
             map: None,
             conf: None,
             tmp_map: PathBuf::new(),
@@ -577,6 +562,9 @@ impl MapWriter {
             mv(&self.tmp_conf, &cpath)?;
             Some(cpath)
         } else {
+            // an earlier map's confidence must not pass for this one's
+            let _ = std::fs::remove_file(aux_path(&cpath));
+            let _ = std::fs::remove_file(&cpath);
             None
         };
         // the map itself goes last: once it exists, everything is complete

@@ -144,6 +144,12 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
         metadata: Vec::new(),
         settings: BTreeMap::new(),
         resume: false,
+        // a part (or its confidence) is never replaced by the merged map
+        inputs: crate::output::Inputs::of(
+            parts
+                .iter()
+                .flat_map(|p| [p.path.clone(), confidence_path(&p.path)]),
+        ),
     })?;
     for p in &parts {
         let ds = open_raster(&p.path)?;
