@@ -235,9 +235,12 @@ mod tests {
             .contains("already exists"));
         check(&other, true, &inputs).unwrap();
         check(&t.path().join("new.tif"), false, &inputs).unwrap();
-        let e = check(Path::new("/dev/null"), true, &inputs)
-            .unwrap_err()
-            .to_string();
+        // a FIFO (what /dev/null is to this rule: not a regular file)
+        let fifo = t.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; mkfifo only creates the node
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = check(&fifo, true, &inputs).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
     }
 

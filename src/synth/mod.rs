@@ -32,9 +32,9 @@ mod scene;
 
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
-use gdal::raster::{Buffer, ColorEntry, ColorTable, GdalType, RasterCreationOptions};
+use gdal::raster::{Buffer, ColorEntry, ColorTable, GdalType};
 use gdal::spatial_ref::{AxisMappingStrategy, SpatialRef};
-use gdal::{Dataset, DriverManager, Metadata};
+use gdal::{Dataset, Metadata};
 use rayon::prelude::*;
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
@@ -197,16 +197,10 @@ pub fn synth(
     if result.is_err() {
         for p in [&out.image, &out.dsm, &out.gt] {
             let _ = std::fs::remove_file(p);
-            let _ = std::fs::remove_file(aux_xml(p));
+            let _ = std::fs::remove_file(crate::infer::write::aux_path(p));
         }
     }
     result.map(|()| out)
-}
-
-fn aux_xml(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".aux.xml");
-    PathBuf::from(s)
 }
 
 /// Creates a tiled, compressed GeoTIFF on the grid of `cfg`.
@@ -219,11 +213,10 @@ fn create<T: GdalType>(
 ) -> Result<Dataset> {
     let fail = |e: gdal::errors::GdalError| Error::file(path, e);
     // A stale side-car from an earlier run would override what we write.
-    let _ = std::fs::remove_file(aux_xml(path));
-    let driver = DriverManager::get_driver_by_name("GTiff")?;
+    let _ = std::fs::remove_file(crate::infer::write::aux_path(path));
     let block = cfg.block.to_string();
     let predictor = predictor.to_string();
-    let mut opts = RasterCreationOptions::new();
+    let mut opts = gdal::cpl::CslStringList::new();
     for (k, v) in [
         ("TILED", "YES"),
         ("BLOCKXSIZE", block.as_str()),
@@ -236,10 +229,10 @@ fn create<T: GdalType>(
         ("BIGTIFF", "IF_SAFER"),
         ("NUM_THREADS", "ALL_CPUS"),
     ] {
-        opts.add_name_value(k, v)?;
+        opts.set_name_value(k, v)?;
     }
-    let mut ds = driver
-        .create_with_band_type_with_options::<T, _>(path, cfg.width, cfg.height, bands, &opts)
+    // on the path's bytes, so a non-UTF-8 folder name is kept
+    let mut ds = crate::raster::create::<T>("GTiff", path, (cfg.width, cfg.height), bands, &opts)
         .map_err(fail)?;
     ds.set_geo_transform(&cfg.geo_transform()).map_err(fail)?;
     ds.set_spatial_ref(srs).map_err(fail)?;
