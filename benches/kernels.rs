@@ -125,7 +125,7 @@ fn forward(c: &mut Criterion) {
     use rstile::model::{Model, ModelMeta};
     let meta = ModelMeta {
         format: 1,
-        arch: "resnet50-fcn".into(),
+        arch: rstile::model::Arch::Resnet50Fcn,
         bands: 3,
         band_names: Vec::new(),
         mean: vec![0.0; 3],

@@ -12,19 +12,23 @@
 //! Beside the path: [`scale`] (AOI, split runs, merge, Slurm), [`train`],
 //! [`vaihingen`] (the ISPRS benchmark), [`synth`] (generated scenes),
 //! [`kernels`] (the CPU compute), [`metrics`], [`classes`] and [`raster`]
-//! (opening, probing and PNG writing through GDAL).
+//! (opening, probing and PNG writing through GDAL), and the one seeded
+//! generator ([`rng`]) and hash ([`hash`]) that every part uses.
 //! [`infer::window`], [`infer::stitch`] and [`metrics`] are pure: they know
 //! neither GDAL nor candle. The library changes no process-wide state; the
 //! binary does all of that.
 
 pub mod classes;
 pub mod error;
+pub mod hash;
 pub mod infer;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod qml;
+pub mod raster;
+pub mod rng;
 pub mod scale;
 pub mod synth;
 pub mod train;

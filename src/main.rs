@@ -14,13 +14,11 @@ fn main() {
                     Some(rstile::Error::Interrupted)
                 )
             });
-            let msg = format!("{e:#}");
-            eprintln!(
-                "rstile: error: {}",
-                msg.split_whitespace().collect::<Vec<_>>().join(" ")
-            );
+            eprintln!("rstile: error: {}", rstile::error::one_line(e.as_ref()));
             if interrupted {
                 130
+            } else if e.downcast_ref::<cli::Usage>().is_some() {
+                2
             } else {
                 1
             }

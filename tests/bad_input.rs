@@ -75,6 +75,55 @@ fn missing_empty_truncated_and_non_raster_scenes() {
     infer_fails(&c, &trunc, &c.model, "truncated.tif");
 }
 
+/// Files GDAL cannot open: the error carries GDAL's own reason, after the
+/// file and rstile's words, never empty parentheses.
+#[test]
+fn unreadable_files_give_gdal_reason() {
+    let c = setup();
+    let text = c.t.path().join("notes.txt");
+    std::fs::write(&text, "just some words\n").unwrap();
+    let err = fails(
+        &infer_argv(&text, &c.out.join("map.tif"), &c.model, &[]),
+        "notes.txt: not a raster GDAL can open: ",
+    );
+    assert!(
+        err.contains("not recognized as a supported file format"),
+        "GDAL's reason: {err}"
+    );
+    assert!(!err.contains("()"), "{err}");
+    // a TIFF header whose first directory is garbage
+    let bad = c.t.path().join("header.tif");
+    std::fs::write(&bad, b"II*\x00\x08\x00\x00\x00garbage, not a directory").unwrap();
+    let err = fails(
+        &infer_argv(&bad, &c.out.join("map.tif"), &c.model, &[]),
+        "header.tif: not a raster GDAL can open: ",
+    );
+    let reason = err
+        .trim_end()
+        .split_once("not a raster GDAL can open: ")
+        .unwrap()
+        .1;
+    assert!(reason.len() > 10, "GDAL's reason is there: {err}");
+    assert!(!err.contains("()"), "{err}");
+    no_output(&c.out.join("map.tif"));
+    // an area of interest that is no vector file
+    let aoi = c.t.path().join("aoi.txt");
+    std::fs::write(&aoi, "hello").unwrap();
+    let err = fails(
+        &infer_argv(
+            &c.image,
+            &c.out.join("map.tif"),
+            &c.model,
+            &["--aoi", s(&aoi)],
+        ),
+        "aoi.txt: not a vector file GDAL can open",
+    );
+    assert!(
+        err.contains("not recognized as a supported file format"),
+        "GDAL's reason: {err}"
+    );
+}
+
 #[test]
 fn band_count_and_type_that_do_not_fit() {
     let c = setup();
@@ -301,7 +350,7 @@ fn bad_flags_and_commands() {
     );
     fails(
         &["synth", "--size", "10by10", "-o", s(&c.out)],
-        "--size 10by10",
+        "'10by10' for '--size",
     );
     let classes = c.t.path().join("bad.toml");
     std::fs::write(

@@ -147,7 +147,8 @@ fn a_model_that_is_not_finite_fails_naming_the_tensor_or_the_window() {
     let t = tmp();
     let m = model(t.path(), "tiny", 3, 64);
     let scene = synth(t.path(), 300, 200, 2).join("image.tif");
-    let cases: [(&str, fn(&str, &mut [f32]), &str); 3] = [
+    type Patch = fn(&str, &mut [f32]);
+    let cases: [(&str, Patch, &str); 3] = [
         // finite weights, so the check of the weights passes them: the
         // overflow shows only in the output
         (

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
 use rstile::classes::ClassTable;
 use rstile::metrics::Confusion;
-use rstile::model::{Model, ModelMeta};
+use rstile::model::{Arch, Model, ModelMeta};
 use rstile::train::augment::{augment, AugmentConfig, Sample, SplitMix64, IGNORE};
 use rstile::train::config::TrainConfig;
 use rstile::train::data::{run_epoch, EpochPlan, Sampling};
@@ -571,7 +571,7 @@ const MIOU_MARGIN: f64 = 0.25;
 /// torchvision resnet18's state dict (random values), with the real key
 /// names and shapes, `fc.*` and `num_batches_tracked` included.
 fn resnet18_state_dict(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let meta = ModelMeta::new("resnet18-fcn", 3, ClassTable::isprs());
+    let meta = ModelMeta::new(Arch::Resnet18Fcn, 3, ClassTable::isprs());
     let m = Model::new_random(meta, 77, &Device::Cpu).unwrap();
     let vars = m.varmap().data().lock().unwrap();
     let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = vars
@@ -612,7 +612,7 @@ fn pretrained_resnet18_safetensors_loads_into_five_bands() {
     let dir = common::tmp();
     let path = dir.path().join("resnet18.safetensors");
     let sd = resnet18_state_dict(&path);
-    let meta = ModelMeta::new("resnet18-fcn", 5, ClassTable::isprs());
+    let meta = ModelMeta::new(Arch::Resnet18Fcn, 5, ClassTable::isprs());
     let m = Model::new_random(meta, 1, &Device::Cpu).unwrap();
     let r = rstile::train::pretrained::load_imagenet(&m, &path).unwrap();
     assert_eq!(r.first_conv, (3, 5));
@@ -643,7 +643,7 @@ fn pretrained_resnet18_safetensors_loads_into_five_bands() {
     drop(vars);
     // Wrong depth and a non-ResNet model are refused with the file named.
     let m50 = Model::new_random(
-        ModelMeta::new("resnet50-fcn", 3, ClassTable::isprs()),
+        ModelMeta::new(Arch::Resnet50Fcn, 3, ClassTable::isprs()),
         1,
         &Device::Cpu,
     )
@@ -656,7 +656,7 @@ fn pretrained_resnet18_safetensors_loads_into_five_bands() {
         "{e}"
     );
     let tiny = Model::new_random(
-        ModelMeta::new("tiny", 3, ClassTable::isprs()),
+        ModelMeta::new(Arch::Tiny, 3, ClassTable::isprs()),
         1,
         &Device::Cpu,
     )
@@ -701,7 +701,7 @@ fn cli_train_writes_a_complete_run_directory() {
     assert_eq!(png.raster_count(), 3);
     // The model works with infer.
     let m = Model::load(&run.join("best.safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(m.meta.arch, "tiny");
+    assert_eq!(m.meta.arch, Arch::Tiny);
     // A second run into the same directory is refused; resuming a finished run does nothing.
     common::fails(&["train", "--config", common::s(&cfg)], "--resume");
     common::ok(&["train", "--resume", common::s(&run), "--quiet"]);
@@ -722,7 +722,7 @@ fn cli_train_writes_a_complete_run_directory() {
 #[test]
 #[ignore]
 fn training_throughput() {
-    for (arch, batch, size) in [("tiny", 8, 256), ("resnet50-fcn", 2, 256)] {
+    for (arch, batch, size) in [(Arch::Tiny, 8, 256), (Arch::Resnet50Fcn, 2, 256)] {
         let m = Model::new_random(
             ModelMeta::new(arch, 5, ClassTable::isprs()),
             0,
@@ -942,7 +942,7 @@ fn pretrained_pth_loads_like_safetensors() {
     ));
     let path = dir.path().join("resnet18-f37072fd.pth");
     pth::save(&path, &tensors);
-    let meta = ModelMeta::new("resnet18-fcn", 4, ClassTable::isprs());
+    let meta = ModelMeta::new(Arch::Resnet18Fcn, 4, ClassTable::isprs());
     let a = Model::new_random(meta.clone(), 1, &Device::Cpu).unwrap();
     let b = Model::new_random(meta, 2, &Device::Cpu).unwrap();
     let ra = rstile::train::pretrained::load_imagenet(&a, &st).unwrap();
@@ -1115,7 +1115,7 @@ fn pretrained_encoder_stays_frozen_during_the_first_epochs() {
     );
     assert_eq!(get("backbone.bn1.weight"), want("bn1.weight"));
     let fresh = Model::new_random(
-        ModelMeta::new("resnet18-fcn", 3, ClassTable::isprs()),
+        ModelMeta::new(Arch::Resnet18Fcn, 3, ClassTable::isprs()),
         0,
         &Device::Cpu,
     )
@@ -1308,7 +1308,7 @@ json.dump({{k: sd[k].flatten()[:16].tolist() for k in keys}}, open({probe:?}, "w
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let meta = ModelMeta::new("resnet50-fcn", 3, ClassTable::isprs());
+    let meta = ModelMeta::new(Arch::Resnet50Fcn, 3, ClassTable::isprs());
     let model = Model::new_random(meta, 1, &Device::Cpu).unwrap();
     let report = rstile::train::pretrained::load_imagenet(&model, &pth).unwrap();
     // 320 tensors in the state dict: fc.weight, fc.bias and the 53

@@ -551,10 +551,10 @@ fn bad_input_gets_one_clear_line() {
 #[test]
 fn eval_scores_full_tiles_through_the_infer_pipeline() {
     use rstile::classes::ClassTable;
-    use rstile::model::{Model, ModelMeta};
+    use rstile::model::{Arch, Model, ModelMeta};
     let dir = tempfile::tempdir().unwrap();
     let data = small_official(dir.path(), &[1, 30]);
-    let mut meta = ModelMeta::new("tiny", 5, ClassTable::isprs());
+    let mut meta = ModelMeta::new(Arch::Tiny, 5, ClassTable::isprs());
     meta.window = 128;
     meta.mean = vec![120.0, 120.0, 120.0, 2.0, 0.0];
     meta.std = vec![50.0, 50.0, 50.0, 3.0, 0.3];
@@ -635,7 +635,7 @@ fn eval_scores_full_tiles_through_the_infer_pipeline() {
     assert_eq!(json["overall"]["pixels"], 300 * 300);
 
     // A 3-band model is refused in one line.
-    let mut meta = ModelMeta::new("tiny", 3, ClassTable::isprs());
+    let mut meta = ModelMeta::new(Arch::Tiny, 3, ClassTable::isprs());
     meta.window = 128;
     let m3 = dir.path().join("m3.safetensors");
     Model::new_random(meta, 1, &candle_core::Device::Cpu)

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-value_enum!(BlendArg, Blend);
+value_enum!(BlendArg, Blend, help);
 
 #[derive(Args)]
 pub struct InferArgs {
@@ -168,11 +168,7 @@ pub fn run(a: InferArgs) -> Result<()> {
             );
         }
         if let Err(e) = infer_one(&a, scene, out, part, threads, &device, cancel.clone()) {
-            let msg = format!("{e:#}");
-            eprintln!(
-                "rstile: error: {}",
-                msg.split_whitespace().collect::<Vec<_>>().join(" ")
-            );
+            eprintln!("rstile: error: {}", rstile::error::one_line(e.as_ref()));
             failed.push(scene.display().to_string());
         }
     }

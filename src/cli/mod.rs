@@ -55,8 +55,8 @@ enum Cmd {
 
 /// Parses the command line and runs it.
 pub fn run() -> Result<()> {
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = Cli::command().try_get_matches().map_err(usage)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(usage)?;
     process::quiet_gdal();
     match cli.cmd {
         Cmd::Infer(a) => infer::run(a),
@@ -73,6 +73,41 @@ pub fn run() -> Result<()> {
         Cmd::Eval(a) => eval::run(a),
         Cmd::Demo(a) => demo::run(a),
     }
+}
+
+/// A command line clap refused: printed as the one-line error, exit code 2.
+#[derive(Debug)]
+pub struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Help and version are printed as clap prints them; every other clap error
+/// becomes a [`Usage`] error, so it is printed once, on one line, like the
+/// others (clap's text without its "error:" and "try --help" lines).
+fn usage(e: clap::Error) -> anyhow::Error {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let text = text.trim_start_matches("error:").trim();
+    let text = text
+        .split("\n\nFor more information")
+        .next()
+        .unwrap_or(text);
+    let text = text.split("\n\nUsage:").next().unwrap_or(text);
+    anyhow::Error::new(Usage(format!("{text} (see --help)")))
 }
 
 /// The compute device of `--device`: `cpu` or `cuda:N`.
@@ -135,10 +170,11 @@ impl DeviceArg {
     }
 }
 
-/// A library enum as a clap value: its names, and each one's help, come from
-/// the library (`ALL`, `name()`, `help()`), so no value list is written twice.
+/// A library enum as a clap value: its names (and, where it has them, each
+/// one's help) come from the library (`ALL`, `name()`, `help()`), so no value
+/// list is written twice.
 macro_rules! value_enum {
-    ($arg:ident, $lib:ty) => {
+    ($arg:ident, $lib:ty $(, $help:ident)?) => {
         #[derive(Debug, Clone, Copy)]
         pub struct $arg(pub $lib);
 
@@ -148,7 +184,9 @@ macro_rules! value_enum {
                 ALL.get_or_init(|| <$lib>::ALL.iter().map(|&v| $arg(v)).collect())
             }
             fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-                Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.help()))
+                let v = clap::builder::PossibleValue::new(self.0.name());
+                $(let v = v.help(self.0.$help());)?
+                Some(v)
             }
         }
     };

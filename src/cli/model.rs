@@ -4,9 +4,13 @@ use super::{process, DeviceArg};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use rstile::classes::ClassTable;
+use rstile::model::arch::Arch;
 use rstile::model::ledger::Op;
 use rstile::model::{Model, ModelMeta};
+use rstile::output::Inputs;
 use std::path::PathBuf;
+
+super::value_enum!(ArchArg, Arch);
 
 #[derive(Subcommand)]
 pub enum ModelCmd {
@@ -29,8 +33,8 @@ pub struct ModelBenchArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Architecture of the random model.
-    #[arg(long, default_value = "resnet50-fcn")]
-    arch: String,
+    #[arg(long, value_enum, default_value = "resnet50-fcn")]
+    arch: ArchArg,
     /// Input bands of the random model.
     #[arg(long, default_value_t = 3)]
     bands: usize,
@@ -63,8 +67,8 @@ pub struct ModelBenchArgs {
 #[derive(Args)]
 pub struct ModelNewArgs {
     /// Architecture.
-    #[arg(long)]
-    arch: String,
+    #[arg(long, value_enum)]
+    arch: ArchArg,
     /// Number of input bands.
     #[arg(long)]
     bands: usize,
@@ -106,23 +110,16 @@ pub fn run(cmd: ModelCmd) -> Result<()> {
 }
 
 fn model_new(a: ModelNewArgs) -> Result<()> {
-    if a.output.exists() && !a.overwrite {
-        bail!(
-            "{}: already exists; pass --overwrite to replace it",
-            a.output.display()
-        );
-    }
+    let inputs = Inputs::of([&a.classes]);
+    rstile::output::check(&a.output, a.overwrite, &inputs)?;
     let classes = ClassTable::from_toml_file(&a.classes)?;
     let meta = ModelMeta {
-        format: 1,
-        arch: a.arch.clone(),
-        bands: a.bands,
         band_names: a.band_names.unwrap_or_default(),
         mean: a.mean.unwrap_or_else(|| vec![127.5; a.bands]),
         std: a.std.unwrap_or_else(|| vec![64.0; a.bands]),
-        classes,
         window: a.window,
         overlap: a.overlap,
+        ..ModelMeta::new(a.arch.0, a.bands, classes)
     };
     meta.validate()?;
     let model = Model::new_random(meta, a.seed, &candle_core::Device::Cpu)?;
@@ -130,7 +127,7 @@ fn model_new(a: ModelNewArgs) -> Result<()> {
     println!(
         "rstile: wrote {} ({}, {} bands, {} classes, {} parameters)",
         a.output.display(),
-        a.arch,
+        a.arch.0,
         a.bands,
         model.meta.classes.len(),
         model.num_params()
@@ -149,15 +146,8 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
         Some(path) => Model::load(path, &device)?,
         None => {
             let meta = ModelMeta {
-                format: 1,
-                arch: a.arch.clone(),
-                bands: a.bands,
-                band_names: Vec::new(),
-                mean: vec![0.0; a.bands],
-                std: vec![1.0; a.bands],
-                classes: ClassTable::isprs(),
                 window: a.size,
-                overlap: 0.25,
+                ..ModelMeta::new(a.arch.0, a.bands, ClassTable::isprs())
             };
             meta.validate()?;
             Model::new_random(meta, 0, &device)?
@@ -175,7 +165,7 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
     let gflops = sp.forward_flops as f64 / 1e9;
     if a.json {
         let mut o = serde_json::json!({
-            "arch": model.meta.arch,
+            "arch": model.meta.arch.name(),
             "bands": model.meta.bands,
             "batch": a.batch,
             "size": a.size,

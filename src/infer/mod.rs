@@ -26,13 +26,12 @@ pub mod window;
 pub mod write;
 
 pub use plan::{
-    activation_bytes_per_px, available_memory, chunks, default_readers, file_digest, human_bytes,
-    out_dir_jobs, regions, settings, window_count, InferOptions, InferPlan, MemoryBound,
-    MemoryLimit, DEFAULT_CHUNK,
+    available_memory, chunks, default_readers, file_digest, human_bytes, out_dir_jobs, regions,
+    settings, window_count, InferOptions, InferPlan, MemoryBound, MemoryLimit, DEFAULT_CHUNK,
 };
 
 use crate::error::{Error, Result};
-use crate::infer::read::Reader;
+use crate::infer::read::{GdalReader, WindowSource};
 use crate::infer::stages::Stages;
 use crate::infer::window::WindowGrid;
 use crate::infer::write::{MapFiles, MapSpec, MapWriter};
@@ -139,14 +138,14 @@ pub fn infer(
 
     // readers open their handles up front, so a bad scene fails before work
     let readers = (0..plan.readers)
-        .map(|_| {
-            Reader::open(
+        .map(|_| -> Result<Box<dyn WindowSource>> {
+            Ok(Box::new(GdalReader::open(
                 &plan.scene.path,
                 &plan.bands,
                 plan.normalize.clone(),
                 grid,
                 plan.aoi.clone(),
-            )
+            )?))
         })
         .collect::<Result<Vec<_>>>()?;
 

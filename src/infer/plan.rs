@@ -183,7 +183,7 @@ impl InferPlan {
                 ));
             }
             let t = scene.band_types[b - 1];
-            if !crate::infer::read::supported_type(t) {
+            if !crate::raster::supported_type(t) {
                 return Err(Error::file(
                     &path,
                     format!("band {b} has type {t:?}, which rstile cannot read"),
@@ -334,7 +334,7 @@ impl MemoryBound {
             &wbr(),
         )?;
         let activations = mul(
-            &[plan.batch as u64, px, activation_bytes_per_px(&meta.arch)],
+            &[plan.batch as u64, px, meta.arch.activation_bytes_per_px()],
             &wb(),
         )?;
         let model = add(
@@ -563,22 +563,6 @@ fn cgroup_limit(proc_cgroup: &str, read: &dyn Fn(&Path) -> Option<String>) -> Op
     None
 }
 
-/// Peak activation memory of one forward pass per input pixel, in bytes,
-/// measured on the CPU (f32, eval mode): the growth of peak RSS from batch 1
-/// to batch 5 at 256 x 256 windows, rounded up (linear 185, tiny 254,
-/// resnet18-fcn 1418, resnet50-fcn 5860 bytes per pixel).
-///
-/// Unknown names get the largest figure (6 KiB/px), silently; the model's
-/// architecture registry is to answer this instead.
-pub fn activation_bytes_per_px(arch: &str) -> u64 {
-    match arch {
-        "linear" => 256,
-        "tiny" => 320,
-        a if a.starts_with("resnet18") || a.starts_with("resnet34") => 1600,
-        _ => 6144,
-    }
-}
-
 /// The column chunks `[x0, x1)` of a scene.
 pub fn chunks(width: usize, chunk: usize) -> Vec<(usize, usize)> {
     let mut v = Vec::new();
@@ -635,7 +619,7 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
         format!("{}x{}", plan.scene.size.width, plan.scene.size.height),
     );
     put("model", plan.model_digest.clone());
-    put("arch", meta.arch.clone());
+    put("arch", meta.arch.to_string());
     put("window", plan.window.to_string());
     put("overlap", plan.overlap.to_string());
     put("bands", format!("{:?}", plan.bands));
@@ -654,7 +638,7 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
 pub fn file_digest(path: &Path) -> Result<String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-    let mut h: u64 = 0xcbf29ce484222325;
+    let mut h = crate::hash::Fnv1a::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
     loop {
@@ -663,11 +647,9 @@ pub fn file_digest(path: &Path) -> Result<String> {
             break;
         }
         len += n as u64;
-        for &b in &buf[..n] {
-            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-        }
+        h.update(&buf[..n]);
     }
-    Ok(format!("{len}:{h:016x}"))
+    Ok(format!("{len}:{:016x}", h.finish()))
 }
 
 /// The jobs of a many-scene run: each scene maps to `DIR/STEM.tif`.
@@ -715,7 +697,11 @@ mod tests {
 
     /// A plan without a scene file: a 10000 x 10000 px, 3-band scene.
     fn plan(window: usize, batch: usize) -> (InferPlan, ModelMeta) {
-        let meta = ModelMeta::new("tiny", 3, crate::classes::ClassTable::isprs());
+        let meta = ModelMeta::new(
+            crate::model::Arch::Tiny,
+            3,
+            crate::classes::ClassTable::isprs(),
+        );
         let plan = InferPlan {
             scene: SceneInfo {
                 path: PathBuf::from("scene.tif"),

@@ -34,7 +34,7 @@
 use crate::error::{Error, Result};
 use crate::infer::batch::{run_batch, NonFiniteWindow};
 use crate::infer::plan::InferPlan;
-use crate::infer::read::{Reader, WindowData};
+use crate::infer::read::{WindowData, WindowSource};
 use crate::infer::stitch::{Band, ChunkStitcher, Prediction, Region};
 use crate::infer::window::{Window, WindowGrid};
 use crate::infer::write::{MapWriter, TILE};
@@ -160,7 +160,12 @@ impl<'a> Stages<'a> {
     /// last region is written to `writer` or the run stops. Returns
     /// [`Error::Interrupted`] when cancelled, else the first error a stage
     /// recorded. `writer` is left unfinished either way.
-    pub fn run(&self, readers: Vec<Reader>, model: Model, writer: &mut MapWriter) -> Result<()> {
+    pub fn run(
+        &self,
+        readers: Vec<Box<dyn WindowSource>>,
+        model: Model,
+        writer: &mut MapWriter,
+    ) -> Result<()> {
         let Channels {
             jobs: (job_tx, job_rx),
             windows: (window_tx, window_rx),
@@ -265,7 +270,12 @@ impl<'a> Stages<'a> {
     /// A reader: reads, pads, normalises and masks each window with its own
     /// GDAL handle; all-nodata windows are answered as skipped, the others
     /// go to the model.
-    fn read(&self, mut reader: Reader, jobs: Receiver<Job>, windows: Sender<ModelJob>) {
+    fn read(
+        &self,
+        mut reader: Box<dyn WindowSource>,
+        jobs: Receiver<Job>,
+        windows: Sender<ModelJob>,
+    ) {
         for job in jobs.iter() {
             if self.stopping() {
                 return;

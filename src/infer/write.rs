@@ -14,14 +14,14 @@
 
 use crate::classes::{ClassTable, NODATA};
 use crate::error::{Error, Result};
-use crate::infer::read::one_line;
 use crate::infer::stitch::Band;
 use crate::infer::window::Size;
+use crate::raster::{append, reset_errors, sibling, stem_with, take_failure};
 use gdal::cpl::CslStringList;
 use gdal::raster::{ColorEntry, ColorTable, PaletteInterpretation};
 use gdal::spatial_ref::SpatialRef;
+use gdal::Dataset;
 use gdal::Metadata;
-use gdal::{Dataset, DriverManager};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -63,16 +63,12 @@ pub struct MapFiles {
 
 /// The path of the confidence raster beside `map`: `MAP.confidence.tif`.
 pub fn confidence_path(map: &Path) -> PathBuf {
-    let stem = map
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
-    map.with_file_name(format!("{stem}.confidence.tif"))
+    stem_with(map, ".confidence.tif")
 }
 
 /// The sidecar paths GDAL and QGIS look for.
 pub fn aux_path(p: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.aux.xml", p.display()))
+    append(p, ".aux.xml")
 }
 
 /// The QGIS style path: `MAP.qml`.
@@ -81,11 +77,7 @@ pub fn qml_path(map: &Path) -> PathBuf {
 }
 
 fn tmp_path(p: &Path) -> PathBuf {
-    let name = p
-        .file_name()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
-    p.with_file_name(format!(".{name}.partial"))
+    sibling(p, ".", ".partial")
 }
 
 /// Checks that `path` may be written: not a directory, in an existing
@@ -159,44 +151,30 @@ fn merged_options(user: &[(String, String)]) -> Result<CslStringList> {
 
 /// Creates a single-band u8 GeoTIFF on the scene's grid.
 fn create_u8(path: &Path, spec: &MapSpec) -> Result<Dataset> {
-    let driver = DriverManager::get_driver_by_name("GTiff")?;
     let opts = merged_options(&spec.creation_options)?;
-    let mut ds = driver
-        .create_with_band_type_with_options::<u8, _>(
-            path,
-            spec.size.width,
-            spec.rows.1 - spec.rows.0,
-            1,
-            &opts,
-        )
-        .map_err(|e| {
-            Error::file(
-                &spec.path,
-                format!("cannot create the map: {}", one_line(&e.to_string())),
-            )
-        })?;
+    let size = (spec.size.width, spec.rows.1 - spec.rows.0);
+    let mut ds = crate::raster::create::<u8>("GTiff", path, size, 1, &opts)
+        .map_err(|e| Error::gdal_file(&spec.path, "cannot create the map", e))?;
     if let Some(mut gt) = spec.geo_transform {
         // a row band starts `rows.0` rows down
         let y0 = spec.rows.0 as f64;
         gt[0] += gt[2] * y0;
         gt[3] += gt[5] * y0;
-        ds.set_geo_transform(&gt)
-            .map_err(|e| Error::file(&spec.path, e))?;
+        ds.set_geo_transform(&gt).map_err(Error::on(&spec.path))?;
     }
     if let Some(wkt) = &spec.srs_wkt {
-        let srs = SpatialRef::from_wkt(wkt).map_err(|e| Error::file(&spec.path, e))?;
-        ds.set_spatial_ref(&srs)
-            .map_err(|e| Error::file(&spec.path, e))?;
+        let srs = SpatialRef::from_wkt(wkt).map_err(Error::on(&spec.path))?;
+        ds.set_spatial_ref(&srs).map_err(Error::on(&spec.path))?;
     }
-    let mut band = ds.rasterband(1).map_err(|e| Error::file(&spec.path, e))?;
+    let mut band = ds.rasterband(1).map_err(Error::on(&spec.path))?;
     band.set_no_data_value(Some(NODATA as f64))
-        .map_err(|e| Error::file(&spec.path, e))?;
+        .map_err(Error::on(&spec.path))?;
     Ok(ds)
 }
 
 /// Sets the palette and category names of band 1 from `classes`.
 pub fn set_legend(ds: &Dataset, classes: &ClassTable, path: &Path) -> Result<()> {
-    let mut band = ds.rasterband(1).map_err(|e| Error::file(path, e))?;
+    let mut band = ds.rasterband(1).map_err(Error::on(path))?;
     let mut ct = ColorTable::new(PaletteInterpretation::Rgba);
     let max_id = classes.classes.iter().map(|c| c.id).max().unwrap_or(0);
     for v in 0..=255u16 {
@@ -221,7 +199,7 @@ pub fn set_legend(ds: &Dataset, classes: &ClassTable, path: &Path) -> Result<()>
             .find(|c| c.id == v)
             .map(|c| c.name.as_str())
             .unwrap_or("");
-        names.add_string(name).map_err(|e| Error::file(path, e))?;
+        names.add_string(name).map_err(Error::on(path))?;
     }
     let rv = unsafe {
         gdal_sys::GDALSetRasterCategoryNames(band.c_rasterband(), names.as_ptr() as *mut _)
@@ -257,28 +235,7 @@ struct Journal {
 
 /// The resume journal's path beside the partial map.
 pub fn journal_path(map: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.resume.json", tmp_path(map).display()))
-}
-
-/// Takes GDAL's last error on this thread, if it was a failure, and resets it.
-/// GDAL before 3.7 reports write failures during a flush or close only this
-/// way, so a full disk would otherwise go unnoticed.
-fn take_gdal_failure() -> Option<String> {
-    unsafe {
-        let t = gdal_sys::CPLGetLastErrorType();
-        let failed = t == gdal_sys::CPLErr::CE_Failure || t == gdal_sys::CPLErr::CE_Fatal;
-        let msg = failed.then(|| {
-            std::ffi::CStr::from_ptr(gdal_sys::CPLGetLastErrorMsg())
-                .to_string_lossy()
-                .to_string()
-        });
-        gdal_sys::CPLErrorReset();
-        msg
-    }
-}
-
-fn reset_gdal_error() {
-    unsafe { gdal_sys::CPLErrorReset() }
+    append(&tmp_path(map), ".resume.json")
 }
 
 /// Writes the map band by band; [`finish`](MapWriter::finish) makes it real.
@@ -388,7 +345,7 @@ impl MapWriter {
     }
 
     fn gen_paths(&self, generation: u32) -> (PathBuf, PathBuf) {
-        let g = |p: &Path| PathBuf::from(format!("{}.{generation}", tmp_path(p).display()));
+        let g = |p: &Path| append(&tmp_path(p), &format!(".{generation}"));
         (g(&self.spec.path), g(&confidence_path(&self.spec.path)))
     }
 
@@ -410,7 +367,7 @@ impl MapWriter {
         set_legend(&map, &self.spec.classes, &self.spec.path)?;
         for (k, v) in &self.spec.metadata {
             map.set_metadata_item(k, v, "")
-                .map_err(|e| Error::file(&self.spec.path, e))?;
+                .map_err(Error::on(&self.spec.path))?;
         }
         self.map = Some(map);
         if self.spec.confidence {
@@ -426,9 +383,9 @@ impl MapWriter {
     /// durable; then the old generation goes.
     fn continue_from(&mut self, old: &Journal) -> Result<()> {
         let (om, oc) = self.gen_paths(old.generation);
-        let old_map = crate::infer::read::open_raster(&om)?;
+        let old_map = crate::raster::open_raster(&om)?;
         let old_conf = if self.spec.confidence {
-            Some(crate::infer::read::open_raster(&oc)?)
+            Some(crate::raster::open_raster(&oc)?)
         } else {
             None
         };
@@ -453,7 +410,7 @@ impl MapWriter {
                     height: h,
                 };
                 let read = |ds: &Dataset, p: &Path| -> Result<Vec<u8>> {
-                    let b = ds.rasterband(1).map_err(|e| Error::file(p, e))?;
+                    let b = ds.rasterband(1).map_err(Error::on(p))?;
                     b.read_as::<u8>(
                         (rect.x as isize, rect.y as isize),
                         (rect.width, rect.height),
@@ -461,7 +418,7 @@ impl MapWriter {
                         None,
                     )
                     .map(|buf| buf.data().to_vec())
-                    .map_err(|e| Error::file(p, e))
+                    .map_err(|e| Error::gdal_file(p, "cannot read the unfinished run", e))
                 };
                 let classes = read(&old_map, &om)?;
                 let path = self.spec.path.clone();
@@ -487,23 +444,17 @@ impl MapWriter {
     /// Flushes and syncs the partial files, checking GDAL's error state.
     fn durable(&mut self) -> Result<()> {
         let path = self.spec.path.clone();
-        reset_gdal_error();
+        reset_errors();
         flush_twice(self.map.as_mut().expect("map open"), &path)?;
-        if let Some(msg) = take_gdal_failure() {
-            return Err(Error::file(
-                &path,
-                format!("write failed: {}", one_line(&msg)),
-            ));
+        if let Some(e) = take_failure() {
+            return Err(Error::gdal_file(&path, "write failed", e));
         }
         sync(&self.tmp_map, &path)?;
         if let Some(c) = self.conf.as_mut() {
             let cpath = confidence_path(&path);
             flush_twice(c, &cpath)?;
-            if let Some(msg) = take_gdal_failure() {
-                return Err(Error::file(
-                    &cpath,
-                    format!("write failed: {}", one_line(&msg)),
-                ));
+            if let Some(e) = take_failure() {
+                return Err(Error::gdal_file(&cpath, "write failed", e));
             }
             sync(&self.tmp_conf, &cpath)?;
         }
@@ -533,7 +484,7 @@ impl MapWriter {
 
     fn save_journal(&self) -> Result<()> {
         let j = journal_path(&self.spec.path);
-        let tmp = PathBuf::from(format!("{}.tmp", j.display()));
+        let tmp = append(&j, ".tmp");
         let text = serde_json::to_string(&self.journal).expect("journal serialises");
         if let Err(e) = std::fs::write(&tmp, text) {
             let _ = std::fs::remove_file(&tmp);
@@ -551,7 +502,7 @@ impl MapWriter {
         let mut r = band.rect;
         r.y -= self.spec.rows.0;
         let path = self.spec.path.clone();
-        reset_gdal_error();
+        reset_errors();
         write_u8(
             self.map.as_mut().expect("writer used after finish"),
             &path,
@@ -579,48 +530,26 @@ impl MapWriter {
         });
         let path = self.spec.path.clone();
         let mut map = self.map.take().expect("finish twice");
-        reset_gdal_error();
+        reset_errors();
         if self.spec.overviews {
-            map.build_overviews("NEAREST", &factors, &[]).map_err(|e| {
-                Error::file(
-                    &path,
-                    format!("building overviews failed: {}", one_line(&e.to_string())),
-                )
-            })?;
+            map.build_overviews("NEAREST", &factors, &[])
+                .map_err(|e| Error::gdal_file(&path, "building overviews failed", e))?;
         }
-        map.close().map_err(|e| {
-            Error::file(
-                &path,
-                format!("writing the map failed: {}", one_line(&e.to_string())),
-            )
-        })?;
-        if let Some(msg) = take_gdal_failure() {
-            return Err(Error::file(
-                &path,
-                format!("writing the map failed: {}", one_line(&msg)),
-            ));
+        map.close()
+            .map_err(|e| Error::gdal_file(&path, "writing the map failed", e))?;
+        if let Some(e) = take_failure() {
+            return Err(Error::gdal_file(&path, "writing the map failed", e));
         }
         let cpath = confidence_path(&path);
         if let Some(mut c) = self.conf.take() {
             if self.spec.overviews {
-                c.build_overviews("AVERAGE", &factors, &[]).map_err(|e| {
-                    Error::file(
-                        &cpath,
-                        format!("building overviews failed: {}", one_line(&e.to_string())),
-                    )
-                })?;
+                c.build_overviews("AVERAGE", &factors, &[])
+                    .map_err(|e| Error::gdal_file(&cpath, "building overviews failed", e))?;
             }
-            c.close().map_err(|e| {
-                Error::file(
-                    &cpath,
-                    format!("writing failed: {}", one_line(&e.to_string())),
-                )
-            })?;
-            if let Some(msg) = take_gdal_failure() {
-                return Err(Error::file(
-                    &cpath,
-                    format!("writing failed: {}", one_line(&msg)),
-                ));
+            c.close()
+                .map_err(|e| Error::gdal_file(&cpath, "writing failed", e))?;
+            if let Some(e) = take_failure() {
+                return Err(Error::gdal_file(&cpath, "writing failed", e));
             }
         }
         let qml = qml_path(&path);
@@ -664,7 +593,7 @@ impl MapWriter {
     fn remove_tmp(&self) {
         self.remove_generation(self.journal.generation);
         let j = journal_path(&self.spec.path);
-        let _ = std::fs::remove_file(PathBuf::from(format!("{}.tmp", j.display())));
+        let _ = std::fs::remove_file(append(&j, ".tmp"));
         let _ = std::fs::remove_file(j);
     }
 }
@@ -688,8 +617,8 @@ impl Drop for MapWriter {
 /// tile index only on the one after: a single `FlushCache` leaves the newest
 /// tile out of the file (seen on GDAL 3.6.2; the resume test checks it).
 fn flush_twice(ds: &mut Dataset, path: &Path) -> Result<()> {
-    ds.flush_cache().map_err(|e| Error::file(path, e))?;
-    ds.flush_cache().map_err(|e| Error::file(path, e))
+    ds.flush_cache().map_err(Error::on(path))?;
+    ds.flush_cache().map_err(Error::on(path))
 }
 
 fn sync(file: &Path, name: &Path) -> Result<()> {
@@ -704,56 +633,36 @@ fn write_u8(
     r: crate::infer::window::Rect,
     data: &[u8],
 ) -> Result<()> {
-    let mut band = ds.rasterband(1).map_err(|e| Error::file(path, e))?;
+    let mut band = ds.rasterband(1).map_err(Error::on(path))?;
     let mut buf = gdal::raster::Buffer::new((r.width, r.height), data.to_vec());
     band.write((r.x as isize, r.y as isize), (r.width, r.height), &mut buf)
         .map_err(|e| {
-            Error::file(
+            Error::gdal_file(
                 path,
-                format!(
-                    "write failed at rows {}..{}: {}",
-                    r.y,
-                    r.y + r.height,
-                    one_line(&e.to_string())
-                ),
+                format!("write failed at rows {}..{}", r.y, r.y + r.height),
+                e,
             )
         })
 }
 
-/// Writes a coloured PNG preview of a finished map, at most `max_side` px.
+/// Writes a coloured PNG preview of a finished map, at most `max_side` px
+/// (through [`crate::raster::write_png`]).
 pub fn write_preview(map: &Path, png: &Path, classes: &ClassTable, max_side: usize) -> Result<()> {
-    let ds = crate::infer::read::open_raster(map)?;
+    let ds = crate::raster::open_raster(map)?;
     let (w, h) = ds.raster_size();
     let scale = (w.max(h) as f64 / max_side as f64).max(1.0);
     let pw = ((w as f64 / scale).round() as usize).max(1);
     let ph = ((h as f64 / scale).round() as usize).max(1);
-    let band = ds.rasterband(1).map_err(|e| Error::file(map, e))?;
+    let band = ds.rasterband(1).map_err(Error::on(map))?;
     let ids = band
         .read_as::<u8>((0, 0), (w, h), (pw, ph), None)
-        .map_err(|e| Error::file(map, e))?;
+        .map_err(|e| Error::gdal_file(map, "cannot read the map", e))?;
     let mut lut = [[0u8; 3]; 256];
     for c in &classes.classes {
         lut[c.id as usize] = c.rgb();
     }
-    let mem = DriverManager::get_driver_by_name("MEM")?;
-    let rgb = mem.create_with_band_type::<u8, _>("", pw, ph, 3)?;
-    for (ch, band_no) in [0usize, 1, 2].into_iter().zip(1..) {
-        let data: Vec<u8> = ids.data().iter().map(|&v| lut[v as usize][ch]).collect();
-        let mut buf = gdal::raster::Buffer::new((pw, ph), data);
-        rgb.rasterband(band_no)?.write((0, 0), (pw, ph), &mut buf)?;
-    }
-    let tmp = tmp_path(png);
-    let pngd = DriverManager::get_driver_by_name("PNG")?;
-    let out = rgb
-        .create_copy(&pngd, &tmp, &CslStringList::new())
-        .map_err(|e| {
-            Error::file(
-                png,
-                format!("cannot write the preview: {}", one_line(&e.to_string())),
-            )
-        })?;
-    out.close().map_err(|e| Error::file(png, e))?;
-    let _ = std::fs::remove_file(aux_path(&tmp));
-    std::fs::rename(&tmp, png).map_err(|e| Error::file(png, e))?;
-    Ok(())
+    let plane =
+        |ch: usize| -> Vec<u8> { ids.data().iter().map(|&v| lut[v as usize][ch]).collect() };
+    let (r, g, b) = (plane(0), plane(1), plane(2));
+    crate::raster::write_png(png, pw, ph, [&r, &g, &b])
 }

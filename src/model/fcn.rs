@@ -1,4 +1,6 @@
-//! Segmentation heads, the small test networks, and bilinear upsampling.
+//! The ResNet FCNs (`resnet*-fcn`, `resnet*-fcn8s`): torchvision's FCN
+//! head on the [`ResNet`] backbone, with FCN-8s skips on request, and the
+//! bilinear upsampling that all networks end with.
 //!
 //! Upsampling is done here as two matrix products, `A_h · X · A_wᵀ`, with
 //! interpolation matrices that reproduce PyTorch's
@@ -12,8 +14,10 @@
 //! be marginally faster but leaves per-sample results at the mercy of the
 //! GEMM's blocking.
 
+use super::arch::{NetSpec, Network};
 use super::conv::{Conv2d, ConvBn};
 use super::resnet::{conv, conv_bn, Depth, ResNet, WInit};
+use crate::rng::{mix, GOLDEN};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,18 +118,15 @@ impl FcnHead {
     }
 }
 
-/// Dropout with a mask drawn from `seed` (splitmix64 per element), so that
-/// training is reproducible; candle's own dropout uses an unseeded generator.
+/// Dropout with a mask drawn from `seed` (the splitmix64 finaliser per
+/// element), so that training is reproducible; candle's own dropout uses an
+/// unseeded generator.
 pub(super) fn seeded_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     let n = x.elem_count();
     let keep = 1.0 - p;
     let mask: Vec<f32> = (0..n as u64)
         .map(|i| {
-            let mut z =
-                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_add(0x632b_e59b_d9b4_e019);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
+            let z = mix(seed.wrapping_mul(GOLDEN) ^ i.wrapping_add(0x632b_e59b_d9b4_e019));
             let u = (z >> 40) as f32 / (1u64 << 24) as f32;
             if u < keep {
                 1.0 / keep
@@ -143,6 +144,24 @@ pub(super) fn seeded_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
 struct Skips {
     score16: Conv2d,
     score8: Conv2d,
+}
+
+/// The registry's constructor of the ResNet FCNs of depth `depth`, with the
+/// FCN-8s skips when `fcn8s` is set.
+pub(super) fn build(
+    depth: Depth,
+    fcn8s: bool,
+    spec: &NetSpec,
+    vb: VarBuilder,
+) -> Result<Box<dyn Network>> {
+    Ok(Box::new(Fcn::new(
+        depth,
+        fcn8s,
+        spec.bands,
+        spec.classes,
+        vb,
+        spec.dropout_seed.clone(),
+    )?))
 }
 
 /// A ResNet with an FCN-32s head, or an FCN-8s head when `skips` is set.
@@ -197,9 +216,11 @@ impl Fcn {
             skips,
         })
     }
+}
 
+impl Network for Fcn {
     /// Convolution FLOPs of a forward pass on `b` windows of `h x w`.
-    pub(super) fn flops(&self, b: usize, h: usize, w: usize) -> u64 {
+    fn flops(&self, b: usize, h: usize, w: usize) -> u64 {
         let (mut total, sizes) = self.backbone.flops(b, h, w);
         let (h32, w32) = sizes[3];
         let (f0, h0, w0) = self.head.unit0.conv.flops(b, h32, w32);
@@ -211,7 +232,7 @@ impl Fcn {
         total
     }
 
-    pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let f = self.backbone.forward_t(x, train)?;
         let mut y = self.head.forward_t(&f.s32, train)?;
@@ -231,114 +252,11 @@ impl Fcn {
 
 /// A 1x1 scoring convolution with its bias: recorded for autograd in
 /// training, one fused pass at inference.
-fn score(conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
+pub(super) fn score(conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
     if train {
         conv.forward(x)
     } else {
         conv.forward_fused(x, None, None, false)
-    }
-}
-
-/// A conv3x3 → BN → ReLU unit of [`Tiny`], stored as `<name>.conv`, `<name>.bn`.
-fn conv_bn_relu(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Result<ConvBn> {
-    conv_bn(
-        vb.pp("conv"),
-        vb.pp("bn"),
-        c_in,
-        c_out,
-        3,
-        stride,
-        1,
-        WInit::KaimingFanOut,
-    )
-}
-
-/// Strides of `enc.0`, `enc.1`, `enc.2` of [`Tiny`]; they do not change any
-/// parameter shape.
-const TINY_STRIDES: [usize; 3] = [2, 2, 1];
-
-/// A few convolutions at quarter resolution: fast enough on a CPU for tests
-/// and demos, with the same structure (encoder, 1x1 classifier, bilinear
-/// upsampling) as the real models. The encoder runs at stride 4 rather than
-/// 2 because candle's CPU convolutions are slow on wide, full-size maps: at
-/// stride 2 a 256x256 window took about three times as long, for a smaller
-/// receptive field (9 px instead of 15 px).
-#[derive(Debug, Clone)]
-pub(super) struct Tiny {
-    enc: [ConvBn; 3],
-    cls: Conv2d,
-}
-
-impl Tiny {
-    pub(super) fn new(bands: usize, classes: usize, vb: VarBuilder) -> Result<Self> {
-        let e = vb.pp("enc");
-        Ok(Self {
-            enc: [
-                conv_bn_relu(e.pp(0), bands, 16, TINY_STRIDES[0])?,
-                conv_bn_relu(e.pp(1), 16, 32, TINY_STRIDES[1])?,
-                conv_bn_relu(e.pp(2), 32, 32, TINY_STRIDES[2])?,
-            ],
-            cls: conv(
-                vb.pp("cls"),
-                32,
-                classes,
-                1,
-                1,
-                0,
-                true,
-                WInit::TorchDefault,
-            )?,
-        })
-    }
-
-    pub(super) fn flops(&self, b: usize, h: usize, w: usize) -> u64 {
-        let (mut total, mut h, mut w) = (0, h, w);
-        for e in &self.enc {
-            let (f, h2, w2) = e.conv.flops(b, h, w);
-            (total, h, w) = (total + f, h2, w2);
-        }
-        total + self.cls.flops(b, h, w).0
-    }
-
-    pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let mut y = x.clone();
-        for e in &self.enc {
-            y = e.forward_t(&y, train, None, true)?;
-        }
-        resize_bilinear(&score(&self.cls, &y, train)?, h, w)
-    }
-}
-
-/// One 1x1 convolution: the cheapest possible per-pixel classifier, for
-/// measuring everything in the pipeline except the network.
-#[derive(Debug, Clone)]
-pub(super) struct Linear {
-    cls: Conv2d,
-}
-
-impl Linear {
-    pub(super) fn new(bands: usize, classes: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            cls: conv(
-                vb.pp("cls"),
-                bands,
-                classes,
-                1,
-                1,
-                0,
-                true,
-                WInit::TorchDefault,
-            )?,
-        })
-    }
-
-    pub(super) fn flops(&self, b: usize, h: usize, w: usize) -> u64 {
-        self.cls.flops(b, h, w).0
-    }
-
-    pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        score(&self.cls, x, train)
     }
 }
 

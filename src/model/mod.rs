@@ -1,232 +1,58 @@
-//! The model family and its self-describing file format.
+//! The model family: [`Model`], a network with its description.
 //!
-//! A model file is a plain safetensors file whose header metadata carries,
-//! under the key `"rstile"`, everything needed to use the weights: the
-//! architecture, the input bands and their normalisation, the class table
-//! and the default window geometry. One file is therefore enough to run
-//! inference and to write a legend, and a file whose weights do not fit its
-//! description is refused at load time rather than producing a wrong map.
+//! - [`file`](mod@file): the self-describing file format ([`ModelMeta`], [`read_meta`]);
+//! - [`arch`]: the architectures ([`Arch`]), their registry and the
+//!   [`Network`] trait every network implements;
+//! - one file per network, each implementing [`Network`]: `fcn.rs` (the
+//!   ResNet FCNs, on the backbone in `resnet.rs`), `tiny.rs`, `linear.rs`;
+//! - `init.rs`: seeded random initialisation;
+//! - [`ops`]: host-side softmax;
+//! - [`conv`], [`norm`]: the candle ops over the CPU kernels; [`bench`](mod@bench),
+//!   [`ledger`]: timing.
 //!
 //! Networks are built through a [`VarMap`], so the same construction code
-//! serves random initialisation, loading and (later) training; random
-//! initialisation uses a seeded generator of our own because candle's CPU
-//! `set_seed` has no effect, and a seed must reproduce a model exactly.
+//! serves random initialisation, loading and training.
 //!
 //! Nothing here knows about GDAL or the command line: the model sees
 //! normalised `f32` tensors and returns tensors.
 
+pub mod arch;
 pub mod bench;
 pub mod conv;
 mod fcn;
+pub mod file;
+mod init;
 pub mod ledger;
+mod linear;
 pub mod norm;
+pub mod ops;
 mod resnet;
+mod tiny;
 
 pub use crate::classes::ClassTable;
+pub use arch::{Arch, NetSpec, Network};
 pub use fcn::resize_bilinear;
+pub use file::{read_meta, ModelMeta, FORMAT, META_KEY};
+pub use ops::{exp_neg, softmax_channels};
 
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Shape, Tensor, Var};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder, VarMap};
-use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
-use std::collections::HashMap;
-use std::io::Read;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use file::{ModelFile, RawF32};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// Version of the metadata layout written by this library.
-pub const FORMAT: u32 = 1;
-
-/// Key of the model description in the safetensors header metadata.
-pub const META_KEY: &str = "rstile";
-
-/// The architecture names accepted in model files and on the command line.
-pub const ARCHS: &[&str] = &[
-    "resnet50-fcn",
-    "resnet50-fcn8s",
-    "resnet18-fcn",
-    "resnet18-fcn8s",
-    "resnet34-fcn",
-    "resnet34-fcn8s",
-    "tiny",
-    "linear",
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Arch {
-    Fcn { depth: resnet::Depth, fcn8s: bool },
-    Tiny,
-    Linear,
-}
-
-impl Arch {
-    fn parse(name: &str) -> Option<Arch> {
-        use resnet::Depth::*;
-        let fcn = |depth, fcn8s| Some(Arch::Fcn { depth, fcn8s });
-        match name {
-            "resnet18-fcn" => fcn(R18, false),
-            "resnet18-fcn8s" => fcn(R18, true),
-            "resnet34-fcn" => fcn(R34, false),
-            "resnet34-fcn8s" => fcn(R34, true),
-            "resnet50-fcn" => fcn(R50, false),
-            "resnet50-fcn8s" => fcn(R50, true),
-            "tiny" => Some(Arch::Tiny),
-            "linear" => Some(Arch::Linear),
-            _ => None,
-        }
-    }
-}
-
-/// The description stored in every model file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ModelMeta {
-    /// Layout version, [`FORMAT`].
-    pub format: u32,
-    /// One of [`ARCHS`].
-    pub arch: String,
-    /// Number of input bands.
-    pub bands: usize,
-    /// Names of the input bands (e.g. `["nir", "red", "green"]`); may be empty.
-    pub band_names: Vec<String>,
-    /// Per-band mean, in raw input units, subtracted before inference.
-    pub mean: Vec<f32>,
-    /// Per-band standard deviation, in raw input units.
-    pub std: Vec<f32>,
-    /// The legend; output channel `k` is `classes.classes[k]`.
-    pub classes: ClassTable,
-    /// Default window size, in pixels.
-    pub window: usize,
-    /// Default overlap between windows, as a fraction of the window.
-    pub overlap: f64,
-}
-
-impl ModelMeta {
-    /// A description with identity normalisation (mean 0, std 1), no band
-    /// names, 512 px windows and 25 % overlap.
-    pub fn new(arch: &str, bands: usize, classes: ClassTable) -> Self {
-        ModelMeta {
-            format: FORMAT,
-            arch: arch.to_string(),
-            bands,
-            band_names: Vec::new(),
-            mean: vec![0.0; bands],
-            std: vec![1.0; bands],
-            classes,
-            window: 512,
-            overlap: 0.25,
-        }
-    }
-
-    /// Number of classes, i.e. of output channels.
-    pub fn num_classes(&self) -> usize {
-        self.classes.len()
-    }
-
-    /// Checks that the description is usable; the error says what is wrong.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::Config(format!("model metadata: {msg}")));
-        if self.format != FORMAT {
-            return bad(format!(
-                "format {} is not supported (this build reads format {FORMAT})",
-                self.format
-            ));
-        }
-        if Arch::parse(&self.arch).is_none() {
-            return bad(format!(
-                "unknown architecture '{}' (known: {})",
-                self.arch,
-                ARCHS.join(", ")
-            ));
-        }
-        if self.bands == 0 {
-            return bad("bands must be at least 1".into());
-        }
-        if !self.band_names.is_empty() && self.band_names.len() != self.bands {
-            return bad(format!(
-                "{} band names for {} bands",
-                self.band_names.len(),
-                self.bands
-            ));
-        }
-        if self.mean.len() != self.bands || self.std.len() != self.bands {
-            return bad(format!(
-                "mean has {} values and std {} for {} bands",
-                self.mean.len(),
-                self.std.len(),
-                self.bands
-            ));
-        }
-        if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
-            return bad(format!("mean {m} is not finite"));
-        }
-        if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return bad(format!("std {s} is not a positive number"));
-        }
-        if self.window < 8 {
-            return bad(format!("window {} is smaller than 8 px", self.window));
-        }
-        if !(0.0..0.95).contains(&self.overlap) {
-            return bad(format!("overlap {} is outside [0, 0.95)", self.overlap));
-        }
-        if let Err(msg) = self.classes.validate() {
-            return bad(msg);
-        }
-        Ok(())
-    }
-}
-
-/// The network behind a [`Model`].
-#[derive(Debug, Clone)]
-enum Net {
-    Fcn(fcn::Fcn),
-    Tiny(fcn::Tiny),
-    Linear(fcn::Linear),
-}
-
-impl Net {
-    fn new(
-        arch: Arch,
-        bands: usize,
-        classes: usize,
-        vb: VarBuilder,
-        dropout_seed: Arc<AtomicU64>,
-    ) -> candle_core::Result<Net> {
-        Ok(match arch {
-            Arch::Fcn { depth, fcn8s } => Net::Fcn(fcn::Fcn::new(
-                depth,
-                fcn8s,
-                bands,
-                classes,
-                vb,
-                dropout_seed,
-            )?),
-            Arch::Tiny => Net::Tiny(fcn::Tiny::new(bands, classes, vb)?),
-            Arch::Linear => Net::Linear(fcn::Linear::new(bands, classes, vb)?),
-        })
-    }
-
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        match self {
-            Net::Fcn(n) => n.forward_t(x, train),
-            Net::Tiny(n) => n.forward_t(x, train),
-            Net::Linear(n) => n.forward_t(x, train),
-        }
-    }
-}
 
 /// A network with its description, ready for inference (and training).
 pub struct Model {
     /// The description written to, and read from, the model file.
     pub meta: ModelMeta,
-    net: Net,
+    net: Box<dyn Network>,
     device: Device,
     varmap: VarMap,
     /// (arch, bands, classes) the network was built for; `meta` is public
     /// and could be edited, so `save` checks it still agrees.
-    built_for: (String, usize, usize),
+    built_for: (Arch, usize, usize),
     /// Seed of the next dropout mask (FCN heads in train mode).
     dropout_seed: Arc<AtomicU64>,
 }
@@ -253,47 +79,33 @@ impl Model {
 
     fn build(meta: ModelMeta, seed: Option<u64>, device: &Device) -> Result<Model> {
         meta.validate()?;
-        let arch = Arch::parse(&meta.arch).expect("validated");
         let varmap = VarMap::new();
-        let backend = SeededBackend {
+        let backend = init::SeededBackend {
             varmap: varmap.clone(),
             seed,
         };
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-        let dropout_seed = Arc::new(AtomicU64::new(0));
-        let net = Net::new(
-            arch,
-            meta.bands,
-            meta.num_classes(),
-            vb,
-            dropout_seed.clone(),
-        )?;
-        let built_for = (meta.arch.clone(), meta.bands, meta.num_classes());
+        let spec = NetSpec {
+            bands: meta.bands,
+            classes: meta.num_classes(),
+            dropout_seed: Arc::new(AtomicU64::new(0)),
+        };
+        let net = meta.arch.build(&spec, vb)?;
         Ok(Model {
+            built_for: (meta.arch, meta.bands, meta.num_classes()),
             meta,
             net,
             device: device.clone(),
             varmap,
-            built_for,
-            dropout_seed,
+            dropout_seed: spec.dropout_seed,
         })
     }
 
     /// Loads a model file written by [`Model::save`]. Every error names the
     /// file.
     pub fn load(path: &Path, device: &Device) -> Result<Model> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::file(path, format!("cannot read model file: {e}")))?;
-        let corrupt = |e: safetensors::SafeTensorError| {
-            Error::file(
-                path,
-                format!("not a safetensors model file, or truncated/corrupt: {e}"),
-            )
-        };
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(corrupt)?;
-        let meta =
-            meta_from_header(header.metadata().as_ref()).map_err(|m| Error::file(path, m))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(corrupt)?;
+        let file = ModelFile::read(path)?;
+        let (meta, st) = file.parse(path)?;
         let what = format!(
             "architecture '{}' with {} bands and {} classes",
             meta.arch,
@@ -338,12 +150,7 @@ impl Model {
                         format!("tensor '{name}' is {:?}, expected F32", view.dtype()),
                     ));
                 }
-                let values: Vec<f32> = view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                let t = Tensor::from_vec(values, view.shape(), device)?;
+                let t = Tensor::from_vec(file::f32_values(&view), view.shape(), device)?;
                 var.set(&t)?;
             }
         }
@@ -354,11 +161,7 @@ impl Model {
     /// or not at all (written to a temporary name, then renamed).
     pub fn save(&self, path: &Path) -> Result<()> {
         self.meta.validate()?;
-        let now = (
-            self.meta.arch.clone(),
-            self.meta.bands,
-            self.meta.num_classes(),
-        );
+        let now = (self.meta.arch, self.meta.bands, self.meta.num_classes());
         if now != self.built_for {
             return Err(Error::Config(format!(
                 "model metadata (arch '{}', {} bands, {} classes) no longer matches the network \
@@ -366,8 +169,6 @@ impl Model {
                 now.0, now.1, now.2, self.built_for.0, self.built_for.1, self.built_for.2
             )));
         }
-        let json = serde_json::to_string(&self.meta)
-            .map_err(|e| Error::Config(format!("cannot serialise model metadata: {e}")))?;
         let mut tensors = Vec::new();
         {
             let vars = self.varmap.data().lock().expect("varmap lock");
@@ -376,36 +177,11 @@ impl Model {
                     .as_tensor()
                     .to_device(&Device::Cpu)?
                     .to_dtype(DType::F32)?;
-                let data: Vec<u8> = t
-                    .flatten_all()?
-                    .to_vec1::<f32>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect();
-                tensors.push((
-                    name.clone(),
-                    RawF32 {
-                        shape: t.dims().to_vec(),
-                        data,
-                    },
-                ));
+                let values = t.flatten_all()?.to_vec1::<f32>()?;
+                tensors.push((name.clone(), RawF32::new(t.dims().to_vec(), &values)));
             }
         }
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| Error::file(path, "not a file path"))?
-            .to_string_lossy();
-        let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
-        let metadata = HashMap::from([(META_KEY.to_string(), json)]);
-        let written = safetensors::serialize_to_file(tensors, Some(metadata), &tmp)
-            .map_err(|e| e.to_string())
-            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
-        if let Err(msg) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::file(path, format!("cannot write model file: {msg}")));
-        }
-        Ok(())
+        file::write(path, &self.meta, tensors)
     }
 
     /// Class probabilities (softmax over dim 1), `(B, K, H, W)`, in eval
@@ -481,11 +257,7 @@ impl Model {
                 "cannot count FLOPs for {batch} x {height} x {width}"
             )));
         }
-        Ok(match &self.net {
-            Net::Fcn(n) => n.flops(batch, height, width),
-            Net::Tiny(n) => n.flops(batch, height, width),
-            Net::Linear(n) => n.flops(batch, height, width),
-        })
+        Ok(self.net.flops(batch, height, width))
     }
 
     /// Number of trainable parameters (batch-norm running statistics are
@@ -503,294 +275,16 @@ fn is_trainable(name: &str) -> bool {
     !(name.ends_with(".running_mean") || name.ends_with(".running_var"))
 }
 
-/// `e^x` for `x <= 0`, branch-free so that the softmax loop vectorises:
-/// Cody-Waite reduction `x = k ln2 + r`, a degree-6 polynomial for `e^r`
-/// on `|r| <= ln2 / 2`, and `2^k` built in the exponent bits. Relative
-/// error below 1e-6 (tested against `f32::exp`); underflows to 0 below -87.
-#[inline(always)]
-pub fn exp_neg(x: f32) -> f32 {
-    let x = x.max(-87.0);
-    let k = (x * std::f32::consts::LOG2_E).round();
-    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (0.166_666_67
-                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    f32::from_bits(((k as i32 + 127) as u32) << 23) * p
-}
-
-/// In-place softmax over the channel axis of `[b][k][n]` data, with the
-/// usual max subtraction.
-pub fn softmax_channels(v: &mut [f32], b: usize, k: usize, n: usize) {
-    let mut mx = vec![0f32; n];
-    let mut sum = vec![0f32; n];
-    for s in v.chunks_mut(k * n).take(b) {
-        mx.copy_from_slice(&s[..n]);
-        for c in 1..k {
-            for (m, &x) in mx.iter_mut().zip(&s[c * n..(c + 1) * n]) {
-                *m = m.max(x);
-            }
-        }
-        sum.fill(0.0);
-        for c in 0..k {
-            for ((x, &m), acc) in s[c * n..(c + 1) * n]
-                .iter_mut()
-                .zip(&mx)
-                .zip(sum.iter_mut())
-            {
-                *x = exp_neg(*x - m);
-                *acc += *x;
-            }
-        }
-        for c in 0..k {
-            for (x, &t) in s[c * n..(c + 1) * n].iter_mut().zip(&sum) {
-                *x /= t;
-            }
-        }
-    }
-}
-
-/// Reads only the description of a model file (the header), without
-/// reading the weights.
-pub fn read_meta(path: &Path) -> Result<ModelMeta> {
-    let corrupt = |msg: String| {
-        Error::file(
-            path,
-            format!("not a safetensors model file, or truncated/corrupt: {msg}"),
-        )
-    };
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Error::file(path, format!("cannot read model file: {e}")))?;
-    let file_len = f
-        .metadata()
-        .map_err(|e| Error::file(path, format!("cannot read model file: {e}")))?
-        .len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)
-        .map_err(|_| corrupt("shorter than the 8-byte header size".into()))?;
-    let n = u64::from_le_bytes(n);
-    // safetensors caps headers at 100 MB.
-    if n > 100_000_000 || 8 + n > file_len {
-        return Err(corrupt(format!("header size {n} does not fit the file")));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header)
-        .map_err(|e| Error::file(path, format!("cannot read model file: {e}")))?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| corrupt(format!("header: {e}")))?;
-    // The header must describe exactly the bytes that follow it, as
-    // safetensors itself checks, so that a truncated file is caught here too.
-    let mut end = 0u64;
-    for (name, info) in &header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let offsets = info
-            .get("data_offsets")
-            .and_then(|o| o.as_array())
-            .and_then(|o| o.get(1))
-            .and_then(|o| o.as_u64())
-            .ok_or_else(|| corrupt(format!("tensor '{name}' has no data offsets")))?;
-        end = end.max(offsets);
-    }
-    let described = (8 + n).saturating_add(end);
-    if described != file_len {
-        return Err(corrupt(format!(
-            "header describes {described} bytes, the file has {file_len}"
-        )));
-    }
-    let metadata: Option<HashMap<String, String>> = match header.get("__metadata__") {
-        None => None,
-        Some(v) => Some(
-            serde_json::from_value(v.clone())
-                .map_err(|e| corrupt(format!("header metadata: {e}")))?,
-        ),
-    };
-    meta_from_header(metadata.as_ref()).map_err(|m| Error::file(path, m))
-}
-
-/// The [`ModelMeta`] in a safetensors header's metadata, validated.
-fn meta_from_header(
-    metadata: Option<&HashMap<String, String>>,
-) -> std::result::Result<ModelMeta, String> {
-    let json = metadata.and_then(|m| m.get(META_KEY)).ok_or_else(|| {
-        format!(
-            "no \"{META_KEY}\" metadata in the header: a safetensors file, but not an rstile model"
-        )
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("invalid \"{META_KEY}\" metadata: {e}"))?;
-    match value.get("format").and_then(|f| f.as_u64()) {
-        Some(f) if f == FORMAT as u64 => {}
-        Some(f) => {
-            return Err(format!(
-                "model format {f} is not supported (this build reads format {FORMAT})"
-            ))
-        }
-        None => return Err(format!("invalid \"{META_KEY}\" metadata: no format number")),
-    }
-    let meta: ModelMeta = serde_json::from_value(value)
-        .map_err(|e| format!("invalid \"{META_KEY}\" metadata: {e}"))?;
-    meta.validate().map_err(|e| e.to_string())?;
-    Ok(meta)
-}
-
-/// A tensor's bytes, as safetensors wants them.
-struct RawF32 {
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl safetensors::View for RawF32 {
-    fn dtype(&self) -> safetensors::Dtype {
-        safetensors::Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-/// A `VarMap` backend that creates missing variables from the
-/// initialisation hints with a seeded generator (or as zeros when no seed is
-/// given, for variables that are about to be loaded).
-struct SeededBackend {
-    varmap: VarMap,
-    seed: Option<u64>,
-}
-
-impl SimpleBackend for SeededBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let mut vars = self.varmap.data().lock().expect("varmap lock");
-        if let Some(v) = vars.get(name) {
-            if v.shape() != &s {
-                candle_core::bail!("shape mismatch on {name}: {s:?} <> {:?}", v.shape());
-            }
-            return Ok(v.as_tensor().clone());
-        }
-        let values = match self.seed {
-            None => vec![0f32; s.elem_count()],
-            Some(seed) => sample(h, &s, seed, name),
-        };
-        let t = Tensor::from_vec(values, s, dev)?.to_dtype(dtype)?;
-        let var = Var::from_tensor(&t)?;
-        vars.insert(name.to_string(), var.clone());
-        Ok(var.as_tensor().clone())
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("variable {name} requested without a shape")
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .contains_key(name)
-    }
-}
-
-/// Values for a tensor of shape `s` following the hint `h`, from a
-/// generator seeded by `seed` and the tensor's `name`.
-fn sample(h: Init, s: &Shape, seed: u64, name: &str) -> Vec<f32> {
-    use candle_nn::init::NormalOrUniform;
-    let n = s.elem_count();
-    let mut rng = SplitMix64::new(seed ^ fnv1a(name.as_bytes()));
-    let uniform = |rng: &mut SplitMix64, lo: f64, up: f64| -> Vec<f32> {
-        (0..n)
-            .map(|_| (lo + (up - lo) * rng.next_f64()) as f32)
-            .collect()
-    };
-    let normal = |rng: &mut SplitMix64, mean: f64, std: f64| -> Vec<f32> {
-        let mut v = Vec::with_capacity(n + 1);
-        while v.len() < n {
-            let (a, b) = rng.next_normal_pair();
-            v.push((mean + std * a) as f32);
-            v.push((mean + std * b) as f32);
-        }
-        v.truncate(n);
-        v
-    };
-    match h {
-        Init::Const(c) => vec![c as f32; n],
-        Init::Uniform { lo, up } => uniform(&mut rng, lo, up),
-        Init::Randn { mean, stdev } => normal(&mut rng, mean, stdev),
-        Init::Kaiming {
-            dist,
-            fan,
-            non_linearity,
-        } => {
-            let std = non_linearity.gain() / (fan.for_shape(s) as f64).sqrt();
-            match dist {
-                NormalOrUniform::Normal => normal(&mut rng, 0.0, std),
-                NormalOrUniform::Uniform => {
-                    let bound = 3f64.sqrt() * std;
-                    uniform(&mut rng, -bound, bound)
-                }
-            }
-        }
-    }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// Steele, Lea & Flood's SplitMix64: tiny, fast, and good enough to draw
-/// initial weights.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Two independent standard normals (Box-Muller).
-    fn next_normal_pair(&mut self) -> (f64, f64) {
-        let u1 = 1.0 - self.next_f64(); // (0, 1]: ln is finite
-        let u2 = self.next_f64();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = 2.0 * std::f64::consts::PI * u2;
-        (r * t.cos(), r * t.sin())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Shape;
+    use candle_nn::Init;
+    use std::collections::HashMap;
     use std::time::Instant;
 
     fn meta(arch: &str, bands: usize) -> ModelMeta {
-        ModelMeta::new(arch, bands, ClassTable::isprs())
+        ModelMeta::new(arch.parse().unwrap(), bands, ClassTable::isprs())
     }
 
     #[test]
@@ -814,17 +308,6 @@ mod tests {
     }
 
     #[test]
-    fn exp_neg_is_accurate() {
-        let mut x = 0.0f32;
-        while x > -87.0 {
-            let (a, b) = (exp_neg(x), x.exp());
-            assert!(((a - b) / b).abs() < 1e-6, "exp({x}): {a} vs {b}");
-            x -= 0.0137;
-        }
-        assert!(exp_neg(-1000.0) < 1e-37 && exp_neg(-1000.0) >= 0.0);
-    }
-
-    #[test]
     fn host_softmax_matches_candle() {
         let m = Model::new_random(meta("tiny", 3), 5, &Device::Cpu).unwrap();
         let x = input(2, 3, 37, 29, 9);
@@ -843,7 +326,7 @@ mod tests {
     }
 
     fn input(b: usize, bands: usize, h: usize, w: usize, seed: u64) -> Tensor {
-        let v = sample(
+        let v = init::sample(
             Init::Randn {
                 mean: 0.0,
                 stdev: 1.0,
@@ -896,9 +379,9 @@ mod tests {
 
     #[test]
     fn every_arch_builds_and_keeps_the_input_size() {
-        for &arch in ARCHS {
+        for arch in Arch::ALL {
             for bands in [3, 5] {
-                let m = Model::new_random(meta(arch, bands), 7, &Device::Cpu).unwrap();
+                let m = Model::new_random(meta(arch.name(), bands), 7, &Device::Cpu).unwrap();
                 let p = m.forward_probs(&input(2, bands, 64, 64, 1)).unwrap();
                 assert_probs(&p, &[2, 6, 64, 64]);
                 let p = m.forward_probs(&input(1, bands, 67, 45, 2)).unwrap();
@@ -1048,10 +531,9 @@ mod tests {
 
     /// Writes a safetensors file with the given tensors and metadata.
     fn write_raw(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>, md: Option<String>) {
-        let t = tensors.into_iter().map(|(n, shape, v)| {
-            let data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (n, RawF32 { shape, data })
-        });
+        let t = tensors
+            .into_iter()
+            .map(|(n, shape, v)| (n, RawF32::new(shape, &v)));
         let md = md.map(|s| HashMap::from([(META_KEY.to_string(), s)]));
         safetensors::serialize_to_file(t, md, path).unwrap();
     }
@@ -1123,6 +605,19 @@ mod tests {
                 "{e}"
             );
         }
+        let unknown = dir.path().join("unknown.safetensors");
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["arch"] = "vgg16".into();
+        write_raw(&unknown, tensors.clone(), Some(v.to_string()));
+        for e in [
+            err_of(Model::load(&unknown, &dev)),
+            err_of(read_meta(&unknown)),
+        ] {
+            assert!(
+                e.contains("unknown.safetensors") && e.contains("unknown architecture 'vgg16'"),
+                "{e}"
+            );
+        }
         let future = dir.path().join("future.safetensors");
         let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
         v["format"] = 2.into();
@@ -1176,7 +671,6 @@ mod tests {
         ok.validate().unwrap();
         type Edit = fn(&mut ModelMeta);
         let cases: Vec<(Edit, &str)> = vec![
-            (|m| m.arch = "vgg16".into(), "unknown architecture"),
             (|m| m.bands = 0, "bands"),
             (|m| m.mean.push(0.0), "mean"),
             (|m| m.std = vec![1.0, -1.0, 1.0], "std"),
@@ -1198,7 +692,7 @@ mod tests {
         }
         // save refuses metadata edited out of agreement with the network.
         let mut m = Model::new_random(meta("linear", 3), 0, &Device::Cpu).unwrap();
-        m.meta.arch = "tiny".into();
+        m.meta.arch = Arch::Tiny;
         let dir = tempfile::tempdir().unwrap();
         assert!(m.save(&dir.path().join("x.safetensors")).is_err());
     }
@@ -1285,8 +779,8 @@ mod tests {
     #[ignore]
     fn timings() {
         let x = input(1, 3, 256, 256, 0);
-        for &arch in ARCHS {
-            let m = Model::new_random(meta(arch, 3), 0, &Device::Cpu).unwrap();
+        for arch in Arch::ALL {
+            let m = Model::new_random(meta(arch.name(), 3), 0, &Device::Cpu).unwrap();
             m.forward_probs(&x).unwrap();
             // The minimum of a few runs: robust to other load on the machine.
             let ms = (0..5)

@@ -7,11 +7,11 @@
 //! when its centre `(x + 0.5, y + 0.5)` is (even-odd rule, holes honoured).
 
 use crate::error::{Error, Result};
-use crate::infer::read::SceneInfo;
 use crate::infer::window::Rect;
+use crate::raster::SceneInfo;
 use gdal::spatial_ref::{AxisMappingStrategy, SpatialRef};
 use gdal::vector::LayerAccess;
-use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
+use gdal::GdalOpenFlags;
 use geo::orient::{Direction, Orient};
 use geo::{BoundingRect, Coord, Intersects, MapCoords, MultiPolygon, Polygon};
 use std::path::Path;
@@ -37,17 +37,15 @@ impl Aoi {
         if !path.exists() {
             return Err(Error::file(path, "no such file"));
         }
-        let ds = Dataset::open_ex(
+        let ds = crate::raster::open_ex(
             path,
-            DatasetOptions {
-                open_flags: GdalOpenFlags::GDAL_OF_VECTOR | GdalOpenFlags::GDAL_OF_READONLY,
-                ..Default::default()
-            },
+            GdalOpenFlags::GDAL_OF_VECTOR | GdalOpenFlags::GDAL_OF_READONLY,
         )
-        .map_err(|_| {
-            Error::file(
+        .map_err(|e| {
+            Error::gdal_file(
                 path,
                 "not a vector file GDAL can open (GeoJSON, GeoPackage, Shapefile, ...)",
+                e,
             )
         })?;
         let gt = scene.geo_transform.ok_or_else(|| {
@@ -61,7 +59,7 @@ impl Aoi {
             .as_deref()
             .map(SpatialRef::from_wkt)
             .transpose()
-            .map_err(|e| Error::file(&scene.path, e))?
+            .map_err(Error::on(&scene.path))?
             .map(srs_gis_order);
         // inverse geotransform
         let det = gt[1] * gt[5] - gt[2] * gt[4];
@@ -85,11 +83,11 @@ impl Aoi {
                 };
                 let g = match (&layer_srs, &target) {
                     (Some(_), Some(t)) => g.transform_to(t).map_err(|e| {
-                        Error::file(path, format!("cannot reproject to the scene's CRS: {e}"))
+                        Error::gdal_file(path, "cannot reproject to the scene's CRS", e)
                     })?,
                     _ => g.clone(),
                 };
-                match g.to_geo().map_err(|e| Error::file(path, e))? {
+                match g.to_geo().map_err(Error::on(path))? {
                     geo::Geometry::Polygon(p) => polys.push(p.map_coords(to_px)),
                     geo::Geometry::MultiPolygon(mp) => polys.extend(mp.map_coords(to_px).0),
                     _ => others += 1,

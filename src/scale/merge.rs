@@ -7,10 +7,10 @@
 //! are refused rather than silently joined.
 
 use crate::error::{Error, Result};
-use crate::infer::read::open_raster;
 use crate::infer::stitch::Band;
 use crate::infer::window::Rect;
 use crate::infer::write::{confidence_path, MapFiles, MapSpec, MapWriter, TILE};
+use crate::raster::open_raster;
 use crate::scale::parts::{Part, PartMeta};
 use gdal::Metadata;
 use std::collections::BTreeMap;

@@ -1,20 +1,13 @@
-//! Hashes, a small seeded generator and value noise.
+//! Hashes and value noise, built on the crate's splitmix64
+//! ([`crate::rng`]), which is also the generator of each cell's features.
 //!
 //! Every random quantity of a synthetic scene is a pure function of the seed
 //! and integer coordinates, so any part of a scene can be generated on its own
 //! and comes out bit-identical whatever the window it is generated in.
 
-/// The golden-ratio increment of splitmix64.
-pub(crate) const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+use crate::rng::{mix, GOLDEN};
 
-/// The splitmix64 finaliser: a bijective, well-mixing function of 64 bits.
-#[inline]
-pub(crate) fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
 
 /// The key of the random stream `tag` of scene `seed`.
 pub(crate) fn key(seed: u64, tag: u64) -> u64 {
@@ -51,53 +44,6 @@ pub(crate) fn tri4(h: u64) -> [f32; 4] {
         (a + b) as f32 * (1.0 / 255.0) - 1.0
     };
     [t(0), t(1), t(2), t(3)]
-}
-
-/// A splitmix64 stream: the generator of the features of one cell.
-#[derive(Clone, Debug)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(state: u64) -> Self {
-        Rng(state)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(GOLDEN);
-        mix(self.0)
-    }
-
-    /// Uniform in [0, 1).
-    pub(crate) fn f(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in [lo, hi) (or [hi, lo) when hi < lo).
-    pub(crate) fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.f()
-    }
-
-    pub(crate) fn chance(&mut self, p: f64) -> bool {
-        self.f() < p
-    }
-
-    /// Uniform in 0..n (n > 0).
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
-    }
-
-    /// An index drawn with the given weights.
-    pub(crate) fn pick(&mut self, weights: &[f64]) -> usize {
-        let total: f64 = weights.iter().sum();
-        let mut r = self.f() * total;
-        for (k, w) in weights.iter().enumerate() {
-            if r < *w {
-                return k;
-            }
-            r -= w;
-        }
-        weights.len() - 1
-    }
 }
 
 #[inline]
@@ -200,14 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn rng_helpers_stay_in_range() {
-        let mut r = Rng::new(5);
-        for _ in 0..1000 {
-            assert!(r.below(7) < 7);
-            let v = r.range(2.0, 3.0);
-            assert!((2.0..3.0).contains(&v));
-            assert!(r.pick(&[1.0, 0.0, 2.0]) != 1);
-        }
+    fn tri4_stays_in_range() {
         for t in tri4(u64::MAX).iter().chain(tri4(0).iter()) {
             assert!((-1.0..=1.0).contains(t));
         }

@@ -6,7 +6,8 @@
 //! the cell's rectangle grown by [`MARGIN`] pixels, so a window of the scene
 //! only needs the cells that come within [`MARGIN`] of it.
 
-use super::noise::{h2, key, Rng};
+use super::noise::{h2, key};
+use crate::rng::SplitMix64;
 
 /// Ground sampling distance the scene is designed for (metres per pixel).
 pub(crate) const GSD: f64 = 0.09;
@@ -84,7 +85,7 @@ fn cell_of(k: u64, x: i64) -> i64 {
 }
 
 fn line(k: u64, i: i64) -> Line {
-    let mut r = Rng::new(h2(k, i, 1));
+    let mut r = SplitMix64::new(h2(k, i, 1));
     Line {
         pos: line_pos(k, i),
         hw: m(r.range(3.0, 4.6)),
@@ -283,7 +284,14 @@ pub(crate) struct Feature {
 }
 
 impl Feature {
-    fn new(kind: Kind, class: u8, shape: Shape, height: f64, col: [f32; 3], rng: &mut Rng) -> Self {
+    fn new(
+        kind: Kind,
+        class: u8,
+        shape: Shape,
+        height: f64,
+        col: [f32; 3],
+        rng: &mut SplitMix64,
+    ) -> Self {
         Feature {
             kind,
             class,
@@ -315,13 +323,13 @@ impl Feature {
     }
 }
 
-fn jitter(rng: &mut Rng, c: [f32; 3], amount: f32) -> [f32; 3] {
+fn jitter(rng: &mut SplitMix64, c: [f32; 3], amount: f32) -> [f32; 3] {
     let b = rng.range(0.9, 1.1) as f32;
     let mut j = || rng.range(-amount as f64, amount as f64) as f32;
     [c[0] * b + j(), c[1] * b + j(), c[2] * b + j()]
 }
 
-fn pave(shape: Shape, tone: u8, rng: &mut Rng) -> Feature {
+fn pave(shape: Shape, tone: u8, rng: &mut SplitMix64) -> Feature {
     const TONES: [[f32; 3]; 4] = [
         [120.0, 123.0, 127.0],
         [160.0, 150.0, 142.0],
@@ -332,7 +340,7 @@ fn pave(shape: Shape, tone: u8, rng: &mut Rng) -> Feature {
     Feature::new(Kind::Pave(tone), IMPERVIOUS, shape, 0.0, col, rng)
 }
 
-fn bed(shape: Shape, rng: &mut Rng) -> Feature {
+fn bed(shape: Shape, rng: &mut SplitMix64) -> Feature {
     let base = if rng.chance(0.5) {
         [160.0, 98.0, 86.0]
     } else {
@@ -348,7 +356,7 @@ fn building(
     eave: f64,
     height: f64,
     flat_roof: bool,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
 ) -> Feature {
     const TILED: [[f32; 3]; 5] = [
         [178.0, 150.0, 96.0],  // red tiles
@@ -373,7 +381,7 @@ fn building(
     f
 }
 
-fn tree(cx: f64, cy: f64, r: f64, height: f64, rng: &mut Rng) -> Feature {
+fn tree(cx: f64, cy: f64, r: f64, height: f64, rng: &mut SplitMix64) -> Feature {
     let base = if rng.chance(0.05) {
         [150.0, 96.0, 76.0]
     } else {
@@ -390,13 +398,13 @@ fn tree(cx: f64, cy: f64, r: f64, height: f64, rng: &mut Rng) -> Feature {
     )
 }
 
-fn hedge(shape: Shape, rng: &mut Rng) -> Feature {
+fn hedge(shape: Shape, rng: &mut SplitMix64) -> Feature {
     let col = jitter(rng, [196.0, 86.0, 80.0], 12.0);
     let h = rng.range(1.5, 3.0);
     Feature::new(Kind::Hedge, TREE, shape, h, col, rng)
 }
 
-fn car(shape: Shape, along_x: bool, rng: &mut Rng) -> Feature {
+fn car(shape: Shape, along_x: bool, rng: &mut SplitMix64) -> Feature {
     const PAINT: [[f32; 3]; 7] = [
         [226.0, 226.0, 229.0], // white
         [42.0, 42.0, 48.0],    // black
@@ -421,13 +429,13 @@ const CLUTTER_COLS: [[f32; 3]; 6] = [
     [70.0, 70.0, 76.0],    // dark
 ];
 
-fn clutter(shape: Shape, height: f64, rng: &mut Rng) -> Feature {
-    let base = CLUTTER_COLS[rng.below(CLUTTER_COLS.len())];
+fn clutter(shape: Shape, height: f64, rng: &mut SplitMix64) -> Feature {
+    let base = CLUTTER_COLS[rng.below32(CLUTTER_COLS.len())];
     let col = jitter(rng, base, 14.0);
     Feature::new(Kind::Clutter, CLUTTER, shape, height, col, rng)
 }
 
-fn blob(cx: f64, cy: f64, r: f64, rng: &mut Rng) -> Shape {
+fn blob(cx: f64, cy: f64, r: f64, rng: &mut SplitMix64) -> Shape {
     let mut c = [[cx, cy, r]; 3];
     for d in c.iter_mut().skip(1) {
         d[0] = cx + rng.range(-0.8, 0.8) * r;
@@ -511,7 +519,7 @@ fn house(
     d1: f64,
     eave: f64,
     flat: bool,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     out: &mut Vec<Feature>,
 ) {
     let shape = f.rect(a0, a1, d0, d1);
@@ -535,7 +543,7 @@ fn place_trees(
     n: usize,
     avoid: Option<[f64; 4]>,
     big: bool,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     out: &mut Vec<Feature>,
 ) {
     let (along, depth) = (f.along(), f.depth());
@@ -564,7 +572,7 @@ fn place_trees(
 }
 
 /// A residential lot: a house, its driveway, terrace, garden, trees, bins.
-fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
+fn lot(f: &Frame, rng: &mut SplitMix64, out: &mut Vec<Feature>) {
     let (along, depth) = (f.along(), f.depth());
     if along < m(6.0) || depth < m(6.0) {
         return;
@@ -575,7 +583,7 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
         let (d0, d1) = (m(1.0), depth * rng.range(0.5, 0.9));
         let shape = f.rect(a0, a1, d0, d1);
         out.push(clutter(shape, rng.range(0.3, 0.8), rng));
-        for _ in 0..rng.below(4) {
+        for _ in 0..rng.below32(4) {
             let (cx, cy) = f.point(rng.range(a0, a1), rng.range(d0, d1));
             let s = blob(cx, cy, m(rng.range(0.8, 2.0)), rng);
             out.push(clutter(s, rng.range(1.0, 2.5), rng));
@@ -635,7 +643,7 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
             } else {
                 setback
             };
-            out.push(pave(f.rect(da0, da1, 0.0, dend), rng.below(4) as u8, rng));
+            out.push(pave(f.rect(da0, da1, 0.0, dend), rng.below32(4) as u8, rng));
             // A garage at the end of the driveway.
             if (left || right) && rng.chance(0.4) && dend + m(6.5) < depth {
                 let gd = dend + m(rng.range(5.5, 6.5));
@@ -664,7 +672,7 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
             }
             if rng.chance(0.45) {
                 // Bins at the street end of the driveway.
-                for k in 0..1 + rng.below(3) {
+                for k in 0..1 + rng.below32(3) {
                     let s = m(rng.range(0.55, 0.8));
                     let ba = if da0 > s + m(0.2) {
                         da0 - s - m(0.1)
@@ -687,7 +695,7 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
             let td1 = d1 + m(rng.range(2.5, 4.5)).min(depth - d1 - m(0.5));
             out.push(pave(
                 f.rect(ta0, ta0 + tw, d1, td1),
-                1 + rng.below(3) as u8,
+                1 + rng.below32(3) as u8,
                 rng,
             ));
         }
@@ -711,9 +719,9 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
             out.push(hedge(shape, rng));
         }
     }
-    let n_trees = [2, 3, 3, 4, 4, 5, 5, 6, 8][rng.below(9)];
+    let n_trees = [2, 3, 3, 4, 4, 5, 5, 6, 8][rng.below32(9)];
     place_trees(f, n_trees, bld, false, rng, out);
-    for _ in 0..[0, 0, 1, 1, 2][rng.below(5)] {
+    for _ in 0..[0, 0, 1, 1, 2][rng.below32(5)] {
         let (cx, cy) = f.point(
             rng.range(m(1.0), along - m(1.0)),
             rng.range(m(1.0), depth - m(1.0)),
@@ -724,7 +732,7 @@ fn lot(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
 }
 
 /// A block of flats or a commercial building with a parking lot.
-fn apartments(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
+fn apartments(f: &Frame, rng: &mut SplitMix64, out: &mut Vec<Feature>) {
     let (along, depth) = (f.along(), f.depth());
     let parts = if along > m(50.0) { 2 } else { 1 };
     let part = along / parts as f64;
@@ -770,7 +778,7 @@ fn apartments(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
             }
         }
         // Containers at the end of the lot.
-        for _ in 0..rng.below(3) {
+        for _ in 0..rng.below32(3) {
             let (w, l) = (m(rng.range(1.4, 2.2)), m(rng.range(2.0, 4.0)));
             let a = rng.range(a0, (a1 - l).max(a0));
             out.push(clutter(
@@ -780,7 +788,7 @@ fn apartments(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
             ));
         }
     }
-    let n = 2 + rng.below(6);
+    let n = 2 + rng.below32(6);
     place_trees(
         f,
         n,
@@ -789,7 +797,7 @@ fn apartments(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
         rng,
         out,
     );
-    for _ in 0..rng.below(4) {
+    for _ in 0..rng.below32(4) {
         let (cx, cy) = f.point(
             rng.range(m(2.0), along - m(2.0)),
             rng.range(m(1.0), setback.max(m(1.5))),
@@ -800,7 +808,7 @@ fn apartments(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
 }
 
 /// A park: meadow, paths, groups of large trees, sometimes a playground.
-fn park(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
+fn park(f: &Frame, rng: &mut SplitMix64, out: &mut Vec<Feature>) {
     let (along, depth) = (f.along(), f.depth());
     if rng.chance(0.6) {
         let w = along * rng.range(0.3, 0.6);
@@ -812,14 +820,14 @@ fn park(f: &Frame, rng: &mut Rng, out: &mut Vec<Feature>) {
     let pa = rng.range(along * 0.2, along * 0.8);
     out.push(pave(
         f.rect(pa, pa + pw, 0.0, depth),
-        2 + rng.below(2) as u8,
+        2 + rng.below32(2) as u8,
         rng,
     ));
     if rng.chance(0.6) {
         let pd = rng.range(depth * 0.2, depth * 0.8);
         out.push(pave(
             f.rect(0.0, along, pd, pd + pw),
-            2 + rng.below(2) as u8,
+            2 + rng.below32(2) as u8,
             rng,
         ));
     }
@@ -850,7 +858,7 @@ fn street_side(
     vertical: bool,
     a0: f64,
     a1: f64,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     out: &mut Vec<Feature>,
 ) {
     let pos = line.pos as f64;
@@ -877,7 +885,7 @@ fn street_side(
     let (p_park, p_drive) = (rng.range(0.05, 0.3), 0.04);
     let mut a = a0;
     while a + pitch <= a1 {
-        let r = rng.f();
+        let r = rng.uniform();
         if r < p_park + p_drive {
             let cw = m(rng.range(1.75, 1.95));
             let cl = m(rng.range(4.2, 4.8));
@@ -924,7 +932,7 @@ pub(crate) fn cell_features(seed: u64, grid: &Grid, i: i64, j: i64, out: &mut Ve
         grid.seg_h(i, j),
         grid.seg_h(i, j + 1),
     );
-    let mut rng = Rng::new(h2(key(seed, 5), i, j));
+    let mut rng = SplitMix64::new(h2(key(seed, 5), i, j));
     let (x0, x1, y0, y1) = (l.pos as f64, r.pos as f64, t.pos as f64, b.pos as f64);
     // Streets: cars and street trees between the crossings.
     let (sx0, sx1) = (x0 + l.hw + l.sw + m(1.0), x1 - r.hw - r.sw - m(1.0));

@@ -33,68 +33,9 @@ use serde::{Deserialize, Serialize};
 /// The label value that the loss and the metrics ignore.
 pub const IGNORE: u8 = 255;
 
-/// Steele, Lea and Flood's SplitMix64: small, fast, and good enough to
-/// drive augmentation and sampling. Not cryptographic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`, 53 bits.
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `[lo, hi)` (`lo` when `hi <= lo`).
-    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        let u = self.uniform();
-        if hi <= lo {
-            lo
-        } else {
-            lo + (hi - lo) * u
-        }
-    }
-
-    /// Uniform integer in `[0, n)`; 0 when `n` is 0.
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
-
-    /// A fair coin.
-    pub fn coin(&mut self) -> bool {
-        self.next_u64() >> 63 == 1
-    }
-
-    /// Standard normal (Box-Muller, one value per call).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform(); // (0, 1]
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-
-    /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            v.swap(i, j);
-        }
-    }
-}
+/// The crate's generator, [`crate::rng::SplitMix64`]: every augmentation
+/// and sampling draw comes from it.
+pub use crate::rng::SplitMix64;
 
 /// A seed for one purpose, derived from a run seed and a path of indices
 /// (e.g. `[epoch, position]`): distinct paths give unrelated streams.
@@ -299,7 +240,7 @@ pub fn augment(s: &Sample, crop: usize, cfg: &AugmentConfig, rng: &mut SplitMix6
 
     // 1. scale and crop
     let (ax, ay) = if cfg.scale {
-        let zoom = rng.range(cfg.scale_min, cfg.scale_max);
+        let zoom = rng.range_or_lo(cfg.scale_min, cfg.scale_max);
         let extent = crop as f64 / zoom;
         let place = |rng: &mut SplitMix64, n: usize| {
             if n as f64 > extent {
@@ -398,8 +339,8 @@ pub fn augment(s: &Sample, crop: usize, cfg: &AugmentConfig, rng: &mut SplitMix6
 
     // 3. brightness and contrast
     if cfg.jitter {
-        let c = rng.range(1.0 - cfg.contrast, 1.0 + cfg.contrast) as f32;
-        let b = rng.range(-cfg.brightness, cfg.brightness) as f32;
+        let c = rng.range_or_lo(1.0 - cfg.contrast, 1.0 + cfg.contrast) as f32;
+        let b = rng.range_or_lo(-cfg.brightness, cfg.brightness) as f32;
         for v in &mut image {
             *v = *v * c + b;
         }

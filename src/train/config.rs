@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [model]
-//! arch = "tiny"                       # any of rstile::model::ARCHS
+//! arch = "tiny"                       # any of rstile::model::Arch::ALL
 //! classes = "configs/classes/isprs.toml"
 //! bands = [1, 2, 3]                   # 1-based bands of the image rasters
 //! band_names = ["nir", "red", "green"]

@@ -24,8 +24,9 @@
 
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
-use crate::infer::read::{open_raster, Normalize, Reader};
+use crate::infer::read::{GdalReader, Normalize, WindowSource};
 use crate::infer::window::{Size, Window, WindowGrid};
+use crate::raster::{open_raster, SceneInfo};
 use crate::train::augment::{augment, derive_seed, AugmentConfig, Sample, SplitMix64, IGNORE};
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -136,12 +137,12 @@ pub struct SceneSource {
     cum_area: Vec<u64>,
 }
 
-fn check_bands(ds: &gdal::Dataset, path: &std::path::Path, bands: &[usize]) -> Result<()> {
+fn check_bands(count: usize, path: &std::path::Path, bands: &[usize]) -> Result<()> {
     for &b in bands {
-        if b == 0 || b > ds.raster_count() {
+        if b == 0 || b > count {
             return Err(Error::file(
                 path,
-                format!("has {} band(s), band {b} was asked for", ds.raster_count()),
+                format!("has {count} band(s), band {b} was asked for"),
             ));
         }
     }
@@ -189,15 +190,12 @@ impl SceneSource {
         }
         let mut scenes = Vec::new();
         for p in pairs {
-            let img = open_raster(&p.image)?;
-            let (w, h) = img.raster_size();
-            if w == 0 || h == 0 {
-                return Err(Error::file(&p.image, "the raster has no pixels"));
-            }
-            check_bands(&img, &p.image, bands)?;
-            let lab = open_raster(&p.label)?;
-            if lab.raster_size() != (w, h) {
-                let (lw, lh) = lab.raster_size();
+            let img = SceneInfo::probe(&p.image)?;
+            let (w, h) = (img.size.width, img.size.height);
+            check_bands(img.band_count, &p.image, bands)?;
+            let lab = SceneInfo::probe(&p.label)?;
+            if (lab.size.width, lab.size.height) != (w, h) {
+                let (lw, lh) = (lab.size.width, lab.size.height);
                 return Err(Error::file(
                     &p.label,
                     format!(
@@ -260,7 +258,7 @@ impl SceneSource {
         let mut n = vec![0f64; bands.len()];
         for p in pairs {
             let ds = open_raster(&p.image)?;
-            check_bands(&ds, &p.image, bands)?;
+            check_bands(ds.raster_count(), &p.image, bands)?;
             let (w, h) = ds.raster_size();
             let f = (w.max(h) as f64 / max_side as f64).max(1.0);
             let (bw, bh) = (
@@ -268,11 +266,11 @@ impl SceneSource {
                 ((h as f64 / f) as usize).max(1),
             );
             for (i, &b) in bands.iter().enumerate() {
-                let band = ds.rasterband(b).map_err(|e| Error::file(&p.image, e))?;
+                let band = ds.rasterband(b).map_err(Error::on(&p.image))?;
                 let nodata = band.no_data_value();
                 let buf = band
                     .read_as::<f64>((0, 0), (w, h), (bw, bh), None)
-                    .map_err(|e| Error::file(&p.image, e))?;
+                    .map_err(|e| Error::gdal_file(&p.image, format!("cannot read band {b}"), e))?;
                 for &v in buf.data() {
                     if v.is_finite() && Some(v) != nodata {
                         sum[i] += v;
@@ -323,8 +321,8 @@ impl DataSource for SceneSource {
 
 struct SceneDataset<'a> {
     src: &'a SceneSource,
-    /// Opened on first use: (image reader, label dataset).
-    handles: Vec<Option<(Reader, gdal::Dataset)>>,
+    /// Opened on first use: (image windows, label raster).
+    handles: Vec<Option<(Box<dyn WindowSource>, gdal::Dataset)>>,
 }
 
 impl SceneDataset<'_> {
@@ -333,13 +331,13 @@ impl SceneDataset<'_> {
         if self.handles[scene].is_none() {
             let grid = WindowGrid::new(meta.size, size, 0.0)
                 .map_err(|e| Error::file(&meta.pair.image, e))?;
-            let reader = Reader::open(
+            let reader = Box::new(GdalReader::open(
                 &meta.pair.image,
                 &self.src.bands,
                 self.src.norm.clone(),
                 grid,
                 None,
-            )?;
+            )?);
             let label = open_raster(&meta.pair.label)?;
             self.handles[scene] = Some((reader, label));
         }
@@ -361,14 +359,15 @@ impl SceneDataset<'_> {
             let (cw, ch) = ((x1 - x0) as usize, (y1 - y0) as usize);
             let band = label_ds
                 .rasterband(1)
-                .map_err(|e| Error::file(&meta.pair.label, e))?;
+                .map_err(Error::on(&meta.pair.label))?;
             let nodata = band.no_data_value();
             let buf = band
                 .read_as::<f64>((x0 as isize, y0 as isize), (cw, ch), (cw, ch), None)
                 .map_err(|e| {
-                    Error::file(
+                    Error::gdal_file(
                         &meta.pair.label,
-                        format!("cannot read labels at ({x0}, {y0}): {e}"),
+                        format!("cannot read labels at ({x0}, {y0})"),
+                        e,
                     )
                 })?;
             let vals = buf.data();

@@ -231,7 +231,7 @@ pub fn train(
                 describe_bad(&bad)
             )));
         }
-        if model.meta.arch != cfg.model.arch || model.meta.classes != classes {
+        if model.meta.arch.name() != cfg.model.arch || model.meta.classes != classes {
             return Err(Error::file(
                 dir,
                 "the run's model does not match the config (architecture or classes differ)",
@@ -264,7 +264,7 @@ pub fn train(
         };
         let meta = ModelMeta {
             format: FORMAT,
-            arch: cfg.model.arch.clone(),
+            arch: cfg.model.arch.parse()?,
             bands: nb,
             band_names: cfg.model.band_names.clone(),
             mean: norm.mean,
@@ -353,7 +353,6 @@ pub fn train(
     let steps_per_epoch = train_src.len() / t.batch;
     let total_steps = (t.epochs * steps_per_epoch) as u64;
     let weights = t.class_weights.clone();
-    let colors: Vec<[u8; 3]> = classes.classes.iter().map(|c| c.rgb()).collect();
 
     let mut epochs_this_call = 0;
     while state.epochs_done < t.epochs && !state.stopped_early {
@@ -515,7 +514,14 @@ pub fn train(
                 .as_bytes(),
         )?;
         write_metrics(&run_dir, &state.history, &classes)?;
-        write_plots(&run_dir, &state.history, &conf, &colors)?;
+        write_plots(
+            &run_dir,
+            &state.history,
+            &conf,
+            &classes,
+            state.best_epoch,
+            &f1_classes,
+        )?;
         progress.epoch_end(&m);
         if state.stopped_early {
             progress.message(&format!(
@@ -589,27 +595,106 @@ fn write_plots(
     dir: &Path,
     history: &[EpochMetrics],
     conf: &Confusion,
-    colors: &[[u8; 3]],
+    classes: &ClassTable,
+    best_epoch: Option<usize>,
+    f1_classes: &[usize],
 ) -> Result<()> {
+    use plot::{Series, Stroke};
+    let (w, h) = (960, 540);
+    let best = best_epoch.map(|b| {
+        let f1 = history
+            .iter()
+            .find(|m| m.epoch == b)
+            .and_then(|m| m.val_mean_f1)
+            .map_or("n/a".into(), |v| format!("{:.1} %", v * 100.0));
+        (b, format!("best epoch: {b}\nval. mean F1 {f1}"))
+    });
+    let line = |label: &str, values, color, stroke, width| Series {
+        label: label.into(),
+        values,
+        color,
+        stroke,
+        width,
+    };
+
     let train: Vec<Option<f64>> = history.iter().map(|m| Some(m.train_loss)).collect();
     let val: Vec<Option<f64>> = history.iter().map(|m| m.val_loss).collect();
-    plot::curves(
-        &[(&train, plot::COLORS[0]), (&val, plot::COLORS[1])],
-        480,
-        320,
-    )
-    .write_png(&dir.join("loss.png"))?;
+    plot::write_curves(
+        &dir.join("loss.png"),
+        &plot::Curves {
+            title: "Training and validation loss".into(),
+            y_label: "cross-entropy per pixel (nats)".into(),
+            y_range: None,
+            y_scale: 1.0,
+            series: vec![
+                line(
+                    "train (epoch mean)",
+                    &train,
+                    plot::TRAIN_COLOR,
+                    Stroke::Solid,
+                    2,
+                ),
+                line("validation", &val, plot::VAL_COLOR, Stroke::Solid, 2),
+            ],
+            best: best.clone(),
+        },
+        w,
+        h,
+    )?;
+
+    let k = classes.classes.len();
     let mean: Vec<Option<f64>> = history.iter().map(|m| m.val_mean_f1).collect();
-    let k = history.last().map_or(0, |m| m.val_f1.len());
+    let miou: Vec<Option<f64>> = history.iter().map(|m| m.val_miou).collect();
     let per: Vec<Vec<Option<f64>>> = (0..k)
-        .map(|c| history.iter().map(|m| m.val_f1[c]).collect())
+        .map(|c| {
+            history
+                .iter()
+                .map(|m| m.val_f1.get(c).copied().flatten())
+                .collect()
+        })
         .collect();
-    let mut series: Vec<(&[Option<f64>], [u8; 3])> = vec![(&mean, [0, 0, 0])];
+    let mean_label = if f1_classes.len() == k {
+        "mean F1".to_string()
+    } else {
+        format!("mean F1 ({} classes)", f1_classes.len())
+    };
+    let mut series = vec![
+        line(&mean_label, &mean, [0, 0, 0], Stroke::Solid, 3),
+        line("mIoU", &miou, [0, 0, 0], Stroke::Dashed, 2),
+    ];
     for (c, s) in per.iter().enumerate() {
-        // class colours, darkened so that white and yellow show on white
-        let col = colors.get(c).copied().unwrap_or([128, 128, 128]);
-        series.push((s, col.map(|v| (v as u16 * 3 / 4) as u8)));
+        let class = &classes.classes[c];
+        let color = plot::line_color(class.rgb());
+        series.push(line(
+            &format!("F1 {}", class.name),
+            s,
+            color,
+            Stroke::Solid,
+            1,
+        ));
     }
-    plot::curves(&series, 480, 320).write_png(&dir.join("val_f1.png"))?;
-    plot::confusion(conf, colors).write_png(&dir.join("confusion.png"))
+    plot::write_curves(
+        &dir.join("val_f1.png"),
+        &plot::Curves {
+            title: "Validation scores".into(),
+            y_label: "score (%)".into(),
+            y_range: Some((0.0, 100.0)),
+            y_scale: 100.0,
+            series,
+            best,
+        },
+        w,
+        h,
+    )?;
+
+    let names: Vec<String> = classes.classes.iter().map(|c| c.name.clone()).collect();
+    let colors: Vec<[u8; 3]> = classes.classes.iter().map(|c| c.rgb()).collect();
+    let epoch = history.last().map_or(0, |m| m.epoch);
+    plot::write_confusion(
+        &dir.join("confusion.png"),
+        conf,
+        &names,
+        &colors,
+        &format!("Validation confusion matrix, epoch {epoch}"),
+    )
 }

@@ -36,16 +36,15 @@
 
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
-use crate::infer::read::{open_raster, SceneInfo};
 use crate::infer::{self, InferOptions, InferPlan, NoProgress};
 use crate::model::{read_meta, Model};
+use crate::raster::{open_raster, SceneInfo};
 use crate::synth::{synth, SynthConfig};
 use crate::train::{EpochMetrics, RunOptions, TrainConfig, TrainProgress};
 use crate::vaihingen::eval::{evaluate, EvalOptions, EvalSummary};
 use crate::vaihingen::source::{official_paths, ISPRS_COLOURS};
 use crate::vaihingen::{prepare, PrepareOptions, PrepareSummary, Split};
 use gdal::raster::{Buffer, RasterCreationOptions};
-use gdal::DriverManager;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -187,7 +186,6 @@ fn create_tiff(
     bands: usize,
     georef: &gdal::Dataset,
 ) -> Result<gdal::Dataset> {
-    let driver = DriverManager::get_driver_by_name("GTiff")?;
     let mut opts = RasterCreationOptions::new();
     for (k, v) in [
         ("TILED", "YES"),
@@ -197,15 +195,13 @@ fn create_tiff(
     ] {
         opts.add_name_value(k, v)?;
     }
-    let mut ds = driver
-        .create_with_band_type_with_options::<u8, _>(path, w, h, bands, &opts)
-        .map_err(|e| Error::file(path, e))?;
+    let mut ds = crate::raster::create::<u8>("GTiff", path, (w, h), bands, &opts)
+        .map_err(|e| Error::gdal_file(path, "cannot create", e))?;
     if let Ok(gt) = georef.geo_transform() {
-        ds.set_geo_transform(&gt)
-            .map_err(|e| Error::file(path, e))?;
+        ds.set_geo_transform(&gt).map_err(Error::on(path))?;
     }
     if let Ok(srs) = georef.spatial_ref() {
-        ds.set_spatial_ref(&srs).map_err(|e| Error::file(path, e))?;
+        ds.set_spatial_ref(&srs).map_err(Error::on(path))?;
     }
     Ok(ds)
 }
@@ -219,10 +215,10 @@ fn write_rgb(
 ) -> Result<()> {
     let ds = create_tiff(path, w, h, 3, georef)?;
     for (i, data) in rgb.into_iter().enumerate() {
-        let mut band = ds.rasterband(i + 1).map_err(|e| Error::file(path, e))?;
+        let mut band = ds.rasterband(i + 1).map_err(Error::on(path))?;
         let mut buf = Buffer::new((w, h), data);
         band.write((0, 0), (w, h), &mut buf)
-            .map_err(|e| Error::file(path, e))?;
+            .map_err(|e| Error::gdal_file(path, "write failed", e))?;
     }
     Ok(())
 }
@@ -263,7 +259,7 @@ pub fn write_official_area(
     }
     std::fs::rename(&out.image, &top).map_err(io(&top))?;
     std::fs::rename(&out.dsm, &dsm).map_err(io(&dsm))?;
-    let (_, _, ids) = crate::infer::read::read_u8_band(&out.gt)?;
+    let (_, _, ids) = crate::raster::read_u8_band(&out.gt)?;
     let boundary = eroded_boundary(&ids, w, h, ERODE_RADIUS);
     let georef = open_raster(&top)?;
     let code = |eroded: bool| -> [Vec<u8>; 3] {

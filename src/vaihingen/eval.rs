@@ -12,12 +12,11 @@
 use super::{load, Layout};
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
-use crate::infer::read::{open_raster, SceneInfo};
 use crate::infer::{self, InferOptions, InferPlan, NoProgress};
 use crate::metrics::{Confusion, Report};
 use crate::model::{read_meta, Model};
+use crate::raster::{open_raster, SceneInfo};
 use gdal::raster::{Buffer, RasterCreationOptions};
-use gdal::DriverManager;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -71,8 +70,7 @@ pub struct EvalSummary {
 }
 
 fn write_features(path: &Path, area: &super::Area, georef: Option<&Path>) -> Result<()> {
-    let fail = |e: gdal::errors::GdalError| Error::file(path, e);
-    let driver = DriverManager::get_driver_by_name("GTiff")?;
+    let fail = Error::on(path);
     let mut opts = RasterCreationOptions::new();
     for (k, v) in [
         ("TILED", "YES"),
@@ -83,23 +81,22 @@ fn write_features(path: &Path, area: &super::Area, georef: Option<&Path>) -> Res
         opts.add_name_value(k, v)?;
     }
     let (w, h) = (area.width, area.height);
-    let mut ds = driver
-        .create_with_band_type_with_options::<f32, _>(path, w, h, 5, &opts)
-        .map_err(fail)?;
+    let mut ds = crate::raster::create::<f32>("GTiff", path, (w, h), 5, &opts)
+        .map_err(|e| Error::gdal_file(path, "cannot create", e))?;
     if let Some(src) = georef {
         let top = open_raster(src)?;
         if let Ok(gt) = top.geo_transform() {
-            ds.set_geo_transform(&gt).map_err(fail)?;
+            ds.set_geo_transform(&gt).map_err(&fail)?;
         }
         if let Ok(srs) = top.spatial_ref() {
-            ds.set_spatial_ref(&srs).map_err(fail)?;
+            ds.set_spatial_ref(&srs).map_err(&fail)?;
         }
     }
     let npix = w * h;
     for c in 0..5 {
-        let mut band = ds.rasterband(c + 1).map_err(fail)?;
+        let mut band = ds.rasterband(c + 1).map_err(&fail)?;
         let mut buf = Buffer::new((w, h), area.features[c * npix..(c + 1) * npix].to_vec());
-        band.write((0, 0), (w, h), &mut buf).map_err(fail)?;
+        band.write((0, 0), (w, h), &mut buf).map_err(&fail)?;
     }
     Ok(())
 }
@@ -160,7 +157,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalSummary> {
         if !o.keep_features {
             let _ = std::fs::remove_file(&feat);
         }
-        let (w, h, pred) = crate::infer::read::read_u8_band(&map)?;
+        let (w, h, pred) = crate::raster::read_u8_band(&map)?;
         if (w, h) != (area.width, area.height) {
             return Err(Error::file(
                 &map,

@@ -3,7 +3,7 @@
 
 use super::features::{ndsm, ndvi};
 use crate::error::{Error, Result};
-use crate::infer::read::open_raster;
+use crate::raster::open_raster;
 use std::path::{Path, PathBuf};
 
 /// One labelled area, in memory.
@@ -159,10 +159,10 @@ fn read_bands<T: gdal::raster::GdalType + Copy>(
     }
     let mut bands = Vec::with_capacity(want_bands);
     for i in 1..=want_bands {
-        let band = ds.rasterband(i).map_err(|e| Error::file(path, e))?;
+        let band = ds.rasterband(i).map_err(Error::on(path))?;
         let buf = band
             .read_as::<T>((0, 0), (w, h), (w, h), None)
-            .map_err(|e| Error::file(path, format!("unreadable band {i}: {e}")))?;
+            .map_err(|e| Error::gdal_file(path, format!("unreadable band {i}"), e))?;
         bands.push(buf.data().to_vec());
     }
     Ok((w, h, bands))

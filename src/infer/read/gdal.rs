@@ -1,169 +1,23 @@
-//! Reading windows from any raster GDAL opens.
+//! The GDAL backend of [`WindowSource`]: windows from any raster GDAL
+//! opens.
 //!
 //! A GDAL `Dataset` is `Send` but not `Sync`, so each reader thread owns a
-//! [`Reader`] with its own handle and hands out owned buffers. Reads go
+//! [`GdalReader`] with its own handle and hands out owned buffers. Reads go
 //! through GDAL's block cache (bounded by the configuration), so the
 //! overlapping parts of neighbouring windows are decoded once.
 //!
 //! Validity follows GDAL's mask bands, which cover nodata values, alpha
 //! bands and per-dataset masks alike. With per-band nodata values a pixel is
 //! valid when any selected band is valid (rasterio's `dataset_mask`
-//! convention); NaN is never valid. Invalid pixels enter the network as the
-//! band mean (0 after normalisation) and leave the map as nodata.
+//! convention); NaN is never valid.
 
+use super::{Normalize, WindowData, WindowSource};
 use crate::error::{Error, Result};
-use crate::infer::window::{reflect, Rect, Size, Window, WindowGrid};
-use gdal::raster::GdalDataType;
-use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
+use crate::infer::window::{reflect, Rect, Window, WindowGrid};
+use crate::raster::{open_raster, SceneInfo};
+use gdal::errors::GdalError;
+use gdal::Dataset;
 use std::path::{Path, PathBuf};
-
-/// What rstile needs to know about a scene before reading it.
-#[derive(Debug, Clone)]
-pub struct SceneInfo {
-    pub path: PathBuf,
-    pub size: Size,
-    pub band_count: usize,
-    pub band_types: Vec<GdalDataType>,
-    /// `None` when the scene has no geotransform.
-    pub geo_transform: Option<[f64; 6]>,
-    /// `None` when the scene has no CRS.
-    pub srs_wkt: Option<String>,
-    pub block: Size,
-    /// True when some band has a mask other than "all valid".
-    pub has_nodata: bool,
-}
-
-/// Opens `path` as a raster, with an error that names the file.
-pub fn open_raster(path: &Path) -> Result<Dataset> {
-    if !path.exists() {
-        return Err(Error::file(path, "no such file"));
-    }
-    if path.is_dir() && path.extension().is_none() {
-        return Err(Error::file(path, "is a directory, not a raster"));
-    }
-    let opts = DatasetOptions {
-        open_flags: GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY,
-        ..Default::default()
-    };
-    Dataset::open_ex(path, opts).map_err(|e| {
-        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        if len == 0 {
-            Error::file(path, "empty file (0 bytes), not a raster")
-        } else {
-            Error::file(
-                path,
-                format!("not a raster GDAL can open ({})", one_line(&e.to_string())),
-            )
-        }
-    })
-}
-
-/// Collapses a GDAL error to its message, on one line.
-pub(crate) fn one_line(s: &str) -> String {
-    let msg = ["error msg: '", "Error msg: '"]
-        .iter()
-        .find_map(|k| {
-            s.split_once(k)
-                .map(|(_, m)| m.strip_suffix('\'').unwrap_or(m))
-        })
-        .unwrap_or(s);
-    msg.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-impl SceneInfo {
-    /// Reads the scene's metadata.
-    pub fn probe(path: &Path) -> Result<SceneInfo> {
-        let ds = open_raster(path)?;
-        Self::of(&ds, path)
-    }
-
-    fn of(ds: &Dataset, path: &Path) -> Result<SceneInfo> {
-        let (w, h) = ds.raster_size();
-        let n = ds.raster_count();
-        if n == 0 || w == 0 || h == 0 {
-            return Err(Error::file(path, "the raster has no bands or no pixels"));
-        }
-        let mut types = Vec::with_capacity(n);
-        let mut has_nodata = false;
-        let mut block = Size {
-            width: w,
-            height: 1,
-        };
-        for i in 1..=n {
-            let b = ds.rasterband(i).map_err(|e| Error::file(path, e))?;
-            types.push(b.band_type());
-            if i == 1 {
-                let (bw, bh) = b.block_size();
-                block = Size {
-                    width: bw,
-                    height: bh,
-                };
-            }
-            let flags = b.mask_flags().map_err(|e| Error::file(path, e))?;
-            if !flags.is_all_valid() {
-                has_nodata = true;
-            }
-        }
-        let gt = ds.geo_transform().ok();
-        let srs = ds
-            .spatial_ref()
-            .ok()
-            .and_then(|s| s.to_wkt().ok())
-            .filter(|s| !s.is_empty());
-        Ok(SceneInfo {
-            path: path.to_path_buf(),
-            size: Size {
-                width: w,
-                height: h,
-            },
-            band_count: n,
-            band_types: types,
-            geo_transform: gt,
-            srs_wkt: srs,
-            block,
-            has_nodata,
-        })
-    }
-}
-
-/// Reads band 1 of a small raster (a map, a label image) whole, as u8:
-/// `(width, height, pixels)`.
-pub fn read_u8_band(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
-    let ds = open_raster(path)?;
-    let (w, h) = ds.raster_size();
-    let band = ds.rasterband(1).map_err(|e| Error::file(path, e))?;
-    let buf = band
-        .read_as::<u8>((0, 0), (w, h), (w, h), None)
-        .map_err(|e| Error::file(path, e))?;
-    Ok((w, h, buf.data().to_vec()))
-}
-
-/// Checks that a GDAL band type is one rstile reads.
-pub fn supported_type(t: GdalDataType) -> bool {
-    use GdalDataType::*;
-    matches!(
-        t,
-        UInt8 | UInt16 | Int16 | UInt32 | Int32 | Float32 | Float64
-    )
-}
-
-/// Per-band normalisation `(v - mean) / std`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Normalize {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
-
-/// One window's data, ready for the network.
-#[derive(Debug, Clone)]
-pub struct WindowData {
-    /// Normalised input, `[bands][size][size]`.
-    pub input: Vec<f32>,
-    /// Validity, `[size][size]`, 1 = valid.
-    pub valid: Vec<u8>,
-    /// Whether any pixel inside the raster is valid.
-    pub any_valid: bool,
-}
 
 enum MaskMode {
     AllValid,
@@ -174,7 +28,7 @@ enum MaskMode {
 }
 
 /// A reader thread's own handle on a scene.
-pub struct Reader {
+pub struct GdalReader {
     ds: Dataset,
     path: PathBuf,
     bands: Vec<usize>,
@@ -187,7 +41,7 @@ pub struct Reader {
     aoi: Option<std::sync::Arc<crate::scale::aoi::Aoi>>,
 }
 
-impl Reader {
+impl GdalReader {
     /// Opens its own handle on `path`, reading the 1-based `bands`.
     /// Pixels outside `aoi` are marked invalid (they still feed the network
     /// as context).
@@ -197,13 +51,15 @@ impl Reader {
         norm: Normalize,
         grid: WindowGrid,
         aoi: Option<std::sync::Arc<crate::scale::aoi::Aoi>>,
-    ) -> Result<Reader> {
+    ) -> Result<GdalReader> {
         let ds = open_raster(path)?;
         let mut per_dataset = false;
         let mut all_valid = true;
         for &b in bands {
-            let band = ds.rasterband(b).map_err(|e| Error::file(path, e))?;
-            let f = band.mask_flags().map_err(|e| Error::file(path, e))?;
+            let band = ds
+                .rasterband(b)
+                .map_err(|e| Error::gdal_file(path, format!("no band {b}"), e))?;
+            let f = band.mask_flags().map_err(Error::on(path))?;
             if !f.is_all_valid() {
                 all_valid = false;
             }
@@ -218,7 +74,7 @@ impl Reader {
         } else {
             MaskMode::PerBand
         };
-        Ok(Reader {
+        Ok(GdalReader {
             ds,
             path: path.to_path_buf(),
             bands: bands.to_vec(),
@@ -233,7 +89,7 @@ impl Reader {
     }
 
     /// Reads, pads by reflection and normalises one window.
-    pub fn read_window(&mut self, w: &Window) -> Result<WindowData> {
+    fn read(&mut self, w: &Window) -> Result<WindowData> {
         let n = w.size;
         let src = self.grid.source_rect(w);
         let size = self.grid.raster();
@@ -329,10 +185,7 @@ impl Reader {
 
     fn read_band(&mut self, b: usize, src: &Rect) -> Result<()> {
         self.band_buf.resize(src.area(), 0.0);
-        let band = self
-            .ds
-            .rasterband(b)
-            .map_err(|e| Error::file(&self.path, e))?;
+        let band = self.ds.rasterband(b).map_err(Error::on(&self.path))?;
         let r = band.read_into_slice::<f32>(
             (src.x as isize, src.y as isize),
             (src.width, src.height),
@@ -341,20 +194,17 @@ impl Reader {
             None,
         );
         if let Err(e) = r {
-            return Err(self.locate_bad_block(b, src, false, &e.to_string()));
+            return Err(self.locate_bad_block(b, src, false, e));
         }
         Ok(())
     }
 
     fn read_mask(&mut self, b: usize, src: &Rect) -> Result<()> {
         self.mask_buf.resize(src.area(), 0);
-        let band = self
-            .ds
-            .rasterband(b)
-            .map_err(|e| Error::file(&self.path, e))?;
+        let band = self.ds.rasterband(b).map_err(Error::on(&self.path))?;
         let mask = band
             .open_mask_band()
-            .map_err(|e| Error::file(&self.path, e))?;
+            .map_err(|e| Error::gdal_file(&self.path, format!("no mask for band {b}"), e))?;
         let r = mask.read_into_slice::<u8>(
             (src.x as isize, src.y as isize),
             (src.width, src.height),
@@ -363,20 +213,17 @@ impl Reader {
             None,
         );
         if let Err(e) = r {
-            return Err(self.locate_bad_block(b, src, true, &e.to_string()));
+            return Err(self.locate_bad_block(b, src, true, e));
         }
         Ok(())
     }
 
     /// After a failed read, finds the first block of `src` that fails, so
     /// the error names it.
-    fn locate_bad_block(&self, b: usize, src: &Rect, mask: bool, msg: &str) -> Error {
+    fn locate_bad_block(&self, b: usize, src: &Rect, mask: bool, first: GdalError) -> Error {
         let what = if mask { "mask of band" } else { "band" };
         let Ok(band) = self.ds.rasterband(b) else {
-            return Error::file(
-                &self.path,
-                format!("cannot read {what} {b}: {}", one_line(msg)),
-            );
+            return Error::gdal_file(&self.path, format!("cannot read {what} {b}"), first);
         };
         let (bw, bh) = band.block_size();
         let size = self.grid.raster();
@@ -395,26 +242,36 @@ impl Reader {
                     &mut scratch,
                     None,
                 ) {
-                    return Error::file(
+                    return Error::gdal_file(
                         &self.path,
                         format!(
-                            "corrupt or unreadable data in {what} {b}, block (col {bx}, row {by}) at pixel ({x}, {y}): {}",
-                            one_line(&e.to_string())
+                            "corrupt or unreadable data in {what} {b}, block (col {bx}, row {by}) at pixel ({x}, {y})"
                         ),
+                        e,
                     );
                 }
             }
         }
-        Error::file(
+        Error::gdal_file(
             &self.path,
             format!(
-                "cannot read {what} {b} in pixels ({}, {}) to ({}, {}): {}",
+                "cannot read {what} {b} in pixels ({}, {}) to ({}, {})",
                 src.x,
                 src.y,
                 src.x + src.width,
                 src.y + src.height,
-                one_line(msg)
             ),
+            first,
         )
+    }
+}
+
+impl WindowSource for GdalReader {
+    fn probe(&self) -> Result<SceneInfo> {
+        SceneInfo::of(&self.ds, &self.path)
+    }
+
+    fn read_window(&mut self, w: &Window) -> Result<WindowData> {
+        self.read(w)
     }
 }

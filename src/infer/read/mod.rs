@@ -1,0 +1,126 @@
+//! Reading windows for the network: the input-source seam.
+//!
+//! A [`WindowSource`] is one thread's handle on a scene: it describes the
+//! scene ([`WindowSource::probe`]) and reads the windows of the grid it was
+//! opened with, reflect-padded at the raster's edges, normalised, with the
+//! validity of every pixel ([`WindowSource::read_window`]). The pipeline's
+//! reader threads, training's scene source and evaluation read through it;
+//! one folder per backend holds its implementation, today
+//! [`gdal`] ([`GdalReader`]: any raster GDAL opens).
+//!
+//! Validity follows the backend's masks. Invalid pixels enter the network
+//! as the band mean (0 after normalisation) and leave the map as nodata.
+
+pub mod gdal;
+
+use crate::error::Result;
+use crate::infer::window::Window;
+
+pub use self::gdal::GdalReader;
+pub use crate::raster::SceneInfo;
+
+/// Per-band normalisation `(v - mean) / std`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalize {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// One window's data, ready for the network.
+#[derive(Debug, Clone)]
+pub struct WindowData {
+    /// Normalised input, `[bands][size][size]`.
+    pub input: Vec<f32>,
+    /// Validity, `[size][size]`, 1 = valid.
+    pub valid: Vec<u8>,
+    /// Whether any pixel inside the raster is valid.
+    pub any_valid: bool,
+}
+
+/// One thread's handle on a scene, reading windows for the model.
+///
+/// A source is opened (by its backend) for a window grid, a band selection,
+/// a normalisation and an optional area of interest; it is `Send` so that
+/// each reader thread can own one, not `Sync`.
+pub trait WindowSource: Send {
+    /// What the scene is: size, bands and their types, georeferencing,
+    /// block size, whether it has nodata.
+    fn probe(&self) -> Result<SceneInfo>;
+
+    /// Reads window `w`: its pixels outside the raster reflected from
+    /// inside, normalised, invalid pixels (nodata, NaN, outside the area of
+    /// interest) set to 0 and marked in [`WindowData::valid`].
+    fn read_window(&mut self, w: &Window) -> Result<WindowData>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::window::{reflect, Size, WindowGrid};
+    use ::gdal::cpl::CslStringList;
+
+    /// A 2-band f32 scene with per-band nodata -1 at (3, 2) and a NaN in
+    /// band 2 at (5, 5), read through the trait at the top-left corner.
+    #[test]
+    fn gdal_source_probes_reflects_normalises_and_masks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.tif");
+        let (w, h) = (20usize, 12usize);
+        let v = |x: usize, y: usize| (x + 100 * y) as f32;
+        {
+            let ds = crate::raster::create::<f32>("GTiff", &path, (w, h), 2, &CslStringList::new())
+                .unwrap();
+            for b in 1..=2 {
+                let mut data: Vec<f32> = (0..w * h)
+                    .map(|i| if b == 1 { v(i % w, i / w) } else { 1.0 })
+                    .collect();
+                data[2 * w + 3] = -1.0;
+                if b == 2 {
+                    data[5 * w + 5] = f32::NAN;
+                }
+                let mut band = ds.rasterband(b).unwrap();
+                band.set_no_data_value(Some(-1.0)).unwrap();
+                let mut buf = ::gdal::raster::Buffer::new((w, h), data);
+                band.write((0, 0), (w, h), &mut buf).unwrap();
+            }
+        }
+        let size = Size {
+            width: w,
+            height: h,
+        };
+        let grid = WindowGrid::new(size, 8, 0.25).unwrap();
+        let norm = Normalize {
+            mean: vec![10.0, 0.0],
+            std: vec![2.0, 1.0],
+        };
+        let mut src: Box<dyn WindowSource> =
+            Box::new(GdalReader::open(&path, &[1, 2], norm, grid, None).unwrap());
+        let info = src.probe().unwrap();
+        assert_eq!(
+            (info.size.width, info.size.height, info.band_count),
+            (w, h, 2)
+        );
+        assert!(info.has_nodata);
+        let win = Window {
+            col: 0,
+            row: 0,
+            x: -2,
+            y: -2,
+            size: 8,
+        };
+        let d = src.read_window(&win).unwrap();
+        assert!(d.any_valid);
+        for j in 0..8 {
+            for i in 0..8 {
+                let (x, y) = (reflect(i as i64 - 2, w), reflect(j as i64 - 2, h));
+                let k = j * 8 + i;
+                let bad = (x, y) == (3, 2) || (x, y) == (5, 5);
+                assert_eq!(d.valid[k], !bad as u8, "valid at ({x}, {y})");
+                let want = if bad { 0.0 } else { (v(x, y) - 10.0) / 2.0 };
+                assert_eq!(d.input[k], want, "band 1 at ({x}, {y})");
+                let want2 = if bad { 0.0 } else { 1.0 };
+                assert_eq!(d.input[64 + k], want2, "band 2 at ({x}, {y})");
+            }
+        }
+    }
+}

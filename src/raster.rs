@@ -1,0 +1,422 @@
+//! Opening, probing and writing rasters through GDAL, in one place.
+//!
+//! Paths reach GDAL as their bytes ([`c_path`]), never through UTF-8, so a
+//! scene, map or preview whose file name is not valid UTF-8 (a Latin-1
+//! `scène.tif`, say) is opened and written under exactly its name. (The
+//! `gdal` crate's own `Dataset::open` and `Driver::create` pass
+//! `to_string_lossy()`, which turns such a name into another file.) The
+//! sidecar names GDAL and rstile derive from a file name ([`append`],
+//! [`sibling`], [`stem_with`]) are built the same way, byte for byte.
+//!
+//! Failures keep GDAL's own reason: they come back as
+//! [`Error::GdalFile`] with the typed
+//! [`GdalError`] as source.
+
+use crate::error::{Error, Result};
+use crate::infer::window::Size;
+use gdal::cpl::CslStringList;
+use gdal::errors::GdalError;
+use gdal::raster::{GdalDataType, GdalType};
+use gdal::{Dataset, DriverManager, GdalOpenFlags};
+use std::ffi::{CString, OsString};
+use std::path::{Path, PathBuf};
+
+/// `path` as the C string GDAL takes: its bytes on Unix (whatever their
+/// encoding), UTF-8 elsewhere (GDAL's convention on Windows).
+pub fn c_path(path: &Path) -> gdal::errors::Result<CString> {
+    #[cfg(unix)]
+    let bytes = {
+        use std::os::unix::ffi::OsStrExt;
+        path.as_os_str().as_bytes().to_vec()
+    };
+    #[cfg(not(unix))]
+    let bytes = path.to_string_lossy().into_owned().into_bytes();
+    Ok(CString::new(bytes)?)
+}
+
+/// `path` with `suffix` appended to its file name: `a.tif` → `a.tif.aux.xml`.
+pub fn append(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The file `prefix NAME suffix` beside `path` (whose file name is NAME):
+/// `sibling("d/a.tif", ".", ".partial")` is `d/.a.tif.partial`.
+pub fn sibling(path: &Path, prefix: &str, suffix: &str) -> PathBuf {
+    let mut name = OsString::from(prefix);
+    name.push(path.file_name().unwrap_or_default());
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// The file `STEM suffix` beside `path`: `stem_with("d/a.tif", ".qml")` is
+/// `d/a.qml`.
+pub fn stem_with(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_stem().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn register() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(DriverManager::register_all);
+}
+
+/// GDAL's last error on this thread as a typed error (reset afterwards):
+/// a `CplError` when GDAL recorded one, else a `NullPointer` for `method`.
+fn last_error(method: &'static str) -> GdalError {
+    let (class, number, msg) = unsafe {
+        let class = gdal_sys::CPLGetLastErrorType();
+        let number = gdal_sys::CPLGetLastErrorNo();
+        let p = gdal_sys::CPLGetLastErrorMsg();
+        let msg = if p.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        };
+        gdal_sys::CPLErrorReset();
+        (class, number, msg)
+    };
+    if class == gdal_sys::CPLErr::CE_None {
+        GdalError::NullPointer {
+            method_name: method,
+            msg,
+        }
+    } else {
+        GdalError::CplError { class, number, msg }
+    }
+}
+
+/// Takes GDAL's last error on this thread, if it was a failure, and resets
+/// it. GDAL before 3.7 reports write failures during a flush or close only
+/// this way, so a full disk would otherwise go unnoticed.
+pub fn take_failure() -> Option<GdalError> {
+    unsafe {
+        let class = gdal_sys::CPLGetLastErrorType();
+        let failed = class == gdal_sys::CPLErr::CE_Failure || class == gdal_sys::CPLErr::CE_Fatal;
+        let e = failed.then(|| last_error("CPLGetLastErrorType"));
+        gdal_sys::CPLErrorReset();
+        e
+    }
+}
+
+/// Forgets GDAL's last error on this thread.
+pub fn reset_errors() {
+    unsafe { gdal_sys::CPLErrorReset() }
+}
+
+/// `GDALOpenEx` on the path's bytes, with GDAL's reason on failure
+/// (`GDAL_OF_VERBOSE_ERROR` is added: without it GDAL says nothing about
+/// a file no driver recognises).
+pub fn open_ex(path: &Path, flags: GdalOpenFlags) -> gdal::errors::Result<Dataset> {
+    register();
+    let c = c_path(path)?;
+    let flags = flags | GdalOpenFlags::GDAL_OF_VERBOSE_ERROR;
+    reset_errors();
+    let h = unsafe {
+        gdal_sys::GDALOpenEx(
+            c.as_ptr(),
+            flags.bits(),
+            std::ptr::null(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if h.is_null() {
+        return Err(last_error("GDALOpenEx"));
+    }
+    Ok(unsafe { Dataset::from_c_dataset(h) })
+}
+
+/// Opens `path` read-only as a raster, with an error that names the file
+/// and keeps GDAL's reason.
+pub fn open_raster(path: &Path) -> Result<Dataset> {
+    if !path.exists() {
+        return Err(Error::file(path, "no such file"));
+    }
+    if path.is_dir() && path.extension().is_none() {
+        return Err(Error::file(path, "is a directory, not a raster"));
+    }
+    open_ex(
+        path,
+        GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY,
+    )
+    .map_err(|e| {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len == 0 && path.is_file() {
+            Error::file(path, "empty file (0 bytes), not a raster")
+        } else {
+            Error::gdal_file(path, "not a raster GDAL can open", e)
+        }
+    })
+}
+
+/// Creates `path` with the GDAL driver `driver` (`GDALCreate` on the
+/// path's bytes): `size` px, `bands` bands of `T`, creation `options`.
+pub fn create<T: GdalType>(
+    driver: &str,
+    path: &Path,
+    size: (usize, usize),
+    bands: usize,
+    options: &CslStringList,
+) -> gdal::errors::Result<Dataset> {
+    register();
+    let driver = DriverManager::get_driver_by_name(driver)?;
+    let c = c_path(path)?;
+    let (w, h, n) = (
+        i32::try_from(size.0)?,
+        i32::try_from(size.1)?,
+        i32::try_from(bands)?,
+    );
+    reset_errors();
+    let ds = unsafe {
+        gdal_sys::GDALCreate(
+            driver.c_driver(),
+            c.as_ptr(),
+            w,
+            h,
+            n,
+            T::gdal_ordinal(),
+            options.as_ptr(),
+        )
+    };
+    if ds.is_null() {
+        return Err(last_error("GDALCreate"));
+    }
+    Ok(unsafe { Dataset::from_c_dataset(ds) })
+}
+
+/// Copies `src` to `path` with the GDAL driver `driver` (`GDALCreateCopy`
+/// on the path's bytes).
+pub fn create_copy(
+    src: &Dataset,
+    driver: &str,
+    path: &Path,
+    options: &CslStringList,
+) -> gdal::errors::Result<Dataset> {
+    register();
+    let driver = DriverManager::get_driver_by_name(driver)?;
+    let c = c_path(path)?;
+    reset_errors();
+    let ds = unsafe {
+        gdal_sys::GDALCreateCopy(
+            driver.c_driver(),
+            c.as_ptr(),
+            src.c_dataset(),
+            0,
+            options.as_ptr(),
+            None,
+            std::ptr::null_mut(),
+        )
+    };
+    if ds.is_null() {
+        return Err(last_error("GDALCreateCopy"));
+    }
+    Ok(unsafe { Dataset::from_c_dataset(ds) })
+}
+
+/// Writes an RGB image, three planes of `width x height` bytes, as the PNG
+/// `path`: through a MEM dataset and GDAL's PNG driver, into the hidden
+/// `.NAME.partial` beside it and renamed into place, so that a failed write
+/// leaves no half PNG. GDAL's `.aux.xml` for the temporary file is removed.
+pub fn write_png(path: &Path, width: usize, height: usize, rgb: [&[u8]; 3]) -> Result<()> {
+    let mem = create::<u8>(
+        "MEM",
+        Path::new(""),
+        (width, height),
+        3,
+        &CslStringList::new(),
+    )?;
+    for (plane, band_no) in rgb.into_iter().zip(1..) {
+        let mut buf = gdal::raster::Buffer::new((width, height), plane.to_vec());
+        mem.rasterband(band_no)?
+            .write((0, 0), (width, height), &mut buf)?;
+    }
+    let tmp = sibling(path, ".", ".partial");
+    let written = create_copy(&mem, "PNG", &tmp, &CslStringList::new())
+        .and_then(|out| out.close())
+        .map_err(|e| Error::gdal_file(path, "cannot write the PNG", e));
+    let _ = std::fs::remove_file(append(&tmp, ".aux.xml"));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
+/// What rstile needs to know about a scene before reading it.
+#[derive(Debug, Clone)]
+pub struct SceneInfo {
+    pub path: PathBuf,
+    pub size: Size,
+    pub band_count: usize,
+    pub band_types: Vec<GdalDataType>,
+    /// `None` when the scene has no geotransform.
+    pub geo_transform: Option<[f64; 6]>,
+    /// `None` when the scene has no CRS.
+    pub srs_wkt: Option<String>,
+    pub block: Size,
+    /// True when some band has a mask other than "all valid".
+    pub has_nodata: bool,
+}
+
+impl SceneInfo {
+    /// Reads the scene's metadata.
+    pub fn probe(path: &Path) -> Result<SceneInfo> {
+        let ds = open_raster(path)?;
+        Self::of(&ds, path)
+    }
+
+    /// The metadata of the open raster `ds`, read from `path`.
+    pub fn of(ds: &Dataset, path: &Path) -> Result<SceneInfo> {
+        let (w, h) = ds.raster_size();
+        let n = ds.raster_count();
+        if n == 0 || w == 0 || h == 0 {
+            return Err(Error::file(path, "the raster has no bands or no pixels"));
+        }
+        let mut types = Vec::with_capacity(n);
+        let mut has_nodata = false;
+        let mut block = Size {
+            width: w,
+            height: 1,
+        };
+        for i in 1..=n {
+            let b = ds.rasterband(i).map_err(Error::on(path))?;
+            types.push(b.band_type());
+            if i == 1 {
+                let (bw, bh) = b.block_size();
+                block = Size {
+                    width: bw,
+                    height: bh,
+                };
+            }
+            let flags = b.mask_flags().map_err(Error::on(path))?;
+            if !flags.is_all_valid() {
+                has_nodata = true;
+            }
+        }
+        let gt = ds.geo_transform().ok();
+        let srs = ds
+            .spatial_ref()
+            .ok()
+            .and_then(|s| s.to_wkt().ok())
+            .filter(|s| !s.is_empty());
+        Ok(SceneInfo {
+            path: path.to_path_buf(),
+            size: Size {
+                width: w,
+                height: h,
+            },
+            band_count: n,
+            band_types: types,
+            geo_transform: gt,
+            srs_wkt: srs,
+            block,
+            has_nodata,
+        })
+    }
+}
+
+/// Reads band 1 of a small raster (a map, a label image) whole, as u8:
+/// `(width, height, pixels)`.
+pub fn read_u8_band(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    let ds = open_raster(path)?;
+    let (w, h) = ds.raster_size();
+    let band = ds.rasterband(1).map_err(Error::on(path))?;
+    let buf = band
+        .read_as::<u8>((0, 0), (w, h), (w, h), None)
+        .map_err(|e| Error::gdal_file(path, "cannot read band 1", e))?;
+    Ok((w, h, buf.data().to_vec()))
+}
+
+/// Checks that a GDAL band type is one rstile reads.
+pub fn supported_type(t: GdalDataType) -> bool {
+    use GdalDataType::*;
+    matches!(
+        t,
+        UInt8 | UInt16 | Int16 | UInt32 | Int32 | Float32 | Float64
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_names_keep_the_bytes() {
+        assert_eq!(
+            append(Path::new("d/a.tif"), ".aux.xml"),
+            Path::new("d/a.tif.aux.xml")
+        );
+        assert_eq!(
+            sibling(Path::new("d/a.tif"), ".", ".partial"),
+            Path::new("d/.a.tif.partial")
+        );
+        assert_eq!(
+            stem_with(Path::new("d/a.tif"), ".qml"),
+            Path::new("d/a.qml")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let p = Path::new(std::ffi::OsStr::from_bytes(b"d/sc\xe8ne.tif"));
+            assert_eq!(
+                append(p, ".aux.xml").as_os_str().as_bytes(),
+                b"d/sc\xe8ne.tif.aux.xml"
+            );
+            assert_eq!(
+                stem_with(p, ".confidence.tif").as_os_str().as_bytes(),
+                b"d/sc\xe8ne.confidence.tif"
+            );
+            assert_eq!(c_path(p).unwrap().as_bytes(), b"d/sc\xe8ne.tif");
+        }
+    }
+
+    #[test]
+    fn create_write_and_reopen_a_non_utf8_name() {
+        let dir = tempfile::tempdir().unwrap();
+        #[cfg(unix)]
+        let name = {
+            use std::os::unix::ffi::OsStrExt;
+            std::ffi::OsStr::from_bytes(b"sc\xe8ne.tif").to_os_string()
+        };
+        #[cfg(not(unix))]
+        let name = std::ffi::OsString::from("scène.tif");
+        let p = dir.path().join(&name);
+        let ds = create::<u8>("GTiff", &p, (7, 5), 2, &CslStringList::new()).unwrap();
+        drop(ds);
+        assert!(p.is_file(), "created under its own name");
+        let info = SceneInfo::probe(&p).unwrap();
+        assert_eq!(
+            (info.size.width, info.size.height, info.band_count),
+            (7, 5, 2)
+        );
+        let png = dir.path().join(stem_with(Path::new(&name), ".png"));
+        write_png(&png, 2, 1, [&[1, 2], &[3, 4], &[5, 6]]).unwrap();
+        assert!(png.is_file());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary or aux files left: {names:?}");
+    }
+
+    #[test]
+    fn open_failures_keep_gdal_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("notes.txt");
+        std::fs::write(&p, "just some words\n").unwrap();
+        let e = open_raster(&p).unwrap_err();
+        assert!(
+            matches!(&e, Error::GdalFile(f) if matches!(f.source, GdalError::CplError { .. })),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("not a raster GDAL can open: "), "{msg}");
+        assert!(
+            msg.contains("not recognized as a supported file format"),
+            "{msg}"
+        );
+    }
+}
