@@ -11,8 +11,10 @@ use std::path::Path;
 /// The output value for pixels without data. Never a class id.
 pub const NODATA: u8 = 255;
 
-/// One class of a legend.
+/// One class of a legend. Unknown keys are refused (a `colour` or a
+/// `weight` would otherwise be dropped silently).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Class {
     /// Value written in the map.
     pub id: u8,
@@ -30,7 +32,10 @@ impl Class {
 }
 
 /// An ordered list of classes. The model's output channel `k` is `classes[k]`.
+/// Unknown keys are refused (a `[[klass]]` table would otherwise leave the
+/// table empty, or drop a class).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClassTable {
     #[serde(rename = "class")]
     pub classes: Vec<Class>,
@@ -38,7 +43,8 @@ pub struct ClassTable {
 
 fn parse_hex(s: &str) -> Option<[u8; 3]> {
     let h = s.strip_prefix('#')?;
-    if h.len() != 6 {
+    // exactly six hex digits: `from_str_radix` alone would take "+fffff"
+    if h.len() != 6 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let v = u32::from_str_radix(h, 16).ok()?;
@@ -55,7 +61,8 @@ impl ClassTable {
         Ok(table)
     }
 
-    /// Checks ids are unique, below 255, and colours parse.
+    /// Checks ids are unique and below 255, names are not blank, and
+    /// colours are `#rrggbb`.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.classes.is_empty() {
             return Err("the class table is empty".into());
@@ -72,6 +79,9 @@ impl ClassTable {
                 return Err(format!("class id {} is used twice", c.id));
             }
             seen[c.id as usize] = true;
+            if c.name.trim().is_empty() {
+                return Err(format!("class id {} has an empty name", c.id));
+            }
             if parse_hex(&c.color).is_none() {
                 return Err(format!(
                     "class '{}': colour '{}' is not #rrggbb",
@@ -130,6 +140,52 @@ mod tests {
         let back: ClassTable = toml::from_str(&text).unwrap();
         assert_eq!(t, back);
         assert_eq!(t.classes[1].rgb(), [0, 0, 255]);
+    }
+
+    #[test]
+    fn rejects_bad_colours_and_empty_names() {
+        for bad in [
+            "#+fffff", "#-fffff", "#fffff", "ffffff", "#fffffff", "# fffff",
+        ] {
+            let mut t = ClassTable::isprs();
+            t.classes[2].color = bad.into();
+            let e = t.validate().unwrap_err();
+            assert!(e.contains("is not #rrggbb"), "{bad}: {e}");
+        }
+        let mut t = ClassTable::isprs();
+        t.classes[3].color = "#A0b1C2".into();
+        t.validate().unwrap();
+        assert_eq!(t.classes[3].rgb(), [0xa0, 0xb1, 0xc2]);
+        for name in ["", "  "] {
+            let mut t = ClassTable::isprs();
+            t.classes[1].name = name.into();
+            assert_eq!(t.validate().unwrap_err(), "class id 1 has an empty name");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "[[klass]]\nid = 0\nname = \"a\"\ncolor = \"#ffffff\"\n",
+                "unknown field `klass`",
+            ),
+            (
+                "[[class]]\nid = 0\nname = \"a\"\ncolour = \"#ffffff\"\n",
+                "unknown field `colour`",
+            ),
+            (
+                "[[class]]\nid = 0\nname = \"a\"\ncolor = \"#ffffff\"\nweight = 2\n",
+                "unknown field `weight`",
+            ),
+        ];
+        for (text, want) in cases {
+            let p = dir.path().join("classes.toml");
+            std::fs::write(&p, text).unwrap();
+            let e = ClassTable::from_toml_file(&p).unwrap_err().to_string();
+            assert!(e.contains("classes.toml") && e.contains(want), "{e}");
+        }
     }
 
     #[test]

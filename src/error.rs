@@ -51,6 +51,9 @@ pub enum Error {
     /// An I/O error outside the context of a particular file.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A model holds or produced values that are not finite numbers.
+    #[error("{0}")]
+    NonFinite(String),
     /// The run was interrupted by SIGINT or SIGTERM.
     #[error("interrupted by signal; no output was left behind")]
     Interrupted,

@@ -99,6 +99,10 @@ pub struct MapFlags {
     /// Only map inside these polygons (GeoJSON, GeoPackage, Shapefile, any CRS).
     #[arg(long, value_name = "FILE")]
     aoi: Option<PathBuf>,
+    /// Refuse a run whose memory bound exceeds this, in MiB; 0: no limit
+    /// [default: the memory available].
+    #[arg(long, value_name = "MiB")]
+    max_memory: Option<u64>,
 }
 
 fn parse_co(kv: &str) -> Result<(String, String), String> {
@@ -215,6 +219,7 @@ fn infer_one(
         part,
         resume: a.resume,
         aoi: m.aoi.clone(),
+        max_memory_mb: m.max_memory,
     };
     let plan = InferPlan::resolve(scene, output.to_path_buf(), &m.model, &meta, &opts)?;
     // refused before any work: an input as output, a non-regular file, an
@@ -233,7 +238,7 @@ fn infer_one(
         rstile::output::check(png, a.overwrite, &plan.inputs)?;
     }
     let model = Model::load(&m.model, device)?;
-    let bound = infer::MemoryBound::of(&plan, &meta, model.num_params());
+    let bound = infer::MemoryBound::of(&plan, &meta, model.num_params())?;
     if !a.quiet {
         eprintln!(
             "rstile: {} ({}x{} px, {} band(s)) -> {} with {} ({} classes), window {} overlap {:.2} batch {} threads {} blend {}",

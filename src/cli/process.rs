@@ -11,14 +11,25 @@ pub fn quiet_gdal() {
     gdal::config::set_error_handler(|_, _, _| {});
 }
 
+/// At most this many compute threads per core: more only adds spinning
+/// threads that starve the pipeline's own (5000 took minutes to notice
+/// SIGTERM).
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
 /// Sets the compute thread count before any thread pool exists, and
-/// returns it.
+/// returns it: `threads`, capped at [`MAX_THREADS_PER_CORE`] per core with
+/// a warning, or the core count.
 pub fn set_threads(threads: Option<usize>) -> usize {
-    let n = threads.filter(|&n| n > 0).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let asked = threads.filter(|&n| n > 0);
+    let n = cap_threads(asked.unwrap_or(cores), cores);
+    if let Some(t) = asked.filter(|&t| t > n) {
+        eprintln!(
+            "rstile: warning: --threads {t} is more than {MAX_THREADS_PER_CORE} per core on {cores} core(s); using {n}"
+        );
+    }
     // candle and gemm size their pools from RAYON_NUM_THREADS
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     single_candle_pool();
@@ -26,6 +37,11 @@ pub fn set_threads(threads: Option<usize>) -> usize {
         .num_threads(n)
         .build_global();
     n
+}
+
+/// `threads` capped at [`MAX_THREADS_PER_CORE`] per core.
+pub fn cap_threads(threads: usize, cores: usize) -> usize {
+    threads.min(cores.max(1).saturating_mul(MAX_THREADS_PER_CORE))
 }
 
 /// Leaves candle's element-wise thread pool at one thread unless
@@ -70,4 +86,15 @@ pub fn stop_flag() -> std::io::Result<Arc<AtomicBool>> {
         signal_hook::flag::register(sig, flag.clone())?;
     }
     Ok(flag)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn threads_are_capped_per_core() {
+        assert_eq!(super::cap_threads(5000, 2), 8);
+        assert_eq!(super::cap_threads(8, 2), 8);
+        assert_eq!(super::cap_threads(3, 2), 3);
+        assert_eq!(super::cap_threads(5, 0), 4);
+    }
 }

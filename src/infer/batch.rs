@@ -7,10 +7,18 @@
 //! `[classes][n][n]` prediction per window, in the same order. The model is
 //! batch-invariant, so a window's prediction does not depend on the batch
 //! it rode in.
+//!
+//! A model that is not a working model (NaN or infinite weights, a negative
+//! batch-norm variance, or weights so large that a forward pass overflows)
+//! would still give every pixel a class: the softmax of NaN logits is a
+//! uniform 1/K on the CPU, class 0 everywhere. [`run_batch`] therefore
+//! checks the logits of every window ([`first_non_finite`]) and returns
+//! which window of the batch is not finite; [`non_finite_params`] checks
+//! weights (at load, and in training before a checkpoint is written).
 
 use crate::error::Result;
-use crate::model::Model;
-use candle_core::{Device, Tensor};
+use crate::model::{softmax_channels, Model};
+use candle_core::{DType, Device, Tensor};
 
 /// Stacks `windows`, each `[bands][n][n]` f32, into one `(B, bands, n, n)`
 /// tensor on `device`.
@@ -30,17 +38,156 @@ pub fn split_output(probs: &[f32], b: usize) -> Vec<Vec<f32>> {
     probs.chunks(per.max(1)).map(|c| c.to_vec()).collect()
 }
 
+/// A window of a batch whose model output is not finite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NonFiniteWindow {
+    /// Position of the window in the batch.
+    pub index: usize,
+    /// The output channel (class) of the first non-finite value.
+    pub channel: usize,
+    /// The first non-finite value (NaN or ±Inf).
+    pub value: f32,
+    /// How many values of the window are not finite.
+    pub count: usize,
+}
+
+/// The first window of a batch's output `[B][K][n²]` (logits or
+/// probabilities) holding a value that is not finite, if any.
+pub fn first_non_finite(out: &[f32], b: usize, k: usize) -> Option<NonFiniteWindow> {
+    let per = out.len() / b.max(1);
+    // one branch-free pass first (it vectorises); the details only on failure
+    let any_bad = out
+        .chunks(4096)
+        .any(|c| c.iter().fold(false, |acc, v| acc | !v.is_finite()));
+    if !any_bad {
+        return None;
+    }
+    out.chunks(per.max(1)).enumerate().find_map(|(index, w)| {
+        let first = w.iter().position(|v| !v.is_finite())?;
+        Some(NonFiniteWindow {
+            index,
+            channel: first / (per / k.max(1)).max(1),
+            value: w[first],
+            count: w.iter().filter(|v| !v.is_finite()).count(),
+        })
+    })
+}
+
 /// Class probabilities for each of `windows` (`[bands][n][n]` each), from
-/// one forward pass of `model`: `[classes][n][n]` per window, in order.
+/// one forward pass of `model`: `[classes][n][n]` per window, in order; or
+/// the first window whose output is not finite.
+///
+/// The same arithmetic as [`Model::predict_probs`] (on the CPU the logits,
+/// checked here, then [`softmax_channels`]; elsewhere candle's softmax on
+/// the device, whose result is checked), so the maps do not change.
 pub fn run_batch(
     model: &Model,
     windows: &[&[f32]],
     bands: usize,
     n: usize,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<std::result::Result<Vec<Vec<f32>>, NonFiniteWindow>> {
     let x = batch_input(windows, bands, n, model.device())?;
-    let probs = model.predict_probs(&x)?;
-    Ok(split_output(&probs, windows.len()))
+    let b = windows.len();
+    let probs = if model.device().is_cpu() {
+        let logits = model.forward_t(&x, false)?;
+        let (b, k, h, w) = logits.dims4()?;
+        let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(bad) = first_non_finite(&v, b, k) {
+            return Ok(Err(bad));
+        }
+        softmax_channels(&mut v, b, k, h * w);
+        v
+    } else {
+        let p = model.forward_probs(&x)?;
+        let k = p.dims4()?.1;
+        let v = p.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(bad) = first_non_finite(&v, b, k) {
+            return Ok(Err(bad));
+        }
+        v
+    };
+    Ok(Ok(split_output(&probs, b)))
+}
+
+/// A tensor of a model's weights that no working model holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadTensor {
+    pub name: String,
+    /// Values that are NaN or infinite.
+    pub non_finite: usize,
+    /// Negative values of a batch-norm `running_var` (its square root is NaN).
+    pub negative_variance: usize,
+    pub len: usize,
+}
+
+impl std::fmt::Display for BadTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "'{}' holds ", self.name)?;
+        if self.non_finite > 0 {
+            write!(f, "{} NaN or infinite value(s)", self.non_finite)?;
+            if self.negative_variance > 0 {
+                write!(f, " and ")?;
+            }
+        }
+        if self.negative_variance > 0 {
+            write!(f, "{} negative variance(s)", self.negative_variance)?;
+        }
+        write!(f, " of {}", self.len)
+    }
+}
+
+/// The tensors that make a model unusable: any value that is NaN or
+/// infinite, and negative values in a batch-norm running variance (a tensor
+/// whose name ends in `.running_var`). `tensors` are (name, values) pairs,
+/// in any order; the result keeps their order. Empty for a sound model.
+///
+/// Pure, for [`Model::load`] (on each tensor as it is read) and for
+/// training, which checks its model before writing a checkpoint
+/// ([`model_non_finite`]).
+pub fn non_finite_params<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [f32])>,
+) -> Vec<BadTensor> {
+    tensors
+        .into_iter()
+        .filter_map(|(name, values)| {
+            let non_finite = values.iter().filter(|v| !v.is_finite()).count();
+            let negative_variance = if name.ends_with(".running_var") {
+                values.iter().filter(|&&v| v < 0.0).count()
+            } else {
+                0
+            };
+            (non_finite + negative_variance > 0).then(|| BadTensor {
+                name: name.to_string(),
+                non_finite,
+                negative_variance,
+                len: values.len(),
+            })
+        })
+        .collect()
+}
+
+/// [`non_finite_params`] of all of `model`'s variables (weights and
+/// batch-norm statistics), sorted by name.
+pub fn model_non_finite(model: &Model) -> Result<Vec<BadTensor>> {
+    let vars = model.varmap().data().lock().expect("varmap lock");
+    let mut values: Vec<(String, Vec<f32>)> = Vec::with_capacity(vars.len());
+    for (name, var) in vars.iter() {
+        let t = var.as_tensor().to_dtype(DType::F32)?;
+        values.push((name.clone(), t.flatten_all()?.to_vec1::<f32>()?));
+    }
+    values.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(non_finite_params(
+        values.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+    ))
+}
+
+/// One line about `bad` (the first tensor, and how many more there are).
+pub fn describe_bad(bad: &[BadTensor]) -> String {
+    match bad {
+        [] => "all weights are finite".into(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!("{first}, and {} more tensor(s)", rest.len()),
+    }
 }
 
 #[cfg(test)]
@@ -56,5 +203,49 @@ mod tests {
         let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let parts = split_output(&flat, 2);
         assert_eq!(parts, vec![a.to_vec(), b.to_vec()]);
+    }
+
+    #[test]
+    fn first_non_finite_names_the_window_and_the_class() {
+        // 3 windows, 2 classes, 4 px each
+        let mut out = vec![0.5f32; 3 * 2 * 4];
+        assert_eq!(first_non_finite(&out, 3, 2), None);
+        out[8 + 4 + 1] = f32::NAN; // window 1, class 1
+        out[8 + 4 + 2] = f32::INFINITY;
+        out[16] = f32::NEG_INFINITY; // window 2
+        let bad = first_non_finite(&out, 3, 2).unwrap();
+        assert_eq!((bad.index, bad.channel, bad.count), (1, 1, 2));
+        assert!(bad.value.is_nan());
+        // large but finite values are fine
+        let big = vec![f32::MAX; 8];
+        assert_eq!(first_non_finite(&big, 2, 2), None);
+    }
+
+    #[test]
+    fn non_finite_params_flags_nan_inf_and_negative_variances() {
+        let ok = [1.0f32, -2.0, 0.0];
+        let nan = [1.0f32, f32::NAN, f32::INFINITY];
+        let var = [1.0f32, -0.5, 2.0];
+        let bad = non_finite_params([
+            ("a.weight", &ok[..]),
+            ("b.weight", &nan[..]),
+            ("c.running_var", &var[..]),
+            // a negative mean or weight is fine
+            ("c.running_mean", &var[..]),
+        ]);
+        assert_eq!(bad.len(), 2);
+        assert_eq!(
+            bad[0].to_string(),
+            "'b.weight' holds 2 NaN or infinite value(s) of 3"
+        );
+        assert_eq!(
+            bad[1].to_string(),
+            "'c.running_var' holds 1 negative variance(s) of 3"
+        );
+        assert!(non_finite_params([("x", &ok[..])]).is_empty());
+        assert_eq!(
+            describe_bad(&bad),
+            "'b.weight' holds 2 NaN or infinite value(s) of 3, and 1 more tensor(s)"
+        );
     }
 }

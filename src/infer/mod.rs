@@ -26,8 +26,8 @@ pub mod window;
 pub mod write;
 
 pub use plan::{
-    chunks, default_readers, file_digest, out_dir_jobs, regions, settings, window_count,
-    InferOptions, InferPlan, MemoryBound, DEFAULT_CHUNK,
+    available_memory, chunks, default_readers, file_digest, human_bytes, out_dir_jobs, regions,
+    settings, window_count, InferOptions, InferPlan, MemoryBound, MemoryLimit, DEFAULT_CHUNK,
 };
 
 use crate::error::{Error, Result};
@@ -71,7 +71,9 @@ impl Progress for NoProgress {}
 
 /// Runs the whole pipeline for `plan` with `model`, on the model's device.
 /// Setting `cancel` stops the run with [`Error::Interrupted`], keeping what
-/// was written for `--resume`. Changes no process-wide state (the binary
+/// was written for `--resume`. A run whose [`MemoryBound`] exceeds the
+/// plan's limit, or a model whose weights are not finite
+/// ([`batch::non_finite_params`]), is refused before anything is written. Changes no process-wide state (the binary
 /// applies [`InferPlan::gdal_cache_mb`]).
 pub fn infer(
     plan: &InferPlan,
@@ -83,7 +85,20 @@ pub fn infer(
     let grid = WindowGrid::new(plan.scene.size, plan.window, plan.overlap)
         .map_err(|e| Error::Config(format!("window settings: {e}")))?;
     let meta = model.meta.clone();
-    let bound = MemoryBound::of(plan, &meta, model.num_params());
+    // refuse a run that cannot fit, or a model that cannot map, before
+    // anything is written (a NaN weight can hide behind a ReLU and give a
+    // finite, wrong map, which the per-window check of the logits misses)
+    let bound = MemoryBound::of(plan, &meta, model.num_params())?;
+    bound.check(plan, &meta)?;
+    let bad = batch::model_non_finite(&model)?;
+    if !bad.is_empty() {
+        return Err(Error::NonFinite(format!(
+            "{}: the model's weights are not finite: {}; the file is damaged or comes from a \
+             training run that diverged",
+            plan.model_path.display(),
+            batch::describe_bad(&bad)
+        )));
+    }
     let settings = settings(plan, &meta);
     let metadata = match plan.part {
         Some(part) => PartMeta::new(

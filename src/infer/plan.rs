@@ -18,8 +18,8 @@
 
 use crate::error::{Error, Result};
 use crate::infer::read::{Normalize, SceneInfo};
-use crate::infer::stitch::{Blend, ChunkStitcher, Region};
-use crate::infer::window::WindowGrid;
+use crate::infer::stitch::{Blend, Region};
+use crate::infer::window::{GridError, WindowGrid};
 use crate::infer::write::TILE;
 use crate::model::ModelMeta;
 use crate::scale::aoi::Aoi;
@@ -61,12 +61,16 @@ pub struct InferOptions {
     pub resume: bool,
     /// A polygon file limiting the map.
     pub aoi: Option<PathBuf>,
+    /// Refuse a run whose [`MemoryBound`] exceeds this many MiB; `Some(0)`:
+    /// no limit; `None`: the memory available to the process
+    /// ([`available_memory`]).
+    pub max_memory_mb: Option<u64>,
 }
 
 impl Default for InferOptions {
     /// The command line's defaults: the model's window and overlap, batch 4,
     /// [`default_readers`], Hann blending, the first bands, a 256 MiB GDAL
-    /// cache.
+    /// cache, the available memory as the limit.
     fn default() -> Self {
         InferOptions {
             window: None,
@@ -83,6 +87,7 @@ impl Default for InferOptions {
             part: None,
             resume: false,
             aoi: None,
+            max_memory_mb: None,
         }
     }
 }
@@ -116,6 +121,8 @@ pub struct InferPlan {
     pub part: Option<Part>,
     /// Continue an unfinished run of the same settings.
     pub resume: bool,
+    /// The model file (for errors about the model).
+    pub model_path: PathBuf,
     /// Digest of the model file, so a resume cannot mix models.
     pub model_digest: String,
     /// Only windows touching this area are computed; pixels outside are nodata.
@@ -124,6 +131,18 @@ pub struct InferPlan {
     pub aoi_digest: Option<String>,
     /// The files this run reads (scene, model, AOI): no output may be one.
     pub inputs: crate::output::Inputs,
+    /// The most memory the run may need ([`MemoryBound::check`]); `None`:
+    /// no limit.
+    pub max_memory: Option<MemoryLimit>,
+}
+
+/// The memory limit of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    /// Set by `--max-memory` (else: the memory available when the run
+    /// was planned).
+    pub from_flag: bool,
 }
 
 impl InferPlan {
@@ -175,8 +194,20 @@ impl InferPlan {
         }
         let window = o.window.unwrap_or(meta.window);
         let overlap = o.overlap.unwrap_or(meta.overlap);
-        WindowGrid::new(scene.size, window, overlap)
-            .map_err(|e| Error::Config(format!("window settings: {e}")))?;
+        WindowGrid::new(scene.size, window, overlap).map_err(|e| match e {
+            // the model's own defaults: name the model file
+            GridError::WindowTooSmall(_) if o.window.is_none() => Error::file(
+                model_path,
+                format!("the model's default {e}; choose a window with --window"),
+            ),
+            GridError::BadOverlap(_) if o.overlap.is_none() => Error::file(
+                model_path,
+                format!("the model's default {e}; choose an overlap with --overlap"),
+            ),
+            GridError::WindowTooSmall(_) => Error::Config(format!("--window: {e}")),
+            GridError::BadOverlap(_) => Error::Config(format!("--overlap: {e}")),
+            GridError::EmptyRaster(..) => Error::file(&path, e),
+        })?;
         let readers = o
             .readers
             .unwrap_or_else(|| default_readers(rayon::current_num_threads()));
@@ -210,14 +241,27 @@ impl InferPlan {
                 .into_iter()
                 .chain(o.aoi.as_deref()),
         );
+        let max_memory = match o.max_memory_mb {
+            Some(0) => None,
+            Some(mb) => Some(MemoryLimit {
+                bytes: mb.saturating_mul(1 << 20),
+                from_flag: true,
+            }),
+            None => available_memory().map(|bytes| MemoryLimit {
+                bytes,
+                from_flag: false,
+            }),
+        };
         Ok(InferPlan {
             inputs,
+            max_memory,
             aoi,
             aoi_digest,
             rows,
             part: o.part,
             resume: o.resume,
             model_digest: file_digest(model_path)?,
+            model_path: model_path.to_path_buf(),
             scene,
             output,
             window,
@@ -256,36 +300,275 @@ pub struct MemoryBound {
 }
 
 impl MemoryBound {
-    /// Sum of the parts.
+    /// Sum of the parts (it fits: [`MemoryBound::of`] checks it).
     pub fn total(&self) -> u64 {
-        self.model + self.in_flight + self.stitcher + self.writer + self.gdal_cache + self.base
+        self.parts().iter().fold(0u64, |a, p| a.saturating_add(p.1))
+    }
+
+    /// The parts, named.
+    fn parts(&self) -> [(BoundPart, u64); 6] {
+        [
+            (BoundPart::Model, self.model),
+            (BoundPart::InFlight, self.in_flight),
+            (BoundPart::Stitcher, self.stitcher),
+            (BoundPart::Writer, self.writer),
+            (BoundPart::GdalCache, self.gdal_cache),
+            (BoundPart::Base, self.base),
+        ]
     }
 
     /// The bound for a plan and a model. See the README for the formula.
-    pub fn of(plan: &InferPlan, meta: &ModelMeta, params: usize) -> MemoryBound {
-        let px = (plan.window * plan.window) as u64;
+    /// Computed with checked arithmetic: a bound that does not fit in 64
+    /// bits is an error naming the setting that makes it so.
+    pub fn of(plan: &InferPlan, meta: &ModelMeta, params: usize) -> Result<MemoryBound> {
+        let window = window_name(plan, meta);
+        let wb = || format!("{window} with batch {}", plan.batch);
+        let wbr = || format!("{} and {} reader(s)", wb(), plan.readers);
+        let w = plan.window as u64;
         let bands = plan.bands.len() as u64;
         let k = meta.classes.len() as u64;
-        let q = plan.queue_len() as u64;
+        let px = mul(&[w, w], &window)?;
         // each in-flight window holds its input (or its prediction) and mask
-        let per_window = px * (4 * bands.max(k) + 1);
-        let in_flight = (q + plan.readers as u64) * per_window;
-        let model =
-            params as u64 * 4 + plan.batch as u64 * px * meta.arch.activation_bytes_per_px();
-        let width = plan.chunk.min(plan.scene.size.width.next_multiple_of(TILE));
-        let stitcher = ChunkStitcher::bytes_for(plan.window, TILE, width, k as usize) as u64;
-        let writer = 4 * (width * TILE) as u64 * (1 + plan.confidence as u64);
-        MemoryBound {
+        let per_window = mul(&[px, 4 * bands.max(k) + 1], &window)?;
+        let q = add(
+            &[
+                mul(&[2, plan.batch as u64], &wb())?,
+                mul(&[2, plan.readers as u64], &wbr())?,
+            ],
+            &wbr(),
+        )?;
+        let in_flight = mul(
+            &[add(&[q, plan.readers as u64], &wbr())?, per_window],
+            &wbr(),
+        )?;
+        let activations = mul(
+            &[plan.batch as u64, px, meta.arch.activation_bytes_per_px()],
+            &wb(),
+        )?;
+        let model = add(
+            &[mul(&[params as u64, 4], "the model")?, activations],
+            &wb(),
+        )?;
+        let width = plan.chunk.min(plan.scene.size.width.next_multiple_of(TILE)) as u64;
+        // ChunkStitcher::bytes_for, checked (a test holds them equal)
+        let stitcher = mul(
+            &[add(&[w, TILE as u64], &window)?, width, 4 * k + 4 + 1],
+            &window,
+        )?;
+        let writer = mul(
+            &[4, width, TILE as u64, 1 + plan.confidence as u64],
+            "--chunk",
+        )?;
+        let gdal_cache = mul(&[plan.gdal_cache_mb as u64, 1 << 20], "--gdal-cache")?;
+        let bound = MemoryBound {
             model,
             in_flight,
             stitcher,
             writer,
-            gdal_cache: plan.gdal_cache_mb as u64 * (1 << 20),
+            gdal_cache,
             // the process with a tiny configuration (linear, batch 1, 16 MiB
             // cache) peaks at 139 MiB: binary, GDAL and driver state, allocator
             base: 128 << 20,
+        };
+        let parts = bound.parts().map(|p| p.1);
+        let setting = match bound.dominant() {
+            BoundPart::Writer => "--chunk".to_string(),
+            BoundPart::GdalCache => "--gdal-cache".to_string(),
+            _ => window,
+        };
+        add(&parts, &setting)?;
+        Ok(bound)
+    }
+
+    /// The largest part.
+    fn dominant(&self) -> BoundPart {
+        self.parts()
+            .into_iter()
+            .max_by_key(|p| p.1)
+            .map(|p| p.0)
+            .expect("six parts")
+    }
+
+    /// Refuses a bound above the plan's memory limit, before anything is
+    /// written: the error states the bound, the limit and the part that
+    /// dominates, with the settings that size it.
+    pub fn check(&self, plan: &InferPlan, meta: &ModelMeta) -> Result<()> {
+        let Some(limit) = plan.max_memory else {
+            return Ok(());
+        };
+        if self.total() <= limit.bytes {
+            return Ok(());
+        }
+        let part = self.dominant();
+        let what = if limit.from_flag {
+            format!("--max-memory {} MiB", limit.bytes >> 20)
+        } else {
+            format!("the {} of memory available", human_bytes(limit.bytes))
+        };
+        Err(Error::Config(format!(
+            "the run would need up to {}, more than {what}: {}; {}, or raise --max-memory \
+             (MiB, 0: no limit)",
+            human_bytes(self.total()),
+            part.describe(plan, meta, self),
+            part.advice()
+        )))
+    }
+}
+
+/// A part of the [`MemoryBound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BoundPart {
+    Model,
+    InFlight,
+    Stitcher,
+    Writer,
+    GdalCache,
+    Base,
+}
+
+impl BoundPart {
+    /// What this part holds and which settings size it.
+    fn describe(self, plan: &InferPlan, meta: &ModelMeta, b: &MemoryBound) -> String {
+        let window = window_name(plan, meta);
+        let width = plan.chunk.min(plan.scene.size.width.next_multiple_of(TILE));
+        match self {
+            BoundPart::Model => format!(
+                "{window} needs {} for the model ({} activations at batch {})",
+                human_bytes(b.model),
+                meta.arch,
+                plan.batch
+            ),
+            BoundPart::InFlight => format!(
+                "{window} needs {} for the {} windows in flight (batch {}, {} reader(s))",
+                human_bytes(b.in_flight),
+                2 * plan.batch + 3 * plan.readers,
+                plan.batch,
+                plan.readers
+            ),
+            BoundPart::Stitcher => format!(
+                "{window} needs {} for the stitcher's strip of {} x {width} px",
+                human_bytes(b.stitcher),
+                plan.window + TILE
+            ),
+            BoundPart::Writer => format!(
+                "--chunk {} needs {} for the writer's bands",
+                plan.chunk,
+                human_bytes(b.writer)
+            ),
+            BoundPart::GdalCache => format!(
+                "--gdal-cache {} MiB is the largest part",
+                plan.gdal_cache_mb
+            ),
+            BoundPart::Base => format!("rstile itself needs {}", human_bytes(b.base)),
         }
     }
+
+    /// Which settings lower it.
+    fn advice(self) -> &'static str {
+        match self {
+            BoundPart::Model => "lower --batch or --window",
+            BoundPart::InFlight => "lower --window, --batch or --readers",
+            BoundPart::Stitcher => "lower --window or --chunk",
+            BoundPart::Writer => "lower --chunk",
+            BoundPart::GdalCache => "lower --gdal-cache",
+            BoundPart::Base => "free some memory",
+        }
+    }
+}
+
+/// How errors name the window: the flag, or the model's default.
+fn window_name(plan: &InferPlan, meta: &ModelMeta) -> String {
+    if plan.window == meta.window {
+        format!("the model's window {} px", plan.window)
+    } else {
+        format!("--window {}", plan.window)
+    }
+}
+
+fn overflow(setting: &str) -> Error {
+    Error::Config(format!(
+        "{setting}: the memory bound does not fit in 64 bits (more than 16 EiB)"
+    ))
+}
+
+/// The product of `parts`, or an error naming `setting`.
+fn mul(parts: &[u64], setting: &str) -> Result<u64> {
+    parts
+        .iter()
+        .try_fold(1u64, |a, &b| a.checked_mul(b))
+        .ok_or_else(|| overflow(setting))
+}
+
+/// The sum of `parts`, or an error naming `setting`.
+fn add(parts: &[u64], setting: &str) -> Result<u64> {
+    parts
+        .iter()
+        .try_fold(0u64, |a, &b| a.checked_add(b))
+        .ok_or_else(|| overflow(setting))
+}
+
+/// A byte count for people: MiB below 10 GiB, then GiB, TiB, PiB, EiB.
+pub fn human_bytes(b: u64) -> String {
+    let mut v = b as f64 / (1u64 << 20) as f64;
+    if v < 10240.0 {
+        return format!("{v:.0} MiB");
+    }
+    for unit in ["GiB", "TiB", "PiB"] {
+        v /= 1024.0;
+        if v < 1024.0 {
+            return format!("{v:.1} {unit}");
+        }
+    }
+    format!("{:.1} EiB", v / 1024.0)
+}
+
+/// The memory this process may still use, in bytes: `MemAvailable` of
+/// `/proc/meminfo`, or the limit of the process's memory cgroup (a Slurm
+/// job's `--mem`, a container's limit) where that is lower. `None` where
+/// neither can be read.
+pub fn available_memory() -> Option<u64> {
+    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    let meminfo = read(Path::new("/proc/meminfo")).and_then(|s| mem_available(&s));
+    let cgroup = read(Path::new("/proc/self/cgroup")).and_then(|s| cgroup_limit(&s, &read));
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// The memory limit of the cgroup named in a `/proc/self/cgroup` text
+/// (v2 `memory.max`, or v1 `memory.limit_in_bytes`), read with `read`. The
+/// cgroup's own folder is tried, then the mount's root (which is the
+/// process's cgroup inside a container). `None`: no limit found ("max").
+fn cgroup_limit(proc_cgroup: &str, read: &dyn Fn(&Path) -> Option<String>) -> Option<u64> {
+    let root = Path::new("/sys/fs/cgroup");
+    for line in proc_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let path = path.trim_start_matches('/');
+        let (base, file) = if controllers.is_empty() {
+            (root.to_path_buf(), "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let limit = [base.join(path).join(file), base.join(file)]
+            .iter()
+            .find_map(|p| read(p))
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if limit.is_some() {
+            return limit;
+        }
+    }
+    None
 }
 
 /// The column chunks `[x0, x1)` of a scene.
@@ -410,6 +693,7 @@ pub fn out_dir_jobs(scenes: &[PathBuf], dir: &Path) -> Result<Vec<(PathBuf, Path
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::stitch::ChunkStitcher;
 
     #[test]
     fn default_readers_is_two_or_one() {
@@ -417,6 +701,193 @@ mod tests {
         assert_eq!(default_readers(1), 1);
         assert_eq!(default_readers(2), 2);
         assert_eq!(default_readers(64), 2);
+    }
+
+    /// A plan without a scene file: a 10000 x 10000 px, 3-band scene.
+    fn plan(window: usize, batch: usize) -> (InferPlan, ModelMeta) {
+        let meta = ModelMeta::new(
+            crate::model::Arch::Tiny,
+            3,
+            crate::classes::ClassTable::isprs(),
+        );
+        let plan = InferPlan {
+            scene: SceneInfo {
+                path: PathBuf::from("scene.tif"),
+                size: crate::infer::window::Size {
+                    width: 10000,
+                    height: 10000,
+                },
+                band_count: 3,
+                band_types: Vec::new(),
+                geo_transform: None,
+                srs_wkt: None,
+                block: crate::infer::window::Size {
+                    width: 256,
+                    height: 256,
+                },
+                has_nodata: false,
+            },
+            output: PathBuf::from("map.tif"),
+            inputs: crate::output::Inputs::new(),
+            window,
+            overlap: 0.25,
+            batch,
+            readers: 2,
+            blend: Blend::Hann,
+            bands: vec![1, 2, 3],
+            normalize: Normalize {
+                mean: vec![0.0; 3],
+                std: vec![1.0; 3],
+            },
+            chunk: DEFAULT_CHUNK,
+            confidence: false,
+            creation_options: Vec::new(),
+            overwrite: false,
+            gdal_cache_mb: 256,
+            rows: (0, 10000),
+            part: None,
+            resume: false,
+            model_digest: String::new(),
+            model_path: PathBuf::from("model.safetensors"),
+            aoi: None,
+            aoi_digest: None,
+            max_memory: None,
+        };
+        (plan, meta)
+    }
+
+    #[test]
+    fn memory_bound_is_the_readme_formula() {
+        let (p, meta) = plan(512, 4);
+        let b = MemoryBound::of(&p, &meta, 1000).unwrap();
+        let px = 512 * 512;
+        assert_eq!(b.model, 4000 + 4 * px * 320);
+        assert_eq!(b.in_flight, (2 * 4 + 2 * 2 + 2) * px * (4 * 6 + 1));
+        assert_eq!(
+            b.stitcher as usize,
+            ChunkStitcher::bytes_for(512, TILE, DEFAULT_CHUNK, 6)
+        );
+        assert_eq!(b.writer, 4 * 4096 * 512);
+        assert_eq!(b.gdal_cache, 256 << 20);
+        assert_eq!(
+            b.total(),
+            b.model + b.in_flight + b.stitcher + b.writer + b.gdal_cache + b.base
+        );
+    }
+
+    #[test]
+    fn memory_bound_overflow_names_the_setting() {
+        let (mut p, meta) = plan(1_000_000_000, 4);
+        p.window = 1_000_000_000;
+        let e = MemoryBound::of(&p, &meta, 1000).unwrap_err().to_string();
+        assert!(
+            e.contains("--window 1000000000") && e.contains("does not fit in 64 bits"),
+            "{e}"
+        );
+        let (mut p, meta) = plan(512, 4);
+        p.gdal_cache_mb = usize::MAX / 2;
+        let e = MemoryBound::of(&p, &meta, 1000).unwrap_err().to_string();
+        assert!(e.starts_with("--gdal-cache: "), "{e}");
+        let (p, meta) = plan(512, usize::MAX / 4);
+        let e = MemoryBound::of(&p, &meta, 1000).unwrap_err().to_string();
+        assert!(e.contains("with batch"), "{e}");
+    }
+
+    #[test]
+    fn a_bound_over_the_limit_is_refused_naming_the_largest_part() {
+        let (mut p, meta) = plan(100_000, 4);
+        let b = MemoryBound::of(&p, &meta, 1000).unwrap();
+        // no limit: accepted
+        b.check(&p, &meta).unwrap();
+        p.max_memory = Some(MemoryLimit {
+            bytes: 8 << 30,
+            from_flag: true,
+        });
+        let e = b.check(&p, &meta).unwrap_err().to_string();
+        assert!(e.contains("more than --max-memory 8192 MiB"), "{e}");
+        assert!(
+            e.contains(
+                "--window 100000 needs 11.6 TiB for the model (tiny activations at batch 4)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("lower --batch or --window"), "{e}");
+        assert!(e.contains(&human_bytes(b.total())), "{e}");
+        p.batch = 1;
+        p.readers = 64;
+        p.window = 512;
+        p.max_memory = Some(MemoryLimit {
+            bytes: 1 << 30,
+            from_flag: true,
+        });
+        let b = MemoryBound::of(&p, &meta, 1000).unwrap();
+        let e = b.check(&p, &meta).unwrap_err().to_string();
+        assert!(
+            e.contains("the model's window 512 px needs 1212 MiB for the 194 windows in flight (batch 1, 64 reader(s)); lower --window, --batch or --readers"),
+            "{e}"
+        );
+        // the model's own window is named as such
+        let (mut p, mut meta) = plan(512, 4);
+        meta.window = 512;
+        p.gdal_cache_mb = 100_000;
+        p.max_memory = Some(MemoryLimit {
+            bytes: 1 << 30,
+            from_flag: false,
+        });
+        let b = MemoryBound::of(&p, &meta, 1000).unwrap();
+        let e = b.check(&p, &meta).unwrap_err().to_string();
+        assert!(
+            e.contains("more than the 1024 MiB of memory available"),
+            "{e}"
+        );
+        assert!(
+            e.contains("--gdal-cache 100000 MiB is the largest part"),
+            "{e}"
+        );
+        p.gdal_cache_mb = 256;
+        p.batch = 4000;
+        let b = MemoryBound::of(&p, &meta, 1000).unwrap();
+        let e = b.check(&p, &meta).unwrap_err().to_string();
+        assert!(
+            e.contains("the model's window 512 px needs") && e.contains("at batch 4000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn human_bytes_picks_a_readable_unit() {
+        assert_eq!(human_bytes(300 << 20), "300 MiB");
+        assert_eq!(human_bytes(20 << 30), "20.0 GiB");
+        assert_eq!(human_bytes(3 << 40), "3.0 TiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn available_memory_reads_meminfo_and_cgroups() {
+        let meminfo = "MemTotal:       24684000 kB\nMemFree:  1 kB\nMemAvailable:   2048 kB\n";
+        assert_eq!(mem_available(meminfo), Some(2 << 20));
+        assert_eq!(mem_available("MemTotal: 5 kB\n"), None);
+        let files = |p: &Path| -> Option<String> {
+            match p.to_str()? {
+                "/sys/fs/cgroup/job/memory.max" => Some("4294967296\n".into()),
+                "/sys/fs/cgroup/memory/slurm/job_1/memory.limit_in_bytes" => {
+                    Some("1073741824\n".into())
+                }
+                "/sys/fs/cgroup/open/memory.max" => Some("max\n".into()),
+                _ => None,
+            }
+        };
+        assert_eq!(cgroup_limit("0::/job\n", &files), Some(4 << 30));
+        assert_eq!(
+            cgroup_limit("5:cpu:/\n4:memory:/slurm/job_1\n0::/\n", &files),
+            Some(1 << 30)
+        );
+        assert_eq!(cgroup_limit("0::/open\n", &files), None);
+        assert_eq!(cgroup_limit("0::/elsewhere\n", &files), None);
+        // this machine: some figure, or none
+        if let Some(b) = available_memory() {
+            assert!(b > 0);
+        }
     }
 
     #[test]

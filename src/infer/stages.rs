@@ -19,18 +19,20 @@
 //!
 //! Stopping. A stage that fails records its error (the first one recorded
 //! wins, with its type: a reader's GDAL or file error, the model's
-//! [`Error::Model`], the writer's error) and raises the shared abort flag,
+//! [`Error::Model`] or [`Error::NonFinite`], the writer's error) and raises the shared abort flag,
 //! *then* drops what it holds. The dispatcher stops at the flag, so the
 //! channels close one after another and every thread ends; a stage that
 //! finds its neighbour gone stops quietly, and the stitcher, finding a
 //! window's reply dropped, stops with [`Error::Pipeline`], which is reported
 //! only when no stage recorded a cause. Cancellation (SIGINT, SIGTERM) is a
-//! flag of the caller's, checked by the dispatcher and the stitcher; it wins
-//! over any error. Threads are joined in turn and a stage's panic is raised
+//! flag of the caller's, checked by every loop (the dispatcher before each
+//! window, the readers before each read, the model before each batch, the
+//! stitcher before each window), so a stop waits for at most one read and
+//! one forward pass; it wins over any error. Threads are joined in turn and a stage's panic is raised
 //! again on the joining thread.
 
 use crate::error::{Error, Result};
-use crate::infer::batch::run_batch;
+use crate::infer::batch::{run_batch, NonFiniteWindow};
 use crate::infer::plan::InferPlan;
 use crate::infer::read::{WindowData, WindowSource};
 use crate::infer::stitch::{Band, ChunkStitcher, Prediction, Region};
@@ -71,6 +73,7 @@ struct Job {
 
 /// A read window for the model.
 struct ModelJob {
+    window: Window,
     data: WindowData,
     reply: Sender<Slot>,
 }
@@ -274,6 +277,9 @@ impl<'a> Stages<'a> {
         windows: Sender<ModelJob>,
     ) {
         for job in jobs.iter() {
+            if self.stopping() {
+                return;
+            }
             match reader.read_window(&job.window) {
                 Ok(data) if !data.any_valid => {
                     self.skipped.fetch_add(1, Ordering::Relaxed);
@@ -281,6 +287,7 @@ impl<'a> Stages<'a> {
                 }
                 Ok(data) => {
                     let job = ModelJob {
+                        window: job.window,
                         data,
                         reply: job.reply,
                     };
@@ -298,7 +305,9 @@ impl<'a> Stages<'a> {
 
     /// The model: gathers up to `batch` windows (waiting at most
     /// [`BATCH_WAIT`] for each after the first), runs one forward pass and
-    /// answers each window with its prediction.
+    /// answers each window with its prediction. A window whose output is
+    /// not finite stops the run with [`Error::NonFinite`] naming it; a run
+    /// that is stopping computes no further batch.
     fn model(&self, model: Model, windows: Receiver<ModelJob>) {
         let batch = self.plan.batch;
         let (bands, n) = (self.plan.bands.len(), self.plan.window);
@@ -315,9 +324,16 @@ impl<'a> Stages<'a> {
                     Err(_) => break,
                 }
             }
+            if self.stopping() {
+                return;
+            }
             let inputs: Vec<&[f32]> = jobs.iter().map(|j| j.data.input.as_slice()).collect();
             match run_batch(&model, &inputs, bands, n) {
-                Ok(outs) => {
+                Ok(Err(bad)) => {
+                    let w = jobs[bad.index].window;
+                    return self.fail(self.non_finite(&w, bad));
+                }
+                Ok(Ok(outs)) => {
                     for (job, probs) in jobs.drain(..).zip(outs) {
                         let valid = job.data.valid;
                         let _ = job.reply.send(Slot::Done { probs, valid });
@@ -335,6 +351,27 @@ impl<'a> Stages<'a> {
                 }
             }
         }
+    }
+
+    /// The error for a window whose model output is not finite: its pixel
+    /// rectangle in the scene, the class and the value.
+    fn non_finite(&self, w: &Window, bad: NonFiniteWindow) -> Error {
+        let r = self.grid.clip(w);
+        let id = self.class_ids.get(bad.channel).copied().unwrap_or(0);
+        Error::NonFinite(format!(
+            "the model's output is not finite in the window x {}..{}, y {}..{} px \
+             (grid column {}, row {}): {} for class id {id} ({} value(s)); the model's \
+             weights are NaN or infinite, or so large that its arithmetic overflows, \
+             so it cannot map this scene",
+            r.x,
+            r.x + r.width,
+            r.y,
+            r.y + r.height,
+            w.col,
+            w.row,
+            bad.value,
+            bad.count
+        ))
     }
 
     /// The stitcher: takes the windows' results in grid order, blends them

@@ -68,8 +68,25 @@ pub enum GridError {
     EmptyRaster(usize, usize),
     #[error("window size {0} is too small (at least 8 px)")]
     WindowTooSmall(usize),
-    #[error("overlap {0} is outside [0, 0.9]")]
+    #[error("overlap {0} is outside [0, {MAX_OVERLAP}]")]
     BadOverlap(String),
+}
+
+/// The largest overlap, as a fraction of the window: at 0.9 a pixel is
+/// already computed in 100 windows.
+pub const MAX_OVERLAP: f64 = 0.9;
+
+/// The one rule for a window size and overlap, wherever they are set (the
+/// command line, a model file, a training config): at least 8 px, overlap
+/// in `[0, MAX_OVERLAP]`.
+pub fn check_geometry(window: usize, overlap: f64) -> Result<(), GridError> {
+    if window < 8 {
+        return Err(GridError::WindowTooSmall(window));
+    }
+    if !(overlap.is_finite() && (0.0..=MAX_OVERLAP).contains(&overlap)) {
+        return Err(GridError::BadOverlap(format!("{overlap}")));
+    }
+    Ok(())
 }
 
 /// The global window grid of a raster.
@@ -90,12 +107,7 @@ impl WindowGrid {
         if raster.width == 0 || raster.height == 0 {
             return Err(GridError::EmptyRaster(raster.width, raster.height));
         }
-        if window < 8 {
-            return Err(GridError::WindowTooSmall(window));
-        }
-        if !(0.0..=0.9).contains(&overlap) || !overlap.is_finite() {
-            return Err(GridError::BadOverlap(format!("{overlap}")));
-        }
+        check_geometry(window, overlap)?;
         let overlap_px = ((window as f64 * overlap).round() as usize).min(window - 1);
         let stride = window - overlap_px;
         Ok(WindowGrid {

@@ -53,6 +53,10 @@ pub struct TrainConfig {
     pub train: TrainSection,
     #[serde(default)]
     pub augment: AugmentConfig,
+    /// The file the config was read from ([`TrainConfig::from_file`]), which
+    /// errors about the config name; not part of the file.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,10 +217,19 @@ impl TrainConfig {
     pub fn from_file(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::file(path, format!("cannot read the config: {e}")))?;
-        let cfg: TrainConfig = toml::from_str(&text)
+        let mut cfg: TrainConfig = toml::from_str(&text)
             .map_err(|e| Error::file(path, format!("invalid training config: {}", e.message())))?;
         cfg.validate().map_err(|e| Error::file(path, e))?;
+        cfg.path = Some(path.to_path_buf());
         Ok(cfg)
+    }
+
+    /// An error about the config: it names the config file when known.
+    pub fn error(&self, msg: impl std::fmt::Display) -> Error {
+        match &self.path {
+            Some(p) => Error::file(p, msg),
+            None => Error::Config(msg.to_string()),
+        }
     }
 
     /// The config as TOML (stored in the run directory).
@@ -251,6 +264,59 @@ impl TrainConfig {
                 t.encoder_lr_mult
             ));
         }
+        if !(t.min_lr.is_finite() && (0.0..=t.lr).contains(&t.min_lr)) {
+            return Err(format!(
+                "train.min_lr {} must be between 0 and train.lr {}",
+                t.min_lr, t.lr
+            ));
+        }
+        // the optimiser's settings, checked whichever optimiser is chosen
+        let unit = |key: &str, v: f64| {
+            if v.is_finite() && (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("train.{key} {v} must be in [0, 1)"))
+            }
+        };
+        unit("beta1", t.beta1)?;
+        unit("beta2", t.beta2)?;
+        unit("momentum", t.momentum)?;
+        if !(t.eps.is_finite() && t.eps > 0.0) {
+            return Err(format!("train.eps {} must be positive", t.eps));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(format!(
+                "train.weight_decay {} must be >= 0",
+                t.weight_decay
+            ));
+        }
+        if !(t.poly_power.is_finite() && t.poly_power > 0.0) {
+            return Err(format!(
+                "train.poly_power {} must be positive",
+                t.poly_power
+            ));
+        }
+        if let Some(w) = &t.class_weights {
+            if let Some(v) = w.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+                return Err(format!(
+                    "train.class_weights holds {v}; each weight must be a finite number >= 0"
+                ));
+            }
+            if w.iter().all(|&v| v == 0.0) {
+                return Err(
+                    "train.class_weights are all zero, so no pixel would count in the loss".into(),
+                );
+            }
+        }
+        if t.f1_classes.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err("train.f1_classes is empty; leave it out to score all classes".into());
+        }
+        crate::infer::window::check_geometry(self.model.window, self.model.overlap).map_err(
+            |e| match e {
+                crate::infer::window::GridError::BadOverlap(_) => format!("model.overlap: {e}"),
+                _ => format!("model.window: {e}"),
+            },
+        )?;
         if self.model.bands.is_empty() {
             return Err("model.bands is empty".into());
         }

@@ -31,6 +31,7 @@ use super::pretrained::load_imagenet;
 use super::schedule::lr_at;
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
+use crate::infer::batch::{describe_bad, model_non_finite};
 use crate::infer::read::Normalize;
 use crate::metrics::Confusion;
 use crate::model::{Model, ModelMeta, FORMAT};
@@ -166,21 +167,25 @@ pub fn train(
     opts: &RunOptions,
     progress: &dyn TrainProgress,
 ) -> Result<TrainReport> {
-    cfg.validate().map_err(Error::Config)?;
+    // Every check of the config comes before the run directory is made, so
+    // a config error leaves nothing behind; config errors name the file.
+    cfg.validate().map_err(|e| cfg.error(e))?;
     let t = &cfg.train;
     let classes = ClassTable::from_toml_file(&cfg.model.classes)?;
     let k = classes.len();
     if let Some(w) = &t.class_weights {
-        if w.len() != k || w.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
-            return Err(Error::Config(format!(
-                "train.class_weights has {} values for {k} classes (all must be >= 0)",
+        if w.len() != k {
+            return Err(cfg.error(format!(
+                "train.class_weights has {} values but the class table has {k} classes",
                 w.len()
             )));
         }
     }
     let f1_classes: Vec<usize> = t.f1_classes.clone().unwrap_or_else(|| (0..k).collect());
     if let Some(c) = f1_classes.iter().find(|&&c| c >= k) {
-        return Err(Error::Config(format!("train.f1_classes: class {c} of {k}")));
+        return Err(cfg.error(format!(
+            "train.f1_classes: class {c} of {k} (channels count from 0)"
+        )));
     }
     let patches = match (&cfg.data.train_patches, &cfg.data.val_patches) {
         (Some(t), Some(v)) => {
@@ -190,7 +195,7 @@ pub fn train(
                 PatchSource::open(v, &classes, ib)?,
             );
             if t.bands() != cfg.model.bands.len() || v.bands() != t.bands() {
-                return Err(Error::Config(format!(
+                return Err(cfg.error(format!(
                     "the patches have {} bands (validation: {}), model.bands lists {}",
                     t.bands(),
                     v.bands(),
@@ -204,8 +209,8 @@ pub fn train(
     let train_pairs = cfg.scenes("train");
     let val_pairs = cfg.scenes("val");
     if patches.is_none() && (train_pairs.is_empty() || val_pairs.is_empty()) {
-        return Err(Error::Config(
-            "data: at least one [[data.scene]] with split = \"train\" and one with split = \"val\" are needed".into(),
+        return Err(cfg.error(
+            "data: at least one [[data.scene]] with split = \"train\" and one with split = \"val\" are needed",
         ));
     }
 
@@ -218,6 +223,14 @@ pub fn train(
         let state: RunState = serde_json::from_str(&text)
             .map_err(|e| Error::file(&sp, format!("corrupt run state: {e}")))?;
         let model = Model::load(&dir.join(LAST), &opts.device)?;
+        let bad = model_non_finite(&model)?;
+        if !bad.is_empty() {
+            return Err(Error::NonFinite(format!(
+                "{}: the run's weights are not finite ({}); it cannot be continued",
+                dir.join(LAST).display(),
+                describe_bad(&bad)
+            )));
+        }
         if model.meta.arch.name() != cfg.model.arch || model.meta.classes != classes {
             return Err(Error::file(
                 dir,
@@ -235,9 +248,6 @@ pub fn train(
                 "already holds a run; pass --resume to continue it, or choose another out_dir",
             ));
         }
-        std::fs::create_dir_all(&run_dir)
-            .map_err(|e| Error::file(&run_dir, format!("cannot create the run directory: {e}")))?;
-        write_atomic(&run_dir.join(CONFIG), cfg.to_toml().as_bytes())?;
         let nb = cfg.model.bands.len();
         let norm = match (&cfg.model.mean, &cfg.model.std, &patches) {
             // prepared patches are normalised already: keep their statistics
@@ -250,7 +260,7 @@ pub fn train(
                 std: s.clone(),
             },
             (None, None, None) => SceneSource::band_stats(&train_pairs, &cfg.model.bands, 1024)?,
-            _ => return Err(Error::Config("model.mean and model.std go together".into())),
+            _ => return Err(cfg.error("model.mean and model.std go together")),
         };
         let meta = ModelMeta {
             format: FORMAT,
@@ -263,9 +273,18 @@ pub fn train(
             window: cfg.model.window,
             overlap: cfg.model.overlap,
         };
+        meta.validate().map_err(|e| cfg.error(e))?;
         let model = Model::new_random(meta, t.seed, &opts.device)?;
         if let Some(p) = &opts.pretrained {
             let r = load_imagenet(&model, p)?;
+            let bad = model_non_finite(&model)?;
+            if !bad.is_empty() {
+                return Err(Error::NonFinite(format!(
+                    "{}: the pretrained weights are not finite ({})",
+                    p.display(),
+                    describe_bad(&bad)
+                )));
+            }
             progress.message(&format!(
                 "loaded {} ImageNet tensors from {} (first convolution {} -> {} bands)",
                 r.loaded,
@@ -319,7 +338,17 @@ pub fn train(
     let mut opt = Optimizer::new(optim_config(cfg), params_of(&model));
     if opts.resume.is_some() {
         opt.load(&run_dir.join(LAST_OPTIM), &state.optim_steps)?;
+    } else {
+        // everything checked: the run directory, with the config it ran
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| Error::file(&run_dir, format!("cannot create the run directory: {e}")))?;
+        write_atomic(&run_dir.join(CONFIG), cfg.to_toml().as_bytes())?;
     }
+    // how errors that call for a smaller learning rate name it
+    let lr_hint = match &cfg.path {
+        Some(p) => format!("lower train.lr ({:?}) in {}", t.lr, p.display()),
+        None => format!("lower train.lr ({:?})", t.lr),
+    };
     let seed = state.seed;
     let steps_per_epoch = train_src.len() / t.batch;
     let total_steps = (t.epochs * steps_per_epoch) as u64;
@@ -374,8 +403,8 @@ pub fn train(
             opt.step(&grads, &[Some(lr), enc])?;
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
-                return Err(Error::Config(format!(
-                    "the training loss is {l} at step {step} (epoch {}): lower train.lr",
+                return Err(Error::NonFinite(format!(
+                    "the training loss became {l} at epoch {} step {step}; {lr_hint}",
                     epoch + 1
                 )));
             }
@@ -388,6 +417,16 @@ pub fn train(
             Ok(true)
         })?;
         let train_secs = t0.elapsed().as_secs_f64();
+        // the last step's update is seen by no loss: check the weights
+        // themselves, so that a non-finite model is never validated or saved
+        let bad = model_non_finite(&model)?;
+        if !bad.is_empty() {
+            return Err(Error::NonFinite(format!(
+                "the model's weights became NaN or infinite at epoch {} step {step} ({}); {lr_hint}",
+                epoch + 1,
+                describe_bad(&bad)
+            )));
+        }
 
         // validation
         progress.validating();
@@ -422,6 +461,13 @@ pub fn train(
             conf.add_slices(&b.labels, &pred);
             Ok(true)
         })?;
+        if vn > 0 && !vloss.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "the validation loss became {} at epoch {} step {step}; {lr_hint}",
+                vloss / vn as f64,
+                epoch + 1
+            )));
+        }
         let m = EpochMetrics {
             epoch: epoch + 1,
             step,
