@@ -487,7 +487,6 @@ fn a_model_with_an_unusable_overlap_is_named_by_infer() {
 
 /// `model new --overlap 0.93` is refused, by the same rule as infer's.
 #[test]
-#[ignore = "needs ModelMeta::validate (src/model) to call rstile::infer::window::check_geometry"]
 fn model_new_refuses_an_overlap_infer_cannot_use() {
     let t = tmp();
     let m = t.path().join("steep.safetensors");

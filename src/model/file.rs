@@ -127,11 +127,10 @@ impl ModelMeta {
         if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return bad(format!("std {s} is not a positive number"));
         }
-        if self.window < 8 {
-            return bad(format!("window {} is smaller than 8 px", self.window));
-        }
-        if !(0.0..0.95).contains(&self.overlap) {
-            return bad(format!("overlap {} is outside [0, 0.95)", self.overlap));
+        // the rule infer applies, so a model file never holds a default
+        // window geometry that infer would refuse
+        if let Err(e) = crate::infer::window::check_geometry(self.window, self.overlap) {
+            return bad(e.to_string());
         }
         if let Err(msg) = self.classes.validate() {
             return bad(msg);
