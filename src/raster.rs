@@ -129,22 +129,39 @@ pub fn open_ex(path: &Path, flags: GdalOpenFlags) -> gdal::errors::Result<Datase
     Ok(unsafe { Dataset::from_c_dataset(h) })
 }
 
+/// Whether `path` is a plain file name that names nothing on disk; GDAL's
+/// virtual file systems (`/vsi...`) and driver prefixes (`GTIFF_DIR:`,
+/// `STACIT:`, `NETCDF:`, ...) are not, so their errors keep GDAL's reason.
+pub fn is_missing_file(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let b = path.as_os_str().as_bytes();
+    let virtual_fs = b.starts_with(b"/vsi");
+    let prefix = b.iter().position(|&c| c == b':').is_some_and(|i| {
+        i > 1
+            && b[..i]
+                .iter()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+    });
+    !virtual_fs && !prefix && std::fs::symlink_metadata(path).is_err()
+}
+
 /// Opens `path` read-only as a raster, with an error that names the file
 /// and keeps GDAL's reason.
 pub fn open_raster(path: &Path) -> Result<Dataset> {
-    if !path.exists() {
-        return Err(Error::file(path, "no such file"));
-    }
     if path.is_dir() && path.extension().is_none() {
         return Err(Error::file(path, "is a directory, not a raster"));
     }
+    // GDAL decides first: `/vsizip/...`, `/vsis3/...`, `GTIFF_DIR:1:...`
+    // and other names it resolves itself are no files on this disk
     open_ex(
         path,
         GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY,
     )
     .map_err(|e| {
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        if len == 0 && path.is_file() {
+        if is_missing_file(path) {
+            Error::file(path, "no such file")
+        } else if len == 0 && path.is_file() {
             Error::file(path, "empty file (0 bytes), not a raster")
         } else {
             Error::gdal_file(path, "not a raster GDAL can open", e)

@@ -203,3 +203,57 @@ fn a_missing_latin1_scene_is_named_in_the_error() {
     assert!(err.contains("abs\u{fffd}nte.tif: no such file"), "{err}");
     assert!(!map.exists());
 }
+
+/// Names GDAL resolves itself (a file inside a zip, one directory of a
+/// TIFF) are scenes like any other: rstile lets GDAL decide, and a missing
+/// one gets GDAL's reason, not "no such file".
+#[test]
+fn gdal_virtual_paths_are_scenes() {
+    let t = tmp();
+    let dir = synth(t.path(), 300, 200, 5);
+    let image = dir.join("image.tif");
+    let model = model(t.path(), "tiny", 3, 64);
+    let zip = t.path().join("scenes.zip");
+    let made = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; zipfile.ZipFile(sys.argv[1], 'w').write(sys.argv[2], 'image.tif')",
+            s(&zip),
+            s(&image),
+        ])
+        .status()
+        .expect("python3");
+    assert!(made.success());
+    let plain = t.path().join("plain.tif");
+    ok(&infer_argv(&image, &plain, &model, &["--quiet"]));
+    let want = read_map(&plain).data;
+    let vsizip = format!("/vsizip/{}/image.tif", zip.display());
+    let gtiff_dir = format!("GTIFF_DIR:1:{}", image.display());
+    for (i, scene) in [vsizip.as_str(), gtiff_dir.as_str()].iter().enumerate() {
+        let map = t.path().join(format!("v{i}.tif"));
+        ok(&[
+            "infer",
+            scene,
+            "-o",
+            s(&map),
+            "--model",
+            s(&model),
+            "--quiet",
+        ]);
+        assert_eq!(read_map(&map).data, want, "{scene}");
+    }
+    // a missing member of the zip: GDAL's reason, not "no such file"
+    let missing = format!("/vsizip/{}/nope.tif", zip.display());
+    let err = fails(
+        &[
+            "infer",
+            &missing,
+            "-o",
+            s(&t.path().join("m.tif")),
+            "--model",
+            s(&model),
+        ],
+        "nope.tif",
+    );
+    assert!(!err.contains("no such file"), "{err}");
+}

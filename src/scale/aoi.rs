@@ -34,14 +34,14 @@ impl Aoi {
     /// Reads every polygon of every layer of `path` (any GDAL vector
     /// format), reprojected to the scene's CRS.
     pub fn load(path: &Path, scene: &SceneInfo) -> Result<Aoi> {
-        if !path.exists() {
-            return Err(Error::file(path, "no such file"));
-        }
         let ds = crate::raster::open_ex(
             path,
             GdalOpenFlags::GDAL_OF_VECTOR | GdalOpenFlags::GDAL_OF_READONLY,
         )
         .map_err(|e| {
+            if crate::raster::is_missing_file(path) {
+                return Error::file(path, "no such file");
+            }
             Error::gdal_file(
                 path,
                 "not a vector file GDAL can open (GeoJSON, GeoPackage, Shapefile, ...)",

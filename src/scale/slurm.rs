@@ -274,7 +274,7 @@ impl InferJob {
             }
         }
         for (what, p) in [("scene", &self.scene), ("model", &self.model)] {
-            if !p.exists() {
+            if crate::raster::is_missing_file(p) {
                 return Err(Error::file(p, format!("no such {what} file")));
             }
         }
