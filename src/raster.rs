@@ -101,6 +101,19 @@ pub fn take_failure() -> Option<GdalError> {
     }
 }
 
+/// GDAL's last message on this thread (a warning too), if any, and resets it.
+pub fn last_message() -> Option<String> {
+    // SAFETY: reads GDAL's thread-local error state
+    unsafe {
+        let p = gdal_sys::CPLGetLastErrorMsg();
+        let msg = (!p.is_null())
+            .then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().trim().to_string())
+            .filter(|m| !m.is_empty());
+        gdal_sys::CPLErrorReset();
+        msg
+    }
+}
+
 /// Forgets GDAL's last error on this thread.
 pub fn reset_errors() {
     unsafe { gdal_sys::CPLErrorReset() }

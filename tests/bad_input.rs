@@ -344,6 +344,16 @@ fn bad_flags_and_commands() {
         &infer_argv(&c.image, &map, &c.model, &["--co", "NOEQUALS"]),
         "KEY=VALUE",
     );
+    // checked against GDAL's GeoTIFF creation options, with GDAL's words
+    fails(
+        &infer_argv(&c.image, &map, &c.model, &["--co", "COMPRESS=NOPE"]),
+        "'NOPE' is an unexpected value for COMPRESS",
+    );
+    fails(
+        &infer_argv(&c.image, &map, &c.model, &["--co", "FOO=BAR"]),
+        "FOO",
+    );
+    no_output(&map);
     fails(
         &infer_argv(&c.image, &map, &c.model, &["--device", "cuda:0"]),
         "--device cuda:0",

@@ -236,6 +236,7 @@ impl InferPlan {
             .map(|p| Aoi::load(p, &scene).map(Arc::new))
             .transpose()?;
         let aoi_digest = o.aoi.as_deref().map(file_digest).transpose()?;
+        crate::infer::write::check_creation_options(&o.creation_options)?;
         let inputs = crate::output::Inputs::of(
             [scene.path.as_path(), model_path]
                 .into_iter()

@@ -118,7 +118,26 @@ fn merged_options(user: &[(String, String)]) -> Result<CslStringList> {
         list.set_name_value(k, v)
             .map_err(|e| Error::Config(format!("--co {k}={v}: {e}")))?;
     }
+    // against the GeoTIFF driver's own list: an unknown key or value would
+    // otherwise be ignored (COMPRESS=NOPE wrote an uncompressed map)
+    let driver = gdal::DriverManager::get_driver_by_name("GTiff")?;
+    reset_errors();
+    // SAFETY: a valid driver handle and a NULL-terminated option list
+    let valid = unsafe { gdal_sys::GDALValidateCreationOptions(driver.c_driver(), list.as_ptr()) };
+    if valid == 0 {
+        let reason = crate::raster::last_message();
+        return Err(Error::Config(format!(
+            "--co: {} (see the GeoTIFF driver's creation options: gdalinfo --format GTiff)",
+            reason.unwrap_or_else(|| "refused by GDAL's GeoTIFF driver".into())
+        )));
+    }
     Ok(list)
+}
+
+/// Checks `--co` options before any work: the keys rstile keeps fixed, and
+/// GDAL's validation against the GeoTIFF driver's list.
+pub fn check_creation_options(user: &[(String, String)]) -> Result<()> {
+    merged_options(user).map(|_| ())
 }
 
 /// Creates a single-band u8 GeoTIFF on the scene's grid.
