@@ -264,8 +264,11 @@ pub fn write_png(path: &Path, width: usize, height: usize, rgb: [&[u8]; 3]) -> R
             .write((0, 0), (width, height), &mut buf)?;
     }
     let tmp = sibling(path, ".", ".partial");
+    reset_errors();
+    // a write failure at close (a full disk) is only in GDAL's error state
     let written = create_copy(&mem, "PNG", &tmp, &CslStringList::new())
         .and_then(|out| out.close())
+        .and_then(|()| take_failure().map_or(Ok(()), Err))
         .map_err(|e| Error::gdal_file(path, "cannot write the PNG", e));
     let _ = std::fs::remove_file(append(&tmp, ".aux.xml"));
     if let Err(e) = written {

@@ -282,11 +282,30 @@ fn full_disk_leaves_nothing() {
         &["--quiet", "--co", "COMPRESS=NONE"],
     ));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    let left: Vec<_> = std::fs::read_dir(&mnt)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let listing = || -> Vec<_> {
+        std::fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    let left = listing();
+    // a preview that does not fit: an error, and no .partial left
+    let png = mnt.join("map.png");
+    let preview = rstile(&infer_argv(
+        &scene,
+        &c.out.join("map.tif"),
+        &m,
+        &["--quiet", "--preview", s(&png)],
+    ));
+    let preview_err = String::from_utf8_lossy(&preview.stderr).to_string();
+    let left_by_preview = listing();
     let _ = std::process::Command::new("umount").arg(s(&mnt)).status();
+    assert!(!preview.status.success(), "a preview on a full disk must fail");
+    assert!(preview_err.contains("map.png"), "{preview_err}");
+    assert!(
+        left_by_preview.is_empty(),
+        "the preview left {left_by_preview:?} on the full disk"
+    );
     assert!(!out.status.success(), "a full disk must fail");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
