@@ -289,7 +289,13 @@ fn full_disk_leaves_nothing() {
             .collect()
     };
     let left = listing();
-    // a preview that does not fit: an error, and no .partial left
+    // a preview that does not fit (the disk filled up first): an error, and
+    // no .partial left
+    {
+        use std::io::Write;
+        let mut fill = std::fs::File::create(mnt.join("fill")).unwrap();
+        while fill.write_all(&[0u8; 1024]).and_then(|_| fill.sync_all()).is_ok() {}
+    }
     let png = mnt.join("map.png");
     let preview = rstile(&infer_argv(
         &scene,
@@ -302,9 +308,10 @@ fn full_disk_leaves_nothing() {
     let _ = std::process::Command::new("umount").arg(s(&mnt)).status();
     assert!(!preview.status.success(), "a preview on a full disk must fail");
     assert!(preview_err.contains("map.png"), "{preview_err}");
-    assert!(
-        left_by_preview.is_empty(),
-        "the preview left {left_by_preview:?} on the full disk"
+    assert_eq!(
+        left_by_preview,
+        [std::ffi::OsString::from("fill")],
+        "the preview left files on the full disk"
     );
     assert!(!out.status.success(), "a full disk must fail");
     assert_eq!(err.lines().count(), 1, "{err}");
