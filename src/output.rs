@@ -159,7 +159,12 @@ impl OutputLock {
                 .create(true)
                 .truncate(false)
                 .open(&path)
-                .map_err(|e| Error::file(&path, format!("cannot create the lock file: {e}")))?;
+                .map_err(|e| {
+                    Error::file(
+                        output,
+                        format!("cannot create its lock file {}: {e}", path.display()),
+                    )
+                })?;
             // SAFETY: flock on a file descriptor this function owns
             let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if r != 0 {

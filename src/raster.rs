@@ -107,7 +107,12 @@ pub fn last_message() -> Option<String> {
     unsafe {
         let p = gdal_sys::CPLGetLastErrorMsg();
         let msg = (!p.is_null())
-            .then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().trim().to_string())
+            .then(|| {
+                std::ffi::CStr::from_ptr(p)
+                    .to_string_lossy()
+                    .trim()
+                    .to_string()
+            })
             .filter(|m| !m.is_empty());
         gdal_sys::CPLErrorReset();
         msg

@@ -294,7 +294,11 @@ fn full_disk_leaves_nothing() {
     {
         use std::io::Write;
         let mut fill = std::fs::File::create(mnt.join("fill")).unwrap();
-        while fill.write_all(&[0u8; 1024]).and_then(|_| fill.sync_all()).is_ok() {}
+        while fill
+            .write_all(&[0u8; 1024])
+            .and_then(|_| fill.sync_all())
+            .is_ok()
+        {}
     }
     let png = mnt.join("map.png");
     let preview = rstile(&infer_argv(
@@ -306,7 +310,10 @@ fn full_disk_leaves_nothing() {
     let preview_err = String::from_utf8_lossy(&preview.stderr).to_string();
     let left_by_preview = listing();
     let _ = std::process::Command::new("umount").arg(s(&mnt)).status();
-    assert!(!preview.status.success(), "a preview on a full disk must fail");
+    assert!(
+        !preview.status.success(),
+        "a preview on a full disk must fail"
+    );
     assert!(preview_err.contains("map.png"), "{preview_err}");
     assert_eq!(
         left_by_preview,

@@ -55,12 +55,21 @@ fn parts_merge_into_the_single_run_map() {
         "map.part-1-of-3.tif",
     );
     assert!(!t.path().join("m2.tif").exists());
-    // a part of another run is named
+    // a part of another run is named (--overwrite: the moved part's
+    // sidecars are still there, and are never replaced without it)
     run_map(
         &scene,
         &m,
         &pmap,
-        &["--quiet", "--part", "1/3", "--window", "96", "--confidence"],
+        &[
+            "--quiet",
+            "--part",
+            "1/3",
+            "--window",
+            "96",
+            "--confidence",
+            "--overwrite",
+        ],
     );
     fails(
         &["merge", s(&parts), "-o", s(&t.path().join("m3.tif"))],

@@ -180,11 +180,13 @@ fn outputs_that_are_not_regular_files_are_refused() {
 #[test]
 fn merge_never_replaces_a_part_and_synth_never_replaces_a_scene() {
     let c = setup();
+    // three rows of 512 px tiles, so that it splits in two
+    let scene = synth(c.t.path(), 300, 1100, 2).join("image.tif");
     let map = c.t.path().join("parts").join("map.tif");
     std::fs::create_dir(map.parent().unwrap()).unwrap();
     for i in 0..2 {
         ok(&infer_argv(
-            &c.image,
+            &scene,
             &map,
             &c.model,
             &["--part", &format!("{i}/2"), "--window", "64", "--quiet"],

@@ -411,7 +411,6 @@ fn slurm_dry_run_prints_both_scripts_and_writes_nothing() {
         "--gpus-per-task",
         "1",
         "--dry-run",
-        "--",
         "--blend",
         "crop",
     ]);
@@ -426,7 +425,7 @@ fn slurm_dry_run_prints_both_scripts_and_writes_nothing() {
         "#SBATCH --gpus-per-task=1".into(),
         format!("#SBATCH --output={d}/map.slurm/infer-%A_%a.log"),
         format!(
-            "exec {} infer {d}/image.tif -o {d}/map.parts/map.tif --model {d}/m.safetensors --part auto --blend crop --device cuda:0",
+            "exec {} infer {d}/image.tif -o {d}/map.parts/map.tif --model {d}/m.safetensors --part auto --blend=crop --device cuda:0",
             Path::new(bin()).canonicalize().unwrap().display()
         ),
         format!("# ---- {d}/map.slurm/merge.sbatch"),
