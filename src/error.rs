@@ -55,7 +55,7 @@ pub enum Error {
     #[error("{0}")]
     NonFinite(String),
     /// The run was interrupted by SIGINT or SIGTERM.
-    #[error("interrupted by signal; no output was left behind")]
+    #[error("interrupted by signal")]
     Interrupted,
 }
 
