@@ -10,6 +10,11 @@
 #
 #   bash benches/cpu_vs_torch.sh
 #   THREADS=2 BATCH=4 SIZE=256 BANDS=5 ROUNDS=3 bash benches/cpu_vs_torch.sh
+#   BINS="before/rstile after/rstile" ROUNDS=3 bash benches/cpu_vs_torch.sh
+#
+# BINS: rstile binaries to compare, each against the same PyTorch runs (all
+# alternate within each round; one row and one pair of ratios each); by
+# default, target/release/rstile as built here.
 #
 # PyTorch is installed into target/torch-venv if it is missing; it is never
 # a dependency of rstile. PyPI's torch wheel for Linux is the CUDA build
@@ -29,30 +34,39 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q torch torchvision
 fi
-cargo build --release -q --bin rstile
-B=$PWD/target/release/rstile
+if [ -z "${BINS:-}" ]; then
+  cargo build --release -q --bin rstile
+  BINS=$PWD/target/release/rstile
+fi
+read -ra bins <<<"$BINS"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for r in $(seq "$ROUNDS"); do
-  $B model bench --arch resnet50-fcn --bands "$BANDS" --batch "$BATCH" --size "$SIZE" \
-    --iters "$ITERS" --threads "$THREADS" --train --json >>"$out/rstile.jsonl"
+  for i in "${!bins[@]}"; do
+    "${bins[$i]}" model bench --arch resnet50-fcn --bands "$BANDS" --batch "$BATCH" --size "$SIZE" \
+      --iters "$ITERS" --threads "$THREADS" --train --json >>"$out/rstile$i.jsonl"
+  done
   "$VENV/bin/python" benches/torch_ref.py --depth 50 --bands "$BANDS" --batch "$BATCH" \
     --size "$SIZE" --iters "$ITERS" --threads "$THREADS" --train >>"$out/torch.jsonl"
 done
-"$VENV/bin/python" - "$out" "$BATCH" "$SIZE" <<'PY'
+"$VENV/bin/python" - "$out" "$BATCH" "$SIZE" "${bins[@]}" <<'PY'
 import json, sys
-d, batch, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+d, batch, size, bins = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 rows = lambda f: [json.loads(l) for l in open(f"{d}/{f}")]
-rs, pt = rows("rstile.jsonl"), rows("torch.jsonl")
+rss, pt = [rows(f"rstile{i}.jsonl") for i in range(len(bins))], rows("torch.jsonl")
 best = lambda rows, k: min(r[k] for r in rows)
+rs = rss[0]
 gf = rs[0]["forward_gflop"]
 print(f"resnet50-fcn, batch {batch} x {rs[0]['bands']} x {size} x {size}, "
       f"{rs[0]['threads']} threads, {gf:.1f} GFLOP per forward; torch {pt[0]['torch']} ({pt[0]['isa']})")
 print(f"{'':12}{'forward s':>10}{'GFLOP/s':>9}{'train step s':>14}{'samples/s':>11}")
-for name, r in (("rstile", rs), ("pytorch", pt)):
+names = ["rstile"] if len(bins) == 1 else bins
+for name, r in [*zip(names, rss), ("pytorch", pt)]:
     f, t = best(r, "forward_min_s"), best(r, "train_step_min_s")
     print(f"{name:12}{f:10.3f}{gf / f:9.1f}{t:14.3f}{batch / t:11.2f}")
-fr = best(pt, "forward_min_s") / best(rs, "forward_min_s")
-tr = best(pt, "train_step_min_s") / best(rs, "train_step_min_s")
-print(f"forward_ratio={fr:.2f} train_ratio={tr:.2f}")
+for name, rs in zip(names, rss):
+    fr = best(pt, "forward_min_s") / best(rs, "forward_min_s")
+    tr = best(pt, "train_step_min_s") / best(rs, "train_step_min_s")
+    tag = "" if len(bins) == 1 else f"{name}: "
+    print(f"{tag}forward_ratio={fr:.2f} train_ratio={tr:.2f}")
 PY

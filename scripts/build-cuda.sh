@@ -20,12 +20,17 @@
 #
 # candle-core 0.11 turns on cudarc's `dynamic-linking`, which would make the
 # binary need libcuda.so.1, cuBLAS, cuRAND and NVRTC just to start, so even
-# `rstile --help` would fail on a machine without them. rstile's patched
-# candle-core (crates/candle-core, see its RSTILE.md) asks for cudarc's
-# `dynamic-loading` instead (dlopen on first GPU use). cudart (needed by
-# candle-kernels' MoE kernels) is linked statically. The binary then needs
-# no CUDA library until --device cuda:N; at that point it dlopens
-# libcuda.so.1, libcublas.so.13, libcublasLt.so.13 and libcurand.so.10.
+# `rstile --help` would fail on a machine without them. rstile's `cuda`
+# feature also turns on cudarc's `dynamic-loading` (its own cudarc
+# dependency, Cargo.toml), which is what cudarc's code follows: dlopen on
+# first GPU use. cudarc's build script refuses the two features together,
+# so this script compiles that one build script without `dynamic-linking`
+# (scripts/cudarc-rustc.sh, a RUSTC_WRAPPER; a plain `cargo build --features
+# cuda` stops at cudarc's "Both `dynamic-loading` and `dynamic-linking`
+# features are active"). cudart (needed by candle-kernels' MoE kernels) is
+# linked statically. The binary then needs no CUDA library until
+# --device cuda:N; at that point it dlopens libcuda.so.1, libcublas.so.13,
+# libcublasLt.so.13 and libcurand.so.10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -101,6 +106,10 @@ linkdir=$root/target/cuda-root/lib64
 mkdir -p "$linkdir"
 ln -sfn "$cuda/lib/libcudart_static.a" "$linkdir/libcudart.a"
 
+# cudarc's build script without `dynamic-linking` (see the top); cargo does
+# not fingerprint the wrapper, which is one more reason for the own target dir
+export RSTILE_INNER_RUSTC_WRAPPER=${RUSTC_WRAPPER:-}
+export RUSTC_WRAPPER=$root/scripts/cudarc-rustc.sh
 export CARGO_TARGET_DIR=$root/target/cuda
 # the check's empty libmoe.a objects must never reach a real build (cudaforge
 # caches objects by source, not by compiler), hence a target dir of its own
