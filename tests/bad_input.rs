@@ -181,6 +181,9 @@ fn missing_corrupt_and_metadata_free_models() {
     f.extend_from_slice(&1f32.to_le_bytes());
     std::fs::write(&bare, f).unwrap();
     infer_fails(&c, &c.image, &bare, "bare.safetensors");
+    // what is given as --model by mistake is named, not parsed
+    infer_fails(&c, &c.image, c.t.path(), "is a directory");
+    infer_fails(&c, &c.image, &c.image, "is a TIFF image");
 }
 
 #[test]

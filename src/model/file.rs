@@ -157,10 +157,34 @@ fn unreadable(path: &Path, e: std::io::Error) -> Error {
 pub fn read_meta(path: &Path) -> Result<ModelMeta> {
     let corrupt = |msg: String| corrupt(path, msg);
     let mut f = std::fs::File::open(path).map_err(|e| unreadable(path, e))?;
-    let file_len = f.metadata().map_err(|e| unreadable(path, e))?.len();
+    let meta = f.metadata().map_err(|e| unreadable(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::file(
+            path,
+            "is a directory; give a model file (.safetensors)",
+        ));
+    }
+    let file_len = meta.len();
     let mut n = [0u8; 8];
     f.read_exact(&mut n)
         .map_err(|_| corrupt("shorter than the 8-byte header size".into()))?;
+    // what users pass by mistake: name it rather than parse it
+    let magic: &[(&[u8], &str)] = &[
+        (b"II*\0", "a TIFF image (a scene or a map?)"),
+        (b"MM\0*", "a TIFF image (a scene or a map?)"),
+        (b"\x89PNG", "a PNG image"),
+        (
+            b"PK\x03\x04",
+            "a zip archive (a PyTorch .pth/.pt checkpoint?)",
+        ),
+        (b"\x89HDF", "an HDF5 file"),
+    ];
+    if let Some((_, what)) = magic.iter().find(|(m, _)| n.starts_with(m)) {
+        return Err(Error::file(
+            path,
+            format!("is {what}, not an rstile model file (.safetensors)"),
+        ));
+    }
     let n = u64::from_le_bytes(n);
     if n > MAX_HEADER || 8 + n > file_len {
         return Err(corrupt(format!("header size {n} does not fit the file")));
