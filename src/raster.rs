@@ -290,6 +290,9 @@ pub struct SceneInfo {
     pub size: Size,
     pub band_count: usize,
     pub band_types: Vec<GdalDataType>,
+    /// GDAL's own names of the band types (`Byte`, `CInt16`, `Int64`, ...),
+    /// for messages: [`GdalDataType`] has no variant for some of them.
+    pub band_type_names: Vec<String>,
     /// `None` when the scene has no geotransform.
     pub geo_transform: Option<[f64; 6]>,
     /// `None` when the scene has no CRS.
@@ -314,6 +317,7 @@ impl SceneInfo {
             return Err(Error::file(path, "the raster has no bands or no pixels"));
         }
         let mut types = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
         let mut has_nodata = false;
         let mut block = Size {
             width: w,
@@ -322,6 +326,16 @@ impl SceneInfo {
         for i in 1..=n {
             let b = ds.rasterband(i).map_err(Error::on(path))?;
             types.push(b.band_type());
+            // SAFETY: a valid band handle; GDAL returns a static string
+            names.push(unsafe {
+                let t = gdal_sys::GDALGetRasterDataType(b.c_rasterband());
+                let p = gdal_sys::GDALGetDataTypeName(t);
+                if p.is_null() {
+                    "unknown".to_string()
+                } else {
+                    std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
+            });
             if i == 1 {
                 let (bw, bh) = b.block_size();
                 block = Size {
@@ -348,6 +362,7 @@ impl SceneInfo {
             },
             band_count: n,
             band_types: types,
+            band_type_names: names,
             geo_transform: gt,
             srs_wkt: srs,
             block,

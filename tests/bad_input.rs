@@ -149,7 +149,20 @@ fn band_count_and_type_that_do_not_fit() {
         "gdal_translate",
         &["-q", "-ot", "CInt16", s(&c.image), s(&cplx)],
     );
-    infer_fails(&c, &cplx, &c.model, "complex.tif: band 1 has type");
+    infer_fails(&c, &cplx, &c.model, "complex.tif: band 1 is of type CInt16");
+    let int64 = c.t.path().join("int64.tif");
+    gdal_tool(
+        "gdal_translate",
+        &["-q", "-ot", "Int64", s(&c.image), s(&int64)],
+    );
+    let err = fails(
+        &infer_argv(&int64, &map, &c.model, &[]),
+        "int64.tif: band 1 is of type Int64",
+    );
+    assert!(
+        !err.contains("GdalTypeDescriptor") && !err.contains("Unknown"),
+        "{err}"
+    );
     no_output(&map);
 }
 

@@ -188,7 +188,10 @@ impl InferPlan {
             if !crate::raster::supported_type(t) {
                 return Err(Error::file(
                     &path,
-                    format!("band {b} has type {t:?}, which rstile cannot read"),
+                    format!(
+                        "band {b} is of type {}, which rstile does not read (it reads 8-32 bit integers and 32/64 bit floats; complex and 64-bit integer bands are not supported)",
+                        scene.band_type_names.get(b - 1).map_or("unknown", String::as_str)
+                    ),
                 ));
             }
         }
@@ -720,6 +723,7 @@ mod tests {
                 },
                 band_count: 3,
                 band_types: Vec::new(),
+                band_type_names: Vec::new(),
                 geo_transform: None,
                 srs_wkt: None,
                 block: crate::infer::window::Size {
