@@ -432,6 +432,16 @@ fn training_configs_refuse_unusable_values_naming_file_and_key() {
     std::fs::write(&p, text).unwrap();
     fails(&["train", "--config", s(&p)], "label raster is 96x96 px");
     assert!(!run.exists(), "a data error created the run directory");
+    // a DSM (floats) given as labels (it trained with loss 0.0000, exit 0)
+    let p = t.path().join("dsm.toml");
+    let (a_gt, a_dsm) = (a.join("gt.tif"), a.join("dsm.tif"));
+    let text = train_config(&a, &v, &run, base).replacen(s(&a_gt), s(&a_dsm), 1);
+    std::fs::write(&p, text).unwrap();
+    fails(
+        &["train", "--config", s(&p)],
+        "label band 1 is of type Float32; labels must be integer class ids",
+    );
+    assert!(!run.exists(), "a data error created the run directory");
 }
 
 /// A model whose default overlap infer cannot use: infer names the model

@@ -194,6 +194,20 @@ impl SceneSource {
             let (w, h) = (img.size.width, img.size.height);
             check_bands(img.band_count, &p.image, bands)?;
             let lab = SceneInfo::probe(&p.label)?;
+            // a DSM or an image given as labels would train on garbage
+            use gdal::raster::GdalDataType::{Float32, Float64, Unknown};
+            if matches!(lab.band_types.first(), Some(Float32 | Float64 | Unknown)) {
+                let name = lab
+                    .band_type_names
+                    .first()
+                    .map_or("unknown", String::as_str);
+                return Err(Error::file(
+                    &p.label,
+                    format!(
+                        "label band 1 is of type {name}; labels must be integer class ids (is this a DSM or an image?)"
+                    ),
+                ));
+            }
             if (lab.size.width, lab.size.height) != (w, h) {
                 let (lw, lh) = (lab.size.width, lab.size.height);
                 return Err(Error::file(
