@@ -22,6 +22,13 @@ impl Fnv1a {
         Fnv1a(FNV_OFFSET)
     }
 
+    /// A hasher continuing from the hash `state` of the bytes fed so far
+    /// (what [`finish`](Self::finish) returned), so a hash can be stored
+    /// and extended later.
+    pub const fn resume(state: u64) -> Self {
+        Fnv1a(state)
+    }
+
     /// Feeds `bytes`.
     #[inline]
     pub fn update(&mut self, bytes: &[u8]) {

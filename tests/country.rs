@@ -199,8 +199,172 @@ fn resume_after_sigkill_gives_the_same_map() {
             "round {round}: resumed confidence differs"
         );
         check_map_files(&map, &scene);
+        assert_eq!(leftovers(&map), Vec::<String>::new(), "round {round}");
     }
     assert!(resumed_less, "no resume skipped finished work");
+}
+
+/// Starts `infer --chunk 512 EXTRA`, waits until its journal records a
+/// band, kills it (SIGKILL) and returns the journal's path.
+fn kill_after_a_band(scene: &Path, model: &Path, map: &Path, extra: &[&str]) -> PathBuf {
+    let mut argv = vec!["--quiet", "--chunk", "512"];
+    argv.extend_from_slice(extra);
+    let mut child = Command::new(bin())
+        .args(infer_argv(scene, map, model, &argv))
+        .spawn()
+        .unwrap();
+    let name = map.file_name().unwrap().to_str().unwrap();
+    let journal = map.with_file_name(format!(".{name}.partial.resume.json"));
+    for _ in 0..400 {
+        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"rows_done\":{\"")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(journal.exists(), "no resume journal");
+    assert!(!map.exists(), "the run finished before it was killed");
+    journal
+}
+
+/// The hidden files of an unfinished run of `map` left in its folder.
+fn leftovers(map: &Path) -> Vec<String> {
+    let name = map.file_name().unwrap().to_str().unwrap();
+    let prefix = format!(".{name}.partial");
+    let mut v: Vec<String> = std::fs::read_dir(map.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `touch -r`: gives `path` the modification time of `reference`.
+fn same_mtime(path: &Path, reference: &Path) {
+    let st = Command::new("touch")
+        .args(["-r", s(reference), s(path)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn resume_refuses_a_replaced_scene() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 128);
+    let scene = synth(t.path(), 2048, 2048, 26).join("image.tif");
+    let whole = t.path().join("whole.tif");
+    run_map(
+        &scene,
+        &m,
+        &whole,
+        &["--quiet", "--chunk", "512", "--confidence"],
+    );
+    let map = t.path().join("map.tif");
+    let journal = kill_after_a_band(&scene, &m, &map, &["--confidence"]);
+
+    // another scene of the same size in its place (rename keeps its mtime)
+    let other = synth(&t.path().join("b"), 2048, 2048, 27).join("image.tif");
+    let kept = t.path().join("kept.tif");
+    std::fs::rename(&scene, &kept).unwrap();
+    std::fs::copy(&other, &scene).unwrap();
+    let argv = infer_argv(
+        &scene,
+        &map,
+        &m,
+        &["--chunk", "512", "--confidence", "--resume"],
+    );
+    fails(&argv, "the scene changed since the unfinished run");
+    assert!(!map.exists() && journal.exists());
+
+    // same size and time, other pixels: only the sampled pixels tell
+    let raw = t.path().join("raw.tif");
+    gdal_tool(
+        "gdal_translate",
+        &["-q", "-co", "COMPRESS=NONE", s(&kept), s(&raw)],
+    );
+    let raw2 = t.path().join("raw2.tif");
+    gdal_tool(
+        "gdal_translate",
+        &["-q", "-co", "COMPRESS=NONE", s(&other), s(&raw2)],
+    );
+    assert_eq!(
+        std::fs::metadata(&raw).unwrap().len(),
+        std::fs::metadata(&raw2).unwrap().len()
+    );
+    let map2 = t.path().join("map2.tif");
+    kill_after_a_band(&raw, &m, &map2, &[]);
+    let stamp = t.path().join("stamp");
+    std::fs::write(&stamp, b"").unwrap();
+    same_mtime(&stamp, &raw);
+    std::fs::copy(&raw2, &raw).unwrap();
+    same_mtime(&raw, &stamp);
+    fails(
+        &infer_argv(&raw, &map2, &m, &["--chunk", "512", "--resume"]),
+        "its pixels differ",
+    );
+    assert!(!map2.exists());
+
+    // the real scene back, untouched: the resume continues and gives the
+    // uninterrupted run's pixels, leaving no partial files behind
+    std::fs::rename(&kept, &scene).unwrap();
+    let out = rstile(&infer_argv(
+        &scene,
+        &map,
+        &m,
+        &["--chunk", "512", "--confidence", "--resume"],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("continued the unfinished run"), "{err}");
+    assert!(
+        read_map(&map).data == read_map(&whole).data,
+        "resumed map differs"
+    );
+    assert!(
+        read_map(&t.path().join("map.confidence.tif")).data
+            == read_map(&t.path().join("whole.confidence.tif")).data
+    );
+    assert_eq!(leftovers(&map), Vec::<String>::new());
+}
+
+#[test]
+fn resume_checks_the_partial_file_against_the_journal() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 128);
+    let scene = synth(t.path(), 2048, 2048, 28).join("image.tif");
+    let whole = t.path().join("whole.tif");
+    run_map(&scene, &m, &whole, &["--quiet", "--chunk", "512"]);
+    let map = t.path().join("map.tif");
+    let journal = kill_after_a_band(&scene, &m, &map, &[]);
+    // claim more rows than were written
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    let rows = j["rows_done"].as_object_mut().unwrap();
+    for v in rows.values_mut() {
+        *v = serde_json::json!((v.as_u64().unwrap() + 512).min(2048));
+    }
+    std::fs::write(&journal, j.to_string()).unwrap();
+    let out = rstile(&infer_argv(
+        &scene,
+        &map,
+        &m,
+        &["--chunk", "512", "--resume"],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // one warning line says why
+    assert!(
+        err.lines().any(|l| l.starts_with("rstile: warning: ")
+            && l.contains("do not match the journal's checksum")
+            && l.contains("starting over")),
+        "{err}"
+    );
+    // started over: the whole map, no rows of nodata
+    assert!(read_map(&map).data == read_map(&whole).data, "map differs");
+    assert_eq!(leftovers(&map), Vec::<String>::new());
 }
 
 #[test]
@@ -209,21 +373,7 @@ fn resume_with_other_settings_is_refused() {
     let m = model(t.path(), "tiny", 3, 128);
     let scene = synth(t.path(), 2048, 2048, 24).join("image.tif");
     let map = t.path().join("map.tif");
-    let mut child = Command::new(bin())
-        .args(infer_argv(&scene, &map, &m, &["--quiet", "--chunk", "512"]))
-        .spawn()
-        .unwrap();
-    // wait until the journal records a band
-    let journal = t.path().join(".map.tif.partial.resume.json");
-    for _ in 0..200 {
-        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"rows_done\":{\"")) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(journal.exists(), "no resume journal");
+    let journal = kill_after_a_band(&scene, &m, &map, &[]);
     fails(
         &infer_argv(
             &scene,

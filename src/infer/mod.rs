@@ -115,6 +115,23 @@ pub fn infer(
         .items(),
         None => Vec::new(),
     };
+    // readers open their handles up front, so a bad scene fails before work
+    let mut readers: Vec<Box<dyn WindowSource>> = (0..plan.readers)
+        .map(|_| -> Result<Box<dyn WindowSource>> {
+            Ok(Box::new(GdalReader::open(
+                &plan.scene.path,
+                &plan.bands,
+                plan.normalize.clone(),
+                grid,
+                plan.aoi.clone(),
+            )?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // what the rows will be computed from, so a resume never splices scenes
+    let scene = match readers.first_mut() {
+        Some(r) => Some(r.fingerprint()?),
+        None => None,
+    };
     let mut writer = MapWriter::create(MapSpec {
         path: plan.output.clone(),
         size: plan.scene.size,
@@ -129,6 +146,7 @@ pub fn infer(
         metadata,
         settings,
         resume: plan.resume,
+        scene,
         inputs: plan.inputs.clone(),
     })?;
     let resumed = writer.resumed();
@@ -136,19 +154,6 @@ pub fn infer(
     let regions = regions(&grid, plan.chunk, plan.rows, &|x0| writer.rows_done(x0));
     let total = window_count(&grid, &regions);
     progress.start(total);
-
-    // readers open their handles up front, so a bad scene fails before work
-    let readers = (0..plan.readers)
-        .map(|_| -> Result<Box<dyn WindowSource>> {
-            Ok(Box::new(GdalReader::open(
-                &plan.scene.path,
-                &plan.bands,
-                plan.normalize.clone(),
-                grid,
-                plan.aoi.clone(),
-            )?))
-        })
-        .collect::<Result<Vec<_>>>()?;
 
     let class_ids = meta.classes.classes.iter().map(|c| c.id).collect();
     let stages = Stages::new(plan, grid, &regions, class_ids, &cancel, progress);

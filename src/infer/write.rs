@@ -14,6 +14,8 @@
 
 use crate::classes::{ClassTable, NODATA};
 use crate::error::{Error, Result};
+use crate::hash::Fnv1a;
+use crate::infer::read::Fingerprint;
 use crate::infer::stitch::Band;
 use crate::infer::window::Size;
 use crate::output::{self, Inputs, OutputLock};
@@ -52,6 +54,9 @@ pub struct MapSpec {
     pub settings: BTreeMap<String, String>,
     /// Continue an unfinished run with the same settings, if there is one.
     pub resume: bool,
+    /// The scene's content; a resume must find the same (`None`: no scene,
+    /// as in `merge`, which never resumes).
+    pub scene: Option<Fingerprint>,
     /// The files the run reads: none of the map's files may be one of them.
     pub inputs: Inputs,
 }
@@ -222,6 +227,16 @@ struct Journal {
     rows_done: BTreeMap<usize, usize>,
     /// Column chunk start → chunk end.
     chunk_end: BTreeMap<usize, usize>,
+    /// The scene the rows were computed from.
+    #[serde(default)]
+    scene: Option<Fingerprint>,
+    /// Column chunk start → FNV-1a of the chunk's map rows written so far,
+    /// row by row (the confidence's in `conf_hash`), checked before a
+    /// resume trusts the partial file.
+    #[serde(default)]
+    map_hash: BTreeMap<usize, u64>,
+    #[serde(default)]
+    conf_hash: BTreeMap<usize, u64>,
 }
 
 /// The resume journal's path beside the partial map.
@@ -276,6 +291,7 @@ impl MapWriter {
             tmp_conf: PathBuf::new(),
             journal: Journal {
                 settings: spec.settings.clone(),
+                scene: spec.scene.clone(),
                 ..Default::default()
             },
             resumed: false,
@@ -312,6 +328,17 @@ impl MapWriter {
                         diff.join(", ")
                     ),
                 ));
+            }
+            if let (Some(was), Some(now)) = (&old.scene, &w.spec.scene) {
+                if let Some(what) = was.differs(now) {
+                    return Err(Error::file(
+                        &w.spec.path,
+                        format!(
+                            "--resume: the scene changed since the unfinished run ({what}); \
+                             run without --resume to start over"
+                        ),
+                    ));
+                }
             }
             match w.continue_from(old) {
                 Ok(()) => return Ok(w),
@@ -386,6 +413,11 @@ impl MapWriter {
     /// new generation, and the journal switches to it only when the copy is
     /// durable; then the old generation goes.
     fn continue_from(&mut self, old: &Journal) -> Result<()> {
+        if self.spec.scene.is_some() && old.scene.is_none() {
+            return Err(Error::Config(
+                "its journal records no scene fingerprint".into(),
+            ));
+        }
         let (om, oc) = self.gen_paths(old.generation);
         let old_map = crate::raster::open_raster(&om)?;
         let old_conf = if self.spec.confidence {
@@ -399,6 +431,8 @@ impl MapWriter {
         self.open_generation()?;
         let y_base = self.spec.rows.0;
         for (&x0, &done) in &old.rows_done {
+            let mut map_hash = Fnv1a::new();
+            let mut conf_hash = Fnv1a::new();
             let x1 = old
                 .chunk_end
                 .get(&x0)
@@ -425,18 +459,38 @@ impl MapWriter {
                     .map_err(|e| Error::gdal_file(p, "cannot read the unfinished run", e))
                 };
                 let classes = read(&old_map, &om)?;
+                map_hash.update(&classes);
                 let path = self.spec.path.clone();
                 write_u8(self.map.as_mut().expect("map open"), &path, rect, &classes)?;
                 if let (Some(src), Some(dst)) = (&old_conf, self.conf.as_mut()) {
                     let conf = read(src, &oc)?;
+                    conf_hash.update(&conf);
                     write_u8(dst, &path, rect, &conf)?;
                 }
                 y += h;
+            }
+            // the partial file must hold exactly what the journal says
+            let check = |name: &str, recorded: Option<&u64>, h: Fnv1a| -> Result<()> {
+                match recorded {
+                    Some(&r) if r == h.finish() => Ok(()),
+                    Some(_) => Err(Error::Config(format!(
+                        "the {name} rows of columns {x0}..{x1} do not match the journal's checksum"
+                    ))),
+                    None => Err(Error::Config(format!(
+                        "the journal records no checksum for columns {x0}..{x1}"
+                    ))),
+                }
+            };
+            check("map", old.map_hash.get(&x0), map_hash)?;
+            if old_conf.is_some() {
+                check("confidence", old.conf_hash.get(&x0), conf_hash)?;
             }
         }
         self.durable()?;
         self.journal.rows_done = old.rows_done.clone();
         self.journal.chunk_end = old.chunk_end.clone();
+        self.journal.map_hash = old.map_hash.clone();
+        self.journal.conf_hash = old.conf_hash.clone();
         self.save_journal()?;
         drop(old_map);
         drop(old_conf);
@@ -517,6 +571,23 @@ impl MapWriter {
             write_u8(c, &confidence_path(&path), r, data)?;
         }
         self.durable()?;
+        let x0 = band.rect.x;
+        let mut h = self
+            .journal
+            .map_hash
+            .get(&x0)
+            .map_or(Fnv1a::new(), |&s| Fnv1a::resume(s));
+        h.update(&band.classes);
+        self.journal.map_hash.insert(x0, h.finish());
+        if let Some(data) = band.confidence.as_ref().filter(|_| self.conf.is_some()) {
+            let mut h = self
+                .journal
+                .conf_hash
+                .get(&x0)
+                .map_or(Fnv1a::new(), |&s| Fnv1a::resume(s));
+            h.update(data);
+            self.journal.conf_hash.insert(x0, h.finish());
+        }
         self.journal
             .rows_done
             .insert(band.rect.x, band.rect.y + band.rect.height);

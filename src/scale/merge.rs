@@ -143,6 +143,7 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
         overviews: true,
         metadata: Vec::new(),
         settings: BTreeMap::new(),
+        scene: None,
         resume: false,
         // a part (or its confidence) is never replaced by the merged map
         inputs: crate::output::Inputs::of(

@@ -11,12 +11,13 @@
 //! valid when any selected band is valid (rasterio's `dataset_mask`
 //! convention); NaN is never valid.
 
-use super::{Normalize, WindowData, WindowSource};
+use super::{FileStamp, Fingerprint, Normalize, WindowData, WindowSource};
 use crate::error::{Error, Result};
 use crate::infer::window::{reflect, Rect, Window, WindowGrid};
 use crate::raster::{open_raster, SceneInfo};
 use gdal::errors::GdalError;
 use gdal::Dataset;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 enum MaskMode {
@@ -221,49 +222,62 @@ impl GdalReader {
     /// After a failed read, finds the first block of `src` that fails, so
     /// the error names it.
     fn locate_bad_block(&self, b: usize, src: &Rect, mask: bool, first: GdalError) -> Error {
-        let what = if mask { "mask of band" } else { "band" };
-        let Ok(band) = self.ds.rasterband(b) else {
-            return Error::gdal_file(&self.path, format!("cannot read {what} {b}"), first);
-        };
-        let (bw, bh) = band.block_size();
-        let size = self.grid.raster();
-        let mut scratch = Vec::new();
-        for by in src.y / bh..=(src.y + src.height - 1) / bh {
-            for bx in src.x / bw..=(src.x + src.width - 1) / bw {
-                let x = bx * bw;
-                let y = by * bh;
-                let w = bw.min(size.width - x);
-                let h = bh.min(size.height - y);
-                scratch.resize(w * h, 0f32);
-                if let Err(e) = band.read_into_slice::<f32>(
-                    (x as isize, y as isize),
-                    (w, h),
-                    (w, h),
-                    &mut scratch,
-                    None,
-                ) {
-                    return Error::gdal_file(
-                        &self.path,
-                        format!(
-                            "corrupt or unreadable data in {what} {b}, block (col {bx}, row {by}) at pixel ({x}, {y})"
-                        ),
-                        e,
-                    );
-                }
+        locate_bad_block(&self.ds, &self.path, b, src, mask, first)
+    }
+}
+
+/// After a failed read of `src` in band `b` (or its mask), finds the first
+/// block of `src` that fails, so the error names it.
+fn locate_bad_block(
+    ds: &Dataset,
+    path: &Path,
+    b: usize,
+    src: &Rect,
+    mask: bool,
+    first: GdalError,
+) -> Error {
+    let what = if mask { "mask of band" } else { "band" };
+    let Ok(band) = ds.rasterband(b) else {
+        return Error::gdal_file(path, format!("cannot read {what} {b}"), first);
+    };
+    let (bw, bh) = band.block_size();
+    let (width, height) = ds.raster_size();
+    let mut scratch = Vec::new();
+    for by in src.y / bh..=(src.y + src.height - 1) / bh {
+        for bx in src.x / bw..=(src.x + src.width - 1) / bw {
+            let x = bx * bw;
+            let y = by * bh;
+            let w = bw.min(width - x);
+            let h = bh.min(height - y);
+            scratch.resize(w * h, 0f32);
+            if let Err(e) = band.read_into_slice::<f32>(
+                (x as isize, y as isize),
+                (w, h),
+                (w, h),
+                &mut scratch,
+                None,
+            ) {
+                return Error::gdal_file(
+                    path,
+                    format!(
+                        "corrupt or unreadable data in {what} {b}, block (col {bx}, row {by}) at pixel ({x}, {y})"
+                    ),
+                    e,
+                );
             }
         }
-        Error::gdal_file(
-            &self.path,
-            format!(
-                "cannot read {what} {b} in pixels ({}, {}) to ({}, {})",
-                src.x,
-                src.y,
-                src.x + src.width,
-                src.y + src.height,
-            ),
-            first,
-        )
     }
+    Error::gdal_file(
+        path,
+        format!(
+            "cannot read {what} {b} in pixels ({}, {}) to ({}, {})",
+            src.x,
+            src.y,
+            src.x + src.width,
+            src.y + src.height,
+        ),
+        first,
+    )
 }
 
 impl WindowSource for GdalReader {
@@ -274,4 +288,93 @@ impl WindowSource for GdalReader {
     fn read_window(&mut self, w: &Window) -> Result<WindowData> {
         self.read(w)
     }
+
+    fn fingerprint(&mut self) -> Result<Fingerprint> {
+        fingerprint(&self.ds, &self.path)
+    }
+}
+
+/// Sample regions per side for [`fingerprint`]: 4 x 4 regions of at most
+/// 64 x 64 pixels, spread evenly over the raster.
+const SAMPLES: usize = 4;
+const SAMPLE_PX: usize = 64;
+
+/// The files GDAL reads `ds` from (GDALGetFileList: for a VRT, the VRT and
+/// its sources) with their sizes and times, and an FNV-1a hash of 16
+/// regions of every band read as f64.
+pub fn fingerprint(ds: &Dataset, path: &Path) -> Result<Fingerprint> {
+    let mut files = Vec::new();
+    // SAFETY: the list is owned by us and freed with CSLDestroy
+    unsafe {
+        let list = gdal_sys::GDALGetFileList(ds.c_dataset());
+        if !list.is_null() {
+            let mut i = 0;
+            loop {
+                let p = *list.add(i);
+                if p.is_null() {
+                    break;
+                }
+                let bytes = std::ffi::CStr::from_ptr(p).to_bytes();
+                let name = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes));
+                // names GDAL resolves itself (/vsis3/...) have no local stamp
+                if let Ok(m) = std::fs::metadata(&name) {
+                    let mtime_ns = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_nanos() as i128)
+                        .unwrap_or(0);
+                    files.push(FileStamp {
+                        path: name.display().to_string(),
+                        size: m.len(),
+                        mtime_ns,
+                    });
+                }
+                i += 1;
+            }
+            gdal_sys::CSLDestroy(list);
+        }
+    }
+    let (w, h) = ds.raster_size();
+    let (sw, sh) = (SAMPLE_PX.min(w), SAMPLE_PX.min(h));
+    let at = |k: usize, n: usize, s: usize| {
+        if SAMPLES > 1 {
+            k * (n - s) / (SAMPLES - 1)
+        } else {
+            0
+        }
+    };
+    let mut hash = crate::hash::Fnv1a::new();
+    let mut buf = vec![0f64; sw * sh];
+    for b in 1..=ds.raster_count() {
+        let band = ds.rasterband(b).map_err(Error::on(path))?;
+        for j in 0..SAMPLES {
+            for i in 0..SAMPLES {
+                let (x, y) = (at(i, w, sw), at(j, h, sh));
+                band.read_into_slice::<f64>(
+                    (x as isize, y as isize),
+                    (sw, sh),
+                    (sw, sh),
+                    &mut buf,
+                    None,
+                )
+                .map_err(|e| {
+                    let rect = Rect {
+                        x,
+                        y,
+                        width: sw,
+                        height: sh,
+                    };
+                    locate_bad_block(ds, path, b, &rect, false, e)
+                })?;
+                for v in &buf {
+                    hash.update(&v.to_bits().to_le_bytes());
+                }
+            }
+        }
+    }
+    Ok(Fingerprint {
+        files,
+        pixels: format!("{:016x}", hash.finish()),
+    })
 }

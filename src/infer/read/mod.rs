@@ -51,6 +51,59 @@ pub trait WindowSource: Send {
     /// inside, normalised, invalid pixels (nodata, NaN, outside the area of
     /// interest) set to 0 and marked in [`WindowData::valid`].
     fn read_window(&mut self, w: &Window) -> Result<WindowData>;
+
+    /// What identifies the scene's content, so that `--resume` never
+    /// splices two scenes: the files behind it and a hash of sampled pixels.
+    fn fingerprint(&mut self) -> Result<Fingerprint>;
+}
+
+/// One file behind a scene: its path, size and modification time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub path: String,
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+}
+
+/// A scene's content fingerprint: the files it is read from (for a VRT,
+/// the VRT and its sources) and a hash of pixels sampled over the whole
+/// raster, all bands, which also covers sources that are no local files
+/// (`/vsis3/`, `/vsicurl/`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    pub files: Vec<FileStamp>,
+    /// FNV-1a of the sampled pixels, hex.
+    pub pixels: String,
+}
+
+impl Fingerprint {
+    /// How `now` differs from `self`, in words; `None` when they agree.
+    pub fn differs(&self, now: &Fingerprint) -> Option<String> {
+        for old in &self.files {
+            match now.files.iter().find(|f| f.path == old.path) {
+                None => return Some(format!("{} is no longer part of it", old.path)),
+                Some(f) if f.size != old.size => {
+                    return Some(format!(
+                        "{} changed size ({} bytes, now {})",
+                        old.path, old.size, f.size
+                    ))
+                }
+                Some(f) if f.mtime_ns != old.mtime_ns => {
+                    return Some(format!("{} was modified since", old.path))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(f) = now
+            .files
+            .iter()
+            .find(|f| !self.files.iter().any(|o| o.path == f.path))
+        {
+            return Some(format!("{} was added to it", f.path));
+        }
+        (self.pixels != now.pixels).then(|| "its pixels differ".to_string())
+    }
 }
 
 #[cfg(test)]
