@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::infer::batch::{describe_bad, model_non_finite};
 use crate::infer::read::Normalize;
 use crate::metrics::Confusion;
-use crate::model::{Model, ModelMeta, FORMAT};
+use crate::model::{Model, ModelMeta, Net, FORMAT};
 use crate::train::augment::{derive_seed, SplitMix64};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
@@ -264,7 +264,7 @@ pub fn train(
         };
         let meta = ModelMeta {
             format: FORMAT,
-            arch: cfg.model.arch.parse()?,
+            arch: Net::Arch(cfg.model.arch.parse()?),
             bands: nb,
             band_names: cfg.model.band_names.clone(),
             mean: norm.mean,
