@@ -60,6 +60,17 @@ pub struct MapFlags {
     /// The model file (.safetensors).
     #[arg(short, long)]
     pub model: PathBuf,
+    /// The legend, in the format of configs/classes/ [default: the model's].
+    #[arg(long, value_name = "FILE.toml")]
+    classes: Option<PathBuf>,
+    /// Per-band mean subtracted before the model, in the raster's units,
+    /// comma separated [default: the model's].
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    mean: Option<Vec<f32>>,
+    /// Per-band standard deviation the input is divided by, in the raster's
+    /// units, comma separated [default: the model's].
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
     /// Window size in px [default: the model's].
     #[arg(long)]
     window: Option<usize>,
@@ -196,7 +207,18 @@ fn infer_one(
     cancel: Arc<AtomicBool>,
 ) -> Result<()> {
     let m = &a.map;
-    let meta = rstile::model::read_meta(&m.model)?;
+    let mut meta = rstile::model::read_meta(&m.model)?;
+    let overrides = rstile::model::facts::Overrides {
+        classes: match &m.classes {
+            Some(p) => Some(rstile::classes::ClassTable::from_toml_file(p)?),
+            None => None,
+        },
+        mean: m.mean.clone(),
+        std: m.std.clone(),
+        window: None,
+        overlap: None,
+    };
+    rstile::model::facts::override_meta(&mut meta, &overrides, &m.model)?;
     let scene = SceneInfo::probe(scene_path)?;
     if scene.geo_transform.is_none() || scene.srs_wkt.is_none() {
         eprintln!(
@@ -237,7 +259,8 @@ fn infer_one(
         }
         rstile::output::check(png, a.overwrite, &plan.inputs)?;
     }
-    let model = Model::load(&m.model, device)?;
+    let mut model = Model::load(&m.model, device)?;
+    model.meta = meta.clone();
     let bound = infer::MemoryBound::of(&plan, &meta, model.num_params())?;
     if !a.quiet {
         eprintln!(

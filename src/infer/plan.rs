@@ -635,6 +635,19 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
     put("window", plan.window.to_string());
     put("overlap", plan.overlap.to_string());
     put("bands", format!("{:?}", plan.bands));
+    put("mean", format!("{:?}", meta.mean));
+    put("std", format!("{:?}", meta.std));
+    put(
+        "classes",
+        format!(
+            "{:?}",
+            meta.classes
+                .classes
+                .iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        ),
+    );
     put("blend", plan.blend.to_string());
     put("chunk", plan.chunk.to_string());
     put("confidence", plan.confidence.to_string());

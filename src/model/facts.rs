@@ -24,6 +24,7 @@
 
 use crate::classes::{Class, ClassTable};
 use crate::error::{Error, Result};
+use crate::model::ModelMeta;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -532,6 +533,42 @@ pub fn resolve(
         overlap,
         resolution_cm,
     })
+}
+
+/// Applies the command line's legend and normalisation to the description
+/// of one of rstile's own models. The legend must have as many classes as
+/// the model outputs, the normalisation a value per band; anything else is
+/// an error naming the flag and the model.
+pub fn override_meta(meta: &mut ModelMeta, flags: &Overrides, model: &Path) -> Result<()> {
+    let bad = |why: String| Error::file(model, why);
+    if let Some(c) = &flags.classes {
+        if c.len() != meta.num_classes() {
+            return Err(bad(format!(
+                "--classes gives {} classes, the model outputs {}",
+                c.len(),
+                meta.num_classes()
+            )));
+        }
+        meta.classes = c.clone();
+    }
+    match (&flags.mean, &flags.std) {
+        (Some(m), Some(s)) => {
+            meta.mean = m.clone();
+            meta.std = s.clone();
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(bad("--mean and --std go together".into()));
+        }
+        (None, None) => {}
+    }
+    if flags.mean.is_some() {
+        meta.validate().map_err(|e| {
+            let msg = e.to_string();
+            let why = msg.trim_start_matches("model metadata: ");
+            bad(format!("--mean/--std: {why}"))
+        })?;
+    }
+    Ok(())
 }
 
 /// A warning when the scene's pixel size (metres) differs from the model's
