@@ -65,11 +65,11 @@ pub struct MapFlags {
     classes: Option<PathBuf>,
     /// Per-band mean subtracted before the model, in the raster's units,
     /// comma separated [default: the model's].
-    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    #[arg(long, value_name = "V,V,..", value_delimiter = ',', allow_hyphen_values = true)]
     mean: Option<Vec<f32>>,
     /// Per-band standard deviation the input is divided by, in the raster's
     /// units, comma separated [default: the model's].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_name = "V,V,..", value_delimiter = ',')]
     std: Option<Vec<f32>>,
     /// Window size in px [default: the model's].
     #[arg(long)]
