@@ -26,7 +26,7 @@ use crate::classes::ClassTable;
 use crate::error::{Error, Result};
 use crate::infer::read::{GdalReader, Normalize, WindowSource};
 use crate::infer::window::{Size, Window, WindowGrid};
-use crate::raster::{open_raster, SceneInfo};
+use crate::raster::{open_raster, open_scene, SceneInfo};
 use crate::train::augment::{augment, derive_seed, AugmentConfig, Sample, SplitMix64, IGNORE};
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -230,7 +230,10 @@ impl SceneSource {
             let img = SceneInfo::probe(&p.image)?;
             let (w, h) = (img.size.width, img.size.height);
             check_bands(img.band_count, &p.image, bands)?;
-            let lab = SceneInfo::probe(&p.label)?;
+            img.check_palette(bands.len())?;
+            // labels as they are: a paletted label raster's indices are
+            // its class ids
+            let lab = SceneInfo::of(&open_raster(&p.label)?, &p.label)?;
             // a DSM or an image given as labels would train on garbage
             use gdal::raster::GdalDataType::{Float32, Float64, Unknown};
             if matches!(lab.band_types.first(), Some(Float32 | Float64 | Unknown)) {
@@ -322,7 +325,8 @@ impl SceneSource {
         let mut sq = vec![0f64; bands.len()];
         let mut n = vec![0f64; bands.len()];
         for p in pairs {
-            let ds = open_raster(&p.image)?;
+            let scene = open_scene(&p.image)?;
+            let ds = &scene.ds;
             check_bands(ds.raster_count(), &p.image, bands)?;
             let (w, h) = ds.raster_size();
             let f = (w.max(h) as f64 / max_side as f64).max(1.0);
