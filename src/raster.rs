@@ -192,8 +192,9 @@ pub fn open_raster(path: &Path) -> Result<Dataset> {
 /// A paletted raster (a single band of colour-table indices, which QGIS
 /// shows in its colours) is read as those colours: an in-memory VRT with a
 /// red, a green and a blue band, exactly what `gdal_translate -expand rgb`
-/// makes of it (the palette's alpha is dropped). Every other raster is read
-/// as it is.
+/// makes of it (the palette's alpha is dropped), keeping the band's nodata
+/// (or other mask) as the mask of all three (`-mask mask,1`; the expansion
+/// alone would colour nodata). Every other raster is read as it is.
 pub struct SceneDataset {
     /// What the pixels are read from (the RGB VRT of a paletted raster).
     pub ds: Dataset,
@@ -214,7 +215,13 @@ pub fn open_scene(path: &Path) -> Result<SceneDataset> {
             _source: None,
         });
     };
-    let rgb = expand_rgb(&ds)
+    // gdal_translate -expand rgb drops the band's nodata: keep its mask
+    let masked = !ds
+        .rasterband(1)
+        .and_then(|b| b.mask_flags())
+        .map_err(Error::on(path))?
+        .is_all_valid();
+    let rgb = expand_rgb(&ds, masked)
         .map_err(|e| Error::gdal_file(path, "cannot expand its palette to RGB", e))?;
     Ok(SceneDataset {
         ds: rgb,
@@ -233,10 +240,13 @@ fn palette_entries(ds: &Dataset) -> Option<usize> {
     band.color_table().map(|c| c.entry_count())
 }
 
-/// `gdal_translate -of VRT -expand rgb SRC ""`: an in-memory VRT over `src`.
-fn expand_rgb(src: &Dataset) -> gdal::errors::Result<Dataset> {
+/// `gdal_translate -of VRT -expand rgb [-mask mask,1] SRC ""`: an in-memory VRT
+/// over `src`; with `mask`, band 1's mask (its nodata) becomes the VRT's
+/// mask, shared by the three bands.
+fn expand_rgb(src: &Dataset, mask: bool) -> gdal::errors::Result<Dataset> {
     let mut args = CslStringList::new();
-    for a in ["-of", "VRT", "-expand", "rgb"] {
+    let extra: &[&str] = if mask { &["-mask", "mask,1"] } else { &[] };
+    for a in ["-of", "VRT", "-expand", "rgb"].iter().chain(extra) {
         args.add_string(a)?;
     }
     reset_errors();

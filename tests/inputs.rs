@@ -447,6 +447,29 @@ fn a_paletted_scene_is_read_as_its_rgb_colours() {
         read_map(&map_grey).data != a,
         "the test cannot tell indices from colours"
     );
+
+    // the palette's nodata index stays nodata (gdal_translate -expand rgb
+    // alone would colour it)
+    let idx = Dataset::open(&pal)
+        .unwrap()
+        .rasterband(1)
+        .unwrap()
+        .read_as::<u8>((0, 0), (200, 150), (200, 150), None)
+        .unwrap()
+        .data()
+        .to_vec();
+    let nd = idx[75 * 200 + 100];
+    let holes = idx.iter().filter(|&&v| v == nd).count();
+    assert!(holes > 0 && holes < idx.len() / 2, "{holes}");
+    let pal_nd = t.path().join("paletted_nodata.tif");
+    std::fs::copy(&pal, &pal_nd).unwrap();
+    gdal_tool("gdal_edit.py", &["-a_nodata", &nd.to_string(), s(&pal_nd)]);
+    let map_nd = t.path().join("map_nd.tif");
+    ok(&infer_argv(&pal_nd, &map_nd, &m, &["--quiet"]));
+    let got = read_map(&map_nd).data;
+    for (i, (&v, &c)) in idx.iter().zip(&got).enumerate() {
+        assert_eq!(c == 255, v == nd, "pixel {i}: index {v}, map {c}");
+    }
 }
 
 /// A paletted scene for a model that does not take three bands is refused
