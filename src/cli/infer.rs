@@ -65,7 +65,12 @@ pub struct MapFlags {
     classes: Option<PathBuf>,
     /// Per-band mean subtracted before the model, in the raster's units,
     /// comma separated [default: the model's].
-    #[arg(long, value_name = "V,V,..", value_delimiter = ',', allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "V,V,..",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
     mean: Option<Vec<f32>>,
     /// Per-band standard deviation the input is divided by, in the raster's
     /// units, comma separated [default: the model's].
@@ -220,7 +225,16 @@ fn infer_one(
     };
     rstile::model::facts::override_meta(&mut meta, &overrides, &m.model)?;
     let scene = SceneInfo::probe(scene_path)?;
-    if scene.geo_transform.is_none() || scene.srs_wkt.is_none() {
+    if scene.geo_transform.is_none() && !scene.gcps.is_empty() {
+        if !a.quiet {
+            eprintln!(
+                "rstile: {} is georeferenced by {} ground control points{}; the map carries the same points",
+                scene_path.display(),
+                scene.gcps.len(),
+                if scene.gcp_srs_wkt.is_some() { "" } else { " without a CRS" }
+            );
+        }
+    } else if scene.geo_transform.is_none() || scene.srs_wkt.is_none() {
         eprintln!(
             "rstile: warning: {} has no georeferencing; the map is written without a CRS",
             scene_path.display()
@@ -244,6 +258,12 @@ fn infer_one(
         max_memory_mb: m.max_memory,
     };
     let plan = InferPlan::resolve(scene, output.to_path_buf(), &m.model, &meta, &opts)?;
+    if let (Some(n), false) = (plan.scene.palette, a.quiet) {
+        eprintln!(
+            "rstile: {} is a paletted raster ({n} colours): the model reads its red, green and blue colours (as gdal_translate -expand rgb makes them)",
+            scene_path.display()
+        );
+    }
     // refused before any work: an input as output, a non-regular file, an
     // existing file without --overwrite (the map, and the preview)
     rstile::output::check(&plan.output, a.overwrite, &plan.inputs)?;
@@ -317,6 +337,14 @@ fn infer_one(
         eprintln!(
             "rstile: continued the unfinished run of {}",
             plan.output.display()
+        );
+    }
+    if report.non_finite_pixels > 0 {
+        // not silenced by --quiet: the map has holes the scene does not
+        eprintln!(
+            "rstile: warning: {} pixel(s) of {} were not finite or out of float range (NaN, infinite, or beyond f32's ±3.4e38) and were mapped as nodata",
+            report.non_finite_pixels,
+            plan.scene.path.display()
         );
     }
     if let Some(png) = &preview {

@@ -155,6 +155,7 @@ impl InferPlan {
         o: &InferOptions,
     ) -> Result<InferPlan> {
         let path = scene.path.clone();
+        scene.check_palette(meta.bands)?;
         let bands = match &o.bands {
             Some(b) => b.clone(),
             None => {
@@ -744,6 +745,9 @@ mod tests {
                     height: 256,
                 },
                 has_nodata: false,
+                gcps: Vec::new(),
+                gcp_srs_wkt: None,
+                palette: None,
             },
             output: PathBuf::from("map.tif"),
             inputs: crate::output::Inputs::new(),

@@ -38,6 +38,11 @@ pub struct MapSpec {
     pub size: Size,
     pub geo_transform: Option<[f64; 6]>,
     pub srs_wkt: Option<String>,
+    /// The scene's ground control points (scene pixel and line), with
+    /// their CRS: a scene georeferenced by GCPs has no geotransform, and
+    /// its map carries the same points.
+    pub gcps: Vec<gdal::Gcp>,
+    pub gcp_srs_wkt: Option<String>,
     pub classes: ClassTable,
     /// GDAL creation options; these override the defaults key by key.
     pub creation_options: Vec<(String, String)>,
@@ -161,6 +166,21 @@ fn create_u8(path: &Path, spec: &MapSpec) -> Result<Dataset> {
     if let Some(wkt) = &spec.srs_wkt {
         let srs = SpatialRef::from_wkt(wkt).map_err(Error::on(&spec.path))?;
         ds.set_spatial_ref(&srs).map_err(Error::on(&spec.path))?;
+    }
+    if spec.geo_transform.is_none() && !spec.gcps.is_empty() {
+        crate::raster::set_gcps(
+            &ds,
+            &spec.gcps,
+            spec.rows.0 as f64,
+            spec.gcp_srs_wkt.as_deref(),
+        )
+        .map_err(|e| {
+            Error::gdal_file(
+                &spec.path,
+                "cannot carry over the scene's ground control points",
+                e,
+            )
+        })?;
     }
     let mut band = ds.rasterband(1).map_err(Error::on(&spec.path))?;
     band.set_no_data_value(Some(NODATA as f64))

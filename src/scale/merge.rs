@@ -125,16 +125,31 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
             ));
         }
     }
-    let srs = open_raster(&first.path)?
-        .spatial_ref()
-        .ok()
-        .and_then(|s| s.to_wkt().ok());
+    let first_ds = open_raster(&first.path)?;
+    let srs = first_ds.spatial_ref().ok().and_then(|s| s.to_wkt().ok());
+    // a GCP-georeferenced scene: the first part's points, back in scene lines
+    let y0 = first.meta.rows.0 as f64;
+    let gcps: Vec<gdal::Gcp> = first_ds
+        .gcps()
+        .iter()
+        .map(|g| gdal::Gcp {
+            line: g.line() + y0,
+            ..gdal::Gcp::from(g)
+        })
+        .collect();
+    let gcp_srs_wkt = first_ds
+        .gcp_spatial_ref()
+        .and_then(|s| s.to_wkt().ok())
+        .filter(|s| !s.is_empty());
+    drop(first_ds);
     let confidence = parts.iter().all(|p| confidence_path(&p.path).exists());
     let mut writer = MapWriter::create(MapSpec {
         path: out.to_path_buf(),
         size,
         geo_transform: gt,
         srs_wkt: srs,
+        gcps,
+        gcp_srs_wkt,
         classes,
         creation_options: Vec::new(),
         overwrite,
