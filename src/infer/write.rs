@@ -115,8 +115,9 @@ fn merged_options(user: &[(String, String)]) -> Result<CslStringList> {
     }
     let mut list = CslStringList::new();
     for (k, v) in &opts {
-        list.set_name_value(k, v)
-            .map_err(|e| Error::Config(format!("--co {k}={v}: {e}")))?;
+        list.set_name_value(k, v).map_err(|e| {
+            Error::Config(format!("--co {k}={v}: {}", crate::error::gdal_reason(&e)))
+        })?;
     }
     // against the GeoTIFF driver's own list: an unknown key or value would
     // otherwise be ignored (COMPRESS=NOPE wrote an uncompressed map)
