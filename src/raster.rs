@@ -65,7 +65,7 @@ fn register() {
 
 /// GDAL's last error on this thread as a typed error (reset afterwards):
 /// a `CplError` when GDAL recorded one, else a `NullPointer` for `method`.
-fn last_error(method: &'static str) -> GdalError {
+pub fn last_error(method: &'static str) -> GdalError {
     let (class, number, msg) = unsafe {
         let class = gdal_sys::CPLGetLastErrorType();
         let number = gdal_sys::CPLGetLastErrorNo();
@@ -122,6 +122,47 @@ pub fn last_message() -> Option<String> {
 /// Forgets GDAL's last error on this thread.
 pub fn reset_errors() {
     unsafe { gdal_sys::CPLErrorReset() }
+}
+
+/// Runs `f` and returns, with its result, the messages of every warning or
+/// error GDAL (or PROJ through GDAL) reported on this thread meanwhile, in
+/// order, each on one line and said once. GDAL keeps only the last message
+/// itself, and the last is often the least telling one ("Full reprojection
+/// failed" after PROJ's "Invalid latitude").
+pub fn collect_messages<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    unsafe extern "C" fn handler(
+        class: gdal_sys::CPLErr::Type,
+        _no: gdal_sys::CPLErrorNum,
+        msg: *const std::ffi::c_char,
+    ) {
+        // SAFETY: the user data is the Vec pushed below, alive until the pop
+        let out = unsafe { &mut *(gdal_sys::CPLGetErrorHandlerUserData() as *mut Vec<String>) };
+        if class == gdal_sys::CPLErr::CE_Debug || msg.is_null() {
+            return;
+        }
+        // SAFETY: GDAL passes a NUL-terminated message
+        let text = unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() && !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    let mut messages: Vec<String> = Vec::new();
+    // SAFETY: a thread-local handler, popped before `messages` goes away
+    unsafe {
+        gdal_sys::CPLErrorReset();
+        gdal_sys::CPLPushErrorHandlerEx(
+            Some(handler),
+            &mut messages as *mut Vec<String> as *mut std::ffi::c_void,
+        );
+    }
+    let r = f();
+    // SAFETY: pops the handler pushed above
+    unsafe {
+        gdal_sys::CPLPopErrorHandler();
+        gdal_sys::CPLErrorReset();
+    }
+    (r, messages)
 }
 
 /// `GDALOpenEx` on the path's bytes, with GDAL's reason on failure

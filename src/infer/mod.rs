@@ -171,7 +171,7 @@ pub fn infer(
         }
         Err(e) => return Err(e),
     }
-    let files = writer.finish()?;
+    let files = writer.finish_unless(Some(&cancel))?;
 
     Ok(InferReport {
         note,

@@ -169,7 +169,7 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
     })?;
     for p in &parts {
         let ds = open_raster(&p.path)?;
-        let band = ds.rasterband(1).map_err(|e| Error::file(&p.path, e))?;
+        let band = ds.rasterband(1).map_err(Error::on(&p.path))?;
         let cds = if confidence {
             Some(open_raster(&confidence_path(&p.path))?)
         } else {
@@ -183,13 +183,20 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
             let read = |b: &gdal::raster::RasterBand, path: &Path| {
                 b.read_as::<u8>((0, local), (size.width, h), (size.width, h), None)
                     .map(|buf| buf.data().to_vec())
-                    .map_err(|e| Error::file(path, e))
+                    .map_err(|e| {
+                        Error::gdal_file(
+                            path,
+                            format!("cannot read rows {}..{} of the part", y - y0, y - y0 + h),
+                            e,
+                        )
+                    })
             };
             let classes = read(&band, &p.path)?;
             let confidence = match &cds {
                 Some(c) => Some(read(
-                    &c.rasterband(1).map_err(|e| Error::file(&p.path, e))?,
-                    &p.path,
+                    &c.rasterband(1)
+                        .map_err(Error::on(confidence_path(&p.path)))?,
+                    &confidence_path(&p.path),
                 )?),
                 None => None,
             };

@@ -167,6 +167,69 @@ pub const BEST: &str = "best.safetensors";
 pub const STATE: &str = "state.json";
 pub const CONFIG: &str = "config.toml";
 
+/// Every file a run writes into its directory.
+pub const RUN_FILES: [&str; 10] = [
+    CONFIG,
+    STATE,
+    LAST,
+    LAST_OPTIM,
+    BEST,
+    "metrics.jsonl",
+    "metrics.csv",
+    "loss.png",
+    "val_f1.png",
+    "confusion.png",
+];
+
+/// The output rule (src/output.rs) for a new run's directory: none of the
+/// files the run writes may exist already (a new run never mixes with
+/// another run's files, or with the user's), be one of the run's inputs
+/// (the config, the class table, scenes, labels, patches, pretrained
+/// weights), or be something other than a regular file. Checked before
+/// the directory is created or anything is written.
+fn check_new_run_dir(run_dir: &Path, cfg: &TrainConfig, opts: &RunOptions) -> Result<()> {
+    if !run_dir.exists() {
+        return Ok(());
+    }
+    if !run_dir.is_dir() {
+        return Err(Error::file(
+            run_dir,
+            "the out_dir exists and is not a folder; choose another out_dir",
+        ));
+    }
+    let mut inputs = crate::output::Inputs::new();
+    for p in cfg.path.iter().chain([&cfg.model.classes]) {
+        inputs.add(p);
+    }
+    for s in &cfg.data.scene {
+        inputs.add(&s.image);
+        inputs.add(&s.label);
+    }
+    for p in cfg
+        .data
+        .train_patches
+        .iter()
+        .chain(&cfg.data.val_patches)
+        .chain(&opts.pretrained)
+    {
+        inputs.add(p);
+    }
+    for name in RUN_FILES {
+        let path = run_dir.join(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        // an input, a folder or a FIFO: the rule's own words
+        crate::output::check(&path, true, &inputs)?;
+        return Err(Error::file(
+            &path,
+            "already exists, from another run or not rstile's; a new run starts in an out_dir \
+             without its files: choose another out_dir, or remove the file",
+        ));
+    }
+    Ok(())
+}
+
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data)
@@ -401,6 +464,7 @@ pub fn train(
     if opts.resume.is_some() {
         opt.load(&run_dir.join(LAST_OPTIM), &state.optim_steps)?;
     } else {
+        check_new_run_dir(&run_dir, cfg, opts)?;
         // everything checked: the run directory, with the config it ran
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| Error::file(&run_dir, format!("cannot create the run directory: {e}")))?;
