@@ -640,3 +640,71 @@ fn vrt_of_a_thousand_files_maps_like_one_file_with_bounded_handles() {
         "the 1000-file VRT gave another map"
     );
 }
+
+/// SIGTERM during `merge`, in its rows or its overviews, ends it with exit
+/// 130 and leaves nothing behind: no map, no hidden partial files.
+#[test]
+fn merge_stops_on_sigterm_and_leaves_nothing() {
+    let t = tmp();
+    let m = model(t.path(), "linear", 3, 256);
+    let scene = synth(t.path(), 6000, 6000, 29).join("image.tif");
+    let parts = t.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    let pmap = parts.join("map.tif");
+    for i in 0..2 {
+        run_map(
+            &scene,
+            &m,
+            &pmap,
+            &["--quiet", "--confidence", "--part", &format!("{i}/2")],
+        );
+    }
+    let out_dir = t.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let merged = out_dir.join("merged.tif");
+    let mut stopped = 0;
+    for ms in [300u64, 1500, 3000, 3800] {
+        let mut child = Command::new(bin())
+            .args([
+                "merge",
+                s(&parts),
+                "-o",
+                s(&merged),
+                "--quiet",
+                "--overwrite",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        sigterm(child.id());
+        let out = child.wait_with_output().unwrap();
+        match out.status.code() {
+            Some(130) => {
+                stopped += 1;
+                let left: Vec<String> = std::fs::read_dir(&out_dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                    .collect();
+                assert!(left.is_empty(), "stopped at {ms} ms, left {left:?}");
+            }
+            Some(0) => check_map_files(&merged, &scene),
+            c => panic!(
+                "merge ended with {c:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+        for e in std::fs::read_dir(&out_dir).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+    }
+    assert!(stopped > 0, "no merge was stopped");
+}
+
+fn sigterm(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

@@ -22,7 +22,8 @@ pub struct MergeArgs {
 
 pub fn run(a: MergeArgs) -> Result<()> {
     let t = Instant::now();
-    let files = rstile::scale::merge::merge(&a.parts, &a.output, a.overwrite)?;
+    let stop = super::process::stop_flag()?;
+    let files = rstile::scale::merge::merge(&a.parts, &a.output, a.overwrite, Some(&stop))?;
     if !a.quiet {
         println!(
             "rstile: merged {} into {} in {:.2} s",

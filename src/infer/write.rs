@@ -543,8 +543,10 @@ impl MapWriter {
 
     /// Keeps the unfinished map and its journal when dropped, so that the
     /// same command with `--resume` continues it (after SIGINT or SIGTERM).
+    /// A writer without a scene (`merge`) has nothing to resume: its files
+    /// go.
     pub fn keep_for_resume(&mut self) {
-        self.keep |= !self.journal.rows_done.is_empty();
+        self.keep |= self.spec.scene.is_some() && !self.journal.rows_done.is_empty();
     }
 
     /// Whether an unfinished run was picked up.

@@ -15,6 +15,7 @@ use crate::scale::parts::{Part, PartMeta};
 use gdal::Metadata;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One part file and what it says about itself.
 #[derive(Debug, Clone)]
@@ -104,8 +105,15 @@ pub fn find_parts(dir: &Path) -> Result<Vec<PartFile>> {
     Ok(parts)
 }
 
-/// Merges the parts in `dir` into `out`.
-pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
+/// Merges the parts in `dir` into `out`. Raising `stop` (SIGINT, SIGTERM)
+/// ends it with [`Error::Interrupted`], leaving no file that looks finished.
+pub fn merge(
+    dir: &Path,
+    out: &Path,
+    overwrite: bool,
+    stop: Option<&AtomicBool>,
+) -> Result<MapFiles> {
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
     let parts = find_parts(dir)?;
     let first = &parts[0];
     let size = first.meta.scene.size();
@@ -178,6 +186,10 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
         let (y0, y1) = p.meta.rows;
         let mut y = y0;
         while y < y1 {
+            if stopped() {
+                // the writer removes its partial files: a merge is redone
+                return Err(Error::Interrupted);
+            }
             let h = TILE.min(y1 - y);
             let local = (y - y0) as isize;
             let read = |b: &gdal::raster::RasterBand, path: &Path| {
@@ -213,5 +225,5 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
             y += h;
         }
     }
-    writer.finish()
+    writer.finish_unless(stop)
 }
