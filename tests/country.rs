@@ -664,7 +664,7 @@ fn merge_stops_on_sigterm_and_leaves_nothing() {
     let merged = out_dir.join("merged.tif");
     let mut stopped = 0;
     for ms in [300u64, 1500, 3000, 3800] {
-        let mut child = Command::new(bin())
+        let child = Command::new(bin())
             .args([
                 "merge",
                 s(&parts),
