@@ -125,7 +125,7 @@ fn forward(c: &mut Criterion) {
     use rstile::model::{Model, ModelMeta};
     let meta = ModelMeta {
         format: 1,
-        arch: rstile::model::Arch::Resnet50Fcn,
+        arch: rstile::model::Net::Arch(rstile::model::Arch::Resnet50Fcn),
         bands: 3,
         band_names: Vec::new(),
         mean: vec![0.0; 3],

@@ -119,6 +119,21 @@ pub fn gdal_reason(e: &GdalError) -> String {
         }
         GdalError::NullPointer { msg, .. } => msg.clone(),
         GdalError::FfiNulError(_) => "the path or a string contains a NUL byte".into(),
+        GdalError::BadArgument(msg) => msg.clone(),
+        GdalError::OgrError { err, method_name } => {
+            let what = match *err {
+                1 => "not enough data",
+                2 => "not enough memory",
+                3 => "unsupported geometry type",
+                4 => "unsupported operation",
+                5 => "corrupt data",
+                7 => "unsupported spatial reference",
+                8 => "invalid handle",
+                9 => "no such feature",
+                _ => "failure",
+            };
+            format!("{method_name} failed ({what}) and GDAL gave no reason")
+        }
         other => other.to_string(),
     };
     collapse(&text)

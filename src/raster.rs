@@ -65,7 +65,7 @@ fn register() {
 
 /// GDAL's last error on this thread as a typed error (reset afterwards):
 /// a `CplError` when GDAL recorded one, else a `NullPointer` for `method`.
-fn last_error(method: &'static str) -> GdalError {
+pub fn last_error(method: &'static str) -> GdalError {
     let (class, number, msg) = unsafe {
         let class = gdal_sys::CPLGetLastErrorType();
         let number = gdal_sys::CPLGetLastErrorNo();
@@ -122,6 +122,47 @@ pub fn last_message() -> Option<String> {
 /// Forgets GDAL's last error on this thread.
 pub fn reset_errors() {
     unsafe { gdal_sys::CPLErrorReset() }
+}
+
+/// Runs `f` and returns, with its result, the messages of every warning or
+/// error GDAL (or PROJ through GDAL) reported on this thread meanwhile, in
+/// order, each on one line and said once. GDAL keeps only the last message
+/// itself, and the last is often the least telling one ("Full reprojection
+/// failed" after PROJ's "Invalid latitude").
+pub fn collect_messages<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    unsafe extern "C" fn handler(
+        class: gdal_sys::CPLErr::Type,
+        _no: gdal_sys::CPLErrorNum,
+        msg: *const std::ffi::c_char,
+    ) {
+        // SAFETY: the user data is the Vec pushed below, alive until the pop
+        let out = unsafe { &mut *(gdal_sys::CPLGetErrorHandlerUserData() as *mut Vec<String>) };
+        if class == gdal_sys::CPLErr::CE_Debug || msg.is_null() {
+            return;
+        }
+        // SAFETY: GDAL passes a NUL-terminated message
+        let text = unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() && !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    let mut messages: Vec<String> = Vec::new();
+    // SAFETY: a thread-local handler, popped before `messages` goes away
+    unsafe {
+        gdal_sys::CPLErrorReset();
+        gdal_sys::CPLPushErrorHandlerEx(
+            Some(handler),
+            &mut messages as *mut Vec<String> as *mut std::ffi::c_void,
+        );
+    }
+    let r = f();
+    // SAFETY: pops the handler pushed above
+    unsafe {
+        gdal_sys::CPLPopErrorHandler();
+        gdal_sys::CPLErrorReset();
+    }
+    (r, messages)
 }
 
 /// `GDALOpenEx` on the path's bytes, with GDAL's reason on failure
@@ -185,6 +226,141 @@ pub fn open_raster(path: &Path) -> Result<Dataset> {
             Error::gdal_file(path, "not a raster GDAL can open", e)
         }
     })
+}
+
+/// A scene opened as rstile reads its pixels.
+///
+/// A paletted raster (a single band of colour-table indices, which QGIS
+/// shows in its colours) is read as those colours: an in-memory VRT with a
+/// red, a green and a blue band, exactly what `gdal_translate -expand rgb`
+/// makes of it (the palette's alpha is dropped), keeping the band's nodata
+/// (or other mask) as the mask of all three (`-mask mask,1`; the expansion
+/// alone would colour nodata). Every other raster is read as it is.
+pub struct SceneDataset {
+    /// What the pixels are read from (the RGB VRT of a paletted raster).
+    pub ds: Dataset,
+    /// The number of colour-table entries of a paletted raster.
+    pub palette: Option<usize>,
+    /// The paletted raster under the VRT, open as long as the VRT is
+    /// (fields drop in order: the VRT first).
+    _source: Option<Dataset>,
+}
+
+impl SceneDataset {
+    /// The dataset on disk: the paletted raster under the RGB VRT, or the
+    /// one the pixels are read from.
+    pub fn source(&self) -> &Dataset {
+        self._source.as_ref().unwrap_or(&self.ds)
+    }
+}
+
+/// Opens `path` as rstile reads it ([`SceneDataset`]).
+pub fn open_scene(path: &Path) -> Result<SceneDataset> {
+    let ds = open_raster(path)?;
+    let Some(entries) = palette_entries(&ds) else {
+        return Ok(SceneDataset {
+            ds,
+            palette: None,
+            _source: None,
+        });
+    };
+    // gdal_translate -expand rgb drops the band's nodata: keep its mask
+    let masked = !ds
+        .rasterband(1)
+        .and_then(|b| b.mask_flags())
+        .map_err(Error::on(path))?
+        .is_all_valid();
+    let rgb = expand_rgb(&ds, masked)
+        .map_err(|e| Error::gdal_file(path, "cannot expand its palette to RGB", e))?;
+    Ok(SceneDataset {
+        ds: rgb,
+        palette: Some(entries),
+        _source: Some(ds),
+    })
+}
+
+/// The number of colour-table entries when `ds` is a paletted raster: one
+/// band, with a colour table.
+fn palette_entries(ds: &Dataset) -> Option<usize> {
+    if ds.raster_count() != 1 {
+        return None;
+    }
+    let band = ds.rasterband(1).ok()?;
+    band.color_table().map(|c| c.entry_count())
+}
+
+/// `gdal_translate -of VRT -expand rgb [-mask mask,1] SRC ""`: an in-memory VRT
+/// over `src`; with `mask`, band 1's mask (its nodata) becomes the VRT's
+/// mask, shared by the three bands.
+fn expand_rgb(src: &Dataset, mask: bool) -> gdal::errors::Result<Dataset> {
+    let mut args = CslStringList::new();
+    let extra: &[&str] = if mask { &["-mask", "mask,1"] } else { &[] };
+    for a in ["-of", "VRT", "-expand", "rgb"].iter().chain(extra) {
+        args.add_string(a)?;
+    }
+    reset_errors();
+    // SAFETY: GDAL copies the argument list; the options are freed below
+    let opts =
+        unsafe { gdal_sys::GDALTranslateOptionsNew(args.as_ptr() as *mut _, std::ptr::null_mut()) };
+    if opts.is_null() {
+        return Err(last_error("GDALTranslateOptionsNew"));
+    }
+    let mut usage = 0;
+    // SAFETY: a valid dataset handle and options; "" names no file (the
+    // VRT stays in memory)
+    let h = unsafe { gdal_sys::GDALTranslate(c"".as_ptr(), src.c_dataset(), opts, &mut usage) };
+    unsafe { gdal_sys::GDALTranslateOptionsFree(opts) };
+    if h.is_null() {
+        return Err(last_error("GDALTranslate"));
+    }
+    Ok(unsafe { Dataset::from_c_dataset(h) })
+}
+
+/// Sets the ground control points of `ds` (`GDALSetGCPs2`), their lines
+/// moved up by `line_offset` (a row band of a scene starts that far down),
+/// in the CRS `srs_wkt` (none when `None`).
+pub fn set_gcps(
+    ds: &Dataset,
+    gcps: &[gdal::Gcp],
+    line_offset: f64,
+    srs_wkt: Option<&str>,
+) -> gdal::errors::Result<()> {
+    let srs = srs_wkt
+        .map(gdal::spatial_ref::SpatialRef::from_wkt)
+        .transpose()?;
+    let strings = gcps
+        .iter()
+        .map(|g| Ok((CString::new(g.id.as_str())?, CString::new(g.info.as_str())?)))
+        .collect::<gdal::errors::Result<Vec<_>>>()?;
+    let list: Vec<gdal_sys::GDAL_GCP> = gcps
+        .iter()
+        .zip(&strings)
+        .map(|(g, (id, info))| gdal_sys::GDAL_GCP {
+            pszId: id.as_ptr() as *mut _,
+            pszInfo: info.as_ptr() as *mut _,
+            dfGCPPixel: g.pixel,
+            dfGCPLine: g.line - line_offset,
+            dfGCPX: g.x,
+            dfGCPY: g.y,
+            dfGCPZ: g.z,
+        })
+        .collect();
+    let n = i32::try_from(list.len())?;
+    reset_errors();
+    // SAFETY: GDAL copies the points and the CRS; the strings outlive the call
+    let rv = unsafe {
+        gdal_sys::GDALSetGCPs2(
+            ds.c_dataset(),
+            n,
+            list.as_ptr(),
+            srs.as_ref()
+                .map_or(std::ptr::null_mut(), |s| s.to_c_hsrs() as *mut _),
+        )
+    };
+    if rv != gdal_sys::CPLErr::CE_None {
+        return Err(last_error("GDALSetGCPs2"));
+    }
+    Ok(())
 }
 
 /// Creates `path` with the GDAL driver `driver` (`GDALCreate` on the
@@ -300,13 +476,38 @@ pub struct SceneInfo {
     pub block: Size,
     /// True when some band has a mask other than "all valid".
     pub has_nodata: bool,
+    /// Ground control points (a scene georeferenced by GCPs has no
+    /// geotransform), with their CRS.
+    pub gcps: Vec<gdal::Gcp>,
+    pub gcp_srs_wkt: Option<String>,
+    /// The number of colour-table entries of a paletted raster, which is
+    /// read as red, green and blue bands ([`SceneDataset`]); the band
+    /// count and types describe those.
+    pub palette: Option<usize>,
 }
 
 impl SceneInfo {
     /// Reads the scene's metadata.
     pub fn probe(path: &Path) -> Result<SceneInfo> {
-        let ds = open_raster(path)?;
-        Self::of(&ds, path)
+        let scene = open_scene(path)?;
+        let mut info = Self::of(&scene.ds, path)?;
+        info.palette = scene.palette;
+        Ok(info)
+    }
+
+    /// A paletted scene is read as red, green and blue
+    /// ([`SceneDataset`]): refused, naming the file, for a model that
+    /// takes another number of bands.
+    pub fn check_palette(&self, model_bands: usize) -> Result<()> {
+        match self.palette {
+            Some(n) if model_bands != 3 => Err(Error::file(
+                &self.path,
+                format!(
+                    "is a paletted raster (its band holds indices into a colour table of {n} entries, not measurements); rstile reads it as its red, green and blue colours, as QGIS shows it, but the model takes {model_bands} band(s)"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The metadata of the open raster `ds`, read from `path`.
@@ -354,6 +555,14 @@ impl SceneInfo {
             .ok()
             .and_then(|s| s.to_wkt().ok())
             .filter(|s| !s.is_empty());
+        let gcps: Vec<gdal::Gcp> = ds.gcps().iter().map(gdal::Gcp::from).collect();
+        let gcp_srs_wkt = if gcps.is_empty() {
+            None
+        } else {
+            ds.gcp_spatial_ref()
+                .and_then(|s| s.to_wkt().ok())
+                .filter(|s| !s.is_empty())
+        };
         Ok(SceneInfo {
             path: path.to_path_buf(),
             size: Size {
@@ -367,6 +576,9 @@ impl SceneInfo {
             srs_wkt: srs,
             block,
             has_nodata,
+            gcps,
+            gcp_srs_wkt,
+            palette: None,
         })
     }
 }

@@ -517,3 +517,93 @@ fn a_failing_model_reports_its_own_error_and_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `--mean`/`--std` replace the model's normalisation and `--classes` its
+/// legend: the map equals that of a model file holding the same values.
+#[test]
+fn mean_std_and_classes_flags_override_the_model() {
+    let t = tmp();
+    let image = synth(t.path(), 300, 200, 31).join("image.tif");
+    let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+    let new_model = |name: &str, extra: &[&str]| {
+        let p = t.path().join(name);
+        let mut args = vec![
+            "model",
+            "new",
+            "--arch",
+            "tiny",
+            "--bands",
+            "3",
+            "--classes",
+            classes,
+            "-o",
+            s(&p),
+            "--window",
+            "64",
+            "--seed",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+        p
+    };
+    let plain = new_model("plain.safetensors", &[]);
+    let norm = ["--mean", "10,-20,30", "--std", "50,60,70"];
+    let normed = new_model("normed.safetensors", &norm);
+    let want = read_map(&infer(t.path(), &image, &normed, "want", &[])).data;
+    let default = read_map(&infer(t.path(), &image, &plain, "default", &[])).data;
+    let got = read_map(&infer(t.path(), &image, &plain, "got", &norm)).data;
+    assert!(got == want, "--mean/--std do not give the model file's map");
+    assert!(
+        default != want,
+        "the test cannot tell the normalisations apart"
+    );
+
+    // the legend: six renamed classes reach the map's sidecars
+    let legend = t.path().join("legend.toml");
+    let text = std::fs::read_to_string(classes)
+        .unwrap()
+        .replace("building", "roof");
+    std::fs::write(&legend, text).unwrap();
+    let map = infer(
+        t.path(),
+        &image,
+        &plain,
+        "legend",
+        &["--classes", s(&legend)],
+    );
+    let qml = std::fs::read_to_string(map.with_extension("qml")).unwrap();
+    assert!(qml.contains("roof") && !qml.contains("building"), "{qml}");
+
+    // bad values name the flag and the model, and write nothing
+    let out = t.path().join("bad.tif");
+    let argv = |extra: &[&'static str]| {
+        let mut v = vec![
+            "infer".to_string(),
+            s(&image).to_string(),
+            "-o".into(),
+            s(&out).to_string(),
+            "--model".into(),
+            s(&plain).to_string(),
+        ];
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let run = |extra: &[&'static str], needle: &str| {
+        let v = argv(extra);
+        let v: Vec<&str> = v.iter().map(String::as_str).collect();
+        fails(&v, needle);
+        assert!(!out.exists());
+    };
+    run(&["--mean", "1,2", "--std", "1,1"], "--mean/--std");
+    run(&["--mean", "1,2,3"], "--mean and --std go together");
+    run(&["--mean", "1,2,3", "--std", "1,0,1"], "--mean/--std");
+    let four = t.path().join("four.toml");
+    let text = std::fs::read_to_string(classes).unwrap();
+    let cut: Vec<&str> = text.split("[[class]]").take(5).collect();
+    std::fs::write(&four, cut.join("[[class]]")).unwrap();
+    let v = argv(&[]);
+    let mut v: Vec<&str> = v.iter().map(String::as_str).collect();
+    v.extend(["--classes", s(&four)]);
+    fails(&v, "--classes gives 4 classes, the model outputs 6");
+}

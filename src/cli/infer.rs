@@ -60,6 +60,22 @@ pub struct MapFlags {
     /// The model file (.safetensors).
     #[arg(short, long)]
     pub model: PathBuf,
+    /// The legend, in the format of configs/classes/ [default: the model's].
+    #[arg(long, value_name = "FILE.toml")]
+    classes: Option<PathBuf>,
+    /// Per-band mean subtracted before the model, in the raster's units,
+    /// comma separated [default: the model's].
+    #[arg(
+        long,
+        value_name = "V,V,..",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    mean: Option<Vec<f32>>,
+    /// Per-band standard deviation the input is divided by, in the raster's
+    /// units, comma separated [default: the model's].
+    #[arg(long, value_name = "V,V,..", value_delimiter = ',')]
+    std: Option<Vec<f32>>,
     /// Window size in px [default: the model's].
     #[arg(long)]
     window: Option<usize>,
@@ -196,9 +212,29 @@ fn infer_one(
     cancel: Arc<AtomicBool>,
 ) -> Result<()> {
     let m = &a.map;
-    let meta = rstile::model::read_meta(&m.model)?;
+    let mut meta = rstile::model::read_meta(&m.model)?;
+    let overrides = rstile::model::facts::Overrides {
+        classes: match &m.classes {
+            Some(p) => Some(rstile::classes::ClassTable::from_toml_file(p)?),
+            None => None,
+        },
+        mean: m.mean.clone(),
+        std: m.std.clone(),
+        window: None,
+        overlap: None,
+    };
+    rstile::model::facts::override_meta(&mut meta, &overrides, &m.model)?;
     let scene = SceneInfo::probe(scene_path)?;
-    if scene.geo_transform.is_none() || scene.srs_wkt.is_none() {
+    if scene.geo_transform.is_none() && !scene.gcps.is_empty() {
+        if !a.quiet {
+            eprintln!(
+                "rstile: {} is georeferenced by {} ground control points{}; the map carries the same points",
+                scene_path.display(),
+                scene.gcps.len(),
+                if scene.gcp_srs_wkt.is_some() { "" } else { " without a CRS" }
+            );
+        }
+    } else if scene.geo_transform.is_none() || scene.srs_wkt.is_none() {
         eprintln!(
             "rstile: warning: {} has no georeferencing; the map is written without a CRS",
             scene_path.display()
@@ -222,6 +258,12 @@ fn infer_one(
         max_memory_mb: m.max_memory,
     };
     let plan = InferPlan::resolve(scene, output.to_path_buf(), &m.model, &meta, &opts)?;
+    if let (Some(n), false) = (plan.scene.palette, a.quiet) {
+        eprintln!(
+            "rstile: {} is a paletted raster ({n} colours): the model reads its red, green and blue colours (as gdal_translate -expand rgb makes them)",
+            scene_path.display()
+        );
+    }
     // refused before any work: an input as output, a non-regular file, an
     // existing file without --overwrite (the map, and the preview)
     rstile::output::check(&plan.output, a.overwrite, &plan.inputs)?;
@@ -237,7 +279,8 @@ fn infer_one(
         }
         rstile::output::check(png, a.overwrite, &plan.inputs)?;
     }
-    let model = Model::load(&m.model, device)?;
+    let mut model = Model::load(&m.model, device)?;
+    model.meta = meta.clone();
     let bound = infer::MemoryBound::of(&plan, &meta, model.num_params())?;
     if !a.quiet {
         eprintln!(
@@ -294,6 +337,14 @@ fn infer_one(
         eprintln!(
             "rstile: continued the unfinished run of {}",
             plan.output.display()
+        );
+    }
+    if report.non_finite_pixels > 0 {
+        // not silenced by --quiet: the map has holes the scene does not
+        eprintln!(
+            "rstile: warning: {} pixel(s) of {} were not finite or out of float range (NaN, infinite, or beyond f32's ±3.4e38) and were mapped as nodata",
+            report.non_finite_pixels,
+            plan.scene.path.display()
         );
     }
     if let Some(png) = &preview {

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Map a scene: stream it through a model into a land-cover GeoTIFF.
-    Infer(infer::InferArgs),
+    Infer(Box<infer::InferArgs>),
     /// Write a generated, georeferenced Vaihingen-like scene.
     Synth(synth::SynthArgs),
     /// Create or inspect model files.
@@ -59,7 +59,7 @@ pub fn run() -> Result<()> {
     let cli = Cli::from_arg_matches(&matches).map_err(usage)?;
     process::quiet_gdal();
     match cli.cmd {
-        Cmd::Infer(a) => infer::run(a),
+        Cmd::Infer(a) => infer::run(*a),
         Cmd::Merge(a) => merge::run(a),
         Cmd::Synth(a) => synth::run(a),
         Cmd::Model(c) => model::run(c),

@@ -49,7 +49,7 @@ pub struct SlurmInferArgs {
     /// GPUs per array task; infer then runs with --device cuda:0.
     #[arg(long)]
     gpus_per_task: Option<usize>,
-    /// Replace an existing map and parts.
+    /// Replace an existing map, parts and job scripts.
     #[arg(long)]
     overwrite: bool,
     #[command(flatten)]
@@ -68,6 +68,9 @@ pub struct SlurmTrainArgs {
     /// GPUs for the job (0 for none); train then runs with --device cuda:0.
     #[arg(long, default_value_t = 1)]
     gpus: usize,
+    /// Replace an existing job script (CONFIG.slurm/train.sbatch).
+    #[arg(long)]
+    overwrite: bool,
     #[command(flatten)]
     sbatch: SbatchArgs,
     /// Further `rstile train` flags, after `--`.
@@ -137,6 +140,7 @@ pub fn run(cmd: SlurmCmd, matches: &ArgMatches) -> Result<()> {
                 workdir: std::env::current_dir().context("the working directory")?,
                 sbatch: opts(&a.sbatch, Some(a.gpus)),
                 extra: a.extra,
+                overwrite: a.overwrite,
             };
             if a.sbatch.dry_run {
                 println!(

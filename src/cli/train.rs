@@ -68,8 +68,13 @@ impl rstile::train::TrainProgress for TrainBar {
     }
     fn epoch_end(&self, m: &rstile::train::EpochMetrics) {
         let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.1} %", v * 100.0));
+        let skipped = match m.train_unlabelled_windows {
+            0 => String::new(),
+            n => format!(", {n} window(s) without a labelled pixel skipped"),
+        };
         self.line(format!(
-            "rstile: epoch {} loss {:.4} val loss {} OA {} mean F1 {} mIoU {} ({:.1} samples/s, {:.0} s)",
+            "rstile: epoch {} loss {:.4} val loss {} OA {} mean F1 {} mIoU {} ({:.1} samples/s, {:.0} s; ignored label pixels: train {}, val {}{skipped})",
             m.epoch,
             m.train_loss,
             f(m.val_loss),
@@ -77,7 +82,9 @@ impl rstile::train::TrainProgress for TrainBar {
             f(m.val_mean_f1),
             f(m.val_miou),
             m.samples_per_s,
-            m.seconds
+            m.seconds,
+            pct(m.train_ignored),
+            pct(m.val_ignored),
         ));
     }
     fn message(&self, msg: &str) {

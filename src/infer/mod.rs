@@ -56,6 +56,10 @@ pub struct InferReport {
     pub windows_skipped: u64,
     /// Windows not computed because they miss the AOI.
     pub windows_outside_aoi: u64,
+    /// Scene pixels whose value was not finite once read as f32 (NaN,
+    /// infinite, an f64 beyond f32's range) where the masks call them
+    /// valid: mapped as nodata (counted in the rows this run computed).
+    pub non_finite_pixels: u64,
     pub memory_bound: MemoryBound,
 }
 
@@ -137,6 +141,8 @@ pub fn infer(
         size: plan.scene.size,
         geo_transform: plan.scene.geo_transform,
         srs_wkt: plan.scene.srs_wkt.clone(),
+        gcps: plan.scene.gcps.clone(),
+        gcp_srs_wkt: plan.scene.gcp_srs_wkt.clone(),
         classes: meta.classes.clone(),
         creation_options: plan.creation_options.clone(),
         overwrite: plan.overwrite,
@@ -165,7 +171,7 @@ pub fn infer(
         }
         Err(e) => return Err(e),
     }
-    let files = writer.finish()?;
+    let files = writer.finish_unless(Some(&cancel))?;
 
     Ok(InferReport {
         note,
@@ -176,6 +182,7 @@ pub fn infer(
         windows: total,
         windows_skipped: stages.skipped(),
         windows_outside_aoi: stages.outside_aoi(),
+        non_finite_pixels: stages.non_finite_pixels(),
         memory_bound: bound,
     })
 }

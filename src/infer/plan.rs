@@ -155,6 +155,7 @@ impl InferPlan {
         o: &InferOptions,
     ) -> Result<InferPlan> {
         let path = scene.path.clone();
+        scene.check_palette(meta.bands)?;
         let bands = match &o.bands {
             Some(b) => b.clone(),
             None => {
@@ -635,6 +636,19 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
     put("window", plan.window.to_string());
     put("overlap", plan.overlap.to_string());
     put("bands", format!("{:?}", plan.bands));
+    put("mean", format!("{:?}", meta.mean));
+    put("std", format!("{:?}", meta.std));
+    put(
+        "classes",
+        format!(
+            "{:?}",
+            meta.classes
+                .classes
+                .iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        ),
+    );
     put("blend", plan.blend.to_string());
     put("chunk", plan.chunk.to_string());
     put("confidence", plan.confidence.to_string());
@@ -731,6 +745,9 @@ mod tests {
                     height: 256,
                 },
                 has_nodata: false,
+                gcps: Vec::new(),
+                gcp_srs_wkt: None,
+                palette: None,
             },
             output: PathBuf::from("map.tif"),
             inputs: crate::output::Inputs::new(),

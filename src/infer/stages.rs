@@ -68,6 +68,9 @@ enum Order {
 /// A window for a reader to read.
 struct Job {
     window: Window,
+    /// The region the window is read for (a window at a chunk border is
+    /// read once for each chunk).
+    region: Region,
     reply: Sender<Slot>,
 }
 
@@ -120,6 +123,7 @@ pub struct Stages<'a> {
     failure: Mutex<Option<Error>>,
     skipped: AtomicU64,
     outside: AtomicU64,
+    non_finite: AtomicU64,
 }
 
 impl<'a> Stages<'a> {
@@ -143,6 +147,7 @@ impl<'a> Stages<'a> {
             failure: Mutex::new(None),
             skipped: AtomicU64::new(0),
             outside: AtomicU64::new(0),
+            non_finite: AtomicU64::new(0),
         }
     }
 
@@ -154,6 +159,33 @@ impl<'a> Stages<'a> {
     /// Windows not computed because they miss the AOI.
     pub fn outside_aoi(&self) -> u64 {
         self.outside.load(Ordering::Relaxed)
+    }
+
+    /// Pixels of the scene that its masks call valid but whose value is
+    /// not finite (NaN, infinite, beyond f32's range): mapped as nodata.
+    pub fn non_finite_pixels(&self) -> u64 {
+        self.non_finite.load(Ordering::Relaxed)
+    }
+
+    /// Counts the non-finite pixels of a read window once: those in the
+    /// window's centre ([`WindowGrid::centre`]) and in its job's region.
+    fn count_non_finite(&self, job: &Job, data: &WindowData) {
+        if data.non_finite.is_empty() {
+            return;
+        }
+        let (w, r) = (&job.window, &job.region);
+        let k = self.grid.centre(w);
+        let (x0, x1) = (k.x.max(r.x0), (k.x + k.width).min(r.x1));
+        let (y0, y1) = (k.y.max(r.y0), (k.y + k.height).min(r.y1));
+        let mut count = 0u64;
+        for y in y0..y1.max(y0) {
+            let j = (y as i64 - w.y) as usize;
+            for x in x0..x1.max(x0) {
+                let k = j * w.size + (x as i64 - w.x) as usize;
+                count += (data.non_finite[k / 64] >> (k % 64)) & 1;
+            }
+        }
+        self.non_finite.fetch_add(count, Ordering::Relaxed);
     }
 
     /// Runs every stage, one thread each (the writer on this one), until the
@@ -251,6 +283,7 @@ impl<'a> Stages<'a> {
                     }
                     let job = Job {
                         window: w,
+                        region: *reg,
                         reply: tx,
                     };
                     if jobs.send(job).is_err() {
@@ -280,7 +313,11 @@ impl<'a> Stages<'a> {
             if self.stopping() {
                 return;
             }
-            match reader.read_window(&job.window) {
+            let read = reader.read_window(&job.window);
+            if let Ok(data) = &read {
+                self.count_non_finite(&job, data);
+            }
+            match read {
                 Ok(data) if !data.any_valid => {
                     self.skipped.fetch_add(1, Ordering::Relaxed);
                     let _ = job.reply.send(Slot::Skipped);

@@ -27,6 +27,7 @@ use gdal::Dataset;
 use gdal::Metadata;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The output tile size; the stitcher emits bands of this many rows.
 pub const TILE: usize = 512;
@@ -38,6 +39,11 @@ pub struct MapSpec {
     pub size: Size,
     pub geo_transform: Option<[f64; 6]>,
     pub srs_wkt: Option<String>,
+    /// The scene's ground control points (scene pixel and line), with
+    /// their CRS: a scene georeferenced by GCPs has no geotransform, and
+    /// its map carries the same points.
+    pub gcps: Vec<gdal::Gcp>,
+    pub gcp_srs_wkt: Option<String>,
     pub classes: ClassTable,
     /// GDAL creation options; these override the defaults key by key.
     pub creation_options: Vec<(String, String)>,
@@ -120,8 +126,9 @@ fn merged_options(user: &[(String, String)]) -> Result<CslStringList> {
     }
     let mut list = CslStringList::new();
     for (k, v) in &opts {
-        list.set_name_value(k, v)
-            .map_err(|e| Error::Config(format!("--co {k}={v}: {e}")))?;
+        list.set_name_value(k, v).map_err(|e| {
+            Error::Config(format!("--co {k}={v}: {}", crate::error::gdal_reason(&e)))
+        })?;
     }
     // against the GeoTIFF driver's own list: an unknown key or value would
     // otherwise be ignored (COMPRESS=NOPE wrote an uncompressed map)
@@ -161,6 +168,21 @@ fn create_u8(path: &Path, spec: &MapSpec) -> Result<Dataset> {
     if let Some(wkt) = &spec.srs_wkt {
         let srs = SpatialRef::from_wkt(wkt).map_err(Error::on(&spec.path))?;
         ds.set_spatial_ref(&srs).map_err(Error::on(&spec.path))?;
+    }
+    if spec.geo_transform.is_none() && !spec.gcps.is_empty() {
+        crate::raster::set_gcps(
+            &ds,
+            &spec.gcps,
+            spec.rows.0 as f64,
+            spec.gcp_srs_wkt.as_deref(),
+        )
+        .map_err(|e| {
+            Error::gdal_file(
+                &spec.path,
+                "cannot carry over the scene's ground control points",
+                e,
+            )
+        })?;
     }
     let mut band = ds.rasterband(1).map_err(Error::on(&spec.path))?;
     band.set_no_data_value(Some(NODATA as f64))
@@ -598,7 +620,16 @@ impl MapWriter {
     }
 
     /// Builds overviews, closes, writes the `.qml` and renames into place.
-    pub fn finish(mut self) -> Result<MapFiles> {
+    pub fn finish(self) -> Result<MapFiles> {
+        self.finish_unless(None)
+    }
+
+    /// [`finish`](Self::finish), unless `stop` is raised (SIGINT, SIGTERM)
+    /// while the overviews are built: GDAL is then asked to stop at its
+    /// next progress report, and the run ends with [`Error::Interrupted`],
+    /// keeping the partial map and its journal (every row is in it) for
+    /// `--resume`, as an interruption during inference does.
+    pub fn finish_unless(mut self, stop: Option<&AtomicBool>) -> Result<MapFiles> {
         let factors = overview_factors(Size {
             width: self.spec.size.width,
             height: self.spec.rows.1 - self.spec.rows.0,
@@ -607,8 +638,12 @@ impl MapWriter {
         let mut map = self.map.take().expect("finish twice");
         reset_errors();
         if self.spec.overviews {
-            map.build_overviews("NEAREST", &factors, &[])
-                .map_err(|e| Error::gdal_file(&path, "building overviews failed", e))?;
+            if let Err(e) = build_overviews(&mut map, &path, "NEAREST", &factors, stop) {
+                if matches!(e, Error::Interrupted) {
+                    self.keep_for_resume();
+                }
+                return Err(e);
+            }
         }
         map.close()
             .map_err(|e| Error::gdal_file(&path, "writing the map failed", e))?;
@@ -618,8 +653,12 @@ impl MapWriter {
         let cpath = confidence_path(&path);
         if let Some(mut c) = self.conf.take() {
             if self.spec.overviews {
-                c.build_overviews("AVERAGE", &factors, &[])
-                    .map_err(|e| Error::gdal_file(&cpath, "building overviews failed", e))?;
+                if let Err(e) = build_overviews(&mut c, &cpath, "AVERAGE", &factors, stop) {
+                    if matches!(e, Error::Interrupted) {
+                        self.keep_for_resume();
+                    }
+                    return Err(e);
+                }
             }
             c.close()
                 .map_err(|e| Error::gdal_file(&cpath, "writing failed", e))?;
@@ -688,6 +727,63 @@ impl Drop for MapWriter {
             }
         }
     }
+}
+
+/// `GDALBuildOverviews` with a progress callback that asks GDAL to stop
+/// when `stop` is raised; a stopped build is [`Error::Interrupted`]. (The
+/// `gdal` crate's `build_overviews` passes no callback, so a SIGTERM waited
+/// for the whole pyramid of a country-sized map.)
+fn build_overviews(
+    ds: &mut Dataset,
+    path: &Path,
+    resampling: &str,
+    factors: &[i32],
+    stop: Option<&AtomicBool>,
+) -> Result<()> {
+    use std::ffi::{c_char, c_int, c_void};
+    unsafe extern "C" fn progress(_done: f64, _msg: *const c_char, arg: *mut c_void) -> c_int {
+        if arg.is_null() {
+            return 1;
+        }
+        // SAFETY: `arg` is the `&AtomicBool` passed below, alive for the call
+        let stop = unsafe { &*(arg as *const AtomicBool) };
+        c_int::from(!stop.load(Ordering::Relaxed))
+    }
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
+    if stopped() {
+        return Err(Error::Interrupted);
+    }
+    let resampling = std::ffi::CString::new(resampling).expect("no NUL in a resampling name");
+    let arg = stop.map_or(std::ptr::null_mut(), |s| {
+        s as *const AtomicBool as *mut c_void
+    });
+    reset_errors();
+    // SAFETY: a valid dataset handle, `factors.len()` factors, all bands
+    // (0, null), and a callback argument that outlives the call
+    let rv = unsafe {
+        gdal_sys::GDALBuildOverviews(
+            ds.c_dataset(),
+            resampling.as_ptr(),
+            factors.len() as c_int,
+            factors.as_ptr(),
+            0,
+            std::ptr::null(),
+            Some(progress),
+            arg,
+        )
+    };
+    if stopped() {
+        reset_errors();
+        return Err(Error::Interrupted);
+    }
+    if rv != gdal_sys::CPLErr::CE_None {
+        return Err(Error::gdal_file(
+            path,
+            "building overviews failed",
+            crate::raster::last_error("GDALBuildOverviews"),
+        ));
+    }
+    Ok(())
 }
 
 /// Makes written tiles reachable from the file's directory. GDAL 3.6's

@@ -173,6 +173,78 @@ impl<'de> serde::Deserialize<'de> for Arch {
     }
 }
 
+/// What computes a model's logits: an architecture of rstile's family
+/// (built from [`REGISTRY`], saved in rstile's model files), or a graph
+/// loaded from an ONNX file (never saved as an rstile model file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Net {
+    Arch(Arch),
+    /// An ONNX graph; its activation memory per input pixel comes from the
+    /// graph resolved for the window.
+    Onnx {
+        activation_bytes_per_px: u64,
+    },
+}
+
+impl Net {
+    /// The architecture of rstile's family, if it is one.
+    pub fn arch(self) -> Option<Arch> {
+        match self {
+            Net::Arch(a) => Some(a),
+            Net::Onnx { .. } => None,
+        }
+    }
+
+    /// The name in model files, settings and messages (`onnx` for a graph).
+    pub fn name(self) -> &'static str {
+        match self {
+            Net::Arch(a) => a.name(),
+            Net::Onnx { .. } => "onnx",
+        }
+    }
+
+    /// Activation memory per input pixel of a window at inference, in bytes.
+    pub fn activation_bytes_per_px(self) -> u64 {
+        match self {
+            Net::Arch(a) => a.activation_bytes_per_px(),
+            Net::Onnx {
+                activation_bytes_per_px,
+            } => activation_bytes_per_px,
+        }
+    }
+}
+
+impl From<Arch> for Net {
+    fn from(a: Arch) -> Net {
+        Net::Arch(a)
+    }
+}
+
+impl std::fmt::Display for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl PartialEq<Arch> for Net {
+    fn eq(&self, other: &Arch) -> bool {
+        *self == Net::Arch(*other)
+    }
+}
+
+impl serde::Serialize for Net {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Net {
+    /// Only architectures: a model file never holds an ONNX graph.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Net, D::Error> {
+        Ok(Net::Arch(Arch::deserialize(d)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@
 //! [`FORMAT`] changes only when an existing file would be read differently;
 //! readers refuse any other number with a message that says so.
 
-use super::arch::Arch;
+use super::arch::{Arch, Net};
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -54,8 +54,8 @@ const MAX_HEADER: u64 = 100_000_000;
 pub struct ModelMeta {
     /// Layout version, [`FORMAT`].
     pub format: u32,
-    /// The architecture.
-    pub arch: Arch,
+    /// The architecture (or, for a model loaded from ONNX, the graph).
+    pub arch: Net,
     /// Number of input bands.
     pub bands: usize,
     /// Names of the input bands (e.g. `["nir", "red", "green"]`); may be empty.
@@ -78,7 +78,7 @@ impl ModelMeta {
     pub fn new(arch: Arch, bands: usize, classes: ClassTable) -> Self {
         ModelMeta {
             format: FORMAT,
-            arch,
+            arch: Net::Arch(arch),
             bands,
             band_names: Vec::new(),
             mean: vec![0.0; bands],

@@ -19,6 +19,7 @@
 pub mod arch;
 pub mod bench;
 pub mod conv;
+pub mod facts;
 mod fcn;
 pub mod file;
 mod init;
@@ -32,7 +33,7 @@ mod resnet;
 mod tiny;
 
 pub use crate::classes::ClassTable;
-pub use arch::{Arch, NetSpec, Network};
+pub use arch::{Arch, Net, NetSpec, Network};
 pub use fcn::resize_bilinear;
 pub use file::{read_meta, ModelMeta, FORMAT, META_KEY};
 pub use ops::{exp_neg, softmax_channels};
@@ -54,7 +55,7 @@ pub struct Model {
     varmap: VarMap,
     /// (arch, bands, classes) the network was built for; `meta` is public
     /// and could be edited, so `save` checks it still agrees.
-    built_for: (Arch, usize, usize),
+    built_for: (Net, usize, usize),
     /// Seed of the next dropout mask (FCN heads in train mode).
     dropout_seed: Arc<AtomicU64>,
 }
@@ -92,7 +93,12 @@ impl Model {
             classes: meta.num_classes(),
             dropout_seed: Arc::new(AtomicU64::new(0)),
         };
-        let net = meta.arch.build(&spec, vb)?;
+        let Some(arch) = meta.arch.arch() else {
+            return Err(Error::Config(
+                "an ONNX graph is loaded from its file, not built".into(),
+            ));
+        };
+        let net = arch.build(&spec, vb)?;
         Ok(Model {
             built_for: (meta.arch, meta.bands, meta.num_classes()),
             meta,
@@ -694,7 +700,7 @@ mod tests {
         }
         // save refuses metadata edited out of agreement with the network.
         let mut m = Model::new_random(meta("linear", 3), 0, &Device::Cpu).unwrap();
-        m.meta.arch = Arch::Tiny;
+        m.meta.arch = Net::Arch(Arch::Tiny);
         let dir = tempfile::tempdir().unwrap();
         assert!(m.save(&dir.path().join("x.safetensors")).is_err());
     }

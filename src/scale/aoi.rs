@@ -4,7 +4,13 @@
 //! in the raster's pixel coordinates as `geo` geometries, so that the
 //! per-window questions — does this window touch the AOI, which of its
 //! pixels lie inside — need neither GDAL nor a CRS. Pixel `(x, y)` is inside
-//! when its centre `(x + 0.5, y + 0.5)` is (even-odd rule, holes honoured).
+//! when its centre `(x + 0.5, y + 0.5)` is.
+//!
+//! An AOI is the union of all its polygons: every polygon and multipolygon
+//! part of every feature of every layer, overlapping or not (non-zero
+//! winding over rings oriented exteriors one way and holes the other). A
+//! hole is outside its own polygon, but inside the AOI where another
+//! polygon covers it. Points and lines are ignored.
 
 use crate::error::{Error, Result};
 use crate::infer::window::Rect;
@@ -15,6 +21,54 @@ use gdal::GdalOpenFlags;
 use geo::orient::{Direction, Orient};
 use geo::{BoundingRect, Coord, Intersects, MapCoords, MultiPolygon, Polygon};
 use std::path::Path;
+
+/// A CRS as a user knows it: `EPSG:4326 (WGS 84)`, or its name, or its
+/// PROJ string.
+fn crs_name(s: &SpatialRef) -> String {
+    let name = s.name().filter(|n| !n.is_empty() && n != "unknown");
+    match (s.authority().ok(), name) {
+        (Some(a), Some(n)) => format!("{a} ({n})"),
+        (Some(a), None) => a,
+        (None, Some(n)) => format!("\"{n}\""),
+        (None, None) => s
+            .to_proj4()
+            .ok()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "an unnamed CRS".into()),
+    }
+}
+
+/// The AOI's geometry could not be transformed to the scene's CRS: one line
+/// naming the file, both CRSs and GDAL's (or PROJ's) reasons, instead of
+/// the crate's "OGR_G_TransformTo returned error: '6'".
+fn transform_error(
+    path: &Path,
+    which: &str,
+    from: &SpatialRef,
+    to: &SpatialRef,
+    scene: &Path,
+    e: gdal::errors::GdalError,
+    messages: Vec<String>,
+) -> Error {
+    let reason = if messages.is_empty() {
+        match e {
+            gdal::errors::GdalError::OgrError { .. } => String::new(),
+            other => format!(": {}", crate::error::gdal_reason(&other)),
+        }
+    } else {
+        format!(": {}", messages.join("; "))
+    };
+    Error::file(
+        path,
+        format!(
+            "its geometry{which} cannot be transformed from {} to the CRS of the scene {}, {}{reason}",
+            crs_name(from),
+            scene.display(),
+            crs_name(to),
+        ),
+    )
+}
 
 /// An area of interest in raster pixel coordinates.
 #[derive(Debug, Clone)]
@@ -75,16 +129,29 @@ impl Aoi {
         };
         let mut polys: Vec<Polygon<f64>> = Vec::new();
         let mut others = 0usize;
+        let layers = ds.layer_count();
         for mut layer in ds.layers() {
             let layer_srs = layer.spatial_ref().map(srs_gis_order);
+            let layer_name = layer.name();
             for feature in layer.features() {
                 let Some(g) = feature.geometry() else {
                     continue;
                 };
                 let g = match (&layer_srs, &target) {
-                    (Some(_), Some(t)) => g.transform_to(t).map_err(|e| {
-                        Error::gdal_file(path, "cannot reproject to the scene's CRS", e)
-                    })?,
+                    (Some(from), Some(to)) => {
+                        let (r, messages) = crate::raster::collect_messages(|| g.transform_to(to));
+                        r.map_err(|e| {
+                            let which = match (feature.fid(), layers > 1) {
+                                (Some(fid), true) => {
+                                    format!(" (feature {fid} of layer {layer_name})")
+                                }
+                                (Some(fid), false) => format!(" (feature {fid})"),
+                                (None, true) => format!(" (in layer {layer_name})"),
+                                (None, false) => String::new(),
+                            };
+                            transform_error(path, &which, from, to, &scene.path, e, messages)
+                        })?
+                    }
                     _ => g.clone(),
                 };
                 match g.to_geo().map_err(Error::on(path))? {

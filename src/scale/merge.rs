@@ -125,16 +125,31 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
             ));
         }
     }
-    let srs = open_raster(&first.path)?
-        .spatial_ref()
-        .ok()
-        .and_then(|s| s.to_wkt().ok());
+    let first_ds = open_raster(&first.path)?;
+    let srs = first_ds.spatial_ref().ok().and_then(|s| s.to_wkt().ok());
+    // a GCP-georeferenced scene: the first part's points, back in scene lines
+    let y0 = first.meta.rows.0 as f64;
+    let gcps: Vec<gdal::Gcp> = first_ds
+        .gcps()
+        .iter()
+        .map(|g| gdal::Gcp {
+            line: g.line() + y0,
+            ..gdal::Gcp::from(g)
+        })
+        .collect();
+    let gcp_srs_wkt = first_ds
+        .gcp_spatial_ref()
+        .and_then(|s| s.to_wkt().ok())
+        .filter(|s| !s.is_empty());
+    drop(first_ds);
     let confidence = parts.iter().all(|p| confidence_path(&p.path).exists());
     let mut writer = MapWriter::create(MapSpec {
         path: out.to_path_buf(),
         size,
         geo_transform: gt,
         srs_wkt: srs,
+        gcps,
+        gcp_srs_wkt,
         classes,
         creation_options: Vec::new(),
         overwrite,
@@ -154,7 +169,7 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
     })?;
     for p in &parts {
         let ds = open_raster(&p.path)?;
-        let band = ds.rasterband(1).map_err(|e| Error::file(&p.path, e))?;
+        let band = ds.rasterband(1).map_err(Error::on(&p.path))?;
         let cds = if confidence {
             Some(open_raster(&confidence_path(&p.path))?)
         } else {
@@ -168,13 +183,20 @@ pub fn merge(dir: &Path, out: &Path, overwrite: bool) -> Result<MapFiles> {
             let read = |b: &gdal::raster::RasterBand, path: &Path| {
                 b.read_as::<u8>((0, local), (size.width, h), (size.width, h), None)
                     .map(|buf| buf.data().to_vec())
-                    .map_err(|e| Error::file(path, e))
+                    .map_err(|e| {
+                        Error::gdal_file(
+                            path,
+                            format!("cannot read rows {}..{} of the part", y - y0, y - y0 + h),
+                            e,
+                        )
+                    })
             };
             let classes = read(&band, &p.path)?;
             let confidence = match &cds {
                 Some(c) => Some(read(
-                    &c.rasterband(1).map_err(|e| Error::file(&p.path, e))?,
-                    &p.path,
+                    &c.rasterband(1)
+                        .map_err(Error::on(confidence_path(&p.path)))?,
+                    &confidence_path(&p.path),
                 )?),
                 None => None,
             };

@@ -392,16 +392,37 @@ impl InferJob {
         )
     }
 
-    /// Writes both scripts, submits the array and then the merge after it.
+    /// The files the jobs read: no script may replace one of them.
+    fn inputs(&self) -> crate::output::Inputs {
+        crate::output::Inputs::of([&self.scene, &self.model, &self.rstile])
+    }
+
+    /// Writes both scripts (under the output rule: an existing script only
+    /// with `--overwrite`, never an input or what is not a regular file),
+    /// submits the array and then the merge after it. When nothing stays
+    /// submitted, the scripts written are removed again.
     pub fn submit(&self) -> Result<Submitted> {
         let l = self.layout()?;
         let (array, merge) = (self.array_script()?, self.merge_script()?);
         for d in [&l.slurm_dir, &l.parts_dir] {
-            std::fs::create_dir_all(d).map_err(|e| Error::file(d, e))?;
+            create_dir(d)?;
         }
+        let inputs = self.inputs();
+        for p in [&l.array_script, &l.merge_script] {
+            crate::output::check(p, self.overwrite, &inputs)?;
+        }
+        let scripts = [l.array_script.clone(), l.merge_script.clone()];
+        let remove = || {
+            for p in &scripts {
+                let _ = std::fs::remove_file(p);
+            }
+        };
         write_script(&l.array_script, &array)?;
-        write_script(&l.merge_script, &merge)?;
-        let array_id = sbatch(&l.array_script, None)?;
+        if let Err(e) = write_script(&l.merge_script, &merge) {
+            remove();
+            return Err(e);
+        }
+        let array_id = sbatch(&l.array_script, None).inspect_err(|_| remove())?;
         let merge_id = match sbatch(&l.merge_script, Some(&array_id)) {
             Ok(id) => id,
             Err(e) => {
@@ -411,6 +432,7 @@ impl InferJob {
                     .status()
                     .is_ok_and(|s| s.success());
                 let what = if cancelled {
+                    remove();
                     "cancelled"
                 } else {
                     "could not cancel; run scancel"
@@ -453,6 +475,8 @@ pub struct TrainJob {
     pub sbatch: SbatchOptions,
     /// Further `rstile train` flags.
     pub extra: Vec<String>,
+    /// Replace an existing script.
+    pub overwrite: bool,
 }
 
 impl TrainJob {
@@ -510,26 +534,50 @@ impl TrainJob {
         )
     }
 
-    /// Writes the script and submits it; returns the job id.
+    /// Writes the script (under the output rule, as [`InferJob::submit`])
+    /// and submits it; returns the job id. A script that was not submitted
+    /// is removed again.
     pub fn submit(&self) -> Result<(String, PathBuf)> {
         let script = self.script()?;
         let dir = self.slurm_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+        create_dir(&dir)?;
         let path = dir.join("train.sbatch");
+        let inputs = crate::output::Inputs::of([&self.config, &self.rstile]);
+        crate::output::check(&path, self.overwrite, &inputs)?;
         write_script(&path, &script)?;
-        Ok((sbatch(&path, None)?, path))
+        let id = sbatch(&path, None).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })?;
+        Ok((id, path))
     }
 }
 
+fn create_dir(d: &Path) -> Result<()> {
+    std::fs::create_dir_all(d).map_err(|e| Error::file(d, format!("cannot create the folder: {e}")))
+}
+
+/// Writes an executable script atomically: a hidden temporary file beside
+/// it, synced, then renamed over `path`, so that a failed write never
+/// leaves half a script and an old script is replaced, not rewritten in
+/// place (a hard link to it keeps the old text).
 fn write_script(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|e| Error::file(path, e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| Error::file(path, e))?;
-    }
-    Ok(())
+    use std::io::Write;
+    let tmp = crate::raster::sibling(path, ".", ".tmp");
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(path, format!("cannot write the script: {e}"))
+    })
 }
 
 /// Submits `script` with `sbatch --parsable`, after the job `after` succeeded
@@ -769,6 +817,7 @@ mod tests {
                 ..Default::default()
             },
             extra: vec![],
+            overwrite: false,
         };
         let s = t.script().unwrap();
         assert_eq!(

@@ -211,7 +211,7 @@ fn create<T: GdalType>(
     predictor: u8,
     srs: &SpatialRef,
 ) -> Result<Dataset> {
-    let fail = |e: gdal::errors::GdalError| Error::file(path, e);
+    let fail = |e: gdal::errors::GdalError| Error::gdal_file(path, "", e);
     // A stale side-car from an earlier run would override what we write.
     let _ = std::fs::remove_file(crate::infer::write::aux_path(path));
     let block = cfg.block.to_string();
@@ -285,7 +285,7 @@ fn category_names(band: &gdal::raster::RasterBand) -> Vec<String> {
 /// Labels gt.tif's band: colour table and category names of the ISPRS classes.
 fn label_gt(ds: &Dataset, path: &Path) -> Result<()> {
     let table = ClassTable::isprs();
-    let mut band = ds.rasterband(1).map_err(|e| Error::file(path, e))?;
+    let mut band = ds.rasterband(1).map_err(Error::on(path))?;
     let mut ct = ColorTable::default();
     let max_id = table.classes.iter().map(|c| c.id).max().unwrap_or(0) as usize;
     let mut names = vec![String::new(); max_id + 1];
@@ -308,8 +308,7 @@ fn label_gt(ds: &Dataset, path: &Path) -> Result<()> {
         }
     }
     set_category_names(&band, &names).map_err(|e| Error::file(path, e))?;
-    band.set_description("class")
-        .map_err(|e| Error::file(path, e))?;
+    band.set_description("class").map_err(Error::on(path))?;
     Ok(())
 }
 
@@ -346,7 +345,7 @@ fn write_block<T: GdalType + Copy + Default>(
     (w, h, b): (usize, usize, usize),
     path: &Path,
 ) -> Result<()> {
-    let fail = |e: gdal::errors::GdalError| Error::file(path, e);
+    let fail = |e: gdal::errors::GdalError| Error::gdal_file(path, "", e);
     let mut buf = Buffer::new((b, b), pad(data, w, h, b));
     ds.rasterband(band)
         .map_err(fail)?

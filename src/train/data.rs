@@ -26,7 +26,7 @@ use crate::classes::ClassTable;
 use crate::error::{Error, Result};
 use crate::infer::read::{GdalReader, Normalize, WindowSource};
 use crate::infer::window::{Size, Window, WindowGrid};
-use crate::raster::{open_raster, SceneInfo};
+use crate::raster::{open_raster, open_scene, SceneInfo};
 use crate::train::augment::{augment, derive_seed, AugmentConfig, Sample, SplitMix64, IGNORE};
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -149,6 +149,43 @@ fn check_bands(count: usize, path: &std::path::Path, bands: &[usize]) -> Result<
     Ok(())
 }
 
+/// The class channel of label value `v`: [`IGNORE`] for the label
+/// raster's nodata, values that are not whole numbers in 0..=254, and
+/// values that are no class id (`lut`).
+fn label_class(v: f64, nodata: Option<f64>, lut: &[u8]) -> u8 {
+    if Some(v) == nodata || !(0.0..=254.0).contains(&v) || v.fract() != 0.0 {
+        IGNORE
+    } else {
+        lut[v as usize]
+    }
+}
+
+/// Whether band 1 of the label raster `path` holds at least one pixel
+/// that is a class of `lut` (read in strips; stops at the first one).
+fn has_labelled_pixel(path: &std::path::Path, lut: &[u8]) -> Result<bool> {
+    let ds = open_raster(path)?;
+    let (w, h) = ds.raster_size();
+    let band = ds.rasterband(1).map_err(Error::on(path))?;
+    let nodata = band.no_data_value();
+    let rows = (1 << 20) / w.max(1) + 1;
+    let mut y = 0;
+    while y < h {
+        let n = rows.min(h - y);
+        let buf = band
+            .read_as::<f64>((0, y as isize), (w, n), (w, n), None)
+            .map_err(|e| Error::gdal_file(path, format!("cannot read labels at row {y}"), e))?;
+        if buf
+            .data()
+            .iter()
+            .any(|&v| label_class(v, nodata, lut) != IGNORE)
+        {
+            return Ok(true);
+        }
+        y += n;
+    }
+    Ok(false)
+}
+
 fn grid_starts(n: usize, size: usize) -> Vec<(i64, usize)> {
     if n <= size {
         return vec![(0, 0)];
@@ -193,7 +230,10 @@ impl SceneSource {
             let img = SceneInfo::probe(&p.image)?;
             let (w, h) = (img.size.width, img.size.height);
             check_bands(img.band_count, &p.image, bands)?;
-            let lab = SceneInfo::probe(&p.label)?;
+            img.check_palette(bands.len())?;
+            // labels as they are: a paletted label raster's indices are
+            // its class ids
+            let lab = SceneInfo::of(&open_raster(&p.label)?, &p.label)?;
             // a DSM or an image given as labels would train on garbage
             use gdal::raster::GdalDataType::{Float32, Float64, Unknown};
             if matches!(lab.band_types.first(), Some(Float32 | Float64 | Unknown)) {
@@ -229,6 +269,20 @@ impl SceneSource {
         let mut lut = vec![IGNORE; 256];
         for (k, c) in classes.classes.iter().enumerate() {
             lut[c.id as usize] = k as u8;
+        }
+        // a label raster with no class id at all would train (or score)
+        // nothing, with a loss of 0
+        for s in &scenes {
+            if !has_labelled_pixel(&s.pair.label, &lut)? {
+                let ids: Vec<String> = classes.classes.iter().map(|c| c.id.to_string()).collect();
+                return Err(Error::file(
+                    &s.pair.label,
+                    format!(
+                        "no pixel of the label raster is a class id of the class table ({}); every pixel is nodata or another value, so there is nothing to learn from",
+                        ids.join(", ")
+                    ),
+                ));
+            }
         }
         let mut grid = Vec::new();
         if let Sampling::Grid { size } = sampling {
@@ -271,7 +325,8 @@ impl SceneSource {
         let mut sq = vec![0f64; bands.len()];
         let mut n = vec![0f64; bands.len()];
         for p in pairs {
-            let ds = open_raster(&p.image)?;
+            let scene = open_scene(&p.image)?;
+            let ds = &scene.ds;
             check_bands(ds.raster_count(), &p.image, bands)?;
             let (w, h) = ds.raster_size();
             let f = (w.max(h) as f64 / max_side as f64).max(1.0);
@@ -307,6 +362,11 @@ impl SceneSource {
             std.push((var.max(0.0).sqrt() as f32).max(1e-3));
         }
         Ok(Normalize { mean, std })
+    }
+
+    /// The image raster and size of each scene.
+    pub fn scene_sizes(&self) -> impl Iterator<Item = (&ScenePair, Size)> + '_ {
+        self.scenes.iter().map(|s| (&s.pair, s.size))
     }
 
     /// Number of scenes.
@@ -388,12 +448,7 @@ impl SceneDataset<'_> {
             for r in 0..ch {
                 for c in 0..cw {
                     let v = vals[r * cw + c];
-                    let k = if Some(v) == nodata || !(0.0..=254.0).contains(&v) || v.fract() != 0.0
-                    {
-                        IGNORE
-                    } else {
-                        self.src.lut[v as usize]
-                    };
+                    let k = label_class(v, nodata, &self.src.lut);
                     let (ox, oy) = ((x0 - x) as usize + c, (y0 - y) as usize + r);
                     label[oy * size + ox] = k;
                 }

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::infer::batch::{describe_bad, model_non_finite};
 use crate::infer::read::Normalize;
 use crate::metrics::Confusion;
-use crate::model::{Model, ModelMeta, FORMAT};
+use crate::model::{Model, ModelMeta, Net, FORMAT};
 use crate::train::augment::{derive_seed, SplitMix64};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,52 @@ pub struct EpochMetrics {
     pub data_wait_s: f64,
     /// Seconds for the whole epoch, validation included.
     pub seconds: f64,
+    /// Share of the training windows' label pixels that the loss ignored
+    /// (nodata, not a class id, outside the scene), after augmentation.
+    #[serde(default)]
+    pub train_ignored: Option<f64>,
+    /// Training windows left out because none of their pixels is labelled.
+    #[serde(default)]
+    pub train_unlabelled_windows: usize,
+    /// Share of the validation label pixels that were not scored.
+    #[serde(default)]
+    pub val_ignored: Option<f64>,
+}
+
+/// Labelled and ignored pixels of the windows of an epoch.
+#[derive(Debug, Clone, Copy, Default)]
+struct LabelCount {
+    pixels: u64,
+    ignored: u64,
+    windows: usize,
+    /// Windows without a labelled pixel.
+    unlabelled: usize,
+}
+
+impl LabelCount {
+    /// Counts the `n` windows of `labels` (class channels; `>= k` is
+    /// ignored) and returns the positions of those with a labelled pixel.
+    fn add(&mut self, labels: &[u8], n: usize, k: usize) -> Vec<usize> {
+        let per = labels.len() / n.max(1);
+        let mut keep = Vec::with_capacity(n);
+        for (i, w) in labels.chunks(per.max(1)).enumerate() {
+            let ignored = w.iter().filter(|&&l| l as usize >= k).count();
+            self.pixels += w.len() as u64;
+            self.ignored += ignored as u64;
+            self.windows += 1;
+            if ignored == w.len() {
+                self.unlabelled += 1;
+            } else {
+                keep.push(i);
+            }
+        }
+        keep
+    }
+
+    /// The ignored share, `None` without pixels.
+    fn share(&self) -> Option<f64> {
+        (self.pixels > 0).then(|| self.ignored as f64 / self.pixels as f64)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +166,69 @@ pub const LAST_OPTIM: &str = "last.optim.safetensors";
 pub const BEST: &str = "best.safetensors";
 pub const STATE: &str = "state.json";
 pub const CONFIG: &str = "config.toml";
+
+/// Every file a run writes into its directory.
+pub const RUN_FILES: [&str; 10] = [
+    CONFIG,
+    STATE,
+    LAST,
+    LAST_OPTIM,
+    BEST,
+    "metrics.jsonl",
+    "metrics.csv",
+    "loss.png",
+    "val_f1.png",
+    "confusion.png",
+];
+
+/// The output rule (src/output.rs) for a new run's directory: none of the
+/// files the run writes may exist already (a new run never mixes with
+/// another run's files, or with the user's), be one of the run's inputs
+/// (the config, the class table, scenes, labels, patches, pretrained
+/// weights), or be something other than a regular file. Checked before
+/// the directory is created or anything is written.
+fn check_new_run_dir(run_dir: &Path, cfg: &TrainConfig, opts: &RunOptions) -> Result<()> {
+    if !run_dir.exists() {
+        return Ok(());
+    }
+    if !run_dir.is_dir() {
+        return Err(Error::file(
+            run_dir,
+            "the out_dir exists and is not a folder; choose another out_dir",
+        ));
+    }
+    let mut inputs = crate::output::Inputs::new();
+    for p in cfg.path.iter().chain([&cfg.model.classes]) {
+        inputs.add(p);
+    }
+    for s in &cfg.data.scene {
+        inputs.add(&s.image);
+        inputs.add(&s.label);
+    }
+    for p in cfg
+        .data
+        .train_patches
+        .iter()
+        .chain(&cfg.data.val_patches)
+        .chain(&opts.pretrained)
+    {
+        inputs.add(p);
+    }
+    for name in RUN_FILES {
+        let path = run_dir.join(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        // an input, a folder or a FIFO: the rule's own words
+        crate::output::check(&path, true, &inputs)?;
+        return Err(Error::file(
+            &path,
+            "already exists, from another run or not rstile's; a new run starts in an out_dir \
+             without its files: choose another out_dir, or remove the file",
+        ));
+    }
+    Ok(())
+}
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -264,7 +373,7 @@ pub fn train(
         };
         let meta = ModelMeta {
             format: FORMAT,
-            arch: cfg.model.arch.parse()?,
+            arch: Net::Arch(cfg.model.arch.parse()?),
             bands: nb,
             band_names: cfg.model.band_names.clone(),
             mean: norm.mean,
@@ -314,16 +423,32 @@ pub fn train(
     let (train_src, val_src): (Src, Src) = match patches {
         Some((t, v)) => (Box::new(t), Box::new(v)),
         None => (
-            Box::new(SceneSource::new(
-                &train_pairs,
-                &cfg.model.bands,
-                norm.clone(),
-                &classes,
-                Sampling::Random {
-                    samples: cfg.data.samples_per_epoch,
-                    size: cfg.augment.source_size(t.crop),
-                },
-            )?),
+            Box::new({
+                let src = SceneSource::new(
+                    &train_pairs,
+                    &cfg.model.bands,
+                    norm.clone(),
+                    &classes,
+                    Sampling::Random {
+                        samples: cfg.data.samples_per_epoch,
+                        size: cfg.augment.source_size(t.crop),
+                    },
+                )?;
+                // a crop larger than a scene is mostly padding: refuse it
+                for (pair, size) in src.scene_sizes() {
+                    if t.crop > size.width || t.crop > size.height {
+                        return Err(cfg.error(format!(
+                            "train.crop {} px is larger than the training scene {} ({}x{} px); choose a crop of at most {} px",
+                            t.crop,
+                            pair.image.display(),
+                            size.width,
+                            size.height,
+                            size.width.min(size.height) / 2 * 2
+                        )));
+                    }
+                }
+                src
+            }),
             Box::new(SceneSource::new(
                 &val_pairs,
                 &cfg.model.bands,
@@ -339,6 +464,7 @@ pub fn train(
     if opts.resume.is_some() {
         opt.load(&run_dir.join(LAST_OPTIM), &state.optim_steps)?;
     } else {
+        check_new_run_dir(&run_dir, cfg, opts)?;
         // everything checked: the run directory, with the config it ran
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| Error::file(&run_dir, format!("cannot create the run directory: {e}")))?;
@@ -379,7 +505,27 @@ pub fn train(
         let mut lr = t.lr;
         let mut step = state.step;
         let mut in_epoch = 0;
+        let mut label_px = LabelCount::default();
         let io = run_epoch(&*train_src, &plan, &opts.device, &mut |b| {
+            // windows without a single labelled pixel teach nothing: they
+            // are counted and left out of the batch (a batch of only such
+            // windows makes no step)
+            let keep = label_px.add(&b.labels, b.len, k);
+            if keep.is_empty() {
+                return Ok(true);
+            }
+            let (images, labels) = if keep.len() == b.len {
+                (b.images, b.labels)
+            } else {
+                let per = b.labels.len() / b.len;
+                let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+                let idx = candle_core::Tensor::new(idx.as_slice(), b.images.device())?;
+                let labels = keep
+                    .iter()
+                    .flat_map(|&i| b.labels[i * per..(i + 1) * per].iter().copied())
+                    .collect();
+                (b.images.index_select(&idx, 0)?, labels)
+            };
             lr = lr_at(
                 t.schedule,
                 t.lr,
@@ -397,8 +543,8 @@ pub fn train(
             // dropout masks follow the run's seed and the step, so a resumed
             // run draws the same ones
             model.set_dropout_seed(derive_seed(seed, &[step, 0xd5]));
-            let logits = model.forward_t(&b.images, true)?;
-            let loss = cross_entropy(&logits, &b.labels, weights.as_deref())?;
+            let logits = model.forward_t(&images, true)?;
+            let loss = cross_entropy(&logits, &labels, weights.as_deref())?;
             let grads = loss.backward()?;
             opt.step(&grads, &[Some(lr), enc])?;
             let l = loss.to_scalar::<f32>()? as f64;
@@ -417,6 +563,26 @@ pub fn train(
             Ok(true)
         })?;
         let train_secs = t0.elapsed().as_secs_f64();
+        if loss_n == 0 && io.samples > 0 {
+            let labels: Vec<String> = train_pairs
+                .iter()
+                .map(|p| p.label.display().to_string())
+                .collect();
+            let what = if labels.is_empty() {
+                "the training patches".to_string()
+            } else {
+                labels.join(", ")
+            };
+            return Err(Error::Config(format!(
+                "{what}: none of the {} training windows of epoch {} holds a labelled pixel (all are nodata or not a class id where the windows fell); label more of the scene{}",
+                label_px.windows,
+                epoch + 1,
+                match &cfg.path {
+                    Some(p) => format!(" or check the class ids of {}", p.display()),
+                    None => String::new(),
+                }
+            )));
+        }
         // the last step's update is seen by no loss: check the weights
         // themselves, so that a non-finite model is never validated or saved
         let bad = model_non_finite(&model)?;
@@ -433,6 +599,7 @@ pub fn train(
         let mut conf = Confusion::new(k);
         let mut vloss = 0f64;
         let mut vn = 0usize;
+        let mut val_px = LabelCount::default();
         let vplan = EpochPlan {
             order: (0..val_src.len()).collect(),
             batch: t.batch,
@@ -444,6 +611,7 @@ pub fn train(
         };
         run_epoch(&*val_src, &vplan, &opts.device, &mut |b| {
             let logits = model.forward_t(&b.images, false)?;
+            val_px.add(&b.labels, b.len, k);
             let valid = b.labels.iter().filter(|&&l| (l as usize) < k).count();
             if valid > 0 {
                 let l = cross_entropy(&logits, &b.labels, None)?.to_scalar::<f32>()? as f64;
@@ -486,6 +654,9 @@ pub fn train(
             samples_per_s: io.samples as f64 / train_secs.max(1e-9),
             data_wait_s: io.wait.as_secs_f64(),
             seconds: t0.elapsed().as_secs_f64(),
+            train_ignored: label_px.share(),
+            train_unlabelled_windows: label_px.unlabelled,
+            val_ignored: val_px.share(),
         };
         state.step = step;
         state.epochs_done = epoch + 1;
@@ -567,7 +738,10 @@ fn write_metrics(dir: &Path, history: &[EpochMetrics], classes: &ClassTable) -> 
     for n in &names {
         csv.push_str(&format!(",iou_{n}"));
     }
-    csv.push_str(",samples_per_s,data_wait_s,seconds\n");
+    // the timings stay last (everything before them is deterministic)
+    csv.push_str(
+        ",train_ignored,train_unlabelled_windows,val_ignored,samples_per_s,data_wait_s,seconds\n",
+    );
     for m in history {
         csv.push_str(&format!(
             "{},{},{:.6e},{:.6},{},{},{},{}",
@@ -584,8 +758,13 @@ fn write_metrics(dir: &Path, history: &[EpochMetrics], classes: &ClassTable) -> 
             csv.push_str(&format!(",{}", opt_csv(*v)));
         }
         csv.push_str(&format!(
-            ",{:.3},{:.3},{:.3}\n",
-            m.samples_per_s, m.data_wait_s, m.seconds
+            ",{},{},{},{:.3},{:.3},{:.3}\n",
+            opt_csv(m.train_ignored),
+            m.train_unlabelled_windows,
+            opt_csv(m.val_ignored),
+            m.samples_per_s,
+            m.data_wait_s,
+            m.seconds
         ));
     }
     write_atomic(&dir.join("metrics.csv"), csv.as_bytes())

@@ -14,7 +14,7 @@
 use super::{FileStamp, Fingerprint, Normalize, WindowData, WindowSource};
 use crate::error::{Error, Result};
 use crate::infer::window::{reflect, Rect, Window, WindowGrid};
-use crate::raster::{open_raster, SceneInfo};
+use crate::raster::{open_scene, SceneDataset, SceneInfo};
 use gdal::errors::GdalError;
 use gdal::Dataset;
 use std::os::unix::ffi::OsStrExt;
@@ -30,7 +30,7 @@ enum MaskMode {
 
 /// A reader thread's own handle on a scene.
 pub struct GdalReader {
-    ds: Dataset,
+    scene: SceneDataset,
     path: PathBuf,
     bands: Vec<usize>,
     norm: Normalize,
@@ -53,7 +53,8 @@ impl GdalReader {
         grid: WindowGrid,
         aoi: Option<std::sync::Arc<crate::scale::aoi::Aoi>>,
     ) -> Result<GdalReader> {
-        let ds = open_raster(path)?;
+        let scene = open_scene(path)?;
+        let ds = &scene.ds;
         let mut per_dataset = false;
         let mut all_valid = true;
         for &b in bands {
@@ -76,7 +77,7 @@ impl GdalReader {
             MaskMode::PerBand
         };
         Ok(GdalReader {
-            ds,
+            scene,
             path: path.to_path_buf(),
             bands: bands.to_vec(),
             norm,
@@ -130,6 +131,9 @@ impl GdalReader {
         let nb = self.bands.len();
         let mut input = vec![0f32; nb * n * n];
         let mut valid = vec![0u8; n * n];
+        // pixels the masks call valid whose value is not finite (NaN, ±inf,
+        // an f64 beyond f32's range, or one that overflows normalised)
+        let mut bad = vec![0u8; n * n];
         for bi in 0..nb {
             let b = self.bands[bi];
             self.read_band(b, &src)?;
@@ -138,14 +142,17 @@ impl GdalReader {
             for (j, &sy) in ys.iter().enumerate() {
                 let row = sy * src.width;
                 for (i, &sx) in xs.iter().enumerate() {
-                    let v = self.band_buf[row + sx];
-                    let ok = self.any_mask[row + sx] != 0 && v.is_finite();
+                    let x = (self.band_buf[row + sx] - mean) / std;
+                    let finite = x.is_finite();
+                    let masked_in = self.any_mask[row + sx] != 0;
+                    let ok = masked_in && finite;
                     if bi == 0 {
                         valid[j * n + i] = ok as u8;
                     } else if !ok {
-                        valid[j * n + i] &= v.is_finite() as u8;
+                        valid[j * n + i] &= finite as u8;
                     }
-                    plane[j * n + i] = if ok { (v - mean) / std } else { 0.0 };
+                    bad[j * n + i] |= (masked_in && !finite) as u8;
+                    plane[j * n + i] = if ok { x } else { 0.0 };
                 }
             }
         }
@@ -161,10 +168,24 @@ impl GdalReader {
             }
         }
         if let Some(aoi) = &self.aoi {
-            for (v, m) in valid.iter_mut().zip(aoi.mask(w.x, w.y, n, n)) {
+            for ((v, b), m) in valid
+                .iter_mut()
+                .zip(bad.iter_mut())
+                .zip(aoi.mask(w.x, w.y, n, n))
+            {
                 *v &= m;
+                *b &= m;
             }
         }
+        let non_finite = if bad.contains(&1) {
+            let mut bits = vec![0u64; (n * n).div_ceil(64)];
+            for (k, _) in bad.iter().enumerate().filter(|(_, &b)| b != 0) {
+                bits[k / 64] |= 1 << (k % 64);
+            }
+            bits
+        } else {
+            Vec::new()
+        };
         let clip = self.grid.clip(w);
         let mut any_valid = false;
         'outer: for y in clip.y..clip.y + clip.height {
@@ -181,12 +202,13 @@ impl GdalReader {
             input,
             valid,
             any_valid,
+            non_finite,
         })
     }
 
     fn read_band(&mut self, b: usize, src: &Rect) -> Result<()> {
         self.band_buf.resize(src.area(), 0.0);
-        let band = self.ds.rasterband(b).map_err(Error::on(&self.path))?;
+        let band = self.scene.ds.rasterband(b).map_err(Error::on(&self.path))?;
         let r = band.read_into_slice::<f32>(
             (src.x as isize, src.y as isize),
             (src.width, src.height),
@@ -202,7 +224,7 @@ impl GdalReader {
 
     fn read_mask(&mut self, b: usize, src: &Rect) -> Result<()> {
         self.mask_buf.resize(src.area(), 0);
-        let band = self.ds.rasterband(b).map_err(Error::on(&self.path))?;
+        let band = self.scene.ds.rasterband(b).map_err(Error::on(&self.path))?;
         let mask = band
             .open_mask_band()
             .map_err(|e| Error::gdal_file(&self.path, format!("no mask for band {b}"), e))?;
@@ -222,7 +244,7 @@ impl GdalReader {
     /// After a failed read, finds the first block of `src` that fails, so
     /// the error names it.
     fn locate_bad_block(&self, b: usize, src: &Rect, mask: bool, first: GdalError) -> Error {
-        locate_bad_block(&self.ds, &self.path, b, src, mask, first)
+        locate_bad_block(&self.scene.ds, &self.path, b, src, mask, first)
     }
 }
 
@@ -282,7 +304,9 @@ fn locate_bad_block(
 
 impl WindowSource for GdalReader {
     fn probe(&self) -> Result<SceneInfo> {
-        SceneInfo::of(&self.ds, &self.path)
+        let mut info = SceneInfo::of(&self.scene.ds, &self.path)?;
+        info.palette = self.scene.palette;
+        Ok(info)
     }
 
     fn read_window(&mut self, w: &Window) -> Result<WindowData> {
@@ -290,7 +314,7 @@ impl WindowSource for GdalReader {
     }
 
     fn fingerprint(&mut self) -> Result<Fingerprint> {
-        fingerprint(&self.ds, &self.path)
+        fingerprint(&self.scene, &self.path)
     }
 }
 
@@ -302,11 +326,12 @@ const SAMPLE_PX: usize = 64;
 /// The files GDAL reads `ds` from (GDALGetFileList: for a VRT, the VRT and
 /// its sources) with their sizes and times, and an FNV-1a hash of 16
 /// regions of every band read as f64.
-pub fn fingerprint(ds: &Dataset, path: &Path) -> Result<Fingerprint> {
+pub fn fingerprint(scene: &SceneDataset, path: &Path) -> Result<Fingerprint> {
+    let ds = &scene.ds;
     let mut files = Vec::new();
     // SAFETY: the list is owned by us and freed with CSLDestroy
     unsafe {
-        let list = gdal_sys::GDALGetFileList(ds.c_dataset());
+        let list = gdal_sys::GDALGetFileList(scene.source().c_dataset());
         if !list.is_null() {
             let mut i = 0;
             loop {

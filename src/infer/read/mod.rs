@@ -35,6 +35,13 @@ pub struct WindowData {
     pub valid: Vec<u8>,
     /// Whether any pixel inside the raster is valid.
     pub any_valid: bool,
+    /// The pixels that the scene's masks call valid but whose value is not
+    /// a finite number once read as f32 and normalised (NaN, infinite, or
+    /// of a magnitude beyond f32, like an f64 1e300), as a bit set (bit
+    /// `j * size + i`, `size² / 64` words): they are invalid like nodata,
+    /// and counted so that the run can say so. Empty (no words) when there
+    /// are none, as for almost every window.
+    pub non_finite: Vec<u64>,
 }
 
 /// One thread's handle on a scene, reading windows for the model.
@@ -49,7 +56,9 @@ pub trait WindowSource: Send {
 
     /// Reads window `w`: its pixels outside the raster reflected from
     /// inside, normalised, invalid pixels (nodata, NaN, outside the area of
-    /// interest) set to 0 and marked in [`WindowData::valid`].
+    /// interest, values that are not finite) set to 0 and marked in
+    /// [`WindowData::valid`]; those not finite are listed in
+    /// [`WindowData::non_finite`].
     fn read_window(&mut self, w: &Window) -> Result<WindowData>;
 
     /// What identifies the scene's content, so that `--resume` never
