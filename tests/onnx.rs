@@ -33,7 +33,9 @@ fn fixtures() -> Vec<PathBuf> {
         };
         for e in rd.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "onnx") {
+            let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+            let input = p.with_file_name(format!("{stem}.input.npy"));
+            if p.extension().is_some_and(|x| x == "onnx") && input.exists() {
                 v.push(p);
             }
         }
@@ -385,4 +387,27 @@ fn an_input_that_does_not_fit_is_refused() {
     write(&p, &conv_model());
     let x = input_npy(dir.path(), &[1, 4, 8, 8]);
     refused(&p, &x, "the graph's input is [batch, 3, 8, 8]");
+}
+
+#[test]
+fn the_broken_fixtures_are_refused() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx");
+    let dir = tmp();
+    let x = input_npy(dir.path(), &[1, 3, 32, 32]);
+    for (name, needle) in [
+        (
+            "bad_missing_external_data",
+            "bad_missing_external_data.onnx.data",
+        ),
+        ("bad_two_inputs", "2 inputs ('a', 'b')"),
+        (
+            "bad_unsupported_op",
+            "op GridSample (node '/GridSample') is not supported",
+        ),
+    ] {
+        // a copy, so that the output lands in the temporary folder
+        let m = dir.path().join(format!("{name}.onnx"));
+        std::fs::copy(root.join(format!("{name}.onnx")), &m).unwrap();
+        refused(&m, &x, needle);
+    }
 }

@@ -445,3 +445,165 @@ pub(crate) fn dtype_of_onnx(code: i32) -> Option<DType> {
         _ => return None,
     })
 }
+
+/// Op semantics that are easy to get wrong, against onnxruntime 1.32's
+/// values for the same nodes (opset 18).
+#[cfg(test)]
+mod tests {
+    use super::pool::Pool;
+    use super::resize::{Coord, Nearest, Resize};
+    use super::*;
+
+    fn t(v: Vec<f32>, dims: &[usize]) -> Tensor {
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    fn vals(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+
+    fn resize(linear: bool, coord: Coord, nearest: Nearest) -> Resize {
+        Resize {
+            linear,
+            coord,
+            nearest,
+            axes: None,
+            scales_only: false,
+        }
+    }
+
+    #[test]
+    fn resize_coordinate_modes_and_nearest_modes() {
+        let x = t(vec![0., 1., 4., 9.], &[1, 1, 1, 4]);
+        let sizes = Tensor::from_vec(vec![1i64, 1, 1, 7], 4, &Device::Cpu).unwrap();
+        let run = |r: Resize| vals(&r.eval(&x, &[None, None, Some(&sizes)]).unwrap());
+        let half = [
+            0.0,
+            0.357_142_87,
+            0.928_571_46,
+            2.5,
+            4.357_142_4,
+            7.214_285,
+            9.0,
+        ];
+        for c in [
+            Coord::HalfPixel,
+            Coord::PytorchHalfPixel,
+            Coord::HalfPixelSymmetric,
+        ] {
+            close(&run(resize(true, c, Nearest::Floor)), &half);
+        }
+        close(
+            &run(resize(true, Coord::AlignCorners, Nearest::Floor)),
+            &[0.0, 0.5, 1.0, 2.5, 4.0, 6.5, 9.0],
+        );
+        close(
+            &run(resize(true, Coord::Asymmetric, Nearest::Floor)),
+            &[
+                0.0,
+                0.571_428_6,
+                1.428_571_6,
+                3.142_857,
+                5.428_571_7,
+                8.285_715,
+                9.0,
+            ],
+        );
+        for (m, want) in [
+            (Nearest::RoundPreferFloor, [0., 0., 1., 1., 4., 9., 9.]),
+            (Nearest::RoundPreferCeil, [0., 0., 1., 4., 4., 9., 9.]),
+            (Nearest::Floor, [0., 0., 0., 1., 4., 4., 9.]),
+            (Nearest::Ceil, [0., 1., 1., 4., 9., 9., 9.]),
+        ] {
+            close(&run(resize(false, Coord::HalfPixel, m)), &want);
+        }
+        // scales: out = floor(in · scale)
+        let scales = t(vec![1., 1., 1., 0.6], &[4]);
+        let y = resize(false, Coord::Asymmetric, Nearest::Floor)
+            .eval(&x, &[None, Some(&scales), None])
+            .unwrap();
+        close(&vals(&y), &[0., 1.]);
+    }
+
+    fn pool(max: bool, k: usize, pads: usize, count_include_pad: bool) -> Pool {
+        Pool {
+            max,
+            kernel: [k, k],
+            stride: [2, 2],
+            pads: [pads; 4],
+            ceil_mode: true,
+            count_include_pad,
+            same: None,
+        }
+    }
+
+    #[test]
+    fn pools_with_ceil_mode() {
+        let x = t((0..25).map(|v| v as f32).collect(), &[1, 1, 5, 5]);
+        let want_max = [6., 8., 9., 16., 18., 19., 21., 23., 24.];
+        for p in [pool(true, 2, 0, false), pool(true, 3, 1, false)] {
+            let y = p.eval(&x).unwrap();
+            assert_eq!(y.dims(), &[1, 1, 3, 3]);
+            close(&vals(&y), &want_max);
+        }
+        let y = pool(false, 3, 1, true).eval(&x).unwrap();
+        close(
+            &vals(&y),
+            &[
+                1.333_333_4,
+                3.0,
+                2.666_666_7,
+                7.0,
+                12.0,
+                9.0,
+                8.0,
+                13.0,
+                9.333_333,
+            ],
+        );
+        let y = pool(false, 3, 1, false).eval(&x).unwrap();
+        close(
+            &vals(&y),
+            &[3.0, 4.5, 6.0, 10.5, 12.0, 13.5, 18.0, 19.5, 21.0],
+        );
+    }
+
+    #[test]
+    fn conv_transpose_with_pads_and_output_padding() {
+        let x = t(vec![1., 2., 3., 4.], &[1, 1, 2, 2]);
+        let w = t((1..10).map(|v| v as f32).collect(), &[1, 1, 3, 3]);
+        let c = conv::ConvTranspose {
+            stride: 2,
+            dilation: 1,
+            pads: [1; 4],
+            output_padding: [1, 1],
+            group: 1,
+        };
+        let y = c.eval(&x, &w, None).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 4, 4]);
+        close(
+            &vals(&y),
+            &[
+                5., 14., 10., 12., 14., 36., 24., 30., 15., 34., 20., 24., 24., 55., 32., 36.,
+            ],
+        );
+    }
+
+    #[test]
+    fn slice_clamps_and_steps_like_onnx() {
+        let x = t((0..6).map(|v| v as f32).collect(), &[6]);
+        let s = |a, b, step| vals(&shape::slice(&x, &[a], &[b], None, Some(&[step])).unwrap());
+        close(&s(1, i64::MAX, 1), &[1., 2., 3., 4., 5.]);
+        close(&s(-2, 100, 1), &[4., 5.]);
+        close(&s(0, 6, 2), &[0., 2., 4.]);
+        close(&s(-1, i64::MIN, -1), &[5., 4., 3., 2., 1., 0.]);
+        close(&s(4, 1, -2), &[4., 2.]);
+    }
+}
