@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use rstile::classes::ClassTable;
 use rstile::model::arch::Arch;
 use rstile::model::ledger::Op;
+use rstile::model::onnx::OnnxModel;
 use rstile::model::{Model, ModelMeta};
 use rstile::output::Inputs;
 use std::path::PathBuf;
@@ -24,6 +25,32 @@ pub enum ModelCmd {
     /// Time the network alone: forward passes and training steps on random
     /// input.
     Bench(ModelBenchArgs),
+    /// One forward pass on an NCHW float32 .npy, written as float32 .npy:
+    /// the network's output as it computes it (logits for rstile's own
+    /// models; logits or probabilities, as the graph gives them, for ONNX).
+    /// For checking a model against PyTorch or onnxruntime.
+    Run(ModelRunArgs),
+}
+
+#[derive(Args)]
+pub struct ModelRunArgs {
+    /// The model: rstile's own (.safetensors) or an ONNX file (.onnx).
+    model: PathBuf,
+    /// The input batch, a float32 array (batch, bands, height, width).
+    #[arg(long)]
+    input: PathBuf,
+    /// The output .npy.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Compute device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+    /// Compute threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Replace an existing output file.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -106,6 +133,7 @@ pub fn run(cmd: ModelCmd) -> Result<()> {
         ModelCmd::New(a) => model_new(a),
         ModelCmd::Info { model } => model_info(model),
         ModelCmd::Bench(a) => model_bench(a),
+        ModelCmd::Run(a) => model_run(a),
     }
 }
 
@@ -227,6 +255,38 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
             b - cb - nb - pb
         );
     }
+    Ok(())
+}
+
+fn is_onnx(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+fn model_run(a: ModelRunArgs) -> Result<()> {
+    process::set_threads(a.threads);
+    let inputs = Inputs::of([&a.model, &a.input]);
+    rstile::output::check(&a.output, a.overwrite, &inputs)?;
+    let device = a.device.open()?;
+    let x = rstile::model::npy::read_f32(&a.input)?;
+    let y = if is_onnx(&a.model) {
+        let model = OnnxModel::load(&a.model, &device)?;
+        model.run(&x)?
+    } else {
+        let model = Model::load(&a.model, &device)?;
+        let x = x.to_device(&device)?;
+        model
+            .forward_t(&x, false)
+            .map_err(|e| rstile::Error::file(&a.input, e))?
+    };
+    rstile::model::npy::write_f32(&a.output, &y)?;
+    println!(
+        "rstile: wrote {} {:?} from {} {:?}",
+        a.output.display(),
+        y.dims(),
+        a.input.display(),
+        x.dims()
+    );
     Ok(())
 }
 

@@ -210,8 +210,11 @@ unsafe fn im2col_strided(s: &ConvShape, xb: &[f32], p0: usize, p1: usize, base: 
                         let (a, b) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
                         dst[..a - ox0].fill(0.0);
                         dst[b - ox0..].fill(0.0);
-                        let first = (a as isize * s.stride as isize + off_x) as usize;
-                        if s.stride == 1 {
+                        // a tap that misses the row entirely (a dilation
+                        // as large as the map) copies nothing
+                        let first = (a as isize * s.stride as isize + off_x).max(0) as usize;
+                        if b == a {
+                        } else if s.stride == 1 {
                             copy_row(&mut dst[a - ox0..b - ox0], &src[first..first + (b - a)]);
                         } else {
                             for (d, ix) in dst[a - ox0..b - ox0]

@@ -26,6 +26,8 @@ mod init;
 pub mod ledger;
 mod linear;
 pub mod norm;
+pub mod npy;
+pub mod onnx;
 pub mod ops;
 mod resnet;
 mod tiny;

@@ -1,0 +1,159 @@
+//! Running a resolved graph on one batch.
+//!
+//! Values live in a slot per value id and are dropped after their last
+//! use, so the peak memory is that of the widest cut through the graph,
+//! not the sum of all activations. The shape arithmetic (nodes marked
+//! `per_shape`) runs on the first batch of each input shape; its results
+//! are kept and reused by later batches of that shape.
+
+use super::graph::Graph;
+use super::ops::Op;
+use candle_core::Tensor;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The values of the per-shape nodes that the rest of the graph reads,
+/// by input shape.
+#[derive(Debug, Default)]
+pub(crate) struct ShapeCache(Mutex<HashMap<Vec<usize>, Arc<ShapeValues>>>);
+
+/// `(value id, value)` of the per-shape values for one input shape.
+type ShapeValues = Vec<(usize, Tensor)>;
+
+/// A failure in a node: its index in `graph.nodes` and candle's error.
+pub(crate) struct NodeError {
+    pub node: usize,
+    pub error: candle_core::Error,
+}
+
+/// What a run measured besides its outputs.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    /// Multiply-adds times two of the Conv and ConvTranspose nodes.
+    pub conv_flops: u64,
+}
+
+pub(crate) fn run(
+    g: &Graph,
+    x: Tensor,
+    cache: &ShapeCache,
+    mut counts: Option<&mut Counts>,
+) -> Result<Vec<Tensor>, NodeError> {
+    let key = x.dims().to_vec();
+    let cached = cache.0.lock().expect("shape cache").get(&key).cloned();
+    let mut vals: Vec<Option<Tensor>> = vec![None; g.names.len()];
+    vals[g.input] = Some(x);
+    if let Some(c) = &cached {
+        for (v, t) in c.iter() {
+            vals[*v] = Some(t.clone());
+        }
+    }
+    // per-shape values that non-per-shape nodes (or the outputs) read
+    let mut exported = vec![];
+    for (j, node) in g.nodes.iter().enumerate() {
+        if node.per_shape && cached.is_some() {
+            continue;
+        }
+        let ins: Vec<Option<&Tensor>> = node
+            .inputs
+            .iter()
+            .map(|i| i.and_then(|i| g.consts[i].as_ref().or(vals[i].as_ref())))
+            .collect();
+        if let Some(c) = counts.as_deref_mut() {
+            c.conv_flops += flops(&node.op, &ins);
+        }
+        let outs = node
+            .op
+            .eval(&ins, node.outputs.len())
+            .map_err(|error| NodeError { node: j, error })?;
+        if outs.len() != node.outputs.len() {
+            return Err(NodeError {
+                node: j,
+                error: candle_core::Error::Msg(format!(
+                    "{} outputs, the node has {}",
+                    outs.len(),
+                    node.outputs.len()
+                )),
+            });
+        }
+        for (&o, t) in node.outputs.iter().zip(outs) {
+            if node.per_shape && cached.is_none() {
+                exported.push((o, t.clone()));
+            }
+            vals[o] = Some(t);
+        }
+        for &v in &g.free_after[j] {
+            vals[v] = None;
+        }
+    }
+    if cached.is_none() {
+        let readers = readers_of_per_shape(g);
+        exported.retain(|(v, _)| readers.contains(v));
+        cache
+            .0
+            .lock()
+            .expect("shape cache")
+            .insert(key, Arc::new(exported));
+    }
+    g.outputs
+        .iter()
+        .map(|&o| {
+            g.consts[o]
+                .clone()
+                .or_else(|| vals[o].take())
+                .ok_or_else(|| NodeError {
+                    node: usize::MAX,
+                    error: candle_core::Error::Msg(format!(
+                        "output '{}' was not computed",
+                        g.names[o]
+                    )),
+                })
+        })
+        .collect()
+}
+
+/// The per-shape values read by other nodes or the outputs.
+fn readers_of_per_shape(g: &Graph) -> std::collections::HashSet<usize> {
+    let mut out = std::collections::HashSet::new();
+    let per: std::collections::HashSet<usize> = g
+        .nodes
+        .iter()
+        .filter(|n| n.per_shape)
+        .flat_map(|n| n.outputs.iter().copied())
+        .collect();
+    for n in g.nodes.iter().filter(|n| !n.per_shape) {
+        out.extend(n.inputs.iter().flatten().filter(|i| per.contains(i)));
+    }
+    out.extend(g.outputs.iter().filter(|o| per.contains(o)));
+    out
+}
+
+fn flops(op: &Op, ins: &[Option<&Tensor>]) -> u64 {
+    let (Some(x), Some(w)) = (
+        ins.first().copied().flatten(),
+        ins.get(1).copied().flatten(),
+    ) else {
+        return 0;
+    };
+    match op {
+        Op::Conv(c) => {
+            let (Ok((b, _, h, wd)), Ok((co, ci, kh, kw))) = (x.dims4(), w.dims4()) else {
+                return 0;
+            };
+            let oh = (h + c.pads[0] + c.pads[2]).saturating_sub(c.dilation * (kh - 1) + 1)
+                / c.stride
+                + 1;
+            let ow = (wd + c.pads[1] + c.pads[3]).saturating_sub(c.dilation * (kw - 1) + 1)
+                / c.stride
+                + 1;
+            2 * (b * co * oh * ow * ci * kh * kw) as u64
+        }
+        Op::ConvTranspose(_) => {
+            let (Ok((b, ci, h, wd)), Ok((_, co, kh, kw))) = (x.dims4(), w.dims4()) else {
+                return 0;
+            };
+            2 * (b * ci * h * wd * co * kh * kw) as u64
+        }
+        _ => 0,
+    }
+}

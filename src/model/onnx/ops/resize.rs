@@ -1,0 +1,278 @@
+//! Resize (opset 10 on) and Upsample: nearest and linear over the last two
+//! axes, separable, with every `coordinate_transformation_mode` that
+//! PyTorch emits and every `nearest_mode`.
+//!
+//! Each axis is a gather (nearest) or two gathers and a weighted sum
+//! (linear) along that axis, so the same code runs on every device. The
+//! source coordinate of output index `i`, with `scale = out / in` (or the
+//! given scale), computed in `f32` like onnxruntime:
+//!
+//! | mode | source coordinate |
+//! | --- | --- |
+//! | half_pixel | `(i + 0.5) / scale - 0.5` |
+//! | pytorch_half_pixel | the same, but `0` when `out == 1` |
+//! | half_pixel_symmetric | half_pixel shifted to keep the centre |
+//! | align_corners | `i * (in - 1) / (out - 1)` (`0` when `out == 1`) |
+//! | asymmetric | `i / scale` |
+//! | tf_half_pixel_for_nn | `(i + 0.5) / scale` |
+//!
+//! Linear clamps the coordinate to `[0, in - 1]` and blends the two
+//! neighbours; nearest rounds it (`round_prefer_floor`,
+//! `round_prefer_ceil`, `floor`, `ceil`) and clamps the index.
+
+use super::attrs::{Attrs, Refusal};
+use super::{floats, ints};
+use candle_core::{Device, Result, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Coord {
+    HalfPixel,
+    PytorchHalfPixel,
+    HalfPixelSymmetric,
+    AlignCorners,
+    Asymmetric,
+    TfHalfPixelForNn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nearest {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Resize {
+    /// Linear, else nearest.
+    pub linear: bool,
+    pub coord: Coord,
+    pub nearest: Nearest,
+    /// Opset 18's `axes`.
+    pub axes: Option<Vec<i64>>,
+    /// Upsample (opset < 10), or Resize-10: inputs are `X, scales`.
+    pub scales_only: bool,
+}
+
+impl Resize {
+    pub fn compile(a: &Attrs, op: &str, opset: i64) -> std::result::Result<Resize, Refusal> {
+        let mode = a.choice("mode", &["nearest", "linear", "bilinear"])?;
+        let linear = mode != "nearest";
+        if op == "Upsample" || opset < 11 {
+            if op == "Upsample" && opset < 9 {
+                return Err("Upsample before opset 9 (scales attribute) is not supported".into());
+            }
+            return Ok(Resize {
+                linear,
+                coord: Coord::Asymmetric,
+                nearest: Nearest::Floor,
+                axes: None,
+                scales_only: true,
+            });
+        }
+        let coord = match a
+            .choice(
+                "coordinate_transformation_mode",
+                &[
+                    "half_pixel",
+                    "pytorch_half_pixel",
+                    "half_pixel_symmetric",
+                    "align_corners",
+                    "asymmetric",
+                    "tf_half_pixel_for_nn",
+                ],
+            )?
+            .as_str()
+        {
+            "pytorch_half_pixel" => Coord::PytorchHalfPixel,
+            "half_pixel_symmetric" => Coord::HalfPixelSymmetric,
+            "align_corners" => Coord::AlignCorners,
+            "asymmetric" => Coord::Asymmetric,
+            "tf_half_pixel_for_nn" => Coord::TfHalfPixelForNn,
+            _ => Coord::HalfPixel,
+        };
+        let nearest = match a
+            .choice(
+                "nearest_mode",
+                &["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"],
+            )?
+            .as_str()
+        {
+            "round_prefer_ceil" => Nearest::RoundPreferCeil,
+            "floor" => Nearest::Floor,
+            "ceil" => Nearest::Ceil,
+            _ => Nearest::RoundPreferFloor,
+        };
+        a.ignore("cubic_coeff_a");
+        a.ignore("extrapolation_value");
+        a.require("exclude_outside", 0)?;
+        a.require("antialias", 0)?;
+        a.choice("keep_aspect_ratio_policy", &["stretch"])?;
+        Ok(Resize {
+            linear,
+            coord,
+            nearest,
+            axes: a.ints("axes")?,
+            scales_only: false,
+        })
+    }
+
+    /// `inputs`: X, then (roi, scales, sizes) or, for `scales_only`, scales.
+    pub fn eval(&self, x: &Tensor, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
+        let r = x.rank();
+        let (scales, sizes) = if self.scales_only {
+            (inputs.first().copied().flatten(), None)
+        } else {
+            (
+                inputs.get(1).copied().flatten(),
+                inputs.get(2).copied().flatten(),
+            )
+        };
+        let axes: Vec<usize> = match &self.axes {
+            Some(a) => a
+                .iter()
+                .map(|&v| super::shape::axis(v, r))
+                .collect::<Result<_>>()?,
+            None => (0..r).collect(),
+        };
+        // (out, scale) per axis of `axes`
+        let per_axis: Vec<(usize, f32)> = match (sizes, scales) {
+            (Some(s), _) if s.elem_count() > 0 => {
+                let s = ints(s)?;
+                axes.iter()
+                    .zip(&s)
+                    .map(|(&a, &o)| {
+                        let n = x.dim(a).unwrap_or(1);
+                        (o as usize, o as f32 / n as f32)
+                    })
+                    .collect()
+            }
+            (_, Some(s)) if s.elem_count() > 0 => {
+                let s = floats(s)?;
+                axes.iter()
+                    .zip(&s)
+                    .map(|(&a, &f)| {
+                        let n = x.dim(a).unwrap_or(1);
+                        ((n as f64 * f).floor() as usize, f as f32)
+                    })
+                    .collect()
+            }
+            _ => candle_core::bail!("Resize needs scales or sizes"),
+        };
+        if per_axis.len() != axes.len() {
+            candle_core::bail!("Resize: {} scales or sizes for rank {r}", per_axis.len());
+        }
+        let mut y = x.clone();
+        for (&a, &(out, scale)) in axes.iter().zip(&per_axis) {
+            let n = x.dim(a)?;
+            if out == n && (scale == 1.0 || sizes.is_some()) {
+                continue;
+            }
+            if a + 2 < r {
+                candle_core::bail!("Resize of axis {a} of rank {r} (only the last two)");
+            }
+            y = self.resize_axis(&y, a, n, out, scale)?;
+        }
+        Ok(y)
+    }
+
+    /// The source coordinate of output index `i`.
+    pub(crate) fn source(&self, i: usize, n: usize, out: usize, scale: f32) -> f32 {
+        let i = i as f32;
+        match self.coord {
+            Coord::HalfPixel => (i + 0.5) / scale - 0.5,
+            Coord::PytorchHalfPixel => {
+                if out > 1 {
+                    (i + 0.5) / scale - 0.5
+                } else {
+                    0.0
+                }
+            }
+            Coord::HalfPixelSymmetric => {
+                let adj = out as f32 / (scale * n as f32);
+                let center = n as f32 / 2.0;
+                let offset = center * (1.0 - adj);
+                offset + (i + 0.5) / scale - 0.5
+            }
+            Coord::AlignCorners => {
+                if out == 1 {
+                    0.0
+                } else {
+                    i * (n as f32 - 1.0) / (out as f32 - 1.0)
+                }
+            }
+            Coord::Asymmetric => i / scale,
+            Coord::TfHalfPixelForNn => (i + 0.5) / scale,
+        }
+    }
+
+    /// Nearest index of a source coordinate, clamped to the input.
+    pub(crate) fn nearest_index(&self, x: f32, n: usize) -> usize {
+        let v = match self.nearest {
+            Nearest::Floor => x.floor(),
+            Nearest::Ceil => x.ceil(),
+            Nearest::RoundPreferFloor => {
+                if x == x.floor() + 0.5 {
+                    x.floor()
+                } else {
+                    x.round()
+                }
+            }
+            Nearest::RoundPreferCeil => {
+                if x == x.floor() + 0.5 {
+                    x.ceil()
+                } else {
+                    x.round()
+                }
+            }
+        };
+        v.clamp(0.0, (n - 1) as f32) as usize
+    }
+
+    /// `(i0, i1, w1)` of each output index (linear): `y = x[i0] (1 - w1) +
+    /// x[i1] w1`.
+    pub(crate) fn linear_taps(&self, n: usize, out: usize, scale: f32) -> Vec<(usize, usize, f32)> {
+        (0..out)
+            .map(|i| {
+                let x = self.source(i, n, out, scale).clamp(0.0, (n - 1) as f32);
+                let i0 = x.floor() as usize;
+                let i1 = (i0 + 1).min(n - 1);
+                (i0, i1, x - i0 as f32)
+            })
+            .collect()
+    }
+
+    fn resize_axis(
+        &self,
+        x: &Tensor,
+        a: usize,
+        n: usize,
+        out: usize,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let x = &x.contiguous()?;
+        let dev = x.device();
+        let idx = |v: Vec<u32>| Tensor::from_vec(v, out, dev);
+        if !self.linear {
+            let v: Vec<u32> = (0..out)
+                .map(|i| self.nearest_index(self.source(i, n, out, scale), n) as u32)
+                .collect();
+            return x.index_select(&idx(v)?, a);
+        }
+        let taps = self.linear_taps(n, out, scale);
+        let i0 = idx(taps.iter().map(|t| t.0 as u32).collect())?;
+        let i1 = idx(taps.iter().map(|t| t.1 as u32).collect())?;
+        let mut wdims = vec![1usize; x.rank()];
+        wdims[a] = out;
+        let w1: Vec<f32> = taps.iter().map(|t| t.2).collect();
+        let w0: Vec<f32> = w1.iter().map(|w| 1.0 - w).collect();
+        let w = |v: Vec<f32>| -> Result<Tensor> {
+            Tensor::from_vec(v, wdims.as_slice(), &Device::Cpu)?
+                .to_dtype(x.dtype())?
+                .to_device(dev)
+        };
+        let x0 = x.index_select(&i0, a)?;
+        let x1 = x.index_select(&i1, a)?;
+        x0.broadcast_mul(&w(w0)?)?.add(&x1.broadcast_mul(&w(w1)?)?)
+    }
+}
