@@ -212,7 +212,6 @@ fn infer_one(
     cancel: Arc<AtomicBool>,
 ) -> Result<()> {
     let m = &a.map;
-    let mut meta = rstile::model::read_meta(&m.model)?;
     let overrides = rstile::model::facts::Overrides {
         classes: match &m.classes {
             Some(p) => Some(rstile::classes::ClassTable::from_toml_file(p)?),
@@ -220,11 +219,40 @@ fn infer_one(
         },
         mean: m.mean.clone(),
         std: m.std.clone(),
-        window: None,
-        overlap: None,
+        window: m.window,
+        overlap: m.overlap,
     };
-    rstile::model::facts::override_meta(&mut meta, &overrides, &m.model)?;
+    // the model first: an ONNX graph's window and legend come with it
+    let model = Model::open(&m.model, device, &overrides)?;
+    let meta = model.meta.clone();
     let scene = SceneInfo::probe(scene_path)?;
+    if let Some(imp) = model.imported() {
+        if !a.quiet {
+            let f = &imp.facts;
+            eprintln!(
+                "rstile: {}: ONNX graph, output {}; classes from {}, mean/std from {}, window from {}, overlap from {}",
+                m.model.display(),
+                imp.output,
+                f.classes.from,
+                f.mean.from,
+                f.window.from,
+                f.overlap.from
+            );
+        }
+        if let (Some(cm), Some(gt)) = (&imp.facts.resolution_cm, scene.geo_transform) {
+            // metres per pixel, for a projected CRS in metres
+            let px = gt[1].abs().max(gt[5].abs());
+            let metric = scene
+                .srs_wkt
+                .as_deref()
+                .is_some_and(|w| w.contains("PROJCS") || w.contains("PROJCRS"));
+            if metric {
+                if let Some(w) = rstile::model::facts::resolution_warning(cm.value, px) {
+                    eprintln!("rstile: warning: {}: {w}", scene_path.display());
+                }
+            }
+        }
+    }
     if scene.geo_transform.is_none() && !scene.gcps.is_empty() {
         if !a.quiet {
             eprintln!(
@@ -279,8 +307,6 @@ fn infer_one(
         }
         rstile::output::check(png, a.overwrite, &plan.inputs)?;
     }
-    let mut model = Model::load(&m.model, device)?;
-    model.meta = meta.clone();
     let bound = infer::MemoryBound::of(&plan, &meta, model.num_params())?;
     if !a.quiet {
         eprintln!(

@@ -22,6 +22,7 @@ pub mod conv;
 pub mod facts;
 mod fcn;
 pub mod file;
+pub mod imported;
 mod init;
 pub mod ledger;
 mod linear;
@@ -58,6 +59,8 @@ pub struct Model {
     built_for: (Net, usize, usize),
     /// Seed of the next dropout mask (FCN heads in train mode).
     dropout_seed: Arc<AtomicU64>,
+    /// For a model brought from elsewhere (ONNX): what it was resolved with.
+    imported: Option<imported::Imported>,
 }
 
 impl std::fmt::Debug for Model {
@@ -106,7 +109,27 @@ impl Model {
             device: device.clone(),
             varmap,
             dropout_seed: spec.dropout_seed,
+            imported: None,
         })
+    }
+
+    /// Opens any model rstile runs: an ONNX graph (`.onnx`, its map facts
+    /// from `flags`, its metadata and sidecars, see [`facts`]) or one of
+    /// rstile's own files ([`Model::load`], with the legend and
+    /// normalisation of `flags` replacing the file's). Every error names
+    /// the file.
+    pub fn open(path: &Path, device: &Device, flags: &facts::Overrides) -> Result<Model> {
+        if imported::is_onnx(path) {
+            return imported::open_onnx(path, device, flags);
+        }
+        let mut model = Model::load(path, device)?;
+        facts::override_meta(&mut model.meta, flags, path)?;
+        Ok(model)
+    }
+
+    /// For a model from elsewhere (ONNX): its facts and their origins.
+    pub fn imported(&self) -> Option<&imported::Imported> {
+        self.imported.as_ref()
     }
 
     /// Loads a model file written by [`Model::save`]. Every error names the
@@ -168,6 +191,11 @@ impl Model {
     /// Writes the weights and the description. The file appears complete
     /// or not at all (written to a temporary name, then renamed).
     pub fn save(&self, path: &Path) -> Result<()> {
+        if self.imported.is_some() {
+            return Err(Error::Config(
+                "a model loaded from ONNX is not saved as an rstile model file".into(),
+            ));
+        }
         self.meta.validate()?;
         let now = (self.meta.arch, self.meta.bands, self.meta.num_classes());
         if now != self.built_for {
@@ -271,6 +299,9 @@ impl Model {
     /// Number of trainable parameters (batch-norm running statistics are
     /// not counted, as in PyTorch's `parameters()`).
     pub fn num_params(&self) -> usize {
+        if let Some(i) = &self.imported {
+            return i.params;
+        }
         let vars = self.varmap.data().lock().expect("varmap lock");
         vars.iter()
             .filter(|(n, _)| is_trainable(n))

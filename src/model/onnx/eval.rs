@@ -31,6 +31,13 @@ pub(crate) struct NodeError {
 pub(crate) struct Counts {
     /// Multiply-adds times two of the Conv and ConvTranspose nodes.
     pub conv_flops: u64,
+    /// The most bytes of values alive at once (the input included, the
+    /// weights not).
+    pub peak_bytes: u64,
+}
+
+fn bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
 pub(crate) fn run(
@@ -42,6 +49,8 @@ pub(crate) fn run(
     let key = x.dims().to_vec();
     let cached = cache.0.lock().expect("shape cache").get(&key).cloned();
     let mut vals: Vec<Option<Tensor>> = vec![None; g.names.len()];
+    let mut live = bytes(&x);
+    let mut peak = live;
     vals[g.input] = Some(x);
     if let Some(c) = &cached {
         for (v, t) in c.iter() {
@@ -80,11 +89,20 @@ pub(crate) fn run(
             if node.per_shape && cached.is_none() {
                 exported.push((o, t.clone()));
             }
-            vals[o] = Some(t);
+            live += bytes(&t);
+            if let Some(old) = vals[o].replace(t) {
+                live -= bytes(&old);
+            }
         }
+        peak = peak.max(live);
         for &v in &g.free_after[j] {
-            vals[v] = None;
+            if let Some(old) = vals[v].take() {
+                live -= bytes(&old);
+            }
         }
+    }
+    if let Some(c) = counts {
+        c.peak_bytes = c.peak_bytes.max(peak);
     }
     if cached.is_none() {
         let readers = readers_of_per_shape(g);

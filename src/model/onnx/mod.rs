@@ -88,6 +88,9 @@ pub struct Resolved {
     pub outputs: Vec<Vec<usize>>,
     /// Conv and ConvTranspose FLOPs (multiply-adds times two) per window.
     pub conv_flops: u64,
+    /// The most bytes of activations alive at once for one window (the
+    /// weights not included).
+    pub peak_bytes: u64,
 }
 
 /// An ONNX model loaded, compiled and resolved, ready to run batches.
@@ -325,6 +328,18 @@ impl OnnxModel {
         self.params
     }
 
+    /// The op of the node that computes the first output (`Softmax`,
+    /// `Sigmoid`, `Conv`, ...), if a node does.
+    pub fn output_op(&self) -> Option<&str> {
+        let out = *self.graph.outputs.first()?;
+        self.graph
+            .nodes
+            .iter()
+            .rev()
+            .find(|n| n.outputs.contains(&out))
+            .map(|n| n.op_type.as_str())
+    }
+
     /// Nodes left to run per batch after folding and fusion.
     pub fn num_nodes(&self) -> usize {
         self.graph.nodes.len()
@@ -366,6 +381,7 @@ impl OnnxModel {
                 })
                 .collect(),
             conv_flops: counts.conv_flops / batch as u64,
+            peak_bytes: counts.peak_bytes / batch as u64,
         })
     }
 
