@@ -270,3 +270,34 @@ fn onnx_bad_input_is_one_line_and_writes_nothing() {
     // an op rstile does not run, named with its node, before any output
     fail(&fixture("bad_unsupported_op"), &[], "GridSample");
 }
+
+#[test]
+fn model_info_shows_the_graph_and_where_each_fact_comes_from() {
+    let out = ok(&[
+        "model",
+        "info",
+        s(&fixture("smp_unet_resnet34_3b_deepness")),
+    ]);
+    for want in [
+        "input     input [batch, 3, 64, 64] float",
+        "Softmax 1",
+        "output is probabilities (Softmax)",
+        "classes   6 (from Deepness metadata)",
+        "low_vegetation",
+        "window    64 px (from the graph's input shape)",
+        "overlap   0.25 (from Deepness metadata)",
+        "runs      yes",
+    ] {
+        assert!(out.contains(want), "no '{want}' in:\n{out}");
+    }
+    // a graph without metadata: what is missing, and the flag that gives it
+    let out = ok(&["model", "info", s(&fixture("tv_fcn_resnet50_ts17"))]);
+    assert!(
+        out.contains("runs      with flags:") && out.contains("--classes FILE.toml"),
+        "{out}"
+    );
+    fails(
+        &["model", "info", s(&fixture("bad_unsupported_op"))],
+        "op GridSample (node '/GridSample') is not supported",
+    );
+}

@@ -290,7 +290,70 @@ fn model_run(a: ModelRunArgs) -> Result<()> {
     Ok(())
 }
 
+/// An ONNX graph: inputs and outputs, ops, metadata and the facts found
+/// (with their origins, or the one that is missing), parameters and FLOPs.
+fn onnx_info(path: &std::path::Path) -> Result<()> {
+    use rstile::model::facts::Overrides;
+    let dev = candle_core::Device::Cpu;
+    println!("{}", path.display());
+    // a graph rstile cannot run fails here, naming the op and its node
+    let g = OnnxModel::load(path, &dev)?;
+    let dims = |v: &rstile::model::onnx::ValueInfo| {
+        let d: Vec<String> = v.dims.iter().map(|d| d.to_string()).collect();
+        format!("{} [{}] {}", v.name, d.join(", "), v.elem_type)
+    };
+    println!("  producer  {} (opset {})", g.producer(), g.opset());
+    println!("  input     {}", dims(g.input()));
+    for o in g.outputs() {
+        println!("  output    {}", dims(o));
+    }
+    let ops: Vec<String> = g
+        .op_histogram()
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    println!("  ops       {}", ops.join(", "));
+    println!("  params    {}", g.num_params());
+    for (k, v) in g.metadata_props() {
+        println!("  metadata  {k} = {v}");
+    }
+    match Model::open(path, &dev, &Overrides::default()) {
+        Ok(m) => {
+            let imp = m.imported().expect("an ONNX model");
+            let f = &imp.facts;
+            println!("  output is {}", imp.output);
+            println!(
+                "  classes   {} (from {})",
+                f.classes.value.len(),
+                f.classes.from
+            );
+            for c in &f.classes.value.classes {
+                println!("    {:>3}  {:<8} {}", c.id, c.color, c.name);
+            }
+            println!("  mean      {:?} (from {})", f.mean.value, f.mean.from);
+            println!("  std       {:?} (from {})", f.std.value, f.std.from);
+            println!("  window    {} px (from {})", f.window.value, f.window.from);
+            println!("  overlap   {} (from {})", f.overlap.value, f.overlap.from);
+            if let Some(r) = &f.resolution_cm {
+                println!("  pixel     {} cm (from {})", r.value, r.from);
+            }
+            let w = f.window.value;
+            println!(
+                "  compute   {:.2} GFLOP per window, {} bytes of activations per pixel",
+                m.forward_flops(1, w, w)? as f64 / 1e9,
+                m.meta.arch.activation_bytes_per_px()
+            );
+            println!("  runs      yes");
+        }
+        Err(e) => println!("  runs      with flags: {e}"),
+    }
+    Ok(())
+}
+
 fn model_info(path: PathBuf) -> Result<()> {
+    if rstile::model::imported::is_onnx(&path) {
+        return onnx_info(&path);
+    }
     let m = rstile::model::read_meta(&path)?;
     println!("{}", path.display());
     println!("  arch      {}", m.arch);
