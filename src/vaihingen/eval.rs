@@ -14,7 +14,7 @@ use crate::classes::ClassTable;
 use crate::error::{Error, Result};
 use crate::infer::{self, InferOptions, InferPlan, NoProgress};
 use crate::metrics::{Confusion, Report};
-use crate::model::{read_meta, Model};
+use crate::model::Model;
 use crate::raster::{open_raster, SceneInfo};
 use gdal::raster::{Buffer, RasterCreationOptions};
 use std::collections::BTreeMap;
@@ -103,7 +103,10 @@ fn write_features(path: &Path, area: &super::Area, georef: Option<&Path>) -> Res
 
 /// Runs the evaluation; writes the maps, `eval.md` and `eval.json` to `out`.
 pub fn evaluate(o: &EvalOptions) -> Result<EvalSummary> {
-    let meta = read_meta(&o.model)?;
+    // rstile's own model or an ONNX graph (its facts from its metadata)
+    let opened = Model::open(&o.model, &candle_core::Device::Cpu, &Default::default())?;
+    let meta = opened.meta.clone();
+    let mut opened = Some(opened);
     let isprs = ClassTable::isprs();
     let ids: Vec<u8> = meta.classes.classes.iter().map(|c| c.id).collect();
     if ids != [0, 1, 2, 3, 4, 5] {
@@ -152,7 +155,10 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalSummary> {
             &meta,
             &opts,
         )?;
-        let model = Model::load(&o.model, &candle_core::Device::Cpu)?;
+        let model = match opened.take() {
+            Some(m) => m,
+            None => Model::open(&o.model, &candle_core::Device::Cpu, &Default::default())?,
+        };
         infer::infer(&plan, model, Arc::new(AtomicBool::new(false)), &NoProgress)?;
         if !o.keep_features {
             let _ = std::fs::remove_file(&feat);
