@@ -171,7 +171,17 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
         bail!("model bench: --batch and --iters must be at least 1, --size at least 32");
     }
     let model = match &a.model {
-        Some(path) => Model::load(path, &device)?,
+        Some(path) => {
+            let flags = rstile::model::facts::Overrides {
+                window: Some(a.size),
+                ..Default::default()
+            };
+            let m = Model::open(path, &device, &flags)?;
+            if m.imported().is_some() && a.train {
+                bail!("{}: an ONNX graph runs forward only; drop --train", path.display());
+            }
+            m
+        }
         None => {
             let meta = ModelMeta {
                 window: a.size,
