@@ -178,7 +178,10 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
             };
             let m = Model::open(path, &device, &flags)?;
             if m.imported().is_some() && a.train {
-                bail!("{}: an ONNX graph runs forward only; drop --train", path.display());
+                bail!(
+                    "{}: an ONNX graph runs forward only; drop --train",
+                    path.display()
+                );
             }
             m
         }

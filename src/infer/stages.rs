@@ -40,13 +40,15 @@ use crate::infer::window::{Window, WindowGrid};
 use crate::infer::write::{MapWriter, TILE};
 use crate::infer::Progress;
 use crate::model::Model;
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long the model waits for more windows before running a short batch.
 const BATCH_WAIT: Duration = Duration::from_millis(5);
+/// How often a stage blocked on a reply checks whether the run is stopping.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// What became of a window: skipped (all nodata, or outside the AOI), or
 /// its class probabilities `[classes][n][n]` and validity `[n][n]`.
@@ -435,7 +437,17 @@ impl<'a> Stages<'a> {
             let cur = st.as_mut().expect("stitcher present");
             match msg {
                 Order::Window(w, rx) => {
-                    match rx.recv() {
+                    // a stage that failed may leave this window's reply in a
+                    // channel nobody reads: wait while the run goes on
+                    let reply = loop {
+                        match rx.recv_timeout(STOP_POLL) {
+                            Err(RecvTimeoutError::Timeout) if self.stopping() => return,
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            Err(RecvTimeoutError::Disconnected) => break Err(()),
+                            Ok(slot) => break Ok(slot),
+                        }
+                    };
+                    match reply {
                         Ok(Slot::Skipped) => cur.add(&w, None),
                         Ok(Slot::Done { probs, valid }) => cur.add(
                             &w,

@@ -122,6 +122,9 @@ impl Model {
         if imported::is_onnx(path) {
             return imported::open_onnx(path, device, flags);
         }
+        // the description first: it names a directory, another kind of
+        // file or a damaged header as such
+        read_meta(path)?;
         let mut model = Model::load(path, device)?;
         facts::override_meta(&mut model.meta, flags, path)?;
         Ok(model)
