@@ -217,7 +217,8 @@ def export(model, bands, path, exporter, opset, external, size, batch):
 
 
 def set_metadata(path, props):
-    m = onnx.load(path)
+    # the weights stay where they are (external data stays external)
+    m = onnx.load(path, load_external_data=False)
     del m.metadata_props[:]
     for k, v in props.items():
         e = m.metadata_props.add()

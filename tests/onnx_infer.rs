@@ -301,3 +301,99 @@ fn model_info_shows_the_graph_and_where_each_fact_comes_from() {
         "op GridSample (node '/GridSample') is not supported",
     );
 }
+
+/// A NaN weight is refused when the model is opened, naming the file and
+/// the tensor, before any output exists.
+#[test]
+fn a_non_finite_onnx_weight_is_refused_before_any_output() {
+    use prost::Message;
+    use rstile::model::onnx::proto::ModelProto;
+    let t = tmp();
+    let scene = synth(t.path(), 100, 80, 46).join("image.tif");
+    let src = std::fs::read(fixture("tv_fcn_resnet50_ts17")).unwrap();
+    let mut m = ModelProto::decode(src.as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let w = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.data_type() == 1 && t.raw_data.as_ref().is_some_and(|r| r.len() >= 4))
+        .expect("a float initializer with raw data");
+    let name = w.name().to_string();
+    w.raw_data.as_mut().unwrap()[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let bad = t.path().join("nan.onnx");
+    std::fs::write(&bad, m.encode_to_vec()).unwrap();
+    let out = t.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let map = out.join("map.tif");
+    let err = fails(
+        &[
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&bad),
+            "--classes",
+            ISPRS,
+            "--mean",
+            "1,1,1",
+            "--std",
+            "1,1,1",
+        ],
+        "the model's weights are not finite",
+    );
+    assert!(err.contains("nan.onnx"), "{err}");
+    // the NaN tensor, or the convolution it was folded into, is named
+    assert!(err.contains("holds 1 NaN") || err.contains(&name), "{err}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+}
+
+/// An ONNX model's external data is part of the model: parts computed with
+/// other weights in the `.data` file do not merge, and the `.data` file is
+/// never an output.
+#[test]
+fn external_data_is_part_of_the_model() {
+    let t = tmp();
+    let scene = synth(t.path(), 200, 1100, 47).join("image.tif");
+    let dir = t.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    let name = "smp_unet_resnet34_3b_deepness.onnx";
+    let model = dir.join(name);
+    std::fs::copy(fixture("smp_unet_resnet34_3b_deepness"), &model).unwrap();
+    let data = dir.join(format!("{name}.data"));
+    let fixture_data = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/onnx")
+        .join(format!("{name}.data"));
+    std::fs::copy(&fixture_data, &data).unwrap();
+    let parts = t.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    run(&scene, &parts.join("map.tif"), &model, &["--part", "0/2"]);
+    // other weights in the data file (same size): part 1 is another run
+    let mut bytes = std::fs::read(&data).unwrap();
+    let n = bytes.len() / 2 & !3;
+    bytes[n..n + 4].copy_from_slice(&0.5f32.to_le_bytes());
+    std::fs::write(&data, bytes).unwrap();
+    run(&scene, &parts.join("map.tif"), &model, &["--part", "1/2"]);
+    fails(
+        &["merge", s(&parts), "-o", s(&t.path().join("m.tif"))],
+        "another run",
+    );
+    // the data file is an input: never replaced by a map
+    let before = std::fs::read(&data).unwrap();
+    fails(
+        &[
+            "infer",
+            s(&scene),
+            "-o",
+            s(&data),
+            "--model",
+            s(&model),
+            "--overwrite",
+        ],
+        "",
+    );
+    assert!(
+        std::fs::read(&data).unwrap() == before,
+        "the data file changed"
+    );
+}

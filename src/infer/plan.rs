@@ -241,9 +241,16 @@ impl InferPlan {
             .transpose()?;
         let aoi_digest = o.aoi.as_deref().map(file_digest).transpose()?;
         crate::infer::write::check_creation_options(&o.creation_options)?;
+        // an ONNX model's external data files are inputs too
+        let model_files = if crate::model::imported::is_onnx(model_path) {
+            crate::model::onnx::model_files(model_path)
+        } else {
+            vec![model_path.to_path_buf()]
+        };
         let inputs = crate::output::Inputs::of(
-            [scene.path.as_path(), model_path]
+            [scene.path.as_path()]
                 .into_iter()
+                .chain(model_files.iter().map(PathBuf::as_path))
                 .chain(o.aoi.as_deref()),
         );
         let max_memory = match o.max_memory_mb {
@@ -265,7 +272,12 @@ impl InferPlan {
             rows,
             part: o.part,
             resume: o.resume,
-            model_digest: file_digest(model_path)?,
+            // every file of the model: a resume never mixes two models
+            model_digest: model_files
+                .iter()
+                .map(|f| file_digest(f))
+                .collect::<Result<Vec<_>>>()?
+                .join("+"),
             model_path: model_path.to_path_buf(),
             scene,
             output,

@@ -99,6 +99,14 @@ pub fn is_onnx(path: &Path) -> bool {
 /// resolved size, so a model that loads runs.
 pub fn open_onnx(path: &Path, device: &Device, flags: &Overrides) -> Result<Model> {
     let graph = OnnxModel::load(path, device)?;
+    // a NaN weight can hide behind a ReLU and give a finite, wrong map
+    if let Some((name, n, len)) = graph.non_finite_weights().into_iter().next() {
+        return Err(Error::NonFinite(format!(
+            "{}: the model's weights are not finite: '{name}' holds {n} NaN or infinite \
+             value(s) of {len}; the file is damaged or comes from a training run that diverged",
+            path.display()
+        )));
+    }
     let bands = graph.bands().ok_or_else(|| {
         Error::file(
             path,

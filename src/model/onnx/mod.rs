@@ -42,6 +42,33 @@ use proto::{type_proto, ModelProto, ValueInfoProto};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The files an ONNX model consists of: the `.onnx` and the external data
+/// files its initializers name (relative to its folder), each once. A file
+/// that is not an ONNX model gives just itself.
+pub fn model_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    let Ok(bytes) = std::fs::read(path) else {
+        return files;
+    };
+    let Ok(m) = ModelProto::decode(bytes.as_slice()) else {
+        return files;
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if let Some(g) = &m.graph {
+        for t in &g.initializer {
+            for e in &t.external_data {
+                if e.key() == "location" {
+                    let f = dir.join(e.value());
+                    if !files.contains(&f) {
+                        files.push(f);
+                    }
+                }
+            }
+        }
+    }
+    files
+}
+
 /// One dimension of a graph input or output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dim {
@@ -338,6 +365,30 @@ impl OnnxModel {
             .rev()
             .find(|n| n.outputs.contains(&out))
             .map(|n| n.op_type.as_str())
+    }
+
+    /// The float constants (weights, folded batch norms) that hold NaN or
+    /// infinite values: name, how many, of how many.
+    pub fn non_finite_weights(&self) -> Vec<(String, usize, usize)> {
+        let mut bad = Vec::new();
+        for (id, c) in self.graph.consts.iter().enumerate() {
+            let Some(t) = c else { continue };
+            if !t.dtype().is_float() {
+                continue;
+            }
+            let Ok(v) = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+            else {
+                continue;
+            };
+            let n = v.iter().filter(|x| !x.is_finite()).count();
+            if n > 0 {
+                bad.push((self.graph.names[id].clone(), n, v.len()));
+            }
+        }
+        bad
     }
 
     /// Nodes left to run per batch after folding and fusion.
