@@ -370,7 +370,7 @@ fn external_data_is_part_of_the_model() {
     run(&scene, &parts.join("map.tif"), &model, &["--part", "0/2"]);
     // other weights in the data file (same size): part 1 is another run
     let mut bytes = std::fs::read(&data).unwrap();
-    let n = bytes.len() / 2 & !3;
+    let n = (bytes.len() / 2) & !3;
     bytes[n..n + 4].copy_from_slice(&0.5f32.to_le_bytes());
     std::fs::write(&data, bytes).unwrap();
     run(&scene, &parts.join("map.tif"), &model, &["--part", "1/2"]);
