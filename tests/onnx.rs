@@ -378,6 +378,25 @@ fn an_unsupported_op_or_attribute_is_refused_naming_op_and_node() {
         &x,
         "op Relu (node 'relu0'): attribute 'frobnicate' is not supported",
     );
+    // several: one line lists every node rstile cannot run
+    let mut m = conv_model();
+    let g = m.graph.as_mut().unwrap();
+    g.node[1] = node("NonMaxSuppression", "nms_7", &["c"], &["y"]);
+    g.node[0].attribute.push(proto::AttributeProto {
+        name: Some("frobnicate".into()),
+        r#type: Some(proto::attribute_proto::AttributeType::Int as i32),
+        i: Some(1),
+        ..Default::default()
+    });
+    let p = dir.path().join("two.onnx");
+    write(&p, &m);
+    let err = refused(&p, &x, "2 nodes rstile cannot run: op Conv (node 'conv0'): attribute 'frobnicate' is not supported; op NonMaxSuppression (node 'nms_7') is not supported");
+    assert!(err.contains("two.onnx"), "{err}");
+    let err = String::from_utf8_lossy(&rstile(&["model", "info", s(&p)]).stderr).to_string();
+    assert!(
+        err.contains("nms_7") && err.contains("conv0"),
+        "model info: {err}"
+    );
 }
 
 #[test]

@@ -81,23 +81,30 @@ impl Graph {
         let input_id = id_of(input, &mut names, &mut consts);
         let mut histogram = BTreeMap::new();
         let mut nodes = vec![];
+        // every node rstile cannot run, so one error lists them all
+        let mut refused: Vec<String> = vec![];
         for n in &g.node {
             *histogram.entry(n.op_type().to_string()).or_insert(0) += 1;
             let label = node_label(n);
             let domain = n.domain();
             if !(domain.is_empty() || domain == "ai.onnx") {
-                return Err(format!(
+                refused.push(format!(
                     "op {domain}.{} (node '{label}') is not supported: rstile runs the default ONNX domain only",
                     n.op_type()
                 ));
+                continue;
             }
-            let op = ops::compile(n, opset, read).map_err(|why| {
-                if why.is_empty() {
-                    format!("op {} (node '{label}') is not supported", n.op_type())
-                } else {
-                    format!("op {} (node '{label}'): {why}", n.op_type())
+            let op = match ops::compile(n, opset, read) {
+                Ok(op) => op,
+                Err(why) => {
+                    refused.push(if why.is_empty() {
+                        format!("op {} (node '{label}') is not supported", n.op_type())
+                    } else {
+                        format!("op {} (node '{label}'): {why}", n.op_type())
+                    });
+                    continue;
                 }
-            })?;
+            };
             let inputs = n
                 .input
                 .iter()
@@ -116,6 +123,16 @@ impl Graph {
                 outputs,
                 per_shape: false,
             });
+        }
+        match refused.len() {
+            0 => {}
+            1 => return Err(refused.remove(0)),
+            n => {
+                return Err(format!(
+                    "{n} nodes rstile cannot run: {}",
+                    refused.join("; ")
+                ))
+            }
         }
         let mut outputs = vec![];
         for o in &g.output {
