@@ -443,3 +443,52 @@ fn slurm_dry_run_prints_both_scripts_and_writes_nothing() {
         "dry run wrote files"
     );
 }
+
+/// An ONNX model exported from PyTorch over the same array and merge, its
+/// legend and normalisation given as flags that every part receives: the
+/// map equals a single run's.
+#[test]
+fn slurm_array_with_an_onnx_model_equals_a_single_run() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let t = tmp();
+    let scene = t.path().join("scene");
+    ok(&["synth", "--size", "300x1100", "-o", s(&scene), "--quiet"]);
+    let image = scene.join("image.tif");
+    let model = format!("{ROOT}/tests/fixtures/onnx/smp_deeplabv3plus_resnet18_3b_ts19.onnx");
+    let classes = format!("{ROOT}/configs/classes/isprs.toml");
+    let flags = [
+        "--model",
+        model.as_str(),
+        "--classes",
+        classes.as_str(),
+        "--mean",
+        "120,-5,120",
+        "--std",
+        "60,60,60",
+    ];
+    let single = t.path().join("single.tif");
+    let mut args = vec!["infer", s(&image), "-o", s(&single), "--quiet"];
+    args.extend_from_slice(&flags);
+    ok(&args);
+    let map = t.path().join("out").join("map.tif");
+    let out = cluster
+        .cmd(bin())
+        .args(["slurm", "infer", s(&image), "-o", s(&map), "--parts", "2"])
+        .args(flags)
+        .output()
+        .expect("run rstile slurm infer");
+    assert!(
+        out.status.success(),
+        "rstile slurm infer failed:\n{}",
+        text(&out)
+    );
+    let slurm_dir = t.path().join("out/map.slurm");
+    cluster.wait(Duration::from_secs(180), &slurm_dir, || map.exists());
+    check_map_files(&map, &image);
+    assert!(
+        read_map(&map).data == read_map(&single).data,
+        "the merged ONNX map differs from the single run"
+    );
+}
