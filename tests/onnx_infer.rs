@@ -397,3 +397,62 @@ fn external_data_is_part_of_the_model() {
         "the data file changed"
     );
 }
+
+/// An ONNX run killed (SIGKILL) after its first finished band resumes with
+/// `--resume` into the uninterrupted run's map.
+#[test]
+fn an_interrupted_onnx_run_resumes_to_the_same_map() {
+    use std::process::Command;
+    use std::time::Duration;
+    let t = tmp();
+    let scene = synth(t.path(), 1536, 1536, 48).join("image.tif");
+    let model = fixture("smp_unet_resnet34_3b_deepness");
+    let whole = t.path().join("whole.tif");
+    run(&scene, &whole, &model, &["--chunk", "512"]);
+    let map = t.path().join("map.tif");
+    let journal = t.path().join(".map.tif.partial.resume.json");
+    let mut child = Command::new(bin())
+        .args([
+            "infer",
+            s(&scene),
+            "-o",
+            s(&map),
+            "--model",
+            s(&model),
+            "--quiet",
+            "--chunk",
+            "512",
+        ])
+        .spawn()
+        .unwrap();
+    for _ in 0..800 {
+        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"rows_done\":{\"")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !map.exists() && journal.exists(),
+        "the run was not caught mid-way"
+    );
+    let out = rstile(&[
+        "infer",
+        s(&scene),
+        "-o",
+        s(&map),
+        "--model",
+        s(&model),
+        "--chunk",
+        "512",
+        "--resume",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("continued the unfinished run"), "{err}");
+    assert!(
+        read_map(&map).data == read_map(&whole).data,
+        "the resumed map differs"
+    );
+}
