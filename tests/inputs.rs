@@ -40,18 +40,6 @@ fn train(dir: &Path, name: &str, text: &str) -> (PathBuf, Output) {
     (cfg, out)
 }
 
-/// The names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|r| {
-            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// A one-band u8 label raster of `w` x `h` px on the grid of `like`, with
 /// nodata 255, whose pixel (x, y) is `f(x, y)`.
 fn label_raster(path: &Path, like: &Path, f: impl Fn(usize, usize) -> u8) {

@@ -5,16 +5,6 @@
 
 mod common;
 use common::*;
-use std::path::Path;
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    v.sort();
-    v
-}
 
 const LEAKS: [&str; 5] = [
     "CPL error",

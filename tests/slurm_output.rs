@@ -58,17 +58,6 @@ fn one_error(out: &Output) -> String {
     lines[0].to_string()
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 impl Case {
     fn infer_args<'a>(&'a self, scene: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
         let mut v = vec![

@@ -52,15 +52,6 @@ impl Case {
     }
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn a_new_run_never_writes_over_a_file_in_its_out_dir() {
     let c = setup();

@@ -220,3 +220,15 @@ pub fn real_data(what: &str) -> Option<PathBuf> {
         None
     }
 }
+
+/// The names in `dir`, sorted (none when it cannot be read).
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
