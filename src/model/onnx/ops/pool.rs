@@ -9,7 +9,7 @@
 //! average's divisor.
 
 use super::attrs::{Attrs, Refusal};
-use super::shape::full;
+use super::shape::pad_axis;
 use candle_core::{Device, Result, Tensor};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,18 +192,7 @@ pub(crate) fn pad2(x: &Tensor, value: f64, p: [usize; 4]) -> Result<Tensor> {
         if lo == 0 && hi == 0 {
             continue;
         }
-        let mut parts = vec![];
-        let mut dims = y.dims().to_vec();
-        if lo > 0 {
-            dims[ax] = lo;
-            parts.push(full(value, &dims, y.dtype(), y.device())?);
-        }
-        parts.push(y.clone());
-        if hi > 0 {
-            dims[ax] = hi;
-            parts.push(full(value, &dims, y.dtype(), y.device())?);
-        }
-        y = Tensor::cat(&parts, ax)?;
+        y = pad_axis(&y, ax, lo, hi, value)?;
     }
     Ok(y)
 }

@@ -350,20 +350,7 @@ impl Pad {
             }
             y = match self.mode {
                 PadMode::Constant if value == 0.0 => y.pad_with_zeros(ax, lo, hi)?,
-                PadMode::Constant => {
-                    let mut parts = vec![];
-                    let mut dims = y.dims().to_vec();
-                    if lo > 0 {
-                        dims[ax] = lo;
-                        parts.push(full(value, &dims, y.dtype(), y.device())?);
-                    }
-                    parts.push(y.clone());
-                    if hi > 0 {
-                        dims[ax] = hi;
-                        parts.push(full(value, &dims, y.dtype(), y.device())?);
-                    }
-                    Tensor::cat(&parts, ax)?
-                }
+                PadMode::Constant => pad_axis(&y, ax, lo, hi, value)?,
                 PadMode::Edge => y.pad_with_same(ax, lo, hi)?,
                 PadMode::Reflect => {
                     let n = y.dim(ax)? as i64;
@@ -388,6 +375,22 @@ impl Pad {
         }
         Ok(y)
     }
+}
+
+/// Pads axis `ax` with `lo` values before and `hi` after, all `value`.
+pub(crate) fn pad_axis(y: &Tensor, ax: usize, lo: usize, hi: usize, value: f64) -> Result<Tensor> {
+    let mut parts = vec![];
+    let mut dims = y.dims().to_vec();
+    if lo > 0 {
+        dims[ax] = lo;
+        parts.push(full(value, &dims, y.dtype(), y.device())?);
+    }
+    parts.push(y.clone());
+    if hi > 0 {
+        dims[ax] = hi;
+        parts.push(full(value, &dims, y.dtype(), y.device())?);
+    }
+    Tensor::cat(&parts, ax)
 }
 
 pub(crate) fn full(value: f64, dims: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
