@@ -1,44 +1,21 @@
 //! `rstile prepare vaihingen` on generated data in both input layouts.
 //!
-//! The patch-count test builds the official ISPRS layout from `rstile synth`
-//! scenes of the official tile sizes and checks the course's counts, 2083
-//! training and 368 validation patches, and the area assignment.
-//!
-//! Only six of the fourteen sizes are known from public sources (areas 1, 3,
-//! 5, 7, 21, 30; see `src/vaihingen/mod.rs`). The other eight below are
-//! STAND-INS, NOT THE OFFICIAL SIZES: plausible Vaihingen-like sizes chosen so
-//! that the patch counts add up to the course's totals (the seven unknown
-//! training areas must give 1174 patches, area 32 must give 192). The test
-//! therefore checks the pipeline end to end at the course's counts, and the
-//! placement rule on the known sizes, but cannot prove the rule on the eight
-//! unknown official tiles.
+//! The patch-count test writes the ISPRS archive's layout with `rstile
+//! synth --isprs` (all 33 areas at their official sizes) and checks the
+//! course's counts, 2083 training and 368 validation patches, and the area
+//! assignment.
+
+mod common;
 
 use gdal::raster::Buffer;
-use gdal::{Dataset, DriverManager};
+use gdal::Dataset;
+use rstile::synth::isprs::{write_area, IsprsArea};
 use rstile::synth::{synth, SynthConfig};
 use rstile::vaihingen::raw::RawPatches;
-use rstile::vaihingen::source::ISPRS_COLOURS;
-use rstile::vaihingen::{prepare, PatchSet, PrepareOptions, Split};
+use rstile::vaihingen::source::{official_paths, ISPRS_COLOURS};
+use rstile::vaihingen::{official_size, prepare, PatchSet, PrepareOptions, Split, OFFICIAL_SIZES};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// (area, width, height, official?)
-const SIZES: [(u16, usize, usize, bool); 14] = [
-    (1, 1919, 2569, true),
-    (3, 2006, 3007, true),
-    (5, 1887, 2557, true),
-    (7, 1887, 2557, true),
-    (11, 1900, 2560, false),
-    (13, 1900, 2560, false),
-    (17, 1900, 2560, false),
-    (21, 1903, 2546, true),
-    (26, 1900, 2560, false),
-    (28, 1900, 2560, false),
-    (34, 1900, 2300, false),
-    (37, 1700, 2300, false),
-    (30, 1934, 2563, true),
-    (32, 1980, 2555, false),
-];
 
 fn read_u8(path: &Path) -> (usize, usize, Vec<u8>) {
     let ds = Dataset::open(path).unwrap();
@@ -48,82 +25,14 @@ fn read_u8(path: &Path) -> (usize, usize, Vec<u8>) {
     (w, h, buf.data().to_vec())
 }
 
-fn write_rgb(path: &Path, w: usize, h: usize, rgb: [Vec<u8>; 3]) {
-    let drv = DriverManager::get_driver_by_name("GTiff").unwrap();
-    let ds = drv.create_with_band_type::<u8, _>(path, w, h, 3).unwrap();
-    for (i, data) in rgb.into_iter().enumerate() {
-        let mut band = ds.rasterband(i + 1).unwrap();
-        let mut buf = Buffer::new((w, h), data);
-        band.write((0, 0), (w, h), &mut buf).unwrap();
-    }
-}
-
-/// Writes area `n` in the official layout: the synth image and DSM renamed,
-/// the ids RGB-coded, and an eroded reference that is black where a pixel's
-/// 4-neighbourhood holds another class.
+/// Writes area `n` at `w x h` in the official layout (seed `n`).
 fn make_official_area(root: &Path, n: u16, w: usize, h: usize) {
-    let tmp = root.join(format!("synth_{n}"));
-    let cfg = SynthConfig {
+    let a = IsprsArea {
+        area: n,
         width: w,
         height: h,
-        seed: n as u64,
-        ..Default::default()
     };
-    let out = synth(&cfg, &tmp, false, &|_, _| {}).unwrap();
-    for d in [
-        "top",
-        "dsm",
-        "gts_for_participants",
-        "gts_eroded_for_participants",
-    ] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::rename(
-        &out.image,
-        root.join(format!("top/top_mosaic_09cm_area{n}.tif")),
-    )
-    .unwrap();
-    std::fs::rename(
-        &out.dsm,
-        root.join(format!("dsm/dsm_09cm_matching_area{n}.tif")),
-    )
-    .unwrap();
-    let (_, _, ids) = read_u8(&out.gt);
-    let code = |ids: &[u8], eroded: bool| -> [Vec<u8>; 3] {
-        let mut rgb = [vec![0u8; w * h], vec![0u8; w * h], vec![0u8; w * h]];
-        for y in 0..h {
-            for x in 0..w {
-                let i = y * w + x;
-                let id = ids[i];
-                let boundary = eroded
-                    && ((x > 0 && ids[i - 1] != id)
-                        || (x + 1 < w && ids[i + 1] != id)
-                        || (y > 0 && ids[i - w] != id)
-                        || (y + 1 < h && ids[i + w] != id));
-                if !boundary {
-                    for c in 0..3 {
-                        rgb[c][i] = ISPRS_COLOURS[id as usize][c];
-                    }
-                }
-            }
-        }
-        rgb
-    };
-    write_rgb(
-        &root.join(format!("gts_for_participants/top_mosaic_09cm_area{n}.tif")),
-        w,
-        h,
-        code(&ids, false),
-    );
-    write_rgb(
-        &root.join(format!(
-            "gts_eroded_for_participants/top_mosaic_09cm_area{n}_noBoundary.tif"
-        )),
-        w,
-        h,
-        code(&ids, true),
-    );
-    std::fs::remove_dir_all(&tmp).unwrap();
+    write_area(root, &a, 0).unwrap();
 }
 
 fn h5_u16(path: &Path, name: &str) -> Vec<u16> {
@@ -139,48 +48,98 @@ fn h5_u16(path: &Path, name: &str) -> Vec<u16> {
 fn course_counts_on_official_sized_tiles() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("isprs");
-    for &(n, w, h, _) in &SIZES {
-        make_official_area(&data, n, w, h);
-    }
-    let out = dir.path().join("out");
     let t0 = std::time::Instant::now();
-    let s = prepare(&PrepareOptions::new(&data, &out)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rstile"))
+        .args(["synth", "--isprs", "--quiet", "-o"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!(
-        "prepare, 14 official-sized areas: {:.1} s",
+        "synth --isprs, 33 areas: {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    assert_eq!(s.layout, "isprs");
-    assert_eq!(s.stride, 153);
-    let train = &s.splits[0];
-    let val = &s.splits[1];
-    assert_eq!(
-        (train.name.as_str(), train.patches),
-        ("train", 2083),
-        "{:?}",
-        train.areas
-    );
-    assert_eq!(
-        (val.name.as_str(), val.patches),
-        ("val", 368),
-        "{:?}",
-        val.areas
-    );
-    // The known official sizes give the rule's counts.
-    for a in train.areas.iter().chain(&val.areas) {
-        let known = SIZES.iter().find(|x| x.0 == a.area).unwrap();
-        assert_eq!((a.width, a.height), (known.1, known.2));
-        if known.3 {
-            let want = match a.area {
-                3 => 216,
-                21 => 165,
-                _ => 176,
-            };
-            assert_eq!(a.patches, want, "area {}", a.area);
+    // every area at its official size, every file of the layout present
+    for &(n, w, h) in &OFFICIAL_SIZES {
+        for p in official_paths(&data, n) {
+            let ds = Dataset::open(&p).unwrap();
+            assert_eq!(ds.raster_size(), (w, h), "{}", p.display());
         }
     }
+    // The binary, so that its peak memory can be read: prepare streams the
+    // patches into the files, holding one area at a time (3.1 GB when it
+    // held a whole split, under 0.5 GB streaming).
+    let out = dir.path().join("out");
+    let t0 = std::time::Instant::now();
+    let run = Command::new(env!("CARGO_BIN_EXE_rstile"))
+        .args(["prepare", "vaihingen", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let peak_kib = common::children_peak_rss_kib();
+    eprintln!(
+        "prepare, the course's 14 areas: {:.1} s, peak RSS of any child so far {:.0} MiB",
+        t0.elapsed().as_secs_f64(),
+        peak_kib as f64 / 1024.0
+    );
+    assert!(
+        peak_kib < 1024 * 1024,
+        "peak RSS {peak_kib} KiB, the bound is 1 GiB"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("vaihingen_meta.json")).unwrap())
+            .unwrap();
+    assert_eq!(s["layout"], "isprs");
+    assert_eq!(s["stride"], 153);
+    let train = &s["splits"][0];
+    let val = &s["splits"][1];
+    assert_eq!(
+        (&train["name"], &train["patches"]),
+        (&"train".into(), &2083.into())
+    );
+    assert_eq!(
+        (&val["name"], &val["patches"]),
+        (&"val".into(), &368.into())
+    );
+    // Each area at its official size gives the rule's count.
+    let areas: Vec<&serde_json::Value> = train["areas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(val["areas"].as_array().unwrap())
+        .collect();
+    assert_eq!(areas.len(), 14);
+    for a in areas {
+        let n = a["area"].as_u64().unwrap() as u16;
+        let (w, h) = official_size(n).unwrap();
+        assert_eq!(
+            (a["width"].as_u64(), a["height"].as_u64()),
+            (Some(w as u64), Some(h as u64))
+        );
+        let rows = (h - 256).div_ceil(153);
+        let cols = (w - 256).div_ceil(153);
+        assert_eq!(
+            a["patches"].as_u64(),
+            Some((rows * cols) as u64),
+            "area {n}"
+        );
+    }
+    let train_file = out.join("vaihingen_train.hdf5");
+    let val_file = out.join("vaihingen_val.hdf5");
     // Area assignment, in the file.
-    let area_train = h5_u16(&train.file, "area");
-    let area_val = h5_u16(&val.file, "area");
+    let area_train = h5_u16(&train_file, "area");
+    let area_val = h5_u16(&val_file, "area");
     assert_eq!(area_train.len(), 2083);
     assert_eq!(area_val.len(), 368);
     let mut tr: Vec<u16> = area_train.clone();
@@ -191,7 +150,7 @@ fn course_counts_on_official_sized_tiles() {
     assert_eq!(va, vec![30, 32]);
     assert_eq!(area_val.iter().filter(|&&a| a == 30).count(), 176);
     // Shapes and contents of a few patches.
-    let f = hdf5::File::open(&val.file).unwrap();
+    let f = hdf5::File::open(&val_file).unwrap();
     assert_eq!(f.dataset("images").unwrap().shape(), vec![368, 5, 256, 256]);
     assert_eq!(f.dataset("labels").unwrap().shape(), vec![368, 256, 256]);
     assert_eq!(f.dataset("masks").unwrap().shape(), vec![368, 256, 256]);
@@ -390,11 +349,11 @@ fn course_hdf5_in_matlab_and_c_order() {
 fn read_speed_hdf5_vs_mmap() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("isprs");
-    for &(n, w, h, _) in &SIZES[..4] {
+    for &(n, w, h) in &OFFICIAL_SIZES[..4] {
         make_official_area(&data, n, w, h);
     }
     let split = dir.path().join("split.toml");
-    std::fs::write(&split, "train = [1, 3, 5]\nval = [7]\n").unwrap();
+    std::fs::write(&split, "train = [1, 2, 3]\nval = [4]\n").unwrap();
     let out = dir.path().join("out");
     let mut o = PrepareOptions::new(&data, &out);
     o.split = Split::parse(split.to_str().unwrap()).unwrap();

@@ -26,6 +26,7 @@
 //! quantised to 1/64 m. GDAL keeps the category names of gt.tif in a
 //! `gt.tif.aux.xml` side-car (GeoTIFF has no tag for them).
 
+pub mod isprs;
 mod noise;
 mod render;
 mod scene;

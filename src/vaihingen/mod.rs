@@ -27,25 +27,12 @@
 //!
 //! # Official tile sizes (width x height)
 //!
-//! Known from public code (not from the archive itself, which is not on
-//! these machines):
-//!
-//! | area | size | patches | source |
-//! |---|---|---|---|
-//! | 1 | 1919 x 2569 | 11 x 16 = 176 | the issue; public test code asserting `mask.shape == (2569, 1919)` |
-//! | 3 | 2006 x 3007 | 12 x 18 = 216 | a public tile-merging script (`combine_one(pic_small, "area3_pred", 2006, 3007)`) |
-//! | 5 | 1887 x 2557 | 11 x 16 = 176 | public ensemble/merge scripts (`np.zeros([6, 2557, 1887])`, `cut_size={5:(1887,2557)}`) |
-//! | 7 | 1887 x 2557 | 11 x 16 = 176 | same ensemble script |
-//! | 15 | 1919 x 2565 | 11 x 16 = 176 | `cut_size={15:(1919,2565)}` |
-//! | 21 | 1903 x 2546 | 11 x 15 = 165 | `cut_size={21:(1903,2546)}` |
-//! | 23 | 1903 x 2546 | 11 x 15 = 165 | ensemble script (`image_23 = [6, 2546, 1903]`) |
-//! | 30 | 1934 x 2563 | 11 x 16 = 176 | both scripts |
-//!
-//! The sizes of areas 11, 13, 17, 26, 28, 32, 34 and 37 were not found.
-//! The course's totals then say: the seven unknown training areas give
-//! 2083 - 216 - 3 x 176 - 165 = 1174 patches, and area 32 gives
-//! 368 - 176 = 192 (e.g. a 12 x 16 grid: width 1940..=2092, height
-//! 2552..=2704).
+//! [`OFFICIAL_SIZES`] holds all 33 areas, from the benchmark's data
+//! description (the course material lists the same). With the course's rule
+//! they give its counts exactly: 2083 training patches (areas 1, 3, 5, 7,
+//! 11, 13, 17, 21, 26, 28, 34, 37) and 368 validation patches (30, 32).
+//! `rstile synth --isprs DIR` writes generated areas of these sizes in the
+//! archive's layout.
 //!
 //! # Output
 //!
@@ -72,8 +59,20 @@
 //! (650-1170 patches/s), shuffled batches of 16 from the map take 0.09-0.16 s
 //! (3000-6200 patches/s) with no up-front copy and no extra memory per worker
 //! (`read_speed_hdf5_vs_mmap` in `tests/vaihingen_prepare.rs`, ignored by
-//! default). The hdf5 crate reads hyperslabs only through `ndarray`, which
-//! is not a dependency here, so per-patch random access is the map's.
+//! default).
+//!
+//! # Memory
+//!
+//! `prepare` streams: the patch counts come from the areas' sizes (image
+//! headers), the files are created at their final size, the training
+//! areas are read once for the statistics and again to cut their patches,
+//! and each row of patches is written by hyperslab ([`ndarray`] views into
+//! the hdf5 crate's `write_slice`). Memory holds one area (its features are
+//! `5 x 4` bytes per pixel, 195 MB for area 38) and one row of patches. On
+//! the full official layout (generated, `rstile synth --isprs`) the course
+//! split peaks at 0.5 GB instead of 3.1 GB, with the same datasets bit for
+//! bit, for 25% more time (the second read of the training areas); see
+//! `benches/RESULTS.md`. Both splits' files appear together at the end.
 //!
 //! [`eval`] scores a model on whole areas through the streaming infer
 //! pipeline (`rstile eval`).
@@ -86,6 +85,7 @@
 pub mod demo;
 pub mod eval;
 pub mod features;
+mod patches;
 pub mod raw;
 pub mod source;
 
@@ -103,6 +103,52 @@ pub const ISPRS_TRAIN: [u16; 16] = [1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 
 pub const ISPRS_TEST: [u16; 17] = [
     2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38,
 ];
+/// Width x height in pixels of every Vaihingen area, from the benchmark's
+/// data description: `(area, width, height)`.
+pub const OFFICIAL_SIZES: [(u16, usize, usize); 33] = [
+    (1, 1919, 2569),
+    (2, 2428, 2767),
+    (3, 2006, 3007),
+    (4, 1887, 2557),
+    (5, 1887, 2557),
+    (6, 1887, 2557),
+    (7, 1887, 2557),
+    (8, 1887, 2557),
+    (10, 1887, 2557),
+    (11, 1893, 2566),
+    (12, 1922, 2575),
+    (13, 2818, 2558),
+    (14, 1919, 2565),
+    (15, 1919, 2565),
+    (16, 1919, 2565),
+    (17, 2336, 1281),
+    (20, 1866, 2315),
+    (21, 1903, 2546),
+    (22, 1903, 2546),
+    (23, 1903, 2546),
+    (24, 1903, 2546),
+    (26, 2995, 1783),
+    (27, 1917, 3313),
+    (28, 1917, 2567),
+    (29, 1917, 2563),
+    (30, 1934, 2563),
+    (31, 1980, 2555),
+    (32, 1980, 2555),
+    (33, 1581, 2555),
+    (34, 1388, 2555),
+    (35, 2805, 1884),
+    (37, 1996, 1995),
+    (38, 3816, 2550),
+];
+
+/// The official width and height of area `n`, if it is one of the 33.
+pub fn official_size(n: u16) -> Option<(usize, usize)> {
+    OFFICIAL_SIZES
+        .iter()
+        .find(|s| s.0 == n)
+        .map(|&(_, w, h)| (w, h))
+}
+
 /// Default radius of the ground estimate, px.
 pub const DEFAULT_GROUND_RADIUS: usize = 250;
 
@@ -286,122 +332,9 @@ pub struct PrepareSummary {
     pub notes: Vec<String>,
 }
 
-/// Patches of one split, in memory (raw until normalised).
-#[derive(Default)]
-pub(crate) struct Patches {
-    pub(crate) images: Vec<f32>,
-    pub(crate) labels: Vec<u8>,
-    pub(crate) masks: Vec<u8>,
-    pub(crate) area: Vec<u16>,
-    pub(crate) offset: Vec<u32>,
-}
-
-impl Patches {
-    fn cut(&mut self, a: &Area, patch: usize, stride: usize) -> usize {
-        let rows = patch_origins(a.height, patch, stride);
-        let cols = patch_origins(a.width, patch, stride);
-        let npix = a.width * a.height;
-        let n = rows.len() * cols.len();
-        self.images.reserve(n * 5 * patch * patch);
-        for &r in &rows {
-            for &c in &cols {
-                for ch in 0..5 {
-                    let plane = &a.features[ch * npix..(ch + 1) * npix];
-                    for y in r..r + patch {
-                        self.images
-                            .extend_from_slice(&plane[y * a.width + c..y * a.width + c + patch]);
-                    }
-                }
-                for y in r..r + patch {
-                    self.labels
-                        .extend_from_slice(&a.labels[y * a.width + c..y * a.width + c + patch]);
-                    self.masks
-                        .extend_from_slice(&a.mask[y * a.width + c..y * a.width + c + patch]);
-                }
-                self.area.push(a.id);
-                self.offset.extend_from_slice(&[r as u32, c as u32]);
-            }
-        }
-        n
-    }
-
-    fn normalise(&mut self, patch: usize, mean: &[f32; 5], std: &[f32; 5]) {
-        let pp = patch * patch;
-        for (i, chunk) in self.images.chunks_mut(pp).enumerate() {
-            let c = i % 5;
-            for v in chunk {
-                *v = (*v - mean[c]) / std[c];
-            }
-        }
-    }
-}
-
 fn h5err<'a>(path: &'a Path, what: &str) -> impl Fn(hdf5::Error) -> Error + 'a {
     let what = what.to_string();
     move |e| Error::file(path, format!("{what}: {e}"))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn write_h5(
-    path: &Path,
-    p: &Patches,
-    patch: usize,
-    stride: usize,
-    overlap: f64,
-    ground_radius: usize,
-    mean: &[f32; 5],
-    std: &[f32; 5],
-) -> Result<()> {
-    let n = p.area.len();
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| -> Result<()> {
-        let f = hdf5::File::create(&tmp).map_err(h5err(path, "cannot create"))?;
-        let e = h5err(path, "cannot write");
-        macro_rules! ds {
-            ($t:ty, $name:expr, $shape:expr, $data:expr) => {{
-                let d = f
-                    .new_dataset::<$t>()
-                    .shape($shape)
-                    .create($name)
-                    .map_err(&e)?;
-                if !$data.is_empty() {
-                    d.write_raw($data.as_slice()).map_err(&e)?;
-                }
-            }};
-        }
-        ds!(f32, "images", vec![n, 5, patch, patch], p.images);
-        ds!(u8, "labels", vec![n, patch, patch], p.labels);
-        ds!(u8, "masks", vec![n, patch, patch], p.masks);
-        ds!(u16, "area", vec![n], p.area);
-        ds!(u32, "offset", vec![n, 2], p.offset);
-        ds!(f32, "mean", vec![5], mean.to_vec());
-        ds!(f32, "std", vec![5], std.to_vec());
-        for (name, v) in [
-            ("patch", patch as u32),
-            ("stride", stride as u32),
-            ("ground_radius", ground_radius as u32),
-        ] {
-            f.new_attr::<u32>()
-                .create(name)
-                .map_err(&e)?
-                .write_scalar(&v)
-                .map_err(&e)?;
-        }
-        f.new_attr::<f64>()
-            .create("overlap")
-            .map_err(&e)?
-            .write_scalar(&overlap)
-            .map_err(&e)?;
-        f.close().map_err(&e)?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// A prepared split read back (for training and tests).
@@ -518,20 +451,62 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
         indicatif::ProgressBar::hidden()
     };
 
+    // The patch counts, from the areas' sizes: the files are created at
+    // their final size and filled area by area.
+    let mut sizes = std::collections::HashMap::new();
+    for &n in opts.split.train.iter().chain(&opts.split.val) {
+        sizes.insert(n, source::area_size(&layout, &opts.data, n)?);
+    }
+    // Pass 1: the statistics of the training areas (each area is read
+    // again in pass 2; memory holds one at a time).
     let mut notes = Vec::new();
     let mut stats = features::Stats::default();
+    for &n in &opts.split.train {
+        bar.set_message(format!("statistics: area {n}"));
+        let a = load(&layout, &opts.data, n, opts.ground_radius, &mut notes)?;
+        stats.add(&a.features, a.width * a.height);
+        bar.inc(1);
+    }
+    bar.set_length(total + opts.split.train.len() as u64);
+    let (mean, std) = stats.mean_std();
+    let params = patches::SplitParams {
+        patch: opts.patch,
+        stride,
+        overlap: opts.overlap,
+        ground_radius: opts.ground_radius,
+        mean,
+        std,
+    };
+    // Pass 2: patches, streamed into the files one row of patches at a time.
     let mut summaries = Vec::new();
-    let mut mean_std = None;
+    let mut writers = Vec::new();
     for (name, areas) in [("train", &opts.split.train), ("val", &opts.split.val)] {
-        let mut p = Patches::default();
+        let count: usize = areas
+            .iter()
+            .map(|n| {
+                let (w, h) = sizes[n];
+                patch_count(w, h, opts.patch, stride)
+            })
+            .sum();
+        let file = opts.out.join(format!("vaihingen_{name}.hdf5"));
+        let bin = opts.out.join(format!("vaihingen_{name}.bin"));
+        let mut writer =
+            patches::SplitWriter::create(&file, count, params, opts.raw.then_some(bin.as_path()))?;
         let mut per_area = Vec::new();
+        let mut area_notes = Vec::new();
         for &n in areas {
             bar.set_message(format!("{name}: area {n}"));
-            let a = load(&layout, &opts.data, n, opts.ground_radius, &mut notes)?;
-            if name == "train" {
-                stats.add(&a.features, a.width * a.height);
+            let a = load(&layout, &opts.data, n, opts.ground_radius, &mut area_notes)?;
+            if (a.width, a.height) != sizes[&n] {
+                return Err(Error::file(
+                    &opts.data,
+                    format!(
+                        "area {n} read as {}x{} but probed as {}x{}",
+                        a.width, a.height, sizes[&n].0, sizes[&n].1
+                    ),
+                ));
             }
-            let k = p.cut(&a, opts.patch, stride);
+            let k = writer.put_area(&a)?;
             if k == 0 {
                 notes.push(format!(
                     "area {n} ({}x{}) is too small for a {} px patch",
@@ -546,34 +521,25 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
             });
             bar.inc(1);
         }
-        let (mean, std) = *mean_std.get_or_insert_with(|| stats.mean_std());
-        p.normalise(opts.patch, &mean, &std);
-        let file = opts.out.join(format!("vaihingen_{name}.hdf5"));
-        bar.set_message(format!("writing {}", file.display()));
-        write_h5(
-            &file,
-            &p,
-            opts.patch,
-            stride,
-            opts.overlap,
-            opts.ground_radius,
-            &mean,
-            &std,
-        )?;
-        if opts.raw {
-            let bin = opts.out.join(format!("vaihingen_{name}.bin"));
-            bar.set_message(format!("writing {}", bin.display()));
-            raw::write(&bin, &p, opts.patch, &mean, &std)?;
+        // pass 1 already noted the training areas' missing eroded references
+        if name == "val" {
+            notes.extend(area_notes);
         }
+        writers.push(writer);
         summaries.push(SplitSummary {
             name: name.into(),
             file,
-            patches: p.area.len(),
+            patches: count,
             areas: per_area,
         });
     }
+    // Both splits appear together, or neither (an unfinished writer removes
+    // its files).
+    bar.set_message("closing the files");
+    for w in writers {
+        w.finish()?;
+    }
     bar.finish_and_clear();
-    let (mean, std) = mean_std.unwrap_or_else(|| stats.mean_std());
     let summary = PrepareSummary {
         layout: layout.name().into(),
         split: opts.split.name.clone(),
@@ -598,22 +564,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn course_rule_on_the_known_official_sizes() {
+    fn course_rule_on_the_official_sizes() {
         let s = stride(256, 0.6);
         assert_eq!(s, 153);
-        // (area, width, height, patches) from the sizes table above.
-        for (area, w, h, n) in [
-            (1, 1919, 2569, 176),
-            (3, 2006, 3007, 216),
-            (5, 1887, 2557, 176),
-            (7, 1887, 2557, 176),
-            (15, 1919, 2565, 176),
-            (21, 1903, 2546, 165),
-            (23, 1903, 2546, 165),
-            (30, 1934, 2563, 176),
-        ] {
-            assert_eq!(patch_count(w, h, 256, s), n, "area {area}");
-        }
+        let count = |areas: &[u16]| -> usize {
+            areas
+                .iter()
+                .map(|&a| {
+                    let (w, h) = official_size(a).unwrap();
+                    patch_count(w, h, 256, s)
+                })
+                .sum()
+        };
+        assert_eq!(count(&COURSE_TRAIN), 2083);
+        assert_eq!(count(&COURSE_VAL), 368);
+        // every released and every test area has a size, and no other
+        let mut all: Vec<u16> = ISPRS_TRAIN.iter().chain(&ISPRS_TEST).copied().collect();
+        all.sort_unstable();
+        let listed: Vec<u16> = OFFICIAL_SIZES.iter().map(|s| s.0).collect();
+        assert_eq!(all, listed);
+        assert_eq!(official_size(9), None);
+        assert_eq!(patch_count(2006, 3007, 256, s), 12 * 18);
         assert_eq!(patch_origins(256, 256, 153), Vec::<usize>::new());
         assert_eq!(patch_origins(257, 256, 153), vec![0]);
         assert_eq!(patch_origins(409, 256, 153), vec![0]);

@@ -9,11 +9,9 @@
 //! patch without a copy or a library call ([`RawPatches`]), which suits
 //! worker threads drawing shuffled patches.
 
-use super::Patches;
 use crate::error::{Error, Result};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The `.bin.json` header.
@@ -67,60 +65,106 @@ fn layout(n: usize, patch: usize, mean: &[f32], std: &[f32]) -> RawHeader {
     }
 }
 
-pub(crate) fn write(
-    bin: &Path,
-    p: &Patches,
-    patch: usize,
-    mean: &[f32; 5],
-    std: &[f32; 5],
-) -> Result<()> {
-    let n = p.area.len();
-    let h = layout(n, patch, mean, std);
-    let mut tmp = bin.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| -> std::io::Result<()> {
-        let f = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-        let mut pos = 0u64;
-        let pad_to = |w: &mut std::io::BufWriter<std::fs::File>,
-                      pos: &mut u64,
-                      at: u64|
-         -> std::io::Result<()> {
-            while *pos < at {
-                w.write_all(&[0])?;
-                *pos += 1;
-            }
-            Ok(())
+/// A `.bin` file being written patch by patch: a hidden `.partial` file of
+/// its final size, renamed into place (after its header) by
+/// [`RawWriter::finish`], removed when dropped unfinished.
+pub(crate) struct RawWriter {
+    bin: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::fs::File>,
+    header: RawHeader,
+}
+
+impl RawWriter {
+    pub(crate) fn create(
+        bin: &Path,
+        n: usize,
+        patch: usize,
+        mean: &[f32; 5],
+        std: &[f32; 5],
+    ) -> Result<RawWriter> {
+        let header = layout(n, patch, mean, std);
+        let tmp = crate::raster::sibling(bin, ".", ".partial");
+        let fail = |e: std::io::Error| Error::file(bin, format!("cannot write: {e}"));
+        let file = std::fs::File::create(&tmp).map_err(fail)?;
+        let w = RawWriter {
+            bin: bin.to_path_buf(),
+            tmp,
+            file: Some(file),
+            header,
         };
-        for v in &p.images {
-            w.write_all(&v.to_le_bytes())?;
+        // the gaps between sections stay zero, as the format says
+        if let Some(f) = &w.file {
+            f.set_len(w.header.total_bytes).map_err(fail)?;
         }
-        pos += p.images.len() as u64 * 4;
-        w.write_all(&p.labels)?;
-        w.write_all(&p.masks)?;
-        pos += (p.labels.len() + p.masks.len()) as u64;
-        pad_to(&mut w, &mut pos, h.area_offset)?;
-        for v in &p.area {
-            w.write_all(&v.to_le_bytes())?;
-        }
-        pos += p.area.len() as u64 * 2;
-        pad_to(&mut w, &mut pos, h.offset_offset)?;
-        for v in &p.offset {
-            w.write_all(&v.to_le_bytes())?;
-        }
-        w.flush()?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::file(bin, format!("cannot write: {e}")));
+        Ok(w)
     }
-    let hp = header_path(bin);
-    let json = serde_json::to_string_pretty(&h).map_err(|e| Error::file(&hp, e))?;
-    std::fs::write(&hp, json).map_err(|e| Error::file(&hp, e))?;
-    std::fs::rename(&tmp, bin).map_err(|e| Error::file(bin, e))?;
-    Ok(())
+
+    /// Writes patches `i0 ..` (`images` normalised, `(k, 5, p, p)`).
+    pub(crate) fn put(
+        &mut self,
+        i0: usize,
+        images: &[f32],
+        labels: &[u8],
+        masks: &[u8],
+        area: &[u16],
+        offset: &[u32],
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let Some(f) = &self.file else {
+            return Err(Error::file(&self.bin, "the file is closed"));
+        };
+        let h = &self.header;
+        let (i0, pp) = (i0 as u64, (h.patch * h.patch) as u64);
+        let bytes = |v: &[u8]| v.to_vec();
+        let mut img = Vec::with_capacity(images.len() * 4);
+        for v in images {
+            img.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut ar = Vec::with_capacity(area.len() * 2);
+        for v in area {
+            ar.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut off = Vec::with_capacity(offset.len() * 4);
+        for v in offset {
+            off.extend_from_slice(&v.to_le_bytes());
+        }
+        for (at, data) in [
+            (h.images_offset + i0 * 5 * pp * 4, img),
+            (h.labels_offset + i0 * pp, bytes(labels)),
+            (h.masks_offset + i0 * pp, bytes(masks)),
+            (h.area_offset + i0 * 2, ar),
+            (h.offset_offset + i0 * 8, off),
+        ] {
+            f.write_all_at(&data, at)
+                .map_err(|e| Error::file(&self.bin, format!("cannot write: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the header and renames the file into place.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        let result = (|| -> Result<()> {
+            drop(self.file.take());
+            let hp = header_path(&self.bin);
+            let json =
+                serde_json::to_string_pretty(&self.header).map_err(|e| Error::file(&hp, e))?;
+            std::fs::write(&hp, json).map_err(|e| Error::file(&hp, e))?;
+            std::fs::rename(&self.tmp, &self.bin).map_err(|e| Error::file(&self.bin, e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result
+    }
+}
+
+impl Drop for RawWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// A mapped `vaihingen_<split>.bin`.

@@ -241,6 +241,57 @@ pub fn load_official(dir: &Path, n: u16, ground_radius: usize) -> Result<(Area, 
     ))
 }
 
+/// Width, height and order (`true`: MATLAB's `5 x W x H`) of a course
+/// file's `/x_N` of shape `shape`; see [`load_course`].
+fn course_dims(path: &Path, n: u16, shape: &[usize]) -> Result<(usize, usize, bool)> {
+    if shape.len() != 3 {
+        return Err(Error::file(
+            path,
+            format!("/x_{n} has shape {shape:?}, 3 dimensions expected"),
+        ));
+    }
+    match (shape[0] == 5, shape[2] == 5) {
+        (true, false) => Ok((shape[1], shape[2], true)),
+        (false, true) => Ok((shape[1], shape[0], false)),
+        _ => Err(Error::file(
+            path,
+            format!("/x_{n} has shape {shape:?}: cannot tell which dimension holds the 5 features"),
+        )),
+    }
+}
+
+/// The width and height of area `n`, from its image's header alone.
+pub fn area_size(layout: &Layout, dir: &Path, n: u16) -> Result<(usize, usize)> {
+    match layout {
+        Layout::Official => {
+            let top = &official_paths(dir, n)[0];
+            if !top.exists() {
+                return Err(Error::file(
+                    top,
+                    format!("area {n} is missing: no such file"),
+                ));
+            }
+            Ok(open_raster(top)?.raster_size())
+        }
+        Layout::CourseHdf5 => {
+            let path = course_path(dir, n);
+            if !path.exists() {
+                return Err(Error::file(
+                    &path,
+                    format!("area {n} is missing: no such file"),
+                ));
+            }
+            let f = hdf5::File::open(&path)
+                .map_err(|e| Error::file(&path, format!("not an HDF5 file: {e}")))?;
+            let x = f
+                .dataset(&format!("x_{n}"))
+                .map_err(|e| Error::file(&path, format!("no dataset /x_{n}: {e}")))?;
+            let (w, h, _) = course_dims(&path, n, &x.shape())?;
+            Ok((w, h))
+        }
+    }
+}
+
 /// The course file of area `n`.
 pub fn course_path(dir: &Path, n: u16) -> PathBuf {
     dir.join(format!("vaihingen_{n}.hdf5"))
@@ -276,30 +327,7 @@ pub fn load_course(dir: &Path, n: u16) -> Result<Area> {
             .map_err(|e| Error::file(&path, format!("no dataset /{name}: {e}")))
     };
     let x = ds(&format!("x_{n}"))?;
-    let shape = x.shape();
-    if shape.len() != 3 {
-        return Err(Error::file(
-            &path,
-            format!("/x_{n} has shape {shape:?}, 3 dimensions expected"),
-        ));
-    }
-    let matlab = match (shape[0] == 5, shape[2] == 5) {
-        (true, false) => true,
-        (false, true) => false,
-        _ => {
-            return Err(Error::file(
-                &path,
-                format!(
-                    "/x_{n} has shape {shape:?}: cannot tell which dimension holds the 5 features"
-                ),
-            ))
-        }
-    };
-    let (w, h) = if matlab {
-        (shape[1], shape[2])
-    } else {
-        (shape[1], shape[0])
-    };
+    let (w, h, matlab) = course_dims(&path, n, &x.shape())?;
     let raw: Vec<f32> = x
         .read_raw()
         .map_err(|e| Error::file(&path, format!("cannot read /x_{n}: {e}")))?;

@@ -232,3 +232,15 @@ pub fn names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The largest peak resident set (KiB) of any child process this test
+/// binary has waited for so far (`getrusage(RUSAGE_CHILDREN)`).
+pub fn children_peak_rss_kib() -> u64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    ru.ru_maxrss as u64
+}
