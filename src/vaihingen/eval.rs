@@ -69,7 +69,14 @@ pub struct EvalSummary {
     pub json: PathBuf,
 }
 
-fn write_features(path: &Path, area: &super::Area, georef: Option<&Path>) -> Result<()> {
+/// Writes band-major 5-feature planes of `w x h` as a tiled Float32 GeoTIFF,
+/// georeferenced as `georef` when given.
+pub(crate) fn write_features(
+    path: &Path,
+    (w, h): (usize, usize),
+    features: &[f32],
+    georef: Option<&Path>,
+) -> Result<()> {
     let fail = Error::on(path);
     let mut opts = RasterCreationOptions::new();
     for (k, v) in [
@@ -80,7 +87,6 @@ fn write_features(path: &Path, area: &super::Area, georef: Option<&Path>) -> Res
     ] {
         opts.add_name_value(k, v)?;
     }
-    let (w, h) = (area.width, area.height);
     let mut ds = crate::raster::create::<f32>("GTiff", path, (w, h), 5, &opts)
         .map_err(|e| Error::gdal_file(path, "cannot create", e))?;
     if let Some(src) = georef {
@@ -95,9 +101,62 @@ fn write_features(path: &Path, area: &super::Area, georef: Option<&Path>) -> Res
     let npix = w * h;
     for c in 0..5 {
         let mut band = ds.rasterband(c + 1).map_err(&fail)?;
-        let mut buf = Buffer::new((w, h), area.features[c * npix..(c + 1) * npix].to_vec());
+        let mut buf = Buffer::new((w, h), features[c * npix..(c + 1) * npix].to_vec());
         band.write((0, 0), (w, h), &mut buf).map_err(&fail)?;
     }
+    Ok(())
+}
+
+/// Refuses a model that cannot map Vaihingen: 5 input bands, the ISPRS
+/// classes.
+pub(crate) fn check_model(path: &Path, meta: &crate::model::ModelMeta) -> Result<()> {
+    let ids: Vec<u8> = meta.classes.classes.iter().map(|c| c.id).collect();
+    if ids != [0, 1, 2, 3, 4, 5] {
+        return Err(Error::file(
+            path,
+            format!("eval needs the ISPRS classes (ids 0..=5 in order); the model has ids {ids:?}"),
+        ));
+    }
+    if meta.bands != 5 {
+        return Err(Error::file(
+            path,
+            format!(
+                "the model takes {} band(s); Vaihingen evaluation feeds 5 (NIR, R, G, nDSM, NDVI)",
+                meta.bands
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Maps the feature raster `feat` into `map` through the streaming infer
+/// pipeline (window and overlap from the model); `model` is the opened
+/// model, taken if present, else opened again.
+pub(crate) fn map_features(
+    model_path: &Path,
+    meta: &crate::model::ModelMeta,
+    model: &mut Option<Model>,
+    feat: &Path,
+    map: &Path,
+    batch: usize,
+) -> Result<()> {
+    let opts = InferOptions {
+        batch: batch.max(1),
+        overwrite: true,
+        ..Default::default()
+    };
+    let plan = InferPlan::resolve(
+        SceneInfo::probe(feat)?,
+        map.to_path_buf(),
+        model_path,
+        meta,
+        &opts,
+    )?;
+    let model = match model.take() {
+        Some(m) => m,
+        None => Model::open(model_path, &candle_core::Device::Cpu, &Default::default())?,
+    };
+    infer::infer(&plan, model, Arc::new(AtomicBool::new(false)), &NoProgress)?;
     Ok(())
 }
 
@@ -107,23 +166,8 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalSummary> {
     let opened = Model::open(&o.model, &candle_core::Device::Cpu, &Default::default())?;
     let meta = opened.meta.clone();
     let mut opened = Some(opened);
+    check_model(&o.model, &meta)?;
     let isprs = ClassTable::isprs();
-    let ids: Vec<u8> = meta.classes.classes.iter().map(|c| c.id).collect();
-    if ids != [0, 1, 2, 3, 4, 5] {
-        return Err(Error::file(
-            &o.model,
-            format!("eval needs the ISPRS classes (ids 0..=5 in order); the model has ids {ids:?}"),
-        ));
-    }
-    if meta.bands != 5 {
-        return Err(Error::file(
-            &o.model,
-            format!(
-                "the model takes {} band(s); Vaihingen evaluation feeds 5 (NIR, R, G, nDSM, NDVI)",
-                meta.bands
-            ),
-        ));
-    }
     if o.areas.is_empty() {
         return Err(Error::Config("no area to evaluate".into()));
     }
@@ -141,25 +185,14 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalSummary> {
             Layout::Official => Some(super::source::official_paths(&o.data, n)[0].clone()),
             Layout::CourseHdf5 => None,
         };
-        write_features(&feat, &area, georef.as_deref())?;
-        let map = o.out.join(format!("map_area{n}.tif"));
-        let opts = InferOptions {
-            batch: o.batch.max(1),
-            overwrite: true,
-            ..Default::default()
-        };
-        let plan = InferPlan::resolve(
-            SceneInfo::probe(&feat)?,
-            map.clone(),
-            &o.model,
-            &meta,
-            &opts,
+        write_features(
+            &feat,
+            (area.width, area.height),
+            &area.features,
+            georef.as_deref(),
         )?;
-        let model = match opened.take() {
-            Some(m) => m,
-            None => Model::open(&o.model, &candle_core::Device::Cpu, &Default::default())?,
-        };
-        infer::infer(&plan, model, Arc::new(AtomicBool::new(false)), &NoProgress)?;
+        let map = o.out.join(format!("map_area{n}.tif"));
+        map_features(&o.model, &meta, &mut opened, &feat, &map, o.batch)?;
         if !o.keep_features {
             let _ = std::fs::remove_file(&feat);
         }

@@ -88,6 +88,7 @@ pub mod features;
 mod patches;
 pub mod raw;
 pub mod source;
+pub mod submission;
 
 use crate::error::{Error, Result};
 pub use source::{Area, Layout};

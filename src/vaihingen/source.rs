@@ -168,11 +168,16 @@ fn read_bands<T: gdal::raster::GdalType + Copy>(
     Ok((w, h, bands))
 }
 
-/// Reads area `n` of the official layout. The eroded reference is optional:
-/// without it the mask is all 0 (and `Ok` carries a note).
-pub fn load_official(dir: &Path, n: u16, ground_radius: usize) -> Result<(Area, Option<String>)> {
-    let [top, dsm_p, gt_p, er_p] = official_paths(dir, n);
-    for p in [&top, &dsm_p, &gt_p] {
+/// The five features of area `n` of the official layout, from its image
+/// and DSM alone (the test areas have no reference): width, height and the
+/// band-major `5 x height x width` planes.
+pub fn official_features(
+    dir: &Path,
+    n: u16,
+    ground_radius: usize,
+) -> Result<(usize, usize, Vec<f32>)> {
+    let [top, dsm_p, _, _] = official_paths(dir, n);
+    for p in [&top, &dsm_p] {
         if !p.exists() {
             return Err(Error::file(p, format!("area {n} is missing: no such file")));
         }
@@ -188,6 +193,31 @@ pub fn load_official(dir: &Path, n: u16, ground_radius: usize) -> Result<(Area, 
             ),
         ));
     }
+    let npix = w * h;
+    let mut features = vec![0f32; 5 * npix];
+    for i in 0..npix {
+        let (nir, r, g) = (img[0][i] as f32, img[1][i] as f32, img[2][i] as f32);
+        features[i] = nir;
+        features[npix + i] = r;
+        features[2 * npix + i] = g;
+        features[4 * npix + i] = ndvi(nir, r);
+    }
+    drop(img);
+    let nd = ndsm(&dsm[0], w, h, ground_radius);
+    features[3 * npix..4 * npix].copy_from_slice(&nd);
+    Ok((w, h, features))
+}
+
+/// Reads area `n` of the official layout. The eroded reference is optional:
+/// without it the mask is all 0 (and `Ok` carries a note).
+pub fn load_official(dir: &Path, n: u16, ground_radius: usize) -> Result<(Area, Option<String>)> {
+    let [top, dsm_p, gt_p, er_p] = official_paths(dir, n);
+    for p in [&top, &dsm_p, &gt_p] {
+        if !p.exists() {
+            return Err(Error::file(p, format!("area {n} is missing: no such file")));
+        }
+    }
+    let (w, h, features) = official_features(dir, n, ground_radius)?;
     let (gw, gh, gt) = read_bands::<u8>(&gt_p, 3)?;
     if (gw, gh) != (w, h) {
         return Err(Error::file(
@@ -217,17 +247,6 @@ pub fn load_official(dir: &Path, n: u16, ground_radius: usize) -> Result<(Area, 
         ));
         vec![0u8; w * h]
     };
-    let npix = w * h;
-    let mut features = vec![0f32; 5 * npix];
-    for i in 0..npix {
-        let (nir, r, g) = (img[0][i] as f32, img[1][i] as f32, img[2][i] as f32);
-        features[i] = nir;
-        features[npix + i] = r;
-        features[2 * npix + i] = g;
-        features[4 * npix + i] = ndvi(nir, r);
-    }
-    let nd = ndsm(&dsm[0], w, h, ground_radius);
-    features[3 * npix..4 * npix].copy_from_slice(&nd);
     Ok((
         Area {
             id: n,
