@@ -1269,13 +1269,7 @@ fn train_bad_input_gives_one_line_errors() {
 /// installs); prints a skip line elsewhere.
 #[test]
 fn pretrained_loads_a_real_torch_save_file() {
-    let python = std::env::var("RSTILE_TORCH_PYTHON").ok().or_else(|| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/torch-venv/bin/python");
-        std::path::Path::new(venv)
-            .exists()
-            .then(|| venv.to_string())
-    });
-    let Some(python) = python else {
+    let Some(python) = common::torch_python() else {
         println!("SKIP pretrained_loads_a_real_torch_save_file: no Python with torch (set RSTILE_TORCH_PYTHON or run benches/cpu_vs_torch.sh once)");
         return;
     };
@@ -1320,5 +1314,57 @@ json.dump({{k: sd[k].flatten()[:16].tolist() for k in keys}}, open({probe:?}, "w
     for (k, want) in probe {
         let got = vals(vars[&format!("backbone.{k}")].as_tensor());
         assert_eq!(&got[..want.len()], &want[..], "{k}");
+    }
+}
+
+/// Real PyTorch files from `scripts/torch-checkpoints.py`: torchvision's
+/// resnet18 state dict as `torch.save` writes it, and the same weights in a
+/// Lightning-style `.ckpt` (`state_dict`, `model.` prefix). Both load into a
+/// 5-band resnet18-fcn (the first convolution adapted as documented), and
+/// the encoder's output on a fixed input equals torchvision's within 1e-4.
+/// The files (45 MB each) are made here when a Python with torch is found;
+/// a SKIP line elsewhere.
+#[test]
+fn pretrained_resnet18_pth_and_lightning_ckpt_match_torchvision() {
+    let Some(python) = common::torch_python() else {
+        println!("SKIP pretrained_resnet18_pth_and_lightning_ckpt_match_torchvision: no Python with torch and torchvision (set RSTILE_TORCH_PYTHON or run scripts/onnx-fixtures.sh once)");
+        return;
+    };
+    let dir = common::tmp();
+    let out = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/torch-checkpoints.py"
+        ))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let x = rstile::model::npy::read_f32(&dir.path().join("input.npy")).unwrap();
+    let want = vals(&rstile::model::npy::read_f32(&dir.path().join("encoder.npy")).unwrap());
+    for file in ["resnet18.pth", "resnet18.ckpt"] {
+        let meta = ModelMeta::new(Arch::Resnet18Fcn, 5, ClassTable::isprs());
+        let model = Model::new_random(meta, 7, &Device::Cpu).unwrap();
+        let report =
+            rstile::train::pretrained::load_imagenet(&model, &dir.path().join(file)).unwrap();
+        // 122 tensors: fc.weight, fc.bias and 20 num_batches_tracked skipped
+        assert_eq!((report.loaded, report.skipped), (100, 22), "{file}");
+        assert_eq!(report.first_conv, (3, 5), "{file}");
+        let y = model.encoder(&x).unwrap().expect("a ResNet encoder");
+        assert_eq!(y.dims(), &[2, 512, 3, 3], "{file}");
+        let got = vals(&y);
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        println!(
+            "{file}: encoder max |rstile - torchvision| {err:.2e} (largest |value| {scale:.2})"
+        );
+        assert!(err <= 1e-4 * scale, "{file}: {err} > 1e-4 x {scale}");
     }
 }

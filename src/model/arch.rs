@@ -33,6 +33,15 @@ pub trait Network: std::fmt::Debug + Send + Sync {
     /// Convolution FLOPs (multiply-adds times two) of one forward pass on
     /// `batch` windows of `height x width`.
     fn flops(&self, batch: usize, height: usize, width: usize) -> u64;
+
+    /// The encoder's deepest features at inference (a torchvision ResNet's
+    /// `layer4` output, stride 32) for a normalised input; `None` for a
+    /// network without such an encoder. For checking imported weights
+    /// against PyTorch.
+    fn encoder(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let _ = x;
+        Ok(None)
+    }
 }
 
 /// What a constructor needs besides its variables.

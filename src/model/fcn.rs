@@ -232,6 +232,10 @@ impl Network for Fcn {
         total
     }
 
+    fn encoder(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.backbone.forward_t(x, false)?.s32))
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let f = self.backbone.forward_t(x, train)?;

@@ -255,6 +255,11 @@ impl Model {
     /// Logits `(B, K, H, W)`. With `train`, batch norm uses (and updates)
     /// batch statistics and the FCN heads apply dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        Ok(self.net.forward_t(x, train)?)
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
         let dims = x.dims();
         if dims.len() != 4 || dims[1] != self.meta.bands || x.dtype() != DType::F32 {
             return Err(Error::Config(format!(
@@ -264,7 +269,15 @@ impl Model {
                 dims
             )));
         }
-        Ok(self.net.forward_t(x, train)?)
+        Ok(())
+    }
+
+    /// The encoder's deepest features at inference (see
+    /// [`Network::encoder`]); `None` for an architecture without a ResNet
+    /// encoder.
+    pub fn encoder(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        self.check_input(x)?;
+        Ok(self.net.encoder(x)?)
     }
 
     /// All variables: the trainable parameters and the batch-norm running

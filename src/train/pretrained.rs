@@ -3,7 +3,9 @@
 //! Checkpoints are torchvision `resnet18/34/50` state dicts: `conv1.weight`,
 //! `bn1.*`, `layer1.0.conv1.weight`, ... without a `backbone.` prefix, as
 //! `.safetensors` or as PyTorch `.pth`/`.pt` (zip pickles). `fc.*` and
-//! `*.num_batches_tracked` are skipped. Every other tensor must be an
+//! `*.num_batches_tracked` are skipped. A Lightning `.ckpt` (as TorchGeo
+//! and geoai save them) is read from its `state_dict`, the `model.` prefix
+//! of its keys removed. Every other tensor must be an
 //! encoder parameter of the model (`backbone.` + key) of the same shape,
 //! and every encoder parameter must be present.
 //!
@@ -48,6 +50,11 @@ pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
         Ok(m.into_iter().collect())
     };
     let pth = || -> Result<Vec<(String, Tensor)>> {
+        // A Lightning checkpoint (TorchGeo, geoai) holds the weights under
+        // `state_dict`, prefixed `model.`; a plain state dict has no such key.
+        if let Ok(t) = candle_core::pickle::read_all_with_key(path, Some("state_dict")) {
+            return Ok(strip_common_prefix(t, "model."));
+        }
         candle_core::pickle::read_all(path)
             .map_err(|e| Error::file(path, format!("not a readable PyTorch checkpoint: {e}")))
     };
@@ -56,6 +63,16 @@ pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
         "pth" | "pt" | "bin" | "ckpt" => pth(),
         _ => st().or_else(|_| pth()),
     }
+}
+
+/// Removes `prefix` from every name when every name has it.
+fn strip_common_prefix(t: Vec<(String, Tensor)>, prefix: &str) -> Vec<(String, Tensor)> {
+    if t.is_empty() || !t.iter().all(|(k, _)| k.starts_with(prefix)) {
+        return t;
+    }
+    t.into_iter()
+        .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+        .collect()
 }
 
 /// The first-convolution filters for `bands` inputs from ImageNet's RGB

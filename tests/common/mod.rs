@@ -244,3 +244,27 @@ pub fn children_peak_rss_kib() -> u64 {
     };
     ru.ru_maxrss as u64
 }
+
+/// A Python with torch and torchvision: `RSTILE_TORCH_PYTHON`, else the
+/// venv of `scripts/onnx-fixtures.sh` or of `benches/cpu_vs_torch.sh`
+/// (checked by importing both); `None` when there is none.
+pub fn torch_python() -> Option<String> {
+    let candidates = std::env::var("RSTILE_TORCH_PYTHON").ok().into_iter().chain(
+        [
+            "target/onnx-venv/bin/python",
+            "target/torch-venv/bin/python",
+        ]
+        .iter()
+        .map(|p| format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))),
+    );
+    for py in candidates {
+        let ok = Command::new(&py)
+            .args(["-c", "import torch, torchvision"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(py);
+        }
+    }
+    None
+}
