@@ -14,3 +14,7 @@ fi
 "$VENV/bin/pip" install -q torch torchvision segmentation-models-pytorch onnx onnxruntime onnxscript
 rm -rf tests/fixtures/onnx
 "$VENV/bin/python" scripts/onnx-fixtures.py --out tests/fixtures/onnx "$@"
+# The real torch.save checkpoints of the --pretrained test (torchvision
+# resnet18 as .pth and as a Lightning .ckpt, 45 MB each) are too large to
+# commit: tests/train.rs makes them with scripts/torch-checkpoints.py in this
+# venv when it finds it (or RSTILE_TORCH_PYTHON), and prints SKIP elsewhere.

@@ -115,9 +115,13 @@ fn lut(classes: &ClassTable) -> [u8; 256] {
     l
 }
 
-/// The majority class of the training labels (as a channel) and the mIoU
-/// of predicting it everywhere on the validation labels.
-fn majority_baseline(classes: &ClassTable, train: &[PathBuf], val: &[PathBuf]) -> (usize, f64) {
+/// The majority class of the training labels (as a channel), and the mIoU
+/// and overall accuracy of predicting it everywhere on the validation labels.
+fn majority_baseline(
+    classes: &ClassTable,
+    train: &[PathBuf],
+    val: &[PathBuf],
+) -> (usize, f64, f64) {
     let l = lut(classes);
     let k = classes.len();
     let mut hist = vec![0u64; k];
@@ -134,11 +138,16 @@ fn majority_baseline(classes: &ClassTable, train: &[PathBuf], val: &[PathBuf]) -
         let truth: Vec<u8> = read_band1(p).2.iter().map(|&v| l[v as usize]).collect();
         conf.add_slices(&truth, &vec![major as u8; truth.len()]);
     }
-    (major, conf.miou().unwrap())
+    (
+        major,
+        conf.miou().unwrap(),
+        conf.overall_accuracy().unwrap(),
+    )
 }
 
 struct Case<'a> {
     name: &'a str,
+    arch: &'a str,
     classes: ClassTable,
     /// (image, label) of every tile, and their size.
     tiles: Vec<(PathBuf, PathBuf, usize, usize)>,
@@ -150,8 +159,9 @@ struct Case<'a> {
 }
 
 /// Trains on the left halves, scores the right halves; returns the
-/// baseline mIoU and the report.
-fn left_right(dir: &Path, c: &Case) -> (usize, f64, TrainReport, f64) {
+/// majority class, the baseline's mIoU and overall accuracy, the report
+/// and the seconds taken.
+fn left_right(dir: &Path, c: &Case) -> (usize, f64, f64, TrainReport, f64) {
     let classes_path = dir.join("classes.toml");
     std::fs::write(&classes_path, toml::to_string(&c.classes).unwrap()).unwrap();
     let mut scenes = String::new();
@@ -175,12 +185,13 @@ fn left_right(dir: &Path, c: &Case) -> (usize, f64, TrainReport, f64) {
             }
         }
     }
-    let (major, base) = majority_baseline(&c.classes, &train_labels, &val_labels);
+    let (major, base, base_oa) = majority_baseline(&c.classes, &train_labels, &val_labels);
     let text = format!(
-        "[model]\narch = \"tiny\"\nclasses = \"{}\"\nbands = [1, 2, 3]\nwindow = 256\noverlap = 0.25\n\n\
+        "[model]\narch = \"{}\"\nclasses = \"{}\"\nbands = [1, 2, 3]\nwindow = 256\noverlap = 0.25\n\n\
          [data]\nsamples_per_epoch = {}\nval_window = 256\nworkers = 2\n\n{scenes}\
          [train]\nepochs = {}\nbatch = 8\ncrop = {}\nlr = {}\noptimizer = \"adamw\"\n\
          schedule = \"cosine\"\nseed = 1\nout_dir = \"{}\"\n",
+        c.arch,
         classes_path.display(),
         c.samples_per_epoch,
         c.epochs,
@@ -204,8 +215,9 @@ fn left_right(dir: &Path, c: &Case) -> (usize, f64, TrainReport, f64) {
     .unwrap();
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "{}: majority class {} ({}): baseline mIoU {base:.4}; {} epochs x {} samples of {} px in {secs:.1} s",
+        "{} {}: majority class {} ({}): baseline mIoU {base:.4} OA {base_oa:.4}; {} epochs x {} samples of {} px in {secs:.1} s",
         c.name,
+        c.arch,
         major,
         c.classes.classes[major].name,
         r.history.len(),
@@ -238,7 +250,7 @@ fn left_right(dir: &Path, c: &Case) -> (usize, f64, TrainReport, f64) {
         })
         .collect();
     println!("  last epoch IoU: {}", iou.join(", "));
-    (major, base, r, secs)
+    (major, base, base_oa, r, secs)
 }
 
 fn epochs_env(default: usize) -> usize {
@@ -274,6 +286,7 @@ fn tiny_learns_loveda_left_to_right() {
         .collect();
     let case = Case {
         name: "LoveDA",
+        arch: "tiny",
         classes: loveda_classes(),
         tiles,
         samples_per_epoch: 96,
@@ -281,7 +294,7 @@ fn tiny_learns_loveda_left_to_right() {
         crop: 128,
         lr: 0.01,
     };
-    let (_, base, r, _) = left_right(dir.path(), &case);
+    let (_, base, _, r, _) = left_right(dir.path(), &case);
     let last = r.history.last().unwrap().val_miou.unwrap();
     println!("LoveDA: val mIoU {last:.4} vs majority baseline {base:.4} (margin {LOVEDA_MARGIN})");
     assert!(
@@ -314,6 +327,7 @@ fn tiny_learns_vaihingen_crop_left_to_right() {
     let (w, h) = gdal::Dataset::open(&files[0]).unwrap().raster_size();
     let case = Case {
         name: "Vaihingen crop",
+        arch: "tiny",
         classes: vaihingen_index_classes(),
         tiles: vec![(files[0].clone(), files[1].clone(), w, h)],
         samples_per_epoch: 64,
@@ -321,7 +335,7 @@ fn tiny_learns_vaihingen_crop_left_to_right() {
         crop: 128,
         lr: 0.01,
     };
-    let (_, base, r, _) = left_right(dir.path(), &case);
+    let (_, base, _, r, _) = left_right(dir.path(), &case);
     let last = r.history.last().unwrap().val_miou.unwrap();
     println!(
         "Vaihingen crop: val mIoU {last:.4} vs majority baseline {base:.4} (margin {VAIHINGEN_MARGIN})"
@@ -339,3 +353,140 @@ fn tiny_learns_vaihingen_crop_left_to_right() {
 /// (260 px) and no tree, which the right half has (16k and 5k px), so those
 /// classes cannot be learnt from it; half of the measured gap.
 const VAIHINGEN_MARGIN: f64 = 0.05;
+
+/// The LoveDA tiles, as `(image, label, width, height)`, or `None` after a
+/// SKIP line.
+fn loveda_tiles(test: &str) -> Option<Vec<(PathBuf, PathBuf, usize, usize)>> {
+    let rel: Vec<String> = (0..3)
+        .flat_map(|i| {
+            [
+                format!("loveda/img/{i}.png"),
+                format!("loveda/label/{i}.png"),
+            ]
+        })
+        .collect();
+    let rel: Vec<&str> = rel.iter().map(String::as_str).collect();
+    let files = real_files(test, &rel)?;
+    Some(
+        files
+            .chunks(2)
+            .map(|p| {
+                let (w, h) = gdal::Dataset::open(&p[0]).unwrap().raster_size();
+                (p[0].clone(), p[1].clone(), w, h)
+            })
+            .collect(),
+    )
+}
+
+/// The Potsdam crop with its RGB-coded eroded reference turned into an
+/// index map in `dir` (1..=6 as the Vaihingen index map, 0 where black),
+/// or `None` after a SKIP line.
+fn potsdam_tile(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf, usize, usize)> {
+    let files = real_files(
+        test,
+        &[
+            "potsdam/rgb_2_10_crop512.png",
+            "potsdam/gt_eroded_2_10_crop512.tif",
+        ],
+    )?;
+    let ds = gdal::Dataset::open(&files[1]).unwrap();
+    let (w, h) = ds.raster_size();
+    let band = |i: usize| {
+        ds.rasterband(i)
+            .unwrap()
+            .read_as::<u8>((0, 0), (w, h), (w, h), None)
+            .unwrap()
+            .data()
+            .to_vec()
+    };
+    let (r, g, b) = (band(1), band(2), band(3));
+    let ids = rstile::vaihingen::source::decode_rgb(&files[1], &r, &g, &b, w, true).unwrap();
+    let index: Vec<u8> = ids
+        .iter()
+        .map(|&v| if v == 255 { 0 } else { v + 1 })
+        .collect();
+    let label = dir.join("potsdam_index.tif");
+    let drv = gdal::DriverManager::get_driver_by_name("GTiff").unwrap();
+    let out = drv.create_with_band_type::<u8, _>(&label, w, h, 1).unwrap();
+    out.rasterband(1)
+        .unwrap()
+        .write(
+            (0, 0),
+            (w, h),
+            &mut gdal::raster::Buffer::new((w, h), index),
+        )
+        .unwrap();
+    drop(out);
+    Some((files[0].clone(), label, w, h))
+}
+
+/// The table of `benches/RESULTS.md` ("Learning on real pixels"): `tiny`
+/// and `resnet18-fcn` (from scratch, default augmentation: flips, 90°
+/// rotations, scale 0.75-1.25, noise, jitter) on LoveDA, the Potsdam crop
+/// and the Vaihingen crop, left halves training, right halves scored,
+/// against predicting the training halves' majority class. Prints one
+/// markdown row per run; `bash benches/real_pixels.sh`.
+#[test]
+#[ignore]
+fn real_pixels_table() {
+    let test = "real_pixels_table";
+    let dir = common::tmp();
+    let Some(loveda) = loveda_tiles(test) else {
+        return;
+    };
+    let Some(potsdam) = potsdam_tile(test, dir.path()) else {
+        return;
+    };
+    let Some(v) = real_files(
+        test,
+        &[
+            "vaihingen/top_area1_crop512.tif",
+            "vaihingen/label_index_area1_crop512.png",
+        ],
+    ) else {
+        return;
+    };
+    let vaihingen = vec![(v[0].clone(), v[1].clone(), 512, 512)];
+    let epochs = epochs_env(12);
+    let mut rows = Vec::new();
+    for (name, classes, tiles, samples) in [
+        ("LoveDA (3 x 1024²)", loveda_classes(), loveda, 96),
+        (
+            "Potsdam (512²)",
+            vaihingen_index_classes(),
+            vec![potsdam],
+            64,
+        ),
+        ("Vaihingen (512²)", vaihingen_index_classes(), vaihingen, 64),
+    ] {
+        for (arch, lr) in [("tiny", 0.01), ("resnet18-fcn", 0.001)] {
+            let run = dir.path().join(format!("{}_{arch}", rows.len()));
+            std::fs::create_dir_all(&run).unwrap();
+            let case = Case {
+                name,
+                arch,
+                classes: classes.clone(),
+                tiles: tiles.clone(),
+                samples_per_epoch: samples,
+                epochs,
+                crop: 128,
+                lr,
+            };
+            let (major, base, base_oa, r, secs) = left_right(&run, &case);
+            let last = r.history.last().unwrap();
+            rows.push(format!(
+                "| {name} | {arch} | {epochs} x {samples} | {:.3} | {:.3} | {:.3} ({}) | {:.3} | {secs:.0} |",
+                last.val_miou.unwrap(),
+                last.val_overall_accuracy.unwrap(),
+                base,
+                classes.classes[major].name,
+                base_oa
+            ));
+        }
+    }
+    println!("\n| data | arch | epochs x crops | val mIoU | val OA | majority mIoU (class) | majority OA | s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+}
