@@ -100,6 +100,15 @@ pub struct MapFlags {
     /// Also write MAP.confidence.tif (0-100).
     #[arg(long)]
     confidence: bool,
+    /// Also write MAP.probabilities.tif: one u8 band per class (probability
+    /// x 254, 255 = nodata), named after the classes.
+    #[arg(long)]
+    probabilities: bool,
+    /// Test-time augmentation: none, flips (identity and 2 mirrors: 3
+    /// passes) or d4 (all 8 flips and rotations); the probabilities are
+    /// averaged before blending.
+    #[arg(long, default_value = "none", value_parser = parse_tta)]
+    tta: rstile::infer::tta::Tta,
     /// GDAL creation option KEY=VALUE (repeatable).
     #[arg(long = "co", value_name = "KEY=VALUE", value_parser = parse_co)]
     co: Vec<(String, String)>,
@@ -277,6 +286,8 @@ fn infer_one(
         bands: m.bands.clone(),
         chunk: m.chunk,
         confidence: m.confidence,
+        probabilities: m.probabilities,
+        tta: m.tta,
         creation_options: m.co.clone(),
         overwrite: a.overwrite,
         gdal_cache_mb: m.gdal_cache,
@@ -392,4 +403,8 @@ fn infer_one(
         );
     }
     Ok(())
+}
+
+fn parse_tta(s: &str) -> std::result::Result<rstile::infer::tta::Tta, String> {
+    s.parse()
 }

@@ -16,6 +16,7 @@
 //! which window of the batch is not finite; [`non_finite_params`] checks
 //! weights (at load, and in training before a checkpoint is written).
 
+use super::tta::Tta;
 use crate::error::Result;
 use crate::model::{softmax_channels, Model};
 use candle_core::{DType, Device, Tensor};
@@ -188,6 +189,66 @@ pub fn describe_bad(bad: &[BadTensor]) -> String {
         [one] => one.to_string(),
         [first, rest @ ..] => format!("{first}, and {} more tensor(s)", rest.len()),
     }
+}
+
+/// [`run_batch`] under test-time augmentation: the batch is predicted once
+/// per transform of `tta` (each window transformed, its prediction mapped
+/// back), and each window's class probabilities are the mean over the
+/// transforms, summed in their fixed order. [`Tta::None`] is `run_batch`.
+pub fn run_batch_tta(
+    model: &Model,
+    windows: &[&[f32]],
+    bands: usize,
+    n: usize,
+    tta: Tta,
+) -> Result<std::result::Result<Vec<Vec<f32>>, NonFiniteWindow>> {
+    if tta == Tta::None {
+        return run_batch(model, windows, bands, n);
+    }
+    let plane = n * n;
+    let transforms = tta.transforms();
+    let mut sum: Vec<Vec<f32>> = Vec::new();
+    for (i, t) in transforms.iter().enumerate() {
+        let moved: Vec<Vec<f32>> = windows
+            .iter()
+            .map(|w| {
+                let mut out = vec![0f32; w.len()];
+                for (src, dst) in w.chunks_exact(plane).zip(out.chunks_exact_mut(plane)) {
+                    t.apply(src, dst, n);
+                }
+                out
+            })
+            .collect();
+        let refs: Vec<&[f32]> = moved.iter().map(Vec::as_slice).collect();
+        let outs = match run_batch(model, &refs, bands, n)? {
+            Ok(o) => o,
+            Err(bad) => return Ok(Err(bad)),
+        };
+        drop(moved);
+        let back = t.inverse();
+        let mut tmp = vec![0f32; plane];
+        for (w, probs) in outs.into_iter().enumerate() {
+            if i == 0 {
+                // the identity comes first
+                sum.push(probs);
+                continue;
+            }
+            for (c, src) in probs.chunks_exact(plane).enumerate() {
+                back.apply(src, &mut tmp, n);
+                let acc = &mut sum[w][c * plane..(c + 1) * plane];
+                for (a, v) in acc.iter_mut().zip(&tmp) {
+                    *a += v;
+                }
+            }
+        }
+    }
+    let scale = 1.0 / transforms.len() as f32;
+    for w in &mut sum {
+        for v in w.iter_mut() {
+            *v *= scale;
+        }
+    }
+    Ok(Ok(sum))
 }
 
 #[cfg(test)]

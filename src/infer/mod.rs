@@ -22,6 +22,7 @@ pub mod plan;
 pub mod read;
 pub mod stages;
 pub mod stitch;
+pub mod tta;
 pub mod window;
 pub mod write;
 
@@ -147,6 +148,7 @@ pub fn infer(
         creation_options: plan.creation_options.clone(),
         overwrite: plan.overwrite,
         confidence: plan.confidence,
+        probabilities: plan.probabilities,
         rows: plan.rows,
         overviews: plan.part.is_none(),
         metadata,

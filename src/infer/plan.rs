@@ -52,6 +52,10 @@ pub struct InferOptions {
     pub bands: Option<Vec<usize>>,
     pub chunk: Option<usize>,
     pub confidence: bool,
+    /// Also write `MAP.probabilities.tif` (one u8 band per class).
+    pub probabilities: bool,
+    /// Test-time augmentation.
+    pub tta: crate::infer::tta::Tta,
     pub creation_options: Vec<(String, String)>,
     pub overwrite: bool,
     /// GDAL block cache, MiB; see [`InferPlan::gdal_cache_mb`].
@@ -81,6 +85,8 @@ impl Default for InferOptions {
             bands: None,
             chunk: None,
             confidence: false,
+            probabilities: false,
+            tta: crate::infer::tta::Tta::None,
             creation_options: Vec::new(),
             overwrite: false,
             gdal_cache_mb: 256,
@@ -109,6 +115,10 @@ pub struct InferPlan {
     /// Column chunk width in px, a multiple of 512.
     pub chunk: usize,
     pub confidence: bool,
+    /// Also write `MAP.probabilities.tif`.
+    pub probabilities: bool,
+    /// Test-time augmentation: forward passes per window, averaged.
+    pub tta: crate::infer::tta::Tta,
     pub creation_options: Vec<(String, String)>,
     pub overwrite: bool,
     /// GDAL block cache, MiB. The library does not apply it (it changes no
@@ -293,6 +303,8 @@ impl InferPlan {
             },
             chunk,
             confidence: o.confidence,
+            probabilities: o.probabilities,
+            tta: o.tta,
             creation_options: o.creation_options.clone(),
             overwrite: o.overwrite,
             gdal_cache_mb: o.gdal_cache_mb,
@@ -362,8 +374,15 @@ impl MemoryBound {
             &[plan.batch as u64, px, meta.arch.activation_bytes_per_px()],
             &wb(),
         )?;
+        // test-time augmentation: the batch's transformed inputs and the
+        // running sums of its predictions (each pass is one batch)
+        let tta = if plan.tta == crate::infer::tta::Tta::None {
+            0
+        } else {
+            mul(&[plan.batch as u64, px, 4 * (bands + k) + 4], &wb())?
+        };
         let model = add(
-            &[mul(&[params as u64, 4], "the model")?, activations],
+            &[mul(&[params as u64, 4], "the model")?, activations, tta],
             &wb(),
         )?;
         let width = plan.chunk.min(plan.scene.size.width.next_multiple_of(TILE)) as u64;
@@ -372,10 +391,9 @@ impl MemoryBound {
             &[add(&[w, TILE as u64], &window)?, width, 4 * k + 4 + 1],
             &window,
         )?;
-        let writer = mul(
-            &[4, width, TILE as u64, 1 + plan.confidence as u64],
-            "--chunk",
-        )?;
+        // bands in flight: the map, the confidence, k probability planes
+        let side_planes = 1 + plan.confidence as u64 + k * plan.probabilities as u64;
+        let writer = mul(&[4, width, TILE as u64, side_planes], "--chunk")?;
         let gdal_cache = mul(&[plan.gdal_cache_mb as u64, 1 << 20], "--gdal-cache")?;
         let bound = MemoryBound {
             model,
@@ -664,6 +682,8 @@ pub fn settings(plan: &InferPlan, meta: &ModelMeta) -> BTreeMap<String, String> 
     put("blend", plan.blend.to_string());
     put("chunk", plan.chunk.to_string());
     put("confidence", plan.confidence.to_string());
+    put("probabilities", plan.probabilities.to_string());
+    put("tta", plan.tta.to_string());
     put("rows", format!("{}..{}", plan.rows.0, plan.rows.1));
     put(
         "aoi",
@@ -775,6 +795,8 @@ mod tests {
             },
             chunk: DEFAULT_CHUNK,
             confidence: false,
+            probabilities: false,
+            tta: crate::infer::tta::Tta::None,
             creation_options: Vec::new(),
             overwrite: false,
             gdal_cache_mb: 256,

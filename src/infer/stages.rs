@@ -32,7 +32,7 @@
 //! again on the joining thread.
 
 use crate::error::{Error, Result};
-use crate::infer::batch::{run_batch, NonFiniteWindow};
+use crate::infer::batch::{run_batch_tta, NonFiniteWindow};
 use crate::infer::plan::InferPlan;
 use crate::infer::read::{WindowData, WindowSource};
 use crate::infer::stitch::{Band, ChunkStitcher, Prediction, Region};
@@ -367,7 +367,7 @@ impl<'a> Stages<'a> {
                 return;
             }
             let inputs: Vec<&[f32]> = jobs.iter().map(|j| j.data.input.as_slice()).collect();
-            match run_batch(&model, &inputs, bands, n) {
+            match run_batch_tta(&model, &inputs, bands, n, self.plan.tta) {
                 Ok(Err(bad)) => {
                     let w = jobs[bad.index].window;
                     return self.fail(self.non_finite(&w, bad));
@@ -427,6 +427,7 @@ impl<'a> Stages<'a> {
                 TILE,
                 self.plan.confidence,
             )
+            .with_probabilities(self.plan.probabilities)
         };
         let mut regions = self.regions.iter();
         let mut st = regions.next().map(new_stitcher);

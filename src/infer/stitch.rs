@@ -118,6 +118,26 @@ pub struct Band {
     pub classes: Vec<u8>,
     /// Confidence 0..=100 (255 = nodata), when asked for.
     pub confidence: Option<Vec<u8>>,
+    /// Class probabilities x 254 (255 = nodata), one plane of the band's
+    /// pixels per model channel, when asked for; see [`quantise_probs`].
+    pub probabilities: Option<Vec<u8>>,
+}
+
+/// Quantises one pixel's blended class probabilities `p` (summing to 1)
+/// to `round(p * 254)` into `out`, such that the first largest of `out` is
+/// channel `best`, the map's class (the first largest of `p`): rounding
+/// keeps the order, so only a channel before `best` that rounds to the same
+/// value is lowered by one step (1/254).
+pub fn quantise_probs(p: impl Iterator<Item = f32>, best: usize, out: &mut [u8]) {
+    for (o, v) in out.iter_mut().zip(p) {
+        *o = (v.clamp(0.0, 1.0) * 254.0).round() as u8;
+    }
+    let top = out[best];
+    for o in &mut out[..best] {
+        if *o >= top {
+            *o = top.saturating_sub(1);
+        }
+    }
 }
 
 /// The accumulator of one region: raster columns `[x0, x1)` and rows
@@ -128,6 +148,7 @@ pub struct ChunkStitcher {
     wts: Vec<f32>,
     ids: Vec<u8>,
     confidence: bool,
+    probabilities: bool,
     x0: usize,
     width: usize,
     y1: usize,
@@ -173,6 +194,7 @@ impl ChunkStitcher {
             k,
             ids: class_ids,
             confidence,
+            probabilities: false,
             x0,
             width,
             y1,
@@ -183,6 +205,12 @@ impl ChunkStitcher {
             wsum: vec![0.0; cap * width],
             valid: vec![0; cap * width],
         }
+    }
+
+    /// Also emit the class probabilities ([`Band::probabilities`]).
+    pub fn with_probabilities(mut self, on: bool) -> Self {
+        self.probabilities = on;
+        self
     }
 
     /// Bytes held by the accumulator: `(window + tile_rows) * width * (4k + 5)`.
@@ -272,6 +300,10 @@ impl ChunkStitcher {
         let npx = rows * width;
         let mut classes = vec![crate::classes::NODATA; npx];
         let mut conf = self.confidence.then(|| vec![crate::classes::NODATA; npx]);
+        let mut probs = self
+            .probabilities
+            .then(|| vec![crate::classes::NODATA; npx * k]);
+        let mut q = vec![0u8; k];
         for b in 0..npx {
             let ws = self.wsum[b];
             if self.valid[b] == 0 || ws <= 0.0 {
@@ -289,6 +321,12 @@ impl ChunkStitcher {
             if let Some(cf) = conf.as_mut() {
                 cf[b] = ((bv / ws).clamp(0.0, 1.0) * 100.0).round() as u8;
             }
+            if let Some(pr) = probs.as_mut() {
+                quantise_probs(a.iter().map(|&v| v / ws), best, &mut q);
+                for (c, &v) in q.iter().enumerate() {
+                    pr[c * npx + b] = v;
+                }
+            }
         }
         let band = Band {
             rect: Rect {
@@ -299,6 +337,7 @@ impl ChunkStitcher {
             },
             classes,
             confidence: conf,
+            probabilities: probs,
         };
         // shift the strip up by `rows`
         self.acc.copy_within(npx * k.., 0);
@@ -551,5 +590,44 @@ mod tests {
         assert_eq!(b.confidence.as_ref().unwrap()[0], 50);
         // the bottom-right corner is only in the skipped window
         assert_eq!(b.classes[19 * 20 + 19], 255);
+    }
+
+    #[test]
+    fn quantised_probabilities_keep_the_map_s_argmax() {
+        let mut q = [0u8; 3];
+        // 0.4012 and 0.4009 both round to 102: the map's class (0) stays first
+        quantise_probs([0.4012f32, 0.4009, 0.1979].into_iter(), 0, &mut q);
+        assert_eq!(q, [102, 102, 50]);
+        // the map's class is channel 1: channel 0's tie is lowered a step
+        quantise_probs([0.4009f32, 0.4012, 0.1979].into_iter(), 1, &mut q);
+        assert_eq!(q, [101, 102, 50]);
+        quantise_probs([0.0f32, 1.0, 0.0].into_iter(), 1, &mut q);
+        assert_eq!(q, [0, 254, 0]);
+    }
+
+    proptest! {
+        #[test]
+        fn first_argmax_of_quantised_is_the_map_s(raw in proptest::collection::vec(0.0f32..1.0, 2..9)) {
+            let sum: f32 = raw.iter().sum::<f32>().max(1e-6);
+            let p: Vec<f32> = raw.iter().map(|v| v / sum).collect();
+            let mut best = 0;
+            for c in 1..p.len() {
+                if p[c] > p[best] {
+                    best = c;
+                }
+            }
+            let mut q = vec![0u8; p.len()];
+            quantise_probs(p.iter().copied(), best, &mut q);
+            let mut qbest = 0;
+            for c in 1..q.len() {
+                if q[c] > q[qbest] {
+                    qbest = c;
+                }
+            }
+            prop_assert_eq!(qbest, best);
+            for (a, b) in q.iter().zip(&p) {
+                prop_assert!((*a as f32 - b * 254.0).abs() <= 1.5);
+            }
+        }
     }
 }

@@ -10,7 +10,9 @@
 //! entries, so without the `.qml` sidecar QGIS lists 256 legend classes; GDAL
 //! keeps GeoTIFF category names only in `MAP.tif.aux.xml`, which must follow
 //! the rename; a second band would make QGIS choose a multiband renderer, so
-//! confidence goes to its own file.
+//! the confidence and the class probabilities go to their own files
+//! ([`Side`]), written band for band with the map, resumed and renamed with
+//! it.
 
 use crate::classes::{ClassTable, NODATA};
 use crate::error::{Error, Result};
@@ -49,6 +51,8 @@ pub struct MapSpec {
     pub creation_options: Vec<(String, String)>,
     pub overwrite: bool,
     pub confidence: bool,
+    /// Also write `MAP.probabilities.tif`: one u8 band per class.
+    pub probabilities: bool,
     /// The raster rows `[y0, y1)` this file holds (a part of a split run
     /// holds a row band; a whole map holds `(0, height)`).
     pub rows: (usize, usize),
@@ -73,11 +77,90 @@ pub struct MapFiles {
     pub map: PathBuf,
     pub qml: PathBuf,
     pub confidence: Option<PathBuf>,
+    pub probabilities: Option<PathBuf>,
 }
 
 /// The path of the confidence raster beside `map`: `MAP.confidence.tif`.
 pub fn confidence_path(map: &Path) -> PathBuf {
     stem_with(map, ".confidence.tif")
+}
+
+/// The path of the class probabilities beside `map`: `MAP.probabilities.tif`.
+pub fn probabilities_path(map: &Path) -> PathBuf {
+    stem_with(map, ".probabilities.tif")
+}
+
+/// A raster written beside the map, band for band with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// `MAP.confidence.tif`: the winning class's probability, 0..=100.
+    Confidence,
+    /// `MAP.probabilities.tif`: each class's probability x 254, one band
+    /// per class (named after it).
+    Probabilities,
+}
+
+impl Side {
+    pub const ALL: [Side; 2] = [Side::Confidence, Side::Probabilities];
+
+    /// Its path beside `map`.
+    pub fn path(self, map: &Path) -> PathBuf {
+        match self {
+            Side::Confidence => confidence_path(map),
+            Side::Probabilities => probabilities_path(map),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Side::Confidence => "confidence",
+            Side::Probabilities => "probabilities",
+        }
+    }
+
+    /// Whether `spec` asks for it.
+    pub fn wanted(self, spec: &MapSpec) -> bool {
+        match self {
+            Side::Confidence => spec.confidence,
+            Side::Probabilities => spec.probabilities,
+        }
+    }
+
+    fn bands(self, classes: &ClassTable) -> usize {
+        match self {
+            Side::Confidence => 1,
+            Side::Probabilities => classes.len(),
+        }
+    }
+
+    /// Its pixels in a finished band (band-sequential planes).
+    pub fn data(self, band: &Band) -> Option<&[u8]> {
+        match self {
+            Side::Confidence => band.confidence.as_deref(),
+            Side::Probabilities => band.probabilities.as_deref(),
+        }
+    }
+
+    fn hashes(self, j: &mut Journal) -> &mut BTreeMap<usize, u64> {
+        match self {
+            Side::Confidence => &mut j.conf_hash,
+            Side::Probabilities => &mut j.prob_hash,
+        }
+    }
+
+    fn recorded(self, j: &Journal) -> &BTreeMap<usize, u64> {
+        match self {
+            Side::Confidence => &j.conf_hash,
+            Side::Probabilities => &j.prob_hash,
+        }
+    }
+}
+
+/// An open side raster of the current generation.
+struct SideFile {
+    side: Side,
+    ds: Dataset,
+    tmp: PathBuf,
 }
 
 /// The sidecar paths GDAL and QGIS look for.
@@ -152,11 +235,15 @@ pub fn check_creation_options(user: &[(String, String)]) -> Result<()> {
     merged_options(user).map(|_| ())
 }
 
-/// Creates a single-band u8 GeoTIFF on the scene's grid.
-fn create_u8(path: &Path, spec: &MapSpec) -> Result<Dataset> {
-    let opts = merged_options(&spec.creation_options)?;
+/// Creates a u8 GeoTIFF of `bands` bands on the scene's grid, nodata 255.
+fn create_u8(path: &Path, spec: &MapSpec, bands: usize) -> Result<Dataset> {
+    let mut opts = merged_options(&spec.creation_options)?;
+    if bands > 1 {
+        // band-sequential: a band's tiles together, as GDAL reads one class
+        opts.set_name_value("INTERLEAVE", "BAND")?;
+    }
     let size = (spec.size.width, spec.rows.1 - spec.rows.0);
-    let mut ds = crate::raster::create::<u8>("GTiff", path, size, 1, &opts)
+    let mut ds = crate::raster::create::<u8>("GTiff", path, size, bands, &opts)
         .map_err(|e| Error::gdal_file(&spec.path, "cannot create the map", e))?;
     if let Some(mut gt) = spec.geo_transform {
         // a row band starts `rows.0` rows down
@@ -184,10 +271,21 @@ fn create_u8(path: &Path, spec: &MapSpec) -> Result<Dataset> {
             )
         })?;
     }
-    let mut band = ds.rasterband(1).map_err(Error::on(&spec.path))?;
-    band.set_no_data_value(Some(NODATA as f64))
-        .map_err(Error::on(&spec.path))?;
+    for b in 1..=bands {
+        let mut band = ds.rasterband(b).map_err(Error::on(&spec.path))?;
+        band.set_no_data_value(Some(NODATA as f64))
+            .map_err(Error::on(&spec.path))?;
+    }
     Ok(ds)
+}
+
+/// Names band `c + 1` after class `c` (the model's channel order).
+fn name_bands(ds: &Dataset, classes: &ClassTable, path: &Path) -> Result<()> {
+    for (c, class) in classes.classes.iter().enumerate() {
+        let mut band = ds.rasterband(c + 1).map_err(Error::on(path))?;
+        band.set_description(&class.name).map_err(Error::on(path))?;
+    }
+    Ok(())
 }
 
 /// Sets the palette and category names of band 1 from `classes`.
@@ -259,6 +357,8 @@ struct Journal {
     map_hash: BTreeMap<usize, u64>,
     #[serde(default)]
     conf_hash: BTreeMap<usize, u64>,
+    #[serde(default)]
+    prob_hash: BTreeMap<usize, u64>,
 }
 
 /// The resume journal's path beside the partial map.
@@ -276,9 +376,8 @@ pub struct MapWriter {
     _lock: OutputLock,
     spec: MapSpec,
     map: Option<Dataset>,
-    conf: Option<Dataset>,
+    sides: Vec<SideFile>,
     tmp_map: PathBuf,
-    tmp_conf: PathBuf,
     journal: Journal,
     resumed: bool,
     keep: bool,
@@ -301,6 +400,8 @@ impl MapWriter {
             aux_path(&spec.path),
             confidence_path(&spec.path),
             aux_path(&confidence_path(&spec.path)),
+            probabilities_path(&spec.path),
+            aux_path(&probabilities_path(&spec.path)),
         ] {
             output::check(&p, spec.overwrite, &spec.inputs)?;
         }
@@ -308,9 +409,8 @@ impl MapWriter {
         let mut w = MapWriter {
             _lock: lock,
             map: None,
-            conf: None,
+            sides: Vec::new(),
             tmp_map: PathBuf::new(),
-            tmp_conf: PathBuf::new(),
             journal: Journal {
                 settings: spec.settings.clone(),
                 scene: spec.scene.clone(),
@@ -369,7 +469,7 @@ impl MapWriter {
                         "the unfinished run could not be continued ({e}); starting over"
                     ));
                     w.map = None;
-                    w.conf = None;
+                    w.sides.clear();
                     w.keep = false;
                 }
             }
@@ -397,14 +497,17 @@ impl MapWriter {
         self.note.as_deref()
     }
 
-    fn gen_paths(&self, generation: u32) -> (PathBuf, PathBuf) {
-        let g = |p: &Path| append(&tmp_path(p), &format!(".{generation}"));
-        (g(&self.spec.path), g(&confidence_path(&self.spec.path)))
+    /// The partial file of the map (`None`) or of a side raster in
+    /// `generation`.
+    fn gen_path(&self, side: Option<Side>, generation: u32) -> PathBuf {
+        let p = side.map_or(self.spec.path.clone(), |s| s.path(&self.spec.path));
+        append(&tmp_path(&p), &format!(".{generation}"))
     }
 
     fn remove_generation(&self, generation: u32) {
-        let (m, c) = self.gen_paths(generation);
-        for p in [m, c] {
+        let all = std::iter::once(None).chain(Side::ALL.map(Some));
+        for side in all {
+            let p = self.gen_path(side, generation);
             let _ = std::fs::remove_file(&p);
             let _ = std::fs::remove_file(aux_path(&p));
         }
@@ -412,19 +515,24 @@ impl MapWriter {
 
     /// Creates the partial files of the journal's generation.
     fn open_generation(&mut self) -> Result<()> {
-        let (m, c) = self.gen_paths(self.journal.generation);
-        self.tmp_map = m;
-        self.tmp_conf = c;
+        self.tmp_map = self.gen_path(None, self.journal.generation);
         self.created = true;
-        let mut map = create_u8(&self.tmp_map, &self.spec)?;
+        let mut map = create_u8(&self.tmp_map, &self.spec, 1)?;
         set_legend(&map, &self.spec.classes, &self.spec.path)?;
         for (k, v) in &self.spec.metadata {
             map.set_metadata_item(k, v, "")
                 .map_err(Error::on(&self.spec.path))?;
         }
         self.map = Some(map);
-        if self.spec.confidence {
-            self.conf = Some(create_u8(&self.tmp_conf, &self.spec)?);
+        for side in Side::ALL {
+            if side.wanted(&self.spec) {
+                let tmp = self.gen_path(Some(side), self.journal.generation);
+                let ds = create_u8(&tmp, &self.spec, side.bands(&self.spec.classes))?;
+                if side == Side::Probabilities {
+                    name_bands(&ds, &self.spec.classes, &side.path(&self.spec.path))?;
+                }
+                self.sides.push(SideFile { side, ds, tmp });
+            }
         }
         Ok(())
     }
@@ -440,13 +548,13 @@ impl MapWriter {
                 "its journal records no scene fingerprint".into(),
             ));
         }
-        let (om, oc) = self.gen_paths(old.generation);
+        let om = self.gen_path(None, old.generation);
         let old_map = crate::raster::open_raster(&om)?;
-        let old_conf = if self.spec.confidence {
-            Some(crate::raster::open_raster(&oc)?)
-        } else {
-            None
-        };
+        let mut old_sides = Vec::new();
+        for side in Side::ALL.into_iter().filter(|s| s.wanted(&self.spec)) {
+            let p = self.gen_path(Some(side), old.generation);
+            old_sides.push((side, crate::raster::open_raster(&p)?, p));
+        }
         self.keep = true; // never throw away the run being continued
         self.journal.generation = old.generation + 1;
         self.remove_generation(self.journal.generation);
@@ -454,7 +562,7 @@ impl MapWriter {
         let y_base = self.spec.rows.0;
         for (&x0, &done) in &old.rows_done {
             let mut map_hash = Fnv1a::new();
-            let mut conf_hash = Fnv1a::new();
+            let mut side_hash: Vec<Fnv1a> = old_sides.iter().map(|_| Fnv1a::new()).collect();
             let x1 = old
                 .chunk_end
                 .get(&x0)
@@ -469,25 +577,19 @@ impl MapWriter {
                     width: x1 - x0,
                     height: h,
                 };
-                let read = |ds: &Dataset, p: &Path| -> Result<Vec<u8>> {
-                    let b = ds.rasterband(1).map_err(Error::on(p))?;
-                    b.read_as::<u8>(
-                        (rect.x as isize, rect.y as isize),
-                        (rect.width, rect.height),
-                        (rect.width, rect.height),
-                        None,
-                    )
-                    .map(|buf| buf.data().to_vec())
-                    .map_err(|e| Error::gdal_file(p, "cannot read the unfinished run", e))
-                };
-                let classes = read(&old_map, &om)?;
+                let classes = read_u8(&old_map, &om, rect)?;
                 map_hash.update(&classes);
                 let path = self.spec.path.clone();
                 write_u8(self.map.as_mut().expect("map open"), &path, rect, &classes)?;
-                if let (Some(src), Some(dst)) = (&old_conf, self.conf.as_mut()) {
-                    let conf = read(src, &oc)?;
-                    conf_hash.update(&conf);
-                    write_u8(dst, &path, rect, &conf)?;
+                for ((side, src, p), hash) in old_sides.iter().zip(side_hash.iter_mut()) {
+                    let data = read_u8(src, p, rect)?;
+                    hash.update(&data);
+                    let dst = self
+                        .sides
+                        .iter_mut()
+                        .find(|f| f.side == *side)
+                        .expect("the same sides open");
+                    write_u8(&mut dst.ds, &side.path(&path), rect, &data)?;
                 }
                 y += h;
             }
@@ -504,8 +606,8 @@ impl MapWriter {
                 }
             };
             check("map", old.map_hash.get(&x0), map_hash)?;
-            if old_conf.is_some() {
-                check("confidence", old.conf_hash.get(&x0), conf_hash)?;
+            for ((side, _, _), hash) in old_sides.iter().zip(side_hash) {
+                check(side.name(), side.recorded(old).get(&x0), hash)?;
             }
         }
         self.durable()?;
@@ -513,9 +615,10 @@ impl MapWriter {
         self.journal.chunk_end = old.chunk_end.clone();
         self.journal.map_hash = old.map_hash.clone();
         self.journal.conf_hash = old.conf_hash.clone();
+        self.journal.prob_hash = old.prob_hash.clone();
         self.save_journal()?;
         drop(old_map);
-        drop(old_conf);
+        drop(old_sides);
         self.remove_generation(old.generation);
         self.resumed = true;
         Ok(())
@@ -530,13 +633,13 @@ impl MapWriter {
             return Err(Error::gdal_file(&path, "write failed", e));
         }
         sync(&self.tmp_map, &path)?;
-        if let Some(c) = self.conf.as_mut() {
-            let cpath = confidence_path(&path);
-            flush_twice(c, &cpath)?;
+        for f in &mut self.sides {
+            let spath = f.side.path(&path);
+            flush_twice(&mut f.ds, &spath)?;
             if let Some(e) = take_failure() {
-                return Err(Error::gdal_file(&cpath, "write failed", e));
+                return Err(Error::gdal_file(&spath, "write failed", e));
             }
-            sync(&self.tmp_conf, &cpath)?;
+            sync(&f.tmp, &spath)?;
         }
         Ok(())
     }
@@ -591,8 +694,14 @@ impl MapWriter {
             r,
             &band.classes,
         )?;
-        if let (Some(c), Some(data)) = (self.conf.as_mut(), band.confidence.as_ref()) {
-            write_u8(c, &confidence_path(&path), r, data)?;
+        for f in &mut self.sides {
+            let data = f.side.data(band).ok_or_else(|| {
+                Error::file(
+                    &path,
+                    format!("internal: a band without its {}", f.side.name()),
+                )
+            })?;
+            write_u8(&mut f.ds, &f.side.path(&path), r, data)?;
         }
         self.durable()?;
         let x0 = band.rect.x;
@@ -603,14 +712,12 @@ impl MapWriter {
             .map_or(Fnv1a::new(), |&s| Fnv1a::resume(s));
         h.update(&band.classes);
         self.journal.map_hash.insert(x0, h.finish());
-        if let Some(data) = band.confidence.as_ref().filter(|_| self.conf.is_some()) {
-            let mut h = self
-                .journal
-                .conf_hash
-                .get(&x0)
-                .map_or(Fnv1a::new(), |&s| Fnv1a::resume(s));
+        for side in self.sides.iter().map(|f| f.side) {
+            let data = side.data(band).expect("checked above");
+            let hashes = side.hashes(&mut self.journal);
+            let mut h = hashes.get(&x0).map_or(Fnv1a::new(), |&s| Fnv1a::resume(s));
             h.update(data);
-            self.journal.conf_hash.insert(x0, h.finish());
+            hashes.insert(x0, h.finish());
         }
         self.journal
             .rows_done
@@ -652,21 +759,23 @@ impl MapWriter {
         if let Some(e) = take_failure() {
             return Err(Error::gdal_file(&path, "writing the map failed", e));
         }
-        let cpath = confidence_path(&path);
-        if let Some(mut c) = self.conf.take() {
+        let mut side_tmps = Vec::new();
+        for SideFile { side, mut ds, tmp } in std::mem::take(&mut self.sides) {
+            let spath = side.path(&path);
             if self.spec.overviews {
-                if let Err(e) = build_overviews(&mut c, &cpath, "AVERAGE", &factors, stop) {
+                if let Err(e) = build_overviews(&mut ds, &spath, "AVERAGE", &factors, stop) {
                     if matches!(e, Error::Interrupted) {
                         self.keep_for_resume();
                     }
                     return Err(e);
                 }
             }
-            c.close()
-                .map_err(|e| Error::gdal_file(&cpath, "writing failed", e))?;
+            ds.close()
+                .map_err(|e| Error::gdal_file(&spath, "writing failed", e))?;
             if let Some(e) = take_failure() {
-                return Err(Error::gdal_file(&cpath, "writing failed", e));
+                return Err(Error::gdal_file(&spath, "writing failed", e));
             }
+            side_tmps.push((side, tmp));
         }
         let qml = qml_path(&path);
         let tmp_qml = tmp_path(&qml);
@@ -686,18 +795,25 @@ impl MapWriter {
         } else {
             let _ = std::fs::remove_file(aux_path(&path));
         }
-        let confidence = if self.spec.confidence {
-            if aux_path(&self.tmp_conf).exists() {
-                mv(&aux_path(&self.tmp_conf), &aux_path(&cpath))?;
+        let mut written = [None, None];
+        for (i, side) in Side::ALL.into_iter().enumerate() {
+            let spath = side.path(&path);
+            match side_tmps.iter().find(|(s, _)| *s == side) {
+                Some((_, tmp)) => {
+                    if aux_path(tmp).exists() {
+                        mv(&aux_path(tmp), &aux_path(&spath))?;
+                    }
+                    mv(tmp, &spath)?;
+                    written[i] = Some(spath);
+                }
+                None => {
+                    // an earlier map's side raster must not pass for this one's
+                    let _ = std::fs::remove_file(aux_path(&spath));
+                    let _ = std::fs::remove_file(&spath);
+                }
             }
-            mv(&self.tmp_conf, &cpath)?;
-            Some(cpath)
-        } else {
-            // an earlier map's confidence must not pass for this one's
-            let _ = std::fs::remove_file(aux_path(&cpath));
-            let _ = std::fs::remove_file(&cpath);
-            None
-        };
+        }
+        let [confidence, probabilities] = written;
         // the map itself goes last: once it exists, everything is complete
         mv(&self.tmp_map, &path)?;
         let _ = std::fs::remove_file(journal_path(&path));
@@ -706,6 +822,7 @@ impl MapWriter {
             map: path,
             qml,
             confidence,
+            probabilities,
         })
     }
 
@@ -721,7 +838,7 @@ impl Drop for MapWriter {
     fn drop(&mut self) {
         if !self.done {
             drop(self.map.take());
-            drop(self.conf.take());
+            self.sides.clear();
             // only what this writer created goes; an older run it was
             // refused to continue stays for a matching --resume
             if self.created && !self.keep {
@@ -803,22 +920,55 @@ fn sync(file: &Path, name: &Path) -> Result<()> {
         .map_err(|e| Error::file(name, format!("cannot sync to disk: {e}")))
 }
 
+/// Writes `r` of every band of `ds` from band-sequential planes.
 fn write_u8(
     ds: &mut Dataset,
     path: &Path,
     r: crate::infer::window::Rect,
     data: &[u8],
 ) -> Result<()> {
-    let mut band = ds.rasterband(1).map_err(Error::on(path))?;
-    let mut buf = gdal::raster::Buffer::new((r.width, r.height), data.to_vec());
-    band.write((r.x as isize, r.y as isize), (r.width, r.height), &mut buf)
-        .map_err(|e| {
-            Error::gdal_file(
-                path,
-                format!("write failed at rows {}..{}", r.y, r.y + r.height),
-                e,
+    let npx = r.width * r.height;
+    let bands = ds.raster_count();
+    if data.len() != npx * bands {
+        return Err(Error::file(
+            path,
+            format!(
+                "internal: {} values for {bands} band(s) of {npx} px",
+                data.len()
+            ),
+        ));
+    }
+    for (b, plane) in data.chunks_exact(npx).enumerate() {
+        let mut band = ds.rasterband(b + 1).map_err(Error::on(path))?;
+        let mut buf = gdal::raster::Buffer::new((r.width, r.height), plane.to_vec());
+        band.write((r.x as isize, r.y as isize), (r.width, r.height), &mut buf)
+            .map_err(|e| {
+                Error::gdal_file(
+                    path,
+                    format!("write failed at rows {}..{}", r.y, r.y + r.height),
+                    e,
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Reads `r` of every band of `ds` as band-sequential planes.
+fn read_u8(ds: &Dataset, path: &Path, r: crate::infer::window::Rect) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(r.width * r.height * ds.raster_count());
+    for b in 1..=ds.raster_count() {
+        let band = ds.rasterband(b).map_err(Error::on(path))?;
+        let buf = band
+            .read_as::<u8>(
+                (r.x as isize, r.y as isize),
+                (r.width, r.height),
+                (r.width, r.height),
+                None,
             )
-        })
+            .map_err(|e| Error::gdal_file(path, "cannot read the unfinished run", e))?;
+        out.extend_from_slice(buf.data());
+    }
+    Ok(out)
 }
 
 /// Writes a coloured PNG preview of a finished map, at most `max_side` px

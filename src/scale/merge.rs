@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::infer::stitch::Band;
 use crate::infer::window::Rect;
-use crate::infer::write::{confidence_path, MapFiles, MapSpec, MapWriter, TILE};
+use crate::infer::write::{MapFiles, MapSpec, MapWriter, Side, TILE};
 use crate::raster::open_raster;
 use crate::scale::parts::{Part, PartMeta};
 use gdal::Metadata;
@@ -150,7 +150,9 @@ pub fn merge(
         .and_then(|s| s.to_wkt().ok())
         .filter(|s| !s.is_empty());
     drop(first_ds);
-    let confidence = parts.iter().all(|p| confidence_path(&p.path).exists());
+    // a side raster is merged when every part has it
+    let has = |side: Side| parts.iter().all(|p| side.path(&p.path).exists());
+    let sides: Vec<Side> = Side::ALL.into_iter().filter(|&s| has(s)).collect();
     let mut writer = MapWriter::create(MapSpec {
         path: out.to_path_buf(),
         size,
@@ -161,28 +163,26 @@ pub fn merge(
         classes,
         creation_options: Vec::new(),
         overwrite,
-        confidence,
+        confidence: sides.contains(&Side::Confidence),
+        probabilities: sides.contains(&Side::Probabilities),
         rows: (0, size.height),
         overviews: true,
         metadata: Vec::new(),
         settings: BTreeMap::new(),
         scene: None,
         resume: false,
-        // a part (or its confidence) is never replaced by the merged map
-        inputs: crate::output::Inputs::of(
-            parts
-                .iter()
-                .flat_map(|p| [p.path.clone(), confidence_path(&p.path)]),
-        ),
+        // a part (or a side raster of it) is never replaced by the merged map
+        inputs: crate::output::Inputs::of(parts.iter().flat_map(|p| {
+            std::iter::once(p.path.clone()).chain(Side::ALL.map(|s| s.path(&p.path)))
+        })),
     })?;
     for p in &parts {
         let ds = open_raster(&p.path)?;
-        let band = ds.rasterband(1).map_err(Error::on(&p.path))?;
-        let cds = if confidence {
-            Some(open_raster(&confidence_path(&p.path))?)
-        } else {
-            None
-        };
+        let mut side_ds = Vec::new();
+        for &side in &sides {
+            let path = side.path(&p.path);
+            side_ds.push((side, open_raster(&path)?, path));
+        }
         let (y0, y1) = p.meta.rows;
         let mut y = y0;
         while y < y1 {
@@ -192,26 +192,34 @@ pub fn merge(
             }
             let h = TILE.min(y1 - y);
             let local = (y - y0) as isize;
-            let read = |b: &gdal::raster::RasterBand, path: &Path| {
-                b.read_as::<u8>((0, local), (size.width, h), (size.width, h), None)
-                    .map(|buf| buf.data().to_vec())
-                    .map_err(|e| {
-                        Error::gdal_file(
-                            path,
-                            format!("cannot read rows {}..{} of the part", y - y0, y - y0 + h),
-                            e,
-                        )
-                    })
+            // every band of `ds`, band-sequential
+            let read = |ds: &gdal::Dataset, path: &Path| -> Result<Vec<u8>> {
+                let mut out = Vec::new();
+                for b in 1..=ds.raster_count() {
+                    let band = ds.rasterband(b).map_err(Error::on(path))?;
+                    let buf = band
+                        .read_as::<u8>((0, local), (size.width, h), (size.width, h), None)
+                        .map_err(|e| {
+                            Error::gdal_file(
+                                path,
+                                format!("cannot read rows {}..{} of the part", y - y0, y - y0 + h),
+                                e,
+                            )
+                        })?;
+                    out.extend_from_slice(buf.data());
+                }
+                Ok(out)
             };
-            let classes = read(&band, &p.path)?;
-            let confidence = match &cds {
-                Some(c) => Some(read(
-                    &c.rasterband(1)
-                        .map_err(Error::on(confidence_path(&p.path)))?,
-                    &confidence_path(&p.path),
-                )?),
-                None => None,
-            };
+            let classes = read(&ds, &p.path)?;
+            let mut confidence = None;
+            let mut probabilities = None;
+            for (side, sds, path) in &side_ds {
+                let data = Some(read(sds, path)?);
+                match side {
+                    Side::Confidence => confidence = data,
+                    Side::Probabilities => probabilities = data,
+                }
+            }
             writer.write(&Band {
                 rect: Rect {
                     x: 0,
@@ -221,6 +229,7 @@ pub fn merge(
                 },
                 classes,
                 confidence,
+                probabilities,
             })?;
             y += h;
         }
