@@ -17,9 +17,23 @@ value_enum!(BlendArg, Blend, help);
 
 #[derive(Args)]
 pub struct InferArgs {
-    /// The scene(s): any raster GDAL opens (GeoTIFF, COG, VRT, ...).
-    #[arg(required = true)]
+    /// The scene(s): any raster GDAL opens (GeoTIFF, COG, VRT,
+    /// 'STACIT:"items.json":asset=NAME', ...).
+    #[arg(required_unless_present_any = ["stac", "stack"])]
     scene: Vec<PathBuf>,
+    /// Map asset --asset of a local STAC ItemCollection (JSON) instead of a
+    /// scene: the mosaic of its items (GDAL's STACIT driver).
+    #[arg(long, value_name = "ITEMS.json", requires = "asset", conflicts_with_all = ["scene", "stack", "out_dir"])]
+    stac: Option<PathBuf>,
+    /// The asset of --stac to map.
+    #[arg(long, value_name = "NAME", requires = "stac")]
+    asset: Option<String>,
+    /// Map these rasters' bands stacked in order instead of a scene (say
+    /// Sentinel-2's 10 m and 20 m bands): one grid, their union at the
+    /// finest resolution, coarser ones resampled by nearest neighbour (a VRT
+    /// built in memory, as gdalbuildvrt -separate -resolution highest).
+    #[arg(long, value_name = "A.tif,B.tif,...", value_delimiter = ',', conflicts_with_all = ["scene", "out_dir"])]
+    stack: Vec<PathBuf>,
     /// The output map (GeoTIFF), for one scene.
     #[arg(
         short,
@@ -162,6 +176,16 @@ pub fn run(a: InferArgs) -> Result<()> {
     let cancel = process::stop_flag()?;
     let device = a.map.device.open()?;
     let part = a.part.as_deref().map(Part::from_arg).transpose()?;
+    let composed = match (&a.stac, &a.asset) {
+        (Some(file), Some(asset)) => Some(rstile::infer::read::compose::stac(file, asset)?),
+        _ if !a.stack.is_empty() => Some(rstile::infer::read::compose::stack(&a.stack)?),
+        _ => None,
+    };
+    if let (Some(c), Some(out)) = (&composed, &a.output) {
+        // the files behind a composed scene are inputs: never the output
+        rstile::output::check(out, a.overwrite, &rstile::output::Inputs::of(&c.files))?;
+        return infer_one(&a, &c.scene, out, part, threads, &device, cancel);
+    }
     let jobs: Vec<(PathBuf, PathBuf)> = match (&a.output, &a.out_dir) {
         (Some(out), None) => {
             if a.scene.len() != 1 {

@@ -11,6 +11,7 @@
 //! Validity follows the backend's masks. Invalid pixels enter the network
 //! as the band mean (0 after normalisation) and leave the map as nodata.
 
+pub mod compose;
 pub mod gdal;
 
 use crate::error::Result;
