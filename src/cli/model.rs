@@ -30,6 +30,24 @@ pub enum ModelCmd {
     /// models; logits or probabilities, as the graph gives them, for ONNX).
     /// For checking a model against PyTorch or onnxruntime.
     Run(ModelRunArgs),
+    /// Write one of rstile's own models as ONNX (opset 17) for QGIS's
+    /// Deepness plugin, onnxruntime or `rstile infer`: softmax inside, a
+    /// dynamic batch, the window as the fixed size, Deepness metadata, and a
+    /// STAC MLM sidecar STEM.stac.json (bands, normalisation, classes with
+    /// colours).
+    Export(ModelExportArgs),
+}
+
+#[derive(Args)]
+pub struct ModelExportArgs {
+    /// The model (.safetensors).
+    model: PathBuf,
+    /// The ONNX file to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Replace existing output files.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -134,7 +152,45 @@ pub fn run(cmd: ModelCmd) -> Result<()> {
         ModelCmd::Info { model } => model_info(model),
         ModelCmd::Bench(a) => model_bench(a),
         ModelCmd::Run(a) => model_run(a),
+        ModelCmd::Export(a) => model_export(a),
     }
+}
+
+fn model_export(a: ModelExportArgs) -> Result<()> {
+    let inputs = Inputs::of([&a.model]);
+    let sidecar = rstile::raster::stem_with(&a.output, ".stac.json");
+    for p in [&a.output, &sidecar] {
+        rstile::output::check(p, a.overwrite, &inputs)?;
+    }
+    if rstile::model::imported::is_onnx(&a.model) {
+        bail!(
+            "{}: already an ONNX model; export takes rstile's own .safetensors models",
+            a.model.display()
+        );
+    }
+    let model = Model::open(&a.model, &candle_core::Device::Cpu, &Default::default())?;
+    let (onnx, stac) = rstile::model::export::export(&model, &a.output)?;
+    let m = &model.meta;
+    if !rstile::model::export::deepness_can_feed(&model) {
+        eprintln!(
+            "rstile: warning: {}: the model takes {} band(s); Deepness feeds 3 (RGB) or 4 (RGBA) 8-bit bands, so it cannot run this model; {} says what it needs",
+            onnx.display(),
+            m.bands,
+            stac.display()
+        );
+    }
+    println!(
+        "rstile: wrote {} ({}, opset {}, input [batch, {}, {}, {}], {} classes, softmax inside) and {}",
+        onnx.display(),
+        m.arch,
+        rstile::model::export::OPSET,
+        m.bands,
+        m.window,
+        m.window,
+        m.classes.len(),
+        stac.display()
+    );
+    Ok(())
 }
 
 fn model_new(a: ModelNewArgs) -> Result<()> {

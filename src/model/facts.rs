@@ -370,7 +370,23 @@ pub fn resolve(
     } else if let Some(v) = deepness.as_ref().and_then(|d| d.get("class_names")) {
         let names =
             names_from_map(v).map_err(|e| bad(format!("Deepness metadata class_names: {e}")))?;
-        fact(named_classes(&names), From::Deepness)
+        let mut table = named_classes(&names);
+        // Deepness has no colours: a STAC sidecar naming the same classes
+        // in the same order gives them (as `rstile model export` writes it)
+        if let Some(Ok(st)) = stac.and_then(|(_, v)| stac_classes(v)) {
+            let same = st.classes.len() == table.classes.len()
+                && st
+                    .classes
+                    .iter()
+                    .zip(&table.classes)
+                    .all(|(a, b)| a.name == b.name);
+            if same {
+                for (t, s) in table.classes.iter_mut().zip(&st.classes) {
+                    t.color = s.color.clone();
+                }
+            }
+        }
+        fact(table, From::Deepness)
     } else if let Some((p, v)) = stac.and_then(|(p, v)| stac_classes(v).map(|c| (p, c))) {
         let t = v.map_err(|e| Error::file(p, format!("STAC mlm:output: {e}")))?;
         fact(t, From::Stac(p.clone()))

@@ -19,6 +19,7 @@
 pub mod arch;
 pub mod bench;
 pub mod conv;
+pub mod export;
 pub mod facts;
 mod fcn;
 pub mod file;

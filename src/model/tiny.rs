@@ -28,7 +28,7 @@ fn conv_bn_relu(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Res
 
 /// Strides of `enc.0`, `enc.1`, `enc.2` of [`Tiny`]; they do not change any
 /// parameter shape.
-const TINY_STRIDES: [usize; 3] = [2, 2, 1];
+pub(super) const TINY_STRIDES: [usize; 3] = [2, 2, 1];
 
 /// A few convolutions at quarter resolution: fast enough on a CPU for tests
 /// and demos, with the same structure (encoder, 1x1 classifier, bilinear
