@@ -181,8 +181,7 @@ impl Builder {
     fn conv_bn(
         &mut self,
         x: &str,
-        conv: &str,
-        bn: &str,
+        (conv, bn): (&str, &str),
         stride: usize,
         pad: usize,
         hw: (usize, usize),
@@ -250,8 +249,7 @@ pub fn to_onnx(model: &Model, metadata: &[(String, String)]) -> Result<ModelProt
             for (i, s) in super::tiny::TINY_STRIDES.iter().enumerate() {
                 y = b.conv_bn(
                     &y.0,
-                    &format!("enc.{i}.conv"),
-                    &format!("enc.{i}.bn"),
+                    (&format!("enc.{i}.conv"), &format!("enc.{i}.bn")),
                     *s,
                     1,
                     y.1,
@@ -325,7 +323,7 @@ pub fn to_onnx(model: &Model, metadata: &[(String, String)]) -> Result<ModelProt
 /// A torchvision ResNet (structure read from the variables' names) with
 /// rstile's FCN head, and the FCN-8s skips when the model has them.
 fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<String> {
-    let (mut y, mut s) = b.conv_bn(x, "backbone.conv1", "backbone.bn1", 2, 3, hw, true)?;
+    let (mut y, mut s) = b.conv_bn(x, ("backbone.conv1", "backbone.bn1"), 2, 3, hw, true)?;
     y = b.node(
         "MaxPool",
         &[&y],
@@ -347,8 +345,7 @@ fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<
             if bottleneck {
                 (z, zs) = b.conv_bn(
                     &y,
-                    &format!("{p}.conv1"),
-                    &format!("{p}.bn1"),
+                    (&format!("{p}.conv1"), &format!("{p}.bn1")),
                     1,
                     0,
                     s,
@@ -356,8 +353,7 @@ fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<
                 )?;
                 (z, zs) = b.conv_bn(
                     &z,
-                    &format!("{p}.conv2"),
-                    &format!("{p}.bn2"),
+                    (&format!("{p}.conv2"), &format!("{p}.bn2")),
                     stride,
                     1,
                     zs,
@@ -365,8 +361,7 @@ fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<
                 )?;
                 (z, zs) = b.conv_bn(
                     &z,
-                    &format!("{p}.conv3"),
-                    &format!("{p}.bn3"),
+                    (&format!("{p}.conv3"), &format!("{p}.bn3")),
                     1,
                     0,
                     zs,
@@ -375,8 +370,7 @@ fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<
             } else {
                 (z, zs) = b.conv_bn(
                     &y,
-                    &format!("{p}.conv1"),
-                    &format!("{p}.bn1"),
+                    (&format!("{p}.conv1"), &format!("{p}.bn1")),
                     stride,
                     1,
                     s,
@@ -384,8 +378,7 @@ fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<
                 )?;
                 (z, zs) = b.conv_bn(
                     &z,
-                    &format!("{p}.conv2"),
-                    &format!("{p}.bn2"),
+                    (&format!("{p}.conv2"), &format!("{p}.bn2")),
                     1,
                     1,
                     zs,
@@ -395,8 +388,7 @@ fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<
             let identity = if b.has(&format!("{p}.downsample.0.weight")) {
                 b.conv_bn(
                     &y,
-                    &format!("{p}.downsample.0"),
-                    &format!("{p}.downsample.1"),
+                    (&format!("{p}.downsample.0"), &format!("{p}.downsample.1")),
                     stride,
                     0,
                     s,
@@ -413,7 +405,7 @@ fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<
         }
         feats.push((y.clone(), s));
     }
-    let (h, _) = b.conv_bn(&y, "classifier.0", "classifier.1", 1, 1, s, true)?;
+    let (h, _) = b.conv_bn(&y, ("classifier.0", "classifier.1"), 1, 1, s, true)?;
     let (mut out, _) = b.conv(&h, "classifier.4", 1, 0, s)?;
     if b.has("score16.weight") {
         for (name, f) in [("score16", 2), ("score8", 1)] {
