@@ -36,6 +36,48 @@ pub enum ModelCmd {
     /// STAC MLM sidecar STEM.stac.json (bands, normalisation, classes with
     /// colours).
     Export(ModelExportArgs),
+    /// Read a segmentation_models_pytorch checkpoint (.pth/.pt state dict,
+    /// Lightning .ckpt, .safetensors) as an rstile model: smp's Unet on
+    /// resnet18/34/50 becomes unet-resnet18/34/50.
+    Import(ModelImportArgs),
+}
+
+#[derive(Args)]
+pub struct ModelImportArgs {
+    /// The checkpoint.
+    checkpoint: PathBuf,
+    /// Where it comes from (smp).
+    #[arg(long = "from", value_parser = parse_source)]
+    source: rstile::model::import::Source,
+    /// The architecture to read it as.
+    #[arg(long, value_enum)]
+    arch: ArchArg,
+    /// The class table (TOML, the format of configs/classes/); its count
+    /// must be the checkpoint's.
+    #[arg(long)]
+    classes: PathBuf,
+    /// Per-band mean in the raster's units [default: ImageNet's x 255 for 3 bands].
+    #[arg(long, value_delimiter = ',')]
+    mean: Option<Vec<f32>>,
+    /// Per-band standard deviation [default: ImageNet's x 255 for 3 bands].
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+    /// Default window size.
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Default overlap fraction.
+    #[arg(long, default_value_t = 0.25)]
+    overlap: f64,
+    /// The model file to write (.safetensors).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Replace an existing file.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+fn parse_source(s: &str) -> std::result::Result<rstile::model::import::Source, String> {
+    s.parse()
 }
 
 #[derive(Args)]
@@ -153,7 +195,39 @@ pub fn run(cmd: ModelCmd) -> Result<()> {
         ModelCmd::Bench(a) => model_bench(a),
         ModelCmd::Run(a) => model_run(a),
         ModelCmd::Export(a) => model_export(a),
+        ModelCmd::Import(a) => model_import(a),
     }
+}
+
+fn model_import(a: ModelImportArgs) -> Result<()> {
+    use rstile::model::import::{import, ImportOptions};
+    rstile::output::check(
+        &a.output,
+        a.overwrite,
+        &Inputs::of([&a.checkpoint, &a.classes]),
+    )?;
+    let classes = ClassTable::from_toml_file(&a.classes)?;
+    let o = ImportOptions {
+        source: a.source,
+        arch: a.arch.0,
+        classes,
+        mean: a.mean,
+        std: a.std,
+        window: a.window,
+        overlap: a.overlap,
+    };
+    let model = import(&a.checkpoint, &o)?;
+    model.save(&a.output)?;
+    println!(
+        "rstile: wrote {} ({}, {} bands, {} classes, {} parameters) from {}",
+        a.output.display(),
+        model.meta.arch,
+        model.meta.bands,
+        model.meta.classes.len(),
+        model.num_params(),
+        a.checkpoint.display()
+    );
+    Ok(())
 }
 
 fn model_export(a: ModelExportArgs) -> Result<()> {

@@ -105,6 +105,9 @@ registry! {
     Resnet18Fcn8s = "resnet18-fcn8s", 1600, |s, vb| super::fcn::build(R18, true, s, vb);
     Resnet34Fcn   = "resnet34-fcn",   1600, |s, vb| super::fcn::build(R34, false, s, vb);
     Resnet34Fcn8s = "resnet34-fcn8s", 1600, |s, vb| super::fcn::build(R34, true, s, vb);
+    UnetResnet18  = "unet-resnet18",  2400, |s, vb| super::unet::build(R18, s, vb);
+    UnetResnet34  = "unet-resnet34",  2400, |s, vb| super::unet::build(R34, s, vb);
+    UnetResnet50  = "unet-resnet50",  6144, |s, vb| super::unet::build(R50, s, vb);
     Tiny          = "tiny",            320, super::tiny::build;
     Linear        = "linear",          256, super::linear::build;
 }
@@ -301,7 +304,8 @@ mod tests {
         assert!(
             e.starts_with(
                 "unknown architecture 'vgg16' (known: resnet50-fcn, resnet50-fcn8s, \
-                 resnet18-fcn, resnet18-fcn8s, resnet34-fcn, resnet34-fcn8s, tiny, linear"
+                 resnet18-fcn, resnet18-fcn8s, resnet34-fcn, resnet34-fcn8s, unet-resnet18, \
+                 unet-resnet34, unet-resnet50, tiny, linear"
             ),
             "{e}"
         );

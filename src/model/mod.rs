@@ -23,6 +23,7 @@ pub mod export;
 pub mod facts;
 mod fcn;
 pub mod file;
+pub mod import;
 pub mod imported;
 mod init;
 pub mod ledger;
@@ -33,6 +34,7 @@ pub mod onnx;
 pub mod ops;
 mod resnet;
 mod tiny;
+mod unet;
 
 pub use crate::classes::ClassTable;
 pub use arch::{Arch, Net, NetSpec, Network};

@@ -260,7 +260,8 @@ impl Block {
 /// for sizes that are not multiples of the stride).
 #[derive(Debug, Clone)]
 pub(super) struct Features {
-    #[allow(dead_code)]
+    /// The stem's output (after its ReLU, before max pooling), stride 2.
+    pub s2: Tensor,
     pub s4: Tensor,
     pub s8: Tensor,
     pub s16: Tensor,
@@ -330,8 +331,8 @@ impl ResNet {
     }
 
     pub(super) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Features> {
-        let x = self.stem.forward_t(x, train, None, true)?;
-        let mut x = max_pool(&x, train)?;
+        let s2 = self.stem.forward_t(x, train, None, true)?;
+        let mut x = max_pool(&s2, train)?;
         let mut outs = Vec::with_capacity(4);
         for layer in &self.layers {
             for block in layer {
@@ -342,6 +343,7 @@ impl ResNet {
         let mut it = outs.into_iter();
         let mut next = || it.next().expect("four layers");
         Ok(Features {
+            s2,
             s4: next(),
             s8: next(),
             s16: next(),

@@ -6,7 +6,8 @@
 //! `*.num_batches_tracked` are skipped. A Lightning `.ckpt` (as TorchGeo
 //! and geoai save them) is read from its `state_dict`, the `model.` prefix
 //! of its keys removed. Every other tensor must be an
-//! encoder parameter of the model (`backbone.` + key) of the same shape,
+//! encoder parameter of the model (`backbone.` + key for the FCNs,
+//! `encoder.` + key for the U-Nets) of the same shape,
 //! and every encoder parameter must be present.
 //!
 //! **First convolution.** ImageNet's `conv1.weight` is `(64, 3, 7, 7)` for
@@ -97,7 +98,12 @@ pub fn adapt_first_conv(w: &Tensor, bands: usize) -> Result<Tensor> {
 pub fn load_imagenet(model: &Model, path: &Path) -> Result<PretrainedReport> {
     let tensors = read_checkpoint(path)?;
     let vars = model.varmap().data().lock().expect("varmap lock");
-    if !vars.contains_key("backbone.conv1.weight") {
+    // the FCNs' encoder is `backbone.`, the U-Nets' (smp's names) `encoder.`
+    let prefix = ["backbone.", "encoder."]
+        .into_iter()
+        .find(|p| vars.contains_key(&format!("{p}conv1.weight")))
+        .unwrap_or("backbone.");
+    if !vars.contains_key(&format!("{prefix}conv1.weight")) {
         return Err(Error::file(
             path,
             format!(
@@ -118,7 +124,7 @@ pub fn load_imagenet(model: &Model, path: &Path) -> Result<PretrainedReport> {
             report.skipped += 1;
             continue;
         }
-        let key = format!("backbone.{name}");
+        let key = format!("{prefix}{name}");
         let Some(var) = vars.get(&key) else {
             return Err(Error::file(
                 path,
@@ -161,7 +167,7 @@ pub fn load_imagenet(model: &Model, path: &Path) -> Result<PretrainedReport> {
     }
     let mut missing: Vec<&String> = vars
         .keys()
-        .filter(|k| k.starts_with("backbone.") && !done.contains_key(*k))
+        .filter(|k| k.starts_with(prefix) && !done.contains_key(*k))
         .collect();
     missing.sort();
     if let Some(m) = missing.first() {
@@ -169,7 +175,7 @@ pub fn load_imagenet(model: &Model, path: &Path) -> Result<PretrainedReport> {
             path,
             format!(
                 "tensor '{}' of the {arch} encoder is missing ({} missing in all)",
-                m.trim_start_matches("backbone."),
+                m.trim_start_matches(prefix),
                 missing.len()
             ),
         ));
