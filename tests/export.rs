@@ -127,6 +127,8 @@ fn exported_models_compute_what_the_models_compute() {
         ("resnet18-fcn", 3, 96, &x),
         ("resnet18-fcn8s", 3, 96, &x),
         ("resnet50-fcn", 5, 70, &xs),
+        ("unet-resnet18", 3, 96, &x),
+        ("unet-resnet50", 5, 70, &xs),
     ] {
         let m = new_model(dir, arch, bands, window);
         let onnx = dir.join(format!("{arch}.onnx"));
@@ -150,9 +152,14 @@ fn exported_models_compute_what_the_models_compute() {
         ]);
         let (d2, got) = read_npy(&mine);
         assert_eq!(d2, dims);
+        // 1e-4, or, for the deep random networks whose logits reach the
+        // hundreds, the f32 rounding of those logits (2e-6 of the largest):
+        // a probability moves by at most half its logits' error
+        let scale = logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let tol = 1e-4f32.max(2e-6 * scale);
         let e = max_diff(&got, &want);
-        println!("{arch}: rstile's ONNX evaluator vs the model: {e:.2e}");
-        assert!(e < 1e-4, "{arch}: {e}");
+        println!("{arch}: rstile's ONNX evaluator vs the model: {e:.2e} (largest |logit| {scale:.0}, tolerance {tol:.1e})");
+        assert!(e < tol, "{arch}: {e}");
         let Some(py) = &ort else { continue };
         let script = format!(
             r#"
@@ -183,7 +190,7 @@ print(json.dumps({{"names": names, "size": v["tiles_size"], "overlap": v["tiles_
         let (_, y) = read_npy(&dir.join(format!("{arch}.ort.npy")));
         let e = max_diff(&y, &want);
         println!("{arch}: onnxruntime vs the model: {e:.2e}");
-        assert!(e < 1e-4, "{arch}: onnxruntime differs by {e}");
+        assert!(e < tol, "{arch}: onnxruntime differs by {e}");
         let v: serde_json::Value =
             serde_json::from_str(String::from_utf8_lossy(&run.stdout).trim()).unwrap();
         assert_eq!(v["names"][1], "building");

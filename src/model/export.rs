@@ -192,8 +192,22 @@ impl Builder {
         Ok((if relu { self.relu(&y) } else { y }, hw))
     }
 
-    /// PyTorch's bilinear resize (align_corners = False) to `h x w`.
-    fn resize(&mut self, x: &str, batch_of: &str, classes: usize, h: usize, w: usize) -> String {
+    /// PyTorch's bilinear resize (align_corners = False) of `channels`
+    /// channels to `h x w`.
+    fn resize(&mut self, x: &str, batch_of: &str, channels: usize, h: usize, w: usize) -> String {
+        self.resize_mode(x, batch_of, channels, (h, w), false)
+    }
+
+    /// A resize to `h x w`: bilinear as PyTorch's `align_corners = False`,
+    /// or `nearest` as PyTorch's (source index `floor(dst * in / out)`).
+    fn resize_mode(
+        &mut self,
+        x: &str,
+        batch_of: &str,
+        channels: usize,
+        (h, w): (usize, usize),
+        nearest: bool,
+    ) -> String {
         // the batch is dynamic: sizes = [N, K, h, w] from the input's shape
         let shape = self.node("Shape", &[batch_of], vec![]);
         self.next += 1;
@@ -202,17 +216,22 @@ impl Builder {
         let n = self.node("Slice", &[&shape, &zero, &one], vec![]);
         let rest = self.int64s(
             &format!("sizes_{}", self.next),
-            &[classes as i64, h as i64, w as i64],
+            &[channels as i64, h as i64, w as i64],
         );
         let sizes = self.node("Concat", &[&n, &rest], vec![("axis", Attr::Int(0))]);
-        self.node(
-            "Resize",
-            &[x, "", "", &sizes],
+        let attrs = if nearest {
+            vec![
+                ("mode", Attr::Str("nearest")),
+                ("coordinate_transformation_mode", Attr::Str("asymmetric")),
+                ("nearest_mode", Attr::Str("floor")),
+            ]
+        } else {
             vec![
                 ("mode", Attr::Str("linear")),
                 ("coordinate_transformation_mode", Attr::Str("half_pixel")),
-            ],
-        )
+            ]
+        };
+        self.node("Resize", &[x, "", "", &sizes], attrs)
     }
 }
 
@@ -259,6 +278,7 @@ pub fn to_onnx(model: &Model, metadata: &[(String, String)]) -> Result<ModelProt
             let (s, _) = b.conv(&y.0, "cls", 1, 0, y.1)?;
             b.resize(&s, x, k, win, win)
         }
+        Arch::UnetResnet18 | Arch::UnetResnet34 | Arch::UnetResnet50 => unet(&mut b, x, hw)?,
         _ => resnet_fcn(&mut b, x, hw, k)?,
     };
     let probs = b.node("Softmax", &[&logits], vec![("axis", Attr::Int(1))]);
@@ -320,10 +340,26 @@ pub fn to_onnx(model: &Model, metadata: &[(String, String)]) -> Result<ModelProt
     })
 }
 
-/// A torchvision ResNet (structure read from the variables' names) with
-/// rstile's FCN head, and the FCN-8s skips when the model has them.
-fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<String> {
-    let (mut y, mut s) = b.conv_bn(x, ("backbone.conv1", "backbone.bn1"), 2, 3, hw, true)?;
+/// An output and its channels and spatial size.
+type Feature = (String, usize, (usize, usize));
+
+/// A torchvision ResNet under `prefix` (its structure read from the
+/// variables' names): the stem's output and layer1..layer4's.
+fn resnet(
+    b: &mut Builder,
+    x: &str,
+    prefix: &str,
+    hw: (usize, usize),
+) -> Result<(Feature, Vec<Feature>)> {
+    let (mut y, mut s) = b.conv_bn(
+        x,
+        (&format!("{prefix}.conv1"), &format!("{prefix}.bn1")),
+        2,
+        3,
+        hw,
+        true,
+    )?;
+    let stem = (y.clone(), 64, s);
     y = b.node(
         "MaxPool",
         &[&y],
@@ -337,8 +373,15 @@ fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<
     let mut feats = Vec::new();
     for l in 1..=4 {
         let mut i = 0;
-        while b.has(&format!("backbone.layer{l}.{i}.conv1.weight")) {
-            let p = format!("backbone.layer{l}.{i}");
+        let mut channels = 0;
+        while b.has(&format!("{prefix}.layer{l}.{i}.conv1.weight")) {
+            let p = format!("{prefix}.layer{l}.{i}");
+            let last = if b.has(&format!("{p}.conv3.weight")) {
+                "conv3"
+            } else {
+                "conv2"
+            };
+            channels = b.vars[&format!("{p}.{last}.weight")].dims()[0];
             let stride = if i == 0 && l > 1 { 2 } else { 1 };
             let bottleneck = b.has(&format!("{p}.conv3.weight"));
             let (mut z, mut zs);
@@ -403,19 +446,69 @@ fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<
             s = zs;
             i += 1;
         }
-        feats.push((y.clone(), s));
+        feats.push((y.clone(), channels, s));
     }
+    Ok((stem, feats))
+}
+
+/// A torchvision ResNet with rstile's FCN head, and the FCN-8s skips when
+/// the model has them.
+fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<String> {
+    let (_, feats) = resnet(b, x, "backbone", hw)?;
+    let (y, _, s) = feats[3].clone();
     let (h, _) = b.conv_bn(&y, ("classifier.0", "classifier.1"), 1, 1, s, true)?;
     let (mut out, _) = b.conv(&h, "classifier.4", 1, 0, s)?;
     if b.has("score16.weight") {
         for (name, f) in [("score16", 2), ("score8", 1)] {
-            let (fy, fs) = feats[f].clone();
+            let (fy, _, fs) = feats[f].clone();
             let (sc, _) = b.conv(&fy, name, 1, 0, fs)?;
             let up = b.resize(&out, x, k, fs.0, fs.1);
             out = b.node("Add", &[&up, &sc], vec![]);
         }
     }
     Ok(b.resize(&out, x, k, hw.0, hw.1))
+}
+
+/// smp's Unet: the encoder, five decoder blocks (nearest x2 to the skip's
+/// size, concatenation, two conv-BN-ReLU units), the 3x3 head.
+fn unet(b: &mut Builder, x: &str, hw: (usize, usize)) -> Result<String> {
+    let (stem, feats) = resnet(b, x, "encoder", hw)?;
+    let skips = [
+        Some(feats[2].clone()),
+        Some(feats[1].clone()),
+        Some(feats[0].clone()),
+        Some(stem),
+        None,
+    ];
+    let (mut y, mut c, _) = feats[3].clone();
+    for (i, skip) in skips.into_iter().enumerate() {
+        let target = skip.as_ref().map_or(hw, |s| s.2);
+        let up = b.resize_mode(&y, x, c, target, true);
+        let cat = match &skip {
+            Some((sk, _, _)) => b.node("Concat", &[&up, sk], vec![("axis", Attr::Int(1))]),
+            None => up,
+        };
+        let p = format!("decoder.blocks.{i}");
+        let (z, _) = b.conv_bn(
+            &cat,
+            (&format!("{p}.conv1.0"), &format!("{p}.conv1.1")),
+            1,
+            1,
+            target,
+            true,
+        )?;
+        let (z, _) = b.conv_bn(
+            &z,
+            (&format!("{p}.conv2.0"), &format!("{p}.conv2.1")),
+            1,
+            1,
+            target,
+            true,
+        )?;
+        c = b.vars[&format!("{p}.conv2.0.weight")].dims()[0];
+        y = z;
+    }
+    Ok(b.conv(&y, "segmentation_head.0", 1, 1, hw)?.0)
 }
 
 /// Deepness' `metadata_props` for `model` (see the module documentation).
