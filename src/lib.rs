@@ -33,5 +33,6 @@ pub mod scale;
 pub mod synth;
 pub mod train;
 pub mod vaihingen;
+pub mod vectorize;
 
 pub use error::{Error, Result};
