@@ -207,13 +207,26 @@ fn assert_areas_match_pixels(polys: &[Poly], counts: &BTreeMap<i32, usize>, px_a
     }
 }
 
+fn vertices(v: &[Poly]) -> usize {
+    v.iter()
+        .map(|p| {
+            (0..p.geom.geometry_count())
+                .map(|r| p.geom.get_geometry(r).point_count())
+                .sum::<usize>()
+        })
+        .sum()
+}
+
 /// Same polygons: same count, same keys, and each pair's geometries cover
 /// the same ground (symmetric difference of zero area).
 fn assert_same_polygons(a: &[Poly], b: &[Poly], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: polygon count");
+    // no vertex left where a seam was: exactly as many as in one piece
+    assert_eq!(vertices(a), vertices(b), "{what}: vertex count");
     for (p, q) in a.iter().zip(b) {
         assert_eq!(p.key(), q.key(), "{what}");
         assert_eq!(p.name, q.name, "{what}");
+        assert!(q.geom.is_valid(), "{what}: invalid polygon {:?}", q.key());
         let d1 = p.geom.difference(&q.geom).map(|g| g.area()).unwrap();
         let d2 = q.geom.difference(&p.geom).map(|g| g.area()).unwrap();
         assert!(
@@ -350,15 +363,6 @@ fn skip_min_area_and_simplify_have_their_effect() {
     vectorize(&real, &simple, &["--simplify", "0.3"]);
     let (a, _, _) = read_polys(&full);
     let (b, _, _) = read_polys(&simple);
-    let vertices = |v: &[Poly]| -> usize {
-        v.iter()
-            .map(|p| {
-                (0..p.geom.geometry_count())
-                    .map(|r| p.geom.get_geometry(r).point_count())
-                    .sum::<usize>()
-            })
-            .sum()
-    };
     let (va, vb) = (vertices(&a), vertices(&b));
     assert!(vb * 10 < va * 8, "simplify: {vb} vertices of {va}");
     assert_eq!(a.len(), b.len(), "topology preserving keeps every polygon");

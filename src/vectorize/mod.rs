@@ -405,9 +405,11 @@ pub struct Summary {
     pub dropped_small: u64,
     /// Polygons that simplification reduced to nothing.
     pub dropped_empty: u64,
-    /// The most polygons pending at one seam.
+    /// The most regions pending at one seam.
     pub max_pending: usize,
-    /// Polygons joined across seams.
+    /// The most polygon pieces held for them at one seam.
+    pub max_pending_pieces: usize,
+    /// Polygons joined from pieces of several blocks.
     pub joined: u64,
     pub blocks: usize,
     /// The classes of the style: those the map names and those present.
@@ -616,9 +618,10 @@ fn write_layer(
         progress(y1, plan.height);
         y0 = y1;
     }
-    let (max_pending, joined) = (dissolver.max_pending, dissolver.joined);
-    dissolver.finish(&mut write)?;
+    let (max_pending, pieces) = (dissolver.max_pending, dissolver.max_pending_pieces);
+    let joined = dissolver.finish(&mut write)?;
     summary.max_pending = max_pending;
+    summary.max_pending_pieces = pieces;
     summary.joined = joined;
     if transaction {
         // SAFETY: the dataset handle is valid while `ds` lives

@@ -8,15 +8,18 @@
 //! region exactly when those edges overlap over a positive length (a
 //! common pixel side); touching at a corner only is diagonal contact, which
 //! 4-connectivity does not join. The [`Dissolver`] keeps the polygons that
-//! reach the bottom of the current block ("pending"), unions them (OGR,
-//! GEOS) with the next block's polygons they share a seam segment with, and
-//! hands on every polygon that can no longer grow: one that does not reach
-//! the next seam, or that found no partner below it.
+//! reach the bottom of the current block ("pending"), links them with the
+//! next block's polygons they share a seam segment with (union-find over
+//! the seam's edge intervals; no geometry is computed for that), and hands
+//! on every region that can no longer grow (none of its pieces reaches the
+//! next seam) as the union of its pieces: one cascaded union (OGR, GEOS)
+//! per region, so a region crossing many seams is unioned once, not once
+//! per seam.
 //!
-//! Memory: the pending polygons are those crossing the current seam, merged
-//! with everything of their region above it. A region that spans the whole
-//! map (a road network, a background class) stays pending until the last
-//! block, so in the worst case the pending set is the size of the output.
+//! Memory: the pending regions are those crossing the current seam, with
+//! all of their pieces above it. A region that spans the whole map (a road
+//! network, a background class) stays pending until the last block, so in
+//! the worst case the pending set is the size of the output.
 
 use crate::error::{Error, Result};
 use gdal::vector::Geometry;
@@ -29,9 +32,12 @@ pub struct Piece {
     pub geom: Geometry,
 }
 
+/// A region that reaches the seam below the current block: the pieces it
+/// is made of so far (joined only when the region is complete, so each
+/// region is unioned once, not once per seam).
 struct Pending {
     class: u8,
-    geom: Geometry,
+    pieces: Vec<Geometry>,
     /// The x intervals of its edges on the seam below it.
     bottom: Vec<(f64, f64)>,
 }
@@ -43,9 +49,11 @@ pub struct Dissolver {
     map: PathBuf,
     pending: Vec<Pending>,
     next_y: usize,
-    /// The most polygons pending at any seam.
+    /// The most regions pending at any seam.
     pub max_pending: usize,
-    /// Polygons that were joined with others across a seam.
+    /// The most pieces held pending at any seam.
+    pub max_pending_pieces: usize,
+    /// Regions that were joined from pieces of several blocks.
     pub joined: u64,
 }
 
@@ -58,6 +66,7 @@ impl Dissolver {
             pending: Vec::new(),
             next_y: 0,
             max_pending: 0,
+            max_pending_pieces: 0,
             joined: 0,
         }
     }
@@ -81,9 +90,8 @@ impl Dissolver {
         let bottom = y1 as f64;
         let pending = std::mem::take(&mut self.pending);
         let n = pending.len();
-        let mut pieces: Vec<Option<Piece>> = pieces.into_iter().map(Some).collect();
 
-        // union-find over pending (0..n) and this block's pieces (n..)
+        // union-find over pending regions (0..n) and this block's pieces (n..)
         let mut parent: Vec<usize> = (0..n + pieces.len()).collect();
         fn find(p: &mut [usize], mut i: usize) -> usize {
             while p[i] != i {
@@ -94,9 +102,7 @@ impl Dissolver {
         }
         if n > 0 {
             for (j, piece) in pieces.iter().enumerate() {
-                let piece = piece.as_ref().expect("all present");
-                let env = piece.geom.envelope();
-                if env.MinY != top {
+                if piece.geom.envelope().MinY != top {
                     continue;
                 }
                 let edges = edges_on(&piece.geom, top);
@@ -110,97 +116,190 @@ impl Dissolver {
                 }
             }
         }
-        // groups: root -> members
         let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
         for i in 0..parent.len() {
             let r = find(&mut parent, i);
             groups.entry(r).or_default().push(i);
         }
         let mut pending: Vec<Option<Pending>> = pending.into_iter().map(Some).collect();
+        let mut pieces: Vec<Option<Piece>> = pieces.into_iter().map(Some).collect();
         for members in groups.values() {
-            if members.len() == 1 {
-                let i = members[0];
-                if i < n {
-                    // no partner below: complete
-                    let p = pending[i].take().expect("once");
-                    out(Piece {
-                        class: p.class,
-                        geom: p.geom,
-                    })?;
-                }
-                continue;
-            }
-            // a group always holds a piece of this block: pending polygons
-            // are only ever linked through one
-            let keep = *members.iter().find(|&&i| i >= n).expect("a piece") - n;
-            // links join polygons of one class only
-            let class = pieces[keep].as_ref().expect("not taken yet").class;
-            let mut geoms = Vec::with_capacity(members.len());
+            // links join regions of one class only
+            let mut region = Pending {
+                class: 0,
+                pieces: Vec::new(),
+                bottom: Vec::new(),
+            };
+            let mut reaches_bottom = false;
             for &i in members {
                 if i < n {
-                    geoms.push(pending[i].take().expect("once").geom);
+                    let p = pending[i].take().expect("once");
+                    region.class = p.class;
+                    region.pieces.extend(p.pieces);
                 } else {
-                    geoms.push(pieces[i - n].take().expect("once").geom);
+                    let p = pieces[i - n].take().expect("once");
+                    region.class = p.class;
+                    if y1 < self.height && p.geom.envelope().MaxY == bottom {
+                        reaches_bottom = true;
+                        region.bottom.extend(edges_on(&p.geom, bottom));
+                    }
+                    region.pieces.push(p.geom);
                 }
             }
-            self.joined += members.len() as u64;
-            let merged = union_all(geoms).map_err(|reason| {
-                Error::file(
-                    &self.map,
-                    format!("cannot dissolve polygons across the seam at row {y0}: {reason}"),
-                )
-            })?;
-            pieces[keep] = Some(Piece {
-                class,
-                geom: merged,
-            });
-        }
-        // what reaches the next seam stays; the rest is complete
-        for piece in pieces.into_iter().flatten() {
-            if y1 < self.height && piece.geom.envelope().MaxY == bottom {
-                let bottom_edges = edges_on(&piece.geom, bottom);
-                self.pending.push(Pending {
-                    class: piece.class,
-                    geom: piece.geom,
-                    bottom: bottom_edges,
-                });
+            if reaches_bottom {
+                region.bottom = merge_intervals(region.bottom);
+                self.pending.push(region);
             } else {
-                out(piece)?;
+                let class = region.class;
+                let geom = self.join(region.pieces, y0)?;
+                out(Piece { class, geom })?;
             }
         }
         self.max_pending = self.max_pending.max(self.pending.len());
+        let held: usize = self.pending.iter().map(|p| p.pieces.len()).sum();
+        self.max_pending_pieces = self.max_pending_pieces.max(held);
         Ok(())
+    }
+
+    fn join(&mut self, pieces: Vec<Geometry>, y0: usize) -> Result<Geometry> {
+        if pieces.len() > 1 {
+            self.joined += 1;
+        }
+        union_all(pieces).map_err(|reason| {
+            Error::file(
+                &self.map,
+                format!("cannot dissolve polygons across the seams above row {y0}: {reason}"),
+            )
+        })
     }
 
     /// Passes on what is still pending (nothing, when the last block ended
-    /// at the map's last row).
-    pub fn finish(mut self, out: &mut dyn FnMut(Piece) -> Result<()>) -> Result<()> {
+    /// at the map's last row); returns how many regions were joined from
+    /// pieces of several blocks in all.
+    pub fn finish(mut self, out: &mut dyn FnMut(Piece) -> Result<()>) -> Result<u64> {
+        let y = self.next_y;
         for p in std::mem::take(&mut self.pending) {
+            let geom = self.join(p.pieces, y)?;
             out(Piece {
                 class: p.class,
-                geom: p.geom,
+                geom,
             })?;
         }
-        Ok(())
+        Ok(self.joined)
     }
 }
 
-/// The union of `geoms` (polygons that together form one connected region).
+/// The union of `geoms`, polygons that share edges and together form one
+/// connected region.
+///
+/// Only the outer rings are unioned: a piece's hole lies inside its own
+/// block, enclosed by that piece, so no other piece of the region overlaps
+/// it, and the region is the union of the outer rings with every piece's
+/// holes added back. This keeps the (GEOS) union small when a region, say
+/// a background class, carries thousands of holes.
 fn union_all(geoms: Vec<Geometry>) -> std::result::Result<Geometry, String> {
-    let mut it = geoms.into_iter();
-    let mut acc = it.next().ok_or("nothing to join")?;
-    for g in it {
-        crate::raster::reset_errors();
-        acc = match acc.union(&g) {
-            Some(u) => u,
-            None => {
-                let reason = crate::raster::last_message()
-                    .unwrap_or_else(|| "OGR_G_Union failed (is GDAL built with GEOS?)".into());
-                return Err(reason);
-            }
-        };
+    if geoms.len() == 1 {
+        return Ok(geoms.into_iter().next().expect("one"));
     }
-    Ok(acc)
+    let mut shells = multi_polygon()?;
+    let mut holes = Vec::new();
+    for g in &geoms {
+        for poly in polygons(g) {
+            let mut shell =
+                Geometry::empty(OGRwkbGeometryType::wkbPolygon).map_err(|e| e.to_string())?;
+            for r in 0..poly.geometry_count() {
+                let ring = poly.get_geometry(r).clone();
+                if r == 0 {
+                    shell.add_geometry(ring).map_err(|e| e.to_string())?;
+                } else {
+                    holes.push(ring);
+                }
+            }
+            shells.add_geometry(shell).map_err(|e| e.to_string())?;
+        }
+    }
+    let union = cascaded_union(&shells)?;
+    if gdal::vector::geometry_type_flatten(union.geometry_type()) == OGRwkbGeometryType::wkbPolygon
+    {
+        // the union leaves vertices where the seams crossed straight edges
+        let mut union = without_collinear(&union).map_err(|e| e.to_string())?;
+        for h in holes {
+            union.add_geometry(h).map_err(|e| e.to_string())?;
+        }
+        return Ok(union);
+    }
+    // not one polygon (never expected): the plain union of everything
+    let mut all = multi_polygon()?;
+    for g in geoms {
+        all.add_geometry(g).map_err(|e| e.to_string())?;
+    }
+    cascaded_union(&all)
+}
+
+/// `poly` without the vertices in the middle of a straight horizontal or
+/// vertical run (exact: pixel coordinates), as GDAL's polygonizer writes
+/// its rings.
+fn without_collinear(poly: &Geometry) -> gdal::errors::Result<Geometry> {
+    let mut out = Geometry::empty(OGRwkbGeometryType::wkbPolygon)?;
+    let mut pts = Vec::new();
+    for r in 0..poly.geometry_count() {
+        pts.clear();
+        poly.get_geometry(r).get_points(&mut pts);
+        let mut ring: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
+        if ring.len() > 1 && ring.first() == ring.last() {
+            ring.pop();
+        }
+        let straight = |a: (f64, f64), b: (f64, f64), c: (f64, f64)| {
+            (a.0 == b.0 && b.0 == c.0) || (a.1 == b.1 && b.1 == c.1)
+        };
+        // repeat until no vertex of the (cyclic) ring is in a straight run
+        loop {
+            let n = ring.len();
+            if n < 4 {
+                break;
+            }
+            let keep: Vec<(f64, f64)> = (0..n)
+                .filter(|&i| !straight(ring[(i + n - 1) % n], ring[i], ring[(i + 1) % n]))
+                .map(|i| ring[i])
+                .collect();
+            if keep.len() == n || keep.len() < 3 {
+                break;
+            }
+            ring = keep;
+        }
+        let mut g = Geometry::empty(OGRwkbGeometryType::wkbLinearRing)?;
+        for &p in &ring {
+            g.add_point_2d(p);
+        }
+        g.add_point_2d(ring[0]);
+        out.add_geometry(g)?;
+    }
+    Ok(out)
+}
+
+fn multi_polygon() -> std::result::Result<Geometry, String> {
+    Geometry::empty(OGRwkbGeometryType::wkbMultiPolygon).map_err(|e| e.to_string())
+}
+
+/// `OGR_G_UnionCascaded` (GEOS) of a multipolygon.
+fn cascaded_union(multi: &Geometry) -> std::result::Result<Geometry, String> {
+    crate::raster::reset_errors();
+    // SAFETY: a valid geometry; GDAL returns a new one or null
+    let h = unsafe { gdal_sys::OGR_G_UnionCascaded(multi.c_geometry()) };
+    if h.is_null() {
+        return Err(crate::raster::last_message()
+            .unwrap_or_else(|| "OGR_G_UnionCascaded failed (is GDAL built with GEOS?)".into()));
+    }
+    // SAFETY: `h` is a new geometry we own: wrapped unowned, cloned into an
+    // owned one, then destroyed (the crate has no public owned wrapper)
+    unsafe {
+        let view = Geometry::lazy_feature_geometry();
+        view.set_c_geometry(h);
+        let owned = view.clone();
+        drop(view);
+        gdal_sys::OGR_G_DestroyGeometry(h);
+        Ok(owned)
+    }
 }
 
 /// The polygons of `g` (a polygon, or each part of a multipolygon).
