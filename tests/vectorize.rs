@@ -602,6 +602,49 @@ fn a_run_failing_after_writing_leaves_nothing() {
     assert_eq!(listing(&dir), vec![dir.join("x.dbf")]);
 }
 
+/// SIGINT during a run: exit status 130, and neither output, style,
+/// partial folder nor lock file is left.
+#[test]
+fn an_interrupted_run_leaves_nothing() {
+    let t = tmp();
+    let map = t.path().join("noise.tif");
+    // class noise: about a polygon per two pixels, 128 blocks of 16 rows
+    let (w, h) = (1024, 2048);
+    let mut state = 7u64;
+    let data: Vec<u8> = (0..w * h)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % 6) as u8
+        })
+        .collect();
+    write_map(&map, w, h, &data, 16, true);
+    let dir = t.path().join("out");
+    std::fs::create_dir(&dir).unwrap();
+    let out = dir.join("noise.gpkg");
+    let mut child = std::process::Command::new(bin())
+        .args(["vectorize", s(&map), "-o", s(&out), "--block-rows", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = dir.join(".noise.gpkg.partial");
+    let t0 = std::time::Instant::now();
+    while !partial.exists() {
+        assert!(t0.elapsed().as_secs() < 60, "no partial folder appeared");
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: signalling the child this test started
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(listing(&dir).is_empty(), "{:?}", listing(&dir));
+}
+
 // ---- QGIS ----------------------------------------------------------------
 
 fn qgis_available() -> bool {

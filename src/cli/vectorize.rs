@@ -53,10 +53,15 @@ pub fn run(a: VectorizeArgs) -> Result<()> {
         eprintln!("rstile: warning: {w}");
     }
     let bar = super::bar(a.quiet, "{bar:30} {pos}/{len} rows  ETA {eta}");
-    let summary = vectorize(&plan, &|done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let stop = super::process::stop_flag()?;
+    let summary = vectorize(
+        &plan,
+        &|done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+        Some(&stop),
+    )?;
     bar.finish_and_clear();
     if !a.quiet {
         let per_class: Vec<String> = summary

@@ -56,6 +56,7 @@ use gdal_sys::{OGRFieldType, OGRwkbGeometryType};
 use seams::{Dissolver, Piece};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The pixels a block holds at most when `--block-rows` is not given (the
 /// block is then as many whole tile rows as fit, at least one).
@@ -442,8 +443,13 @@ fn gdal_failure(e: GdalError) -> GdalError {
 
 /// Runs `plan`: polygonizes the map block by block, writes the polygons,
 /// the style, and renames them into place. `progress(rows_done, rows)` is
-/// called after each block.
-pub fn vectorize(plan: &VectorizePlan, progress: &dyn Fn(usize, usize)) -> Result<Summary> {
+/// called after each block; when `stop` is raised the run ends after the
+/// current block with [`Error::Interrupted`], leaving nothing.
+pub fn vectorize(
+    plan: &VectorizePlan,
+    progress: &dyn Fn(usize, usize),
+    stop: Option<&AtomicBool>,
+) -> Result<Summary> {
     let _lock = OutputLock::acquire(&plan.output)?;
     let out = &plan.output;
     let dir = sibling(out, ".", ".partial");
@@ -463,7 +469,7 @@ pub fn vectorize(plan: &VectorizePlan, progress: &dyn Fn(usize, usize)) -> Resul
         blocks: plan.blocks(),
         ..Default::default()
     };
-    write_layer(plan, &tmp, &mut summary, progress)?;
+    write_layer(plan, &tmp, &mut summary, progress, stop)?;
 
     let classes = plan
         .legend
@@ -503,6 +509,7 @@ fn write_layer(
     tmp: &Path,
     summary: &mut Summary,
     progress: &dyn Fn(usize, usize),
+    stop: Option<&AtomicBool>,
 ) -> Result<()> {
     let out = &plan.output;
     let driver = DriverManager::get_driver_by_name(&plan.driver).map_err(Error::on(out))?;
@@ -597,6 +604,9 @@ fn write_layer(
     let mut dissolver = Dissolver::new(plan.height, &plan.map);
     let mut y0 = 0;
     while y0 < plan.height {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(Error::Interrupted);
+        }
         let y1 = (y0 + plan.block_height).min(plan.height);
         let h = y1 - y0;
         let read = |b: &gdal::raster::RasterBand| {
