@@ -89,10 +89,15 @@ pub fn run(a: VectorizeArgs) -> Result<()> {
         } else {
             format!("; {}", dropped.join(", "))
         };
+        let per_class = if per_class.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", per_class.join(", "))
+        };
         println!(
-            "rstile: vectorize: {} polygons ({}){} from {}x{} px in {} block(s) of {} rows in {:.2} s -> {} ({}), {}",
+            "rstile: vectorize: {} polygons{}{} from {}x{} px in {} block(s) of {} rows in {:.2} s -> {} ({}), {}",
             summary.polygons(),
-            per_class.join(", "),
+            per_class,
             dropped,
             plan.width,
             plan.height,

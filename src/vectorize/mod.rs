@@ -724,3 +724,50 @@ fn to_map(poly: &Geometry, gt: &[f64; 6]) -> gdal::errors::Result<Geometry> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drivers_by_extension() {
+        for (name, driver) in [
+            ("a.gpkg", "GPKG"),
+            ("a.GPKG", "GPKG"),
+            ("d/a.shp", "ESRI Shapefile"),
+            ("a.geojson", "GeoJSON"),
+            ("a.fgb", "FlatGeobuf"),
+        ] {
+            assert_eq!(driver_for(Path::new(name)).unwrap().short_name(), driver);
+        }
+        for (name, want) in [
+            (
+                "a.xyz",
+                "no OGR driver of this GDAL writes vector files with the extension .xyz",
+            ),
+            ("a.tif", "extension .tif"),
+            ("a", "has no extension"),
+        ] {
+            let e = driver_for(Path::new(name)).err().unwrap().to_string();
+            assert!(e.starts_with(name) && e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn legend_tables_name_present_and_named_classes() {
+        let mut names = vec![None; 256];
+        let mut colors = vec![None; 256];
+        names[1] = Some("building".to_string());
+        colors[1] = Some([0, 0, 255]);
+        let legend = Legend { names, colors };
+        let t = legend.table([1, 3, 255], &[]);
+        let got: Vec<(u8, &str, &str)> = t
+            .classes
+            .iter()
+            .map(|c| (c.id, c.name.as_str(), c.color.as_str()))
+            .collect();
+        // 3 is present but unnamed: its id, and the default palette's colour
+        assert_eq!(got, vec![(1, "building", "#0000ff"), (3, "3", PALETTE[3])]);
+        assert!(legend.table([1, 3], &[1]).classes.iter().all(|c| c.id == 3));
+    }
+}
