@@ -101,16 +101,28 @@ impl Dissolver {
             i
         }
         if n > 0 {
+            // the pending regions' edges on the seam, sorted: they never
+            // overlap (a pixel side above the seam belongs to one region),
+            // so sorted by start they are sorted by end too
+            let mut seam: Vec<(f64, f64, usize)> = pending
+                .iter()
+                .enumerate()
+                .flat_map(|(i, p)| p.bottom.iter().map(move |&(a, b)| (a, b, i)))
+                .collect();
+            seam.sort_by(|x, y| x.0.total_cmp(&y.0));
             for (j, piece) in pieces.iter().enumerate() {
                 if piece.geom.envelope().MinY != top {
                     continue;
                 }
-                let edges = edges_on(&piece.geom, top);
-                for (i, p) in pending.iter().enumerate() {
-                    if p.class == piece.class && share_segment(&p.bottom, &edges) {
-                        let (a, b) = (find(&mut parent, i), find(&mut parent, n + j));
-                        if a != b {
-                            parent[a.max(b)] = a.min(b);
+                for (a, b) in edges_on(&piece.geom, top) {
+                    let first = seam.partition_point(|s| s.1 <= a);
+                    for &(lo, hi, i) in seam[first..].iter().take_while(|s| s.0 < b) {
+                        // a positive-length overlap, of the same class
+                        if hi.min(b) > lo.max(a) && pending[i].class == piece.class {
+                            let (r, q) = (find(&mut parent, i), find(&mut parent, n + j));
+                            if r != q {
+                                parent[r.max(q)] = r.min(q);
+                            }
                         }
                     }
                 }
@@ -347,31 +359,12 @@ pub fn merge_intervals(mut v: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
     out
 }
 
-/// Whether two sorted, merged interval lists overlap over a positive
-/// length (a shared point is no overlap).
-pub fn share_segment(a: &[(f64, f64)], b: &[(f64, f64)]) -> bool {
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        let lo = a[i].0.max(b[j].0);
-        let hi = a[i].1.min(b[j].1);
-        if hi > lo {
-            return true;
-        }
-        if a[i].1 < b[j].1 {
-            i += 1;
-        } else {
-            j += 1;
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn intervals_merge_and_overlap_only_over_a_length() {
+    fn intervals_merge() {
         assert_eq!(
             merge_intervals(vec![
                 (3.0, 4.0),
@@ -382,12 +375,6 @@ mod tests {
             ]),
             vec![(0.0, 2.0), (3.0, 4.0), (5.0, 7.0)]
         );
-        let a = [(0.0, 2.0), (5.0, 7.0)];
-        assert!(!share_segment(&a, &[(2.0, 5.0)]), "corners only");
-        assert!(share_segment(&a, &[(2.0, 5.5)]));
-        assert!(share_segment(&a, &[(-3.0, 0.5)]));
-        assert!(!share_segment(&a, &[(7.0, 9.0)]));
-        assert!(!share_segment(&[], &a));
     }
 
     fn rect(x0: f64, y0: f64, x1: f64, y1: f64) -> Geometry {
