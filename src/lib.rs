@@ -11,6 +11,7 @@
 //! wired together by [`infer::stages`], one named function per thread.
 //! Beside the path: [`scale`] (AOI, split runs, merge, Slurm), [`train`],
 //! [`vaihingen`] (the ISPRS benchmark), [`synth`] (generated scenes),
+//! [`vectorize`] (a map's classes as polygons, joined across block seams),
 //! [`kernels`] (the CPU compute), [`metrics`], [`classes`] and [`raster`]
 //! (opening, probing and PNG writing through GDAL), and the one seeded
 //! generator ([`rng`]) and hash ([`hash`]) that every part uses.
@@ -33,5 +34,6 @@ pub mod scale;
 pub mod synth;
 pub mod train;
 pub mod vaihingen;
+pub mod vectorize;
 
 pub use error::{Error, Result};

@@ -132,6 +132,87 @@ pub fn qml_string(classes: &ClassTable) -> String {
     )
 }
 
+/// The QGIS 3.x layer style (`.qml`) for the polygons of a land-cover map
+/// (`rstile vectorize`): a categorized renderer on the integer field
+/// `field`, one category per class of `classes` in table order, each a solid
+/// fill of the class colour without outline and labelled with the class
+/// name (XML-escaped). Polygons of a value not in the table are not drawn.
+///
+/// The XML follows what QGIS 3.22 writes for a categorized polygon style.
+pub fn vector_qml_string(classes: &ClassTable, field: &str) -> String {
+    let mut categories = String::new();
+    let mut symbols = String::new();
+    for (k, c) in classes.classes.iter().enumerate() {
+        let [r, g, b] = c.rgb();
+        let _ = writeln!(
+            categories,
+            "      <category render=\"true\" value=\"{}\" symbol=\"{k}\" label=\"{}\"/>",
+            c.id,
+            escape_attr(&c.name)
+        );
+        let _ = write!(
+            symbols,
+            r#"      <symbol type="fill" name="{k}" alpha="1" clip_to_extent="1" force_rhr="0">
+        <data_defined_properties>
+          <Option type="Map">
+            <Option name="name" type="QString" value=""/>
+            <Option name="properties"/>
+            <Option name="type" type="QString" value="collection"/>
+          </Option>
+        </data_defined_properties>
+        <layer class="SimpleFill" pass="0" locked="0" enabled="1">
+          <Option type="Map">
+            <Option name="border_width_map_unit_scale" type="QString" value="3x:0,0,0,0,0,0"/>
+            <Option name="color" type="QString" value="{r},{g},{b},255"/>
+            <Option name="joinstyle" type="QString" value="bevel"/>
+            <Option name="offset" type="QString" value="0,0"/>
+            <Option name="offset_map_unit_scale" type="QString" value="3x:0,0,0,0,0,0"/>
+            <Option name="offset_unit" type="QString" value="MM"/>
+            <Option name="outline_color" type="QString" value="{r},{g},{b},255"/>
+            <Option name="outline_style" type="QString" value="no"/>
+            <Option name="outline_width" type="QString" value="0"/>
+            <Option name="outline_width_unit" type="QString" value="MM"/>
+            <Option name="style" type="QString" value="solid"/>
+          </Option>
+        </layer>
+      </symbol>
+"#
+        );
+    }
+    let field = escape_attr(field);
+    format!(
+        r#"<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="{QGIS_VERSION}" styleCategories="AllStyleCategories" hasScaleBasedVisibilityFlag="0" minScale="100000000" maxScale="0" simplifyDrawingHints="1" simplifyDrawingTol="1" simplifyLocal="1" simplifyAlgorithm="0" simplifyMaxScale="1" readOnly="0">
+  <flags>
+    <Identifiable>1</Identifiable>
+    <Removable>1</Removable>
+    <Searchable>1</Searchable>
+    <Private>0</Private>
+  </flags>
+  <renderer-v2 type="categorizedSymbol" attr="{field}" symbollevels="0" enableorderby="0" forceraster="0" referencescale="-1">
+    <categories>
+{categories}    </categories>
+    <symbols>
+{symbols}    </symbols>
+    <rotation/>
+    <sizescale/>
+  </renderer-v2>
+  <blendMode>0</blendMode>
+  <featureBlendMode>0</featureBlendMode>
+  <layerOpacity>1</layerOpacity>
+  <previewExpression>"class_name"</previewExpression>
+  <layerGeometryType>2</layerGeometryType>
+</qgis>
+"#
+    )
+}
+
+/// Writes [`vector_qml_string`] to `path`.
+pub fn write_vector_qml(path: &Path, classes: &ClassTable, field: &str) -> Result<()> {
+    std::fs::write(path, vector_qml_string(classes, field))
+        .map_err(|e| Error::file(path, format!("cannot write QGIS style: {e}")))
+}
+
 /// Writes [`qml_string`] to `path` (conventionally the map's path with the
 /// extension `.qml`, which QGIS picks up automatically).
 pub fn write_qml(path: &Path, classes: &ClassTable) -> Result<()> {
@@ -292,6 +373,19 @@ mod tests {
         // Colours are normalised to lower case.
         assert!(entries[0].contains(r##"color="#abcdef""##));
         assert!(entries[1].contains(r#"label="line&#10;break""#));
+    }
+
+    #[test]
+    fn vector_style_is_well_formed_with_one_category_per_class() {
+        let mut t = ClassTable::isprs();
+        t.classes[2].name = "a & <b>".into();
+        let xml = vector_qml_string(&t, "class_id");
+        let names = check_well_formed(&xml).unwrap();
+        assert_eq!(names.iter().filter(|n| *n == "category").count(), 6);
+        assert_eq!(names.iter().filter(|n| *n == "symbol").count(), 6);
+        assert!(xml.contains(r#"type="categorizedSymbol" attr="class_id""#));
+        assert!(xml.contains(r#"value="2" symbol="2" label="a &amp; &lt;b&gt;""#));
+        assert!(xml.contains(r#"name="color" type="QString" value="0,0,255,255""#));
     }
 
     #[test]

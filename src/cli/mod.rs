@@ -13,6 +13,7 @@ mod process;
 mod slurm;
 mod synth;
 mod train;
+mod vectorize;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -51,6 +52,8 @@ enum Cmd {
     Eval(eval::EvalArgs),
     /// The whole Vaihingen benchmark on a generated dataset: synth, prepare, train, eval, infer.
     Demo(demo::DemoArgs),
+    /// A land-cover map's classes as polygons (GeoPackage or any OGR format), with a QGIS style.
+    Vectorize(vectorize::VectorizeArgs),
 }
 
 /// Parses the command line and runs it.
@@ -72,6 +75,7 @@ pub fn run() -> Result<()> {
         Cmd::Prepare(c) => prepare::run(c),
         Cmd::Eval(a) => eval::run(a),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Vectorize(a) => vectorize::run(a),
     }
 }
 
