@@ -69,7 +69,7 @@ impl DecoderBlock {
         target: (usize, usize),
         train: bool,
     ) -> Result<Tensor> {
-        let x = x.upsample_nearest2d(target.0, target.1)?;
+        let x = nearest(x, target.0, target.1)?;
         let x = match skip {
             Some(s) => Tensor::cat(&[&x, s], 1)?,
             None => x,
@@ -81,6 +81,27 @@ impl DecoderBlock {
     fn flops(&self, b: usize, h: usize, w: usize) -> u64 {
         self.conv1.conv.flops(b, h, w).0 + self.conv2.conv.flops(b, h, w).0
     }
+}
+
+/// Nearest-neighbour resize to `h x w`, PyTorch's (`mode="nearest"`):
+/// output pixel `i` takes input pixel `floor(i * in / out)`. A uniform
+/// integer factor goes through candle's `upsample_nearest2d`; any other
+/// size through two `index_select`s, whose backward pass candle has (its
+/// upsampling's backward takes only uniform integer factors).
+fn nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, h_in, w_in) = x.dims4()?;
+    if h % h_in == 0 && w % w_in == 0 && h / h_in == w / w_in {
+        return x.upsample_nearest2d(h, w);
+    }
+    let idx = |n_in: usize, n_out: usize| -> Result<Tensor> {
+        let scale = n_in as f64 / n_out as f64;
+        let v: Vec<u32> = (0..n_out)
+            .map(|i| ((i as f64 * scale) as usize).min(n_in - 1) as u32)
+            .collect();
+        Tensor::from_vec(v, n_out, x.device())
+    };
+    x.index_select(&idx(h_in, h)?, 2)?
+        .index_select(&idx(w_in, w)?, 3)
 }
 
 /// smp's `Unet` on a ResNet encoder; see the module documentation.
@@ -154,5 +175,84 @@ impl Network for Unet {
 
     fn encoder(&self, x: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(self.encoder.forward_t(x, false)?.s32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nearest;
+    use candle_core::{DType, Device, Tensor, Var};
+
+    fn ramp(shape: &[usize], k: f64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|i| (i as f64 * k).sin()).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Central finite differences of `f` at every element of `x` (f64).
+    fn numeric(x: &Tensor, f: &dyn Fn(&Tensor) -> f64) -> Vec<f64> {
+        let x0 = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let h = 1e-4;
+        (0..x0.len())
+            .map(|i| {
+                let at = |d: f64| {
+                    let mut v = x0.clone();
+                    v[i] += d;
+                    f(&Tensor::from_vec(v, x.shape(), &Device::Cpu).unwrap())
+                };
+                (at(h) - at(-h)) / (2.0 * h)
+            })
+            .collect()
+    }
+
+    /// The decoder's two new operations, nearest upsampling (to twice the
+    /// size, and to a size that is no multiple) and the skip
+    /// concatenation, have the gradients of finite differences; the
+    /// encoder's are those of the ResNet-FCN, checked in `resnet.rs` and
+    /// `kernels/conv.rs`.
+    #[test]
+    fn decoder_ops_have_the_gradients_of_finite_differences() {
+        for (h, w) in [(10, 6), (9, 7), (5, 3)] {
+            let x = Var::from_tensor(&ramp(&[2, 3, 5, 3], 0.7)).unwrap();
+            let skip = Var::from_tensor(&ramp(&[2, 2, h, w], 0.3)).unwrap();
+            let r = ramp(&[2, 5, h, w], 1.3);
+            let f = |x: &Tensor, skip: &Tensor| -> Tensor {
+                let up = nearest(x, h, w).unwrap();
+                let c = Tensor::cat(&[&up, skip], 1).unwrap();
+                // a smooth non-linearity, so the check is not of a linear map only
+                (c.sqr().unwrap() * &r).unwrap().sum_all().unwrap()
+            };
+            let grads = f(x.as_tensor(), skip.as_tensor()).backward().unwrap();
+            let scalar = |t: Tensor| t.to_scalar::<f64>().unwrap();
+            let gx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+            let gs = grads.get(skip.as_tensor()).unwrap().flatten_all().unwrap();
+            let nx = numeric(x.as_tensor(), &|t| scalar(f(t, skip.as_tensor())));
+            let ns = numeric(skip.as_tensor(), &|t| scalar(f(x.as_tensor(), t)));
+            for (a, n) in gx.to_vec1::<f64>().unwrap().iter().zip(&nx) {
+                assert!((a - n).abs() < 1e-6, "{h}x{w}: upsampled input {a} vs {n}");
+            }
+            for (a, n) in gs.to_vec1::<f64>().unwrap().iter().zip(&ns) {
+                assert!((a - n).abs() < 1e-6, "{h}x{w}: skip {a} vs {n}");
+            }
+            assert_eq!(x.dtype(), DType::F64);
+        }
+    }
+
+    /// The two paths of [`nearest`] pick the same pixels as PyTorch's
+    /// `floor(i * in / out)`.
+    #[test]
+    fn nearest_takes_pytorch_s_pixels() {
+        let x = ramp(&[1, 1, 3, 2], 1.0);
+        let v = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for (h, w) in [(6, 4), (5, 3), (3, 2)] {
+            let y = nearest(&x, h, w).unwrap().flatten_all().unwrap();
+            let y = y.to_vec1::<f64>().unwrap();
+            for i in 0..h {
+                for j in 0..w {
+                    let (si, sj) = (i * 3 / h, j * 2 / w);
+                    assert_eq!(y[i * w + j], v[si * 2 + sj], "{h}x{w} at {i},{j}");
+                }
+            }
+        }
     }
 }

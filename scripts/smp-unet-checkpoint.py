@@ -1,0 +1,50 @@
+"""A real segmentation_models_pytorch checkpoint for `rstile model import`
+(issue 15):
+
+    python scripts/smp-unet-checkpoint.py OUT_DIR [ENCODER]
+
+needs torch and segmentation-models-pytorch (the venv of
+scripts/onnx-fixtures.sh). Writes, with seed 0, smp's Unet on ENCODER
+(default resnet18; 6 classes, 3 bands, random weights with random batch-norm
+statistics so that eval-mode batch norm is exercised):
+
+* unet.pth   its state dict, as torch.save writes it;
+* unet.ckpt  the same as a Lightning checkpoint (state_dict, "model." prefix);
+* input.npy  a fixed (2, 3, 96, 96) input;
+* output.npy smp's logits for it, in eval mode.
+
+The files (57 MB for resnet18) are made by the test, not committed.
+"""
+import os
+import sys
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+
+out = sys.argv[1]
+encoder = sys.argv[2] if len(sys.argv) > 2 else "resnet18"
+os.makedirs(out, exist_ok=True)
+torch.manual_seed(0)
+m = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=6)
+with torch.no_grad():
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+            mod.weight.uniform_(0.5, 1.5)
+            mod.bias.uniform_(-0.2, 0.2)
+m.eval()
+sd = m.state_dict()
+torch.save(sd, os.path.join(out, "unet.pth"))
+torch.save(
+    {"epoch": 2, "global_step": 50, "state_dict": {"model." + k: v for k, v in sd.items()},
+     "hyper_parameters": {"model": "unet", "backbone": encoder, "num_classes": 6}},
+    os.path.join(out, "unet.ckpt"),
+)
+x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+with torch.no_grad():
+    y = m(x)
+np.save(os.path.join(out, "input.npy"), x.numpy())
+np.save(os.path.join(out, "output.npy"), y.numpy())
+print(f"smp {smp.__version__} Unet({encoder}): wrote {out}")

@@ -1,0 +1,245 @@
+//! The U-Nets: smp checkpoints imported (`rstile model import --from smp`)
+//! compute smp's output, and bad checkpoints get one line.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+/// A Python with torch and segmentation-models-pytorch, or `None`.
+fn smp_python() -> Option<String> {
+    let py = common::torch_python()?;
+    Command::new(&py)
+        .args(["-c", "import segmentation_models_pytorch"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then_some(py)
+}
+
+const CLASSES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+
+fn npy(p: &Path) -> Vec<f32> {
+    rstile::model::npy::read_f32(p)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn smp_unet_checkpoints_import_and_compute_smp_s_output() {
+    let Some(py) = smp_python() else {
+        println!("SKIP smp_unet_checkpoints_import_and_compute_smp_s_output: no Python with torch and segmentation-models-pytorch (RSTILE_TORCH_PYTHON, or run scripts/onnx-fixtures.sh once)");
+        return;
+    };
+    let t = tmp();
+    for encoder in ["resnet18", "resnet34"] {
+        let dir = t.path().join(encoder);
+        let run = Command::new(&py)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/smp-unet-checkpoint.py"
+            ))
+            .arg(&dir)
+            .arg(encoder)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let want = npy(&dir.join("output.npy"));
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for file in ["unet.pth", "unet.ckpt"] {
+            let m = dir.join(format!("{file}.safetensors"));
+            let out = ok(&[
+                "model",
+                "import",
+                s(&dir.join(file)),
+                "--from",
+                "smp",
+                "--arch",
+                &format!("unet-{encoder}"),
+                "--classes",
+                CLASSES,
+                "-o",
+                s(&m),
+            ]);
+            assert!(out.contains(&format!("unet-{encoder}")), "{out}");
+            let y = dir.join(format!("{file}.npy"));
+            ok(&[
+                "model",
+                "run",
+                s(&m),
+                "--input",
+                s(&dir.join("input.npy")),
+                "-o",
+                s(&y),
+            ]);
+            let got = npy(&y);
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            println!("{encoder} {file}: max |rstile - smp| {err:.2e} on logits up to {scale:.1}");
+            assert!(err <= 1e-4 * scale.max(1.0), "{encoder} {file}: {err}");
+        }
+    }
+}
+
+#[test]
+fn bad_checkpoints_get_one_line() {
+    let t = tmp();
+    let d = t.path();
+    // another architecture's weights: an FCN has `backbone.*`, no `encoder.*`
+    let fcn = model(d, "resnet18-fcn", 3, 64);
+    let e = fails(
+        &[
+            "model",
+            "import",
+            s(&fcn),
+            "--from",
+            "smp",
+            "--arch",
+            "unet-resnet18",
+            "--classes",
+            CLASSES,
+            "-o",
+            s(&d.join("a.safetensors")),
+        ],
+        "encoder.conv1.weight",
+    );
+    assert!(e.contains("resnet18-fcn_3_64.safetensors"), "{e}");
+    // a U-Net of another depth: the first mis-shaped or unexpected key
+    let u34 = model(d, "unet-resnet34", 3, 64);
+    fails(
+        &[
+            "model",
+            "import",
+            s(&u34),
+            "--from",
+            "smp",
+            "--arch",
+            "unet-resnet18",
+            "--classes",
+            CLASSES,
+            "-o",
+            s(&d.join("b.safetensors")),
+        ],
+        "not a variable of unet-resnet18",
+    );
+    // a class table of another count
+    let four = d.join("four.toml");
+    std::fs::write(
+        &four,
+        (0..4)
+            .map(|i| format!("[[class]]\nid = {i}\nname = \"c{i}\"\ncolor = \"#00000{i}\"\n\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let u18 = model(d, "unet-resnet18", 3, 64);
+    fails(
+        &[
+            "model",
+            "import",
+            s(&u18),
+            "--from",
+            "smp",
+            "--arch",
+            "unet-resnet18",
+            "--classes",
+            s(&four),
+            "-o",
+            s(&d.join("c.safetensors")),
+        ],
+        "head has 6 classes, --classes lists 4",
+    );
+    // not a checkpoint at all
+    let junk = d.join("junk.pth");
+    std::fs::write(&junk, b"PK\x03\x04 this is not a zip pickle").unwrap();
+    fails(
+        &[
+            "model",
+            "import",
+            s(&junk),
+            "--from",
+            "smp",
+            "--arch",
+            "unet-resnet18",
+            "--classes",
+            CLASSES,
+            "-o",
+            s(&d.join("d.safetensors")),
+        ],
+        "junk.pth",
+    );
+    // unknown architecture, and torchvision (not supported yet)
+    fails(
+        &[
+            "model",
+            "import",
+            s(&u18),
+            "--from",
+            "smp",
+            "--arch",
+            "unet-vgg",
+            "--classes",
+            CLASSES,
+            "-o",
+            s(&d.join("e.safetensors")),
+        ],
+        "unet-resnet18",
+    );
+    fails(
+        &[
+            "model",
+            "import",
+            s(&u18),
+            "--from",
+            "torchvision",
+            "--arch",
+            "resnet50-fcn",
+            "--classes",
+            CLASSES,
+            "-o",
+            s(&d.join("f.safetensors")),
+        ],
+        "dilated",
+    );
+    for f in ["a", "b", "c", "d", "e", "f"] {
+        assert!(!d.join(format!("{f}.safetensors")).exists(), "{f}");
+    }
+    // a good import round-trips, and refuses to replace its output
+    let g = d.join("g.safetensors");
+    ok(&[
+        "model",
+        "import",
+        s(&u18),
+        "--from",
+        "smp",
+        "--arch",
+        "unet-resnet18",
+        "--classes",
+        CLASSES,
+        "-o",
+        s(&g),
+    ]);
+    fails(
+        &[
+            "model",
+            "import",
+            s(&u18),
+            "--from",
+            "smp",
+            "--arch",
+            "unet-resnet18",
+            "--classes",
+            CLASSES,
+            "-o",
+            s(&g),
+        ],
+        "g.safetensors",
+    );
+}
