@@ -11,6 +11,11 @@
 #   bash benches/cpu_vs_torch.sh
 #   THREADS=2 BATCH=4 SIZE=256 BANDS=5 ROUNDS=3 bash benches/cpu_vs_torch.sh
 #   BINS="before/rstile after/rstile" ROUNDS=3 bash benches/cpu_vs_torch.sh
+#   ARCH=unet-resnet18 THREADS=2 BATCH=4 SIZE=256 bash benches/cpu_vs_torch.sh
+#
+# ARCH: resnet50-fcn (default) against torchvision, or unet-resnet18/34/50
+# against segmentation_models_pytorch's Unet (installed into the venv when
+# missing).
 #
 # BINS: rstile binaries to compare, each against the same PyTorch runs (all
 # alternate within each round; one row and one pair of ratios each); by
@@ -28,11 +33,15 @@ SIZE=${SIZE:-256}
 BANDS=${BANDS:-3}
 ITERS=${ITERS:-3}
 ROUNDS=${ROUNDS:-2}
+ARCH=${ARCH:-resnet50-fcn}
 VENV=target/torch-venv
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   echo "installing PyTorch into $VENV ..." >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q torch torchvision
+fi
+if [[ $ARCH == unet-* ]] && ! "$VENV/bin/python" -c "import segmentation_models_pytorch" 2>/dev/null; then
+  "$VENV/bin/pip" install -q segmentation-models-pytorch
 fi
 if [ -z "${BINS:-}" ]; then
   cargo build --release -q --bin rstile
@@ -43,21 +52,21 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for r in $(seq "$ROUNDS"); do
   for i in "${!bins[@]}"; do
-    "${bins[$i]}" model bench --arch resnet50-fcn --bands "$BANDS" --batch "$BATCH" --size "$SIZE" \
+    "${bins[$i]}" model bench --arch "$ARCH" --bands "$BANDS" --batch "$BATCH" --size "$SIZE" \
       --iters "$ITERS" --threads "$THREADS" --train --json >>"$out/rstile$i.jsonl"
   done
-  "$VENV/bin/python" benches/torch_ref.py --depth 50 --bands "$BANDS" --batch "$BATCH" \
+  "$VENV/bin/python" benches/torch_ref.py --arch "$ARCH" --bands "$BANDS" --batch "$BATCH" \
     --size "$SIZE" --iters "$ITERS" --threads "$THREADS" --train >>"$out/torch.jsonl"
 done
-"$VENV/bin/python" - "$out" "$BATCH" "$SIZE" "${bins[@]}" <<'PY'
+"$VENV/bin/python" - "$out" "$BATCH" "$SIZE" "$ARCH" "${bins[@]}" <<'PY'
 import json, sys
-d, batch, size, bins = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+d, batch, size, arch, bins = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 rows = lambda f: [json.loads(l) for l in open(f"{d}/{f}")]
 rss, pt = [rows(f"rstile{i}.jsonl") for i in range(len(bins))], rows("torch.jsonl")
 best = lambda rows, k: min(r[k] for r in rows)
 rs = rss[0]
 gf = rs[0]["forward_gflop"]
-print(f"resnet50-fcn, batch {batch} x {rs[0]['bands']} x {size} x {size}, "
+print(f"{arch}, batch {batch} x {rs[0]['bands']} x {size} x {size}, "
       f"{rs[0]['threads']} threads, {gf:.1f} GFLOP per forward; torch {pt[0]['torch']} ({pt[0]['isa']})")
 print(f"{'':12}{'forward s':>10}{'GFLOP/s':>9}{'train step s':>14}{'samples/s':>11}")
 names = ["rstile"] if len(bins) == 1 else bins

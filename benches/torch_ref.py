@@ -1,6 +1,9 @@
 """The PyTorch peer of `rstile model bench`: the same architecture, input,
 batch, threads and timing rules, printed as one JSON object.
 
+`--arch unet-resnetN` is segmentation_models_pytorch's Unet on resnetN (no
+pretrained weights), what rstile's unet-resnetN is.
+
 resnet50-fcn is torchvision's resnet50 encoder (stride 32, no dilation),
 torchvision's FCNHead(2048, classes) on layer4 and a bilinear upsample to
 the input size, which is what rstile's resnet50-fcn is. Forward: eval mode,
@@ -45,7 +48,7 @@ def timed(n, f):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--depth", type=int, default=50)
+    p.add_argument("--arch", default="resnet50-fcn")
     p.add_argument("--bands", type=int, default=3)
     p.add_argument("--classes", type=int, default=6)
     p.add_argument("--batch", type=int, default=4)
@@ -57,7 +60,18 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    m = Fcn(a.depth, a.bands, a.classes)
+    if a.arch.startswith("unet-"):
+        import segmentation_models_pytorch as smp
+
+        m = smp.Unet(
+            encoder_name=a.arch[len("unet-"):],
+            encoder_weights=None,
+            in_channels=a.bands,
+            classes=a.classes,
+        )
+    else:
+        depth = int(a.arch.split("-")[0][len("resnet"):])
+        m = Fcn(depth, a.bands, a.classes)
     x = torch.randn(a.batch, a.bands, a.size, a.size)
     m.eval()
 
