@@ -10,21 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// Every band of a raster, band-sequential, and its band count.
-fn bands(p: &Path) -> (usize, Vec<u8>) {
-    let ds = Dataset::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
-    let (w, h) = ds.raster_size();
-    let mut out = Vec::new();
-    for b in 1..=ds.raster_count() {
-        let band = ds.rasterband(b).unwrap();
-        out.extend_from_slice(
-            band.read_as::<u8>((0, 0), (w, h), (w, h), None)
-                .unwrap()
-                .data(),
-        );
-    }
-    (ds.raster_count(), out)
-}
+use common::read_bands as bands;
 
 fn probs_path(map: &Path) -> PathBuf {
     map.with_file_name(format!(

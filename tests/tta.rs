@@ -2,23 +2,11 @@
 
 mod common;
 use common::*;
-use gdal::Dataset;
 use std::path::Path;
 
 /// Every band of a raster, band-sequential.
 fn bands(p: &Path) -> Vec<u8> {
-    let ds = Dataset::open(p).unwrap();
-    let (w, h) = ds.raster_size();
-    let mut out = Vec::new();
-    for b in 1..=ds.raster_count() {
-        let band = ds.rasterband(b).unwrap();
-        out.extend_from_slice(
-            band.read_as::<u8>((0, 0), (w, h), (w, h), None)
-                .unwrap()
-                .data(),
-        );
-    }
-    out
+    read_bands(p).1
 }
 
 /// A per-pixel model (`linear`: a 1x1 convolution) predicts the same at a

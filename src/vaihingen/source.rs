@@ -293,15 +293,7 @@ pub fn area_size(layout: &Layout, dir: &Path, n: u16) -> Result<(usize, usize)> 
             Ok(open_raster(top)?.raster_size())
         }
         Layout::CourseHdf5 => {
-            let path = course_path(dir, n);
-            if !path.exists() {
-                return Err(Error::file(
-                    &path,
-                    format!("area {n} is missing: no such file"),
-                ));
-            }
-            let f = hdf5::File::open(&path)
-                .map_err(|e| Error::file(&path, format!("not an HDF5 file: {e}")))?;
+            let (path, f) = open_course(dir, n)?;
             let x = f
                 .dataset(&format!("x_{n}"))
                 .map_err(|e| Error::file(&path, format!("no dataset /x_{n}: {e}")))?;
@@ -309,6 +301,20 @@ pub fn area_size(layout: &Layout, dir: &Path, n: u16) -> Result<(usize, usize)> 
             Ok((w, h))
         }
     }
+}
+
+/// Opens the course file of area `n`; a missing file names the area.
+fn open_course(dir: &Path, n: u16) -> Result<(PathBuf, hdf5::File)> {
+    let path = course_path(dir, n);
+    if !path.exists() {
+        return Err(Error::file(
+            &path,
+            format!("area {n} is missing: no such file"),
+        ));
+    }
+    let f = hdf5::File::open(&path)
+        .map_err(|e| Error::file(&path, format!("not an HDF5 file: {e}")))?;
+    Ok((path, f))
 }
 
 /// The course file of area `n`.
@@ -332,15 +338,7 @@ pub fn course_path(dir: &Path, n: u16) -> PathBuf {
 /// `/m_N` is 1 on boundary pixels. Every dataset may be stored as any
 /// numeric type (HDF5 converts).
 pub fn load_course(dir: &Path, n: u16) -> Result<Area> {
-    let path = course_path(dir, n);
-    if !path.exists() {
-        return Err(Error::file(
-            &path,
-            format!("area {n} is missing: no such file"),
-        ));
-    }
-    let f = hdf5::File::open(&path)
-        .map_err(|e| Error::file(&path, format!("not an HDF5 file: {e}")))?;
+    let (path, f) = open_course(dir, n)?;
     let ds = |name: &str| {
         f.dataset(name)
             .map_err(|e| Error::file(&path, format!("no dataset /{name}: {e}")))

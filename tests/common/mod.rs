@@ -268,3 +268,19 @@ pub fn torch_python() -> Option<String> {
     }
     None
 }
+
+/// Every band of a raster as u8, band-sequential, and the band count.
+pub fn read_bands(p: &Path) -> (usize, Vec<u8>) {
+    let ds = Dataset::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let (w, h) = ds.raster_size();
+    let mut out = Vec::new();
+    for b in 1..=ds.raster_count() {
+        let band = ds.rasterband(b).unwrap();
+        out.extend_from_slice(
+            band.read_as::<u8>((0, 0), (w, h), (w, h), None)
+                .unwrap()
+                .data(),
+        );
+    }
+    (ds.raster_count(), out)
+}
