@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Learning on real pixels (issue 18, item 5): tiny and resnet18-fcn, from
+# Learning on real pixels (issue 18, item 5): tiny, resnet18-fcn and
+# unet-resnet18, from
 # scratch with the default augmentation, trained on the left halves of the
 # real samples in ../shared/data/real/ (LoveDA, the ISPRS Potsdam and
 # Vaihingen crops) and scored on the right halves, against the majority

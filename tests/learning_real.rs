@@ -420,8 +420,8 @@ fn potsdam_tile(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf, usize, usiz
     Some((files[0].clone(), label, w, h))
 }
 
-/// The table of `benches/RESULTS.md` ("Learning on real pixels"): `tiny`
-/// and `resnet18-fcn` (from scratch, default augmentation: flips, 90°
+/// The table of `benches/RESULTS.md` ("Learning on real pixels"): `tiny`,
+/// `resnet18-fcn` and `unet-resnet18` (from scratch, default augmentation: flips, 90°
 /// rotations, scale 0.75-1.25, noise, jitter) on LoveDA, the Potsdam crop
 /// and the Vaihingen crop, left halves training, right halves scored,
 /// against predicting the training halves' majority class. Prints one
@@ -459,7 +459,11 @@ fn real_pixels_table() {
         ),
         ("Vaihingen (512²)", vaihingen_index_classes(), vaihingen, 64),
     ] {
-        for (arch, lr) in [("tiny", 0.01), ("resnet18-fcn", 0.001)] {
+        for (arch, lr) in [
+            ("tiny", 0.01),
+            ("resnet18-fcn", 0.001),
+            ("unet-resnet18", 0.001),
+        ] {
             let run = dir.path().join(format!("{}_{arch}", rows.len()));
             std::fs::create_dir_all(&run).unwrap();
             let case = Case {
