@@ -206,6 +206,27 @@ pub fn is_missing_file(path: &Path) -> bool {
 
 /// Opens `path` read-only as a raster, with an error that names the file
 /// and keeps GDAL's reason.
+/// The files GDAL reads `ds` from (`GDALGetFileList`: for a VRT, the VRT
+/// and its sources), as GDAL names them, on their bytes.
+pub fn file_list(ds: &Dataset) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    // SAFETY: the list is owned by us and freed with CSLDestroy
+    unsafe {
+        let list = gdal_sys::GDALGetFileList(ds.c_dataset());
+        if !list.is_null() {
+            let mut i = 0;
+            while !(*list.add(i)).is_null() {
+                let bytes = std::ffi::CStr::from_ptr(*list.add(i)).to_bytes();
+                out.push(PathBuf::from(std::ffi::OsStr::from_bytes(bytes)));
+                i += 1;
+            }
+            gdal_sys::CSLDestroy(list);
+        }
+    }
+    out
+}
+
 pub fn open_raster(path: &Path) -> Result<Dataset> {
     if path.is_dir() && path.extension().is_none() {
         return Err(Error::file(path, "is a directory, not a raster"));

@@ -204,30 +204,6 @@ fn resume_after_sigkill_gives_the_same_map() {
     assert!(resumed_less, "no resume skipped finished work");
 }
 
-/// Starts `infer --chunk 512 EXTRA`, waits until its journal records a
-/// band, kills it (SIGKILL) and returns the journal's path.
-fn kill_after_a_band(scene: &Path, model: &Path, map: &Path, extra: &[&str]) -> PathBuf {
-    let mut argv = vec!["--quiet", "--chunk", "512"];
-    argv.extend_from_slice(extra);
-    let mut child = Command::new(bin())
-        .args(infer_argv(scene, map, model, &argv))
-        .spawn()
-        .unwrap();
-    let name = map.file_name().unwrap().to_str().unwrap();
-    let journal = map.with_file_name(format!(".{name}.partial.resume.json"));
-    for _ in 0..400 {
-        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"rows_done\":{\"")) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(journal.exists(), "no resume journal");
-    assert!(!map.exists(), "the run finished before it was killed");
-    journal
-}
-
 /// The hidden files of an unfinished run of `map` left in its folder.
 fn leftovers(map: &Path) -> Vec<String> {
     let name = map.file_name().unwrap().to_str().unwrap();

@@ -7,8 +7,6 @@ mod common;
 use common::*;
 use gdal::{Dataset, Metadata};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use common::read_bands as bands;
 
@@ -186,17 +184,7 @@ fn probabilities_through_parts_merge_and_resume() {
     check_argmax(&merged);
     // SIGKILL after the first band, then --resume
     let map = t.path().join("resumed.tif");
-    let mut child = Command::new(bin()).args(argv(&map, &[])).spawn().unwrap();
-    let journal = t.path().join(".resumed.tif.partial.resume.json");
-    for _ in 0..400 {
-        if std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"rows_done\":{\"")) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(!map.exists(), "the run finished before it was killed");
+    let journal = kill_after_a_band(&scene, &m, &map, &["--probabilities"]);
     assert!(std::fs::read_to_string(&journal)
         .unwrap()
         .contains("prob_hash"));

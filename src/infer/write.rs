@@ -577,12 +577,12 @@ impl MapWriter {
                     width: x1 - x0,
                     height: h,
                 };
-                let classes = read_u8(&old_map, &om, rect)?;
+                let classes = read_u8(&old_map, &om, rect, "the unfinished run")?;
                 map_hash.update(&classes);
                 let path = self.spec.path.clone();
                 write_u8(self.map.as_mut().expect("map open"), &path, rect, &classes)?;
                 for ((side, src, p), hash) in old_sides.iter().zip(side_hash.iter_mut()) {
-                    let data = read_u8(src, p, rect)?;
+                    let data = read_u8(src, p, rect, "the unfinished run")?;
                     hash.update(&data);
                     let dst = self
                         .sides
@@ -744,37 +744,16 @@ impl MapWriter {
             height: self.spec.rows.1 - self.spec.rows.0,
         });
         let path = self.spec.path.clone();
-        let mut map = self.map.take().expect("finish twice");
+        let map = self.map.take().expect("finish twice");
         reset_errors();
-        if self.spec.overviews {
-            if let Err(e) = build_overviews(&mut map, &path, "NEAREST", &factors, stop) {
-                if matches!(e, Error::Interrupted) {
-                    self.keep_for_resume();
-                }
-                return Err(e);
-            }
-        }
-        map.close()
-            .map_err(|e| Error::gdal_file(&path, "writing the map failed", e))?;
-        if let Some(e) = take_failure() {
-            return Err(Error::gdal_file(&path, "writing the map failed", e));
-        }
+        let (nearest, average) = (
+            ("NEAREST", "writing the map failed"),
+            ("AVERAGE", "writing failed"),
+        );
+        self.close_with_overviews(map, &path, nearest, &factors, stop)?;
         let mut side_tmps = Vec::new();
-        for SideFile { side, mut ds, tmp } in std::mem::take(&mut self.sides) {
-            let spath = side.path(&path);
-            if self.spec.overviews {
-                if let Err(e) = build_overviews(&mut ds, &spath, "AVERAGE", &factors, stop) {
-                    if matches!(e, Error::Interrupted) {
-                        self.keep_for_resume();
-                    }
-                    return Err(e);
-                }
-            }
-            ds.close()
-                .map_err(|e| Error::gdal_file(&spath, "writing failed", e))?;
-            if let Some(e) = take_failure() {
-                return Err(Error::gdal_file(&spath, "writing failed", e));
-            }
+        for SideFile { side, ds, tmp } in std::mem::take(&mut self.sides) {
+            self.close_with_overviews(ds, &side.path(&path), average, &factors, stop)?;
             side_tmps.push((side, tmp));
         }
         let qml = qml_path(&path);
@@ -824,6 +803,32 @@ impl MapWriter {
             confidence,
             probabilities,
         })
+    }
+
+    /// Builds `ds`'s overviews (when the spec asks for them) with
+    /// `resampling` and closes it; a failure is "`failed`". Interrupted
+    /// overviews keep the run for `--resume`.
+    fn close_with_overviews(
+        &mut self,
+        mut ds: Dataset,
+        path: &Path,
+        (resampling, failed): (&str, &str),
+        factors: &[i32],
+        stop: Option<&AtomicBool>,
+    ) -> Result<()> {
+        if self.spec.overviews {
+            if let Err(e) = build_overviews(&mut ds, path, resampling, factors, stop) {
+                if matches!(e, Error::Interrupted) {
+                    self.keep_for_resume();
+                }
+                return Err(e);
+            }
+        }
+        ds.close().map_err(|e| Error::gdal_file(path, failed, e))?;
+        if let Some(e) = take_failure() {
+            return Err(Error::gdal_file(path, failed, e));
+        }
+        Ok(())
     }
 
     fn remove_tmp(&self) {
@@ -953,8 +958,14 @@ fn write_u8(
     Ok(())
 }
 
-/// Reads `r` of every band of `ds` as band-sequential planes.
-fn read_u8(ds: &Dataset, path: &Path, r: crate::infer::window::Rect) -> Result<Vec<u8>> {
+/// Reads `r` of every band of `ds` as band-sequential planes; a failure is
+/// "cannot read `what`".
+pub(crate) fn read_u8(
+    ds: &Dataset,
+    path: &Path,
+    r: crate::infer::window::Rect,
+    what: &str,
+) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(r.width * r.height * ds.raster_count());
     for b in 1..=ds.raster_count() {
         let band = ds.rasterband(b).map_err(Error::on(path))?;
@@ -965,7 +976,7 @@ fn read_u8(ds: &Dataset, path: &Path, r: crate::infer::window::Rect) -> Result<V
                 (r.width, r.height),
                 None,
             )
-            .map_err(|e| Error::gdal_file(path, "cannot read the unfinished run", e))?;
+            .map_err(|e| Error::gdal_file(path, format!("cannot read {what}"), e))?;
         out.extend_from_slice(buf.data());
     }
     Ok(out)

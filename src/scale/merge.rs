@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::infer::stitch::Band;
 use crate::infer::window::Rect;
-use crate::infer::write::{MapFiles, MapSpec, MapWriter, Side, TILE};
+use crate::infer::write::{read_u8, MapFiles, MapSpec, MapWriter, Side, TILE};
 use crate::raster::open_raster;
 use crate::scale::parts::{Part, PartMeta};
 use gdal::Metadata;
@@ -191,25 +191,14 @@ pub fn merge(
                 return Err(Error::Interrupted);
             }
             let h = TILE.min(y1 - y);
-            let local = (y - y0) as isize;
-            // every band of `ds`, band-sequential
-            let read = |ds: &gdal::Dataset, path: &Path| -> Result<Vec<u8>> {
-                let mut out = Vec::new();
-                for b in 1..=ds.raster_count() {
-                    let band = ds.rasterband(b).map_err(Error::on(path))?;
-                    let buf = band
-                        .read_as::<u8>((0, local), (size.width, h), (size.width, h), None)
-                        .map_err(|e| {
-                            Error::gdal_file(
-                                path,
-                                format!("cannot read rows {}..{} of the part", y - y0, y - y0 + h),
-                                e,
-                            )
-                        })?;
-                    out.extend_from_slice(buf.data());
-                }
-                Ok(out)
+            let rect = Rect {
+                x: 0,
+                y: y - y0,
+                width: size.width,
+                height: h,
             };
+            let what = format!("rows {}..{} of the part", y - y0, y - y0 + h);
+            let read = |ds: &gdal::Dataset, path: &Path| read_u8(ds, path, rect, &what);
             let classes = read(&ds, &p.path)?;
             let mut confidence = None;
             let mut probabilities = None;

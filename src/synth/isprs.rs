@@ -19,7 +19,7 @@
 
 use super::{synth, SynthConfig};
 use crate::error::{Error, Result};
-use crate::vaihingen::source::{official_paths, ISPRS_COLOURS};
+use crate::vaihingen::source::{encode_rgb, official_paths};
 use crate::vaihingen::{official_size, OFFICIAL_SIZES};
 use gdal::raster::Buffer;
 use std::path::{Path, PathBuf};
@@ -120,29 +120,6 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).map_err(|e| Error::file(to, format!("cannot move into place: {e}")))
 }
 
-/// The ISPRS colour planes of `ids`; with `eroded`, black on class boundaries.
-fn colour_planes(ids: &[u8], w: usize, h: usize, eroded: bool) -> [Vec<u8>; 3] {
-    let mut rgb = [vec![0u8; w * h], vec![0u8; w * h], vec![0u8; w * h]];
-    for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            let id = ids[i];
-            let boundary = eroded
-                && ((x > 0 && ids[i - 1] != id)
-                    || (x + 1 < w && ids[i + 1] != id)
-                    || (y > 0 && ids[i - w] != id)
-                    || (y + 1 < h && ids[i + w] != id));
-            if !boundary {
-                let c = ISPRS_COLOURS[id as usize];
-                rgb[0][i] = c[0];
-                rgb[1][i] = c[1];
-                rgb[2][i] = c[2];
-            }
-        }
-    }
-    rgb
-}
-
 fn write_reference(
     path: &Path,
     cfg: &SynthConfig,
@@ -162,7 +139,7 @@ fn write_reference(
         ds.set_geo_transform(&cfg.geo_transform()).map_err(fail)?;
         let srs = gdal::spatial_ref::SpatialRef::from_epsg(cfg.epsg).map_err(fail)?;
         ds.set_spatial_ref(&srs).map_err(fail)?;
-        for (b, plane) in colour_planes(ids, w, h, eroded).into_iter().enumerate() {
+        for (b, plane) in encode_rgb(ids, w, h, eroded).into_iter().enumerate() {
             let mut band = ds.rasterband(b + 1).map_err(fail)?;
             let mut buf = Buffer::new((w, h), plane);
             band.write((0, 0), (w, h), &mut buf).map_err(fail)?;
@@ -179,20 +156,6 @@ fn write_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn eroded_reference_is_black_on_boundaries_only() {
-        // 3 x 2: building | building | tree / building x 3
-        let ids = [1u8, 1, 3, 1, 1, 1];
-        let [r, g, b] = colour_planes(&ids, 3, 2, true);
-        let black: Vec<bool> = (0..6)
-            .map(|i| r[i] == 0 && g[i] == 0 && b[i] == 0)
-            .collect();
-        assert_eq!(black, [false, true, true, false, false, true]);
-        let [r, g, b] = colour_planes(&ids, 3, 2, false);
-        assert_eq!([r[2], g[2], b[2]], ISPRS_COLOURS[3]);
-        assert_eq!([r[0], g[0], b[0]], ISPRS_COLOURS[1]);
-    }
 
     #[test]
     fn unknown_area_is_refused_before_writing() {

@@ -145,6 +145,31 @@ pub fn decode_rgb(
     Ok(out)
 }
 
+/// The ISPRS colour planes (R, G, B) of class ids `ids` (`w x h`), the
+/// inverse of [`decode_rgb`]: an id without a colour is black, and with
+/// `eroded` so is every pixel whose 4-neighbourhood holds another id (the
+/// eroded reference's boundaries).
+pub fn encode_rgb(ids: &[u8], w: usize, h: usize, eroded: bool) -> [Vec<u8>; 3] {
+    let mut rgb = [vec![0u8; w * h], vec![0u8; w * h], vec![0u8; w * h]];
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let id = ids[i];
+            let boundary = eroded
+                && ((x > 0 && ids[i - 1] != id)
+                    || (x + 1 < w && ids[i + 1] != id)
+                    || (y > 0 && ids[i - w] != id)
+                    || (y + 1 < h && ids[i + w] != id));
+            if let (false, Some(c)) = (boundary, ISPRS_COLOURS.get(id as usize)) {
+                rgb[0][i] = c[0];
+                rgb[1][i] = c[1];
+                rgb[2][i] = c[2];
+            }
+        }
+    }
+    rgb
+}
+
 fn read_bands<T: gdal::raster::GdalType + Copy>(
     path: &Path,
     want_bands: usize,
@@ -446,5 +471,19 @@ mod tests {
             msg.contains("gt.tif") && msg.contains("(1,2,3)") && msg.contains("column 1, row 0"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn eroded_reference_is_black_on_boundaries_only() {
+        // 3 x 2: building | building | tree / building x 3
+        let ids = [1u8, 1, 3, 1, 1, 1];
+        let [r, g, b] = encode_rgb(&ids, 3, 2, true);
+        let black: Vec<bool> = (0..6)
+            .map(|i| r[i] == 0 && g[i] == 0 && b[i] == 0)
+            .collect();
+        assert_eq!(black, [false, true, true, false, false, true]);
+        let [r, g, b] = encode_rgb(&ids, 3, 2, false);
+        assert_eq!([r[2], g[2], b[2]], ISPRS_COLOURS[3]);
+        assert_eq!([r[0], g[0], b[0]], ISPRS_COLOURS[1]);
     }
 }

@@ -13,7 +13,7 @@
 //! hidden `.rstile-work` folder inside `DIR`, removed at the end.
 
 use super::eval::{check_model, map_features, write_features};
-use super::source::{official_features, official_paths, ISPRS_COLOURS};
+use super::source::{encode_rgb, official_features, official_paths};
 use super::{Layout, ISPRS_TEST};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -167,11 +167,7 @@ fn write_colour(path: &Path, (w, h): (usize, usize), ids: &[u8], georef: &Path) 
         if let Ok(srs) = top.spatial_ref() {
             ds.set_spatial_ref(&srs).map_err(fail)?;
         }
-        for c in 0..3 {
-            let plane: Vec<u8> = ids
-                .iter()
-                .map(|&id| ISPRS_COLOURS.get(id as usize).map_or(0, |rgb| rgb[c]))
-                .collect();
+        for (c, plane) in encode_rgb(ids, w, h, false).into_iter().enumerate() {
             let mut band = ds.rasterband(c + 1).map_err(fail)?;
             band.set_color_interpretation(match c {
                 0 => gdal::raster::ColorInterpretation::RedBand,

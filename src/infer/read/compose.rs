@@ -246,22 +246,7 @@ fn build_vrt(dest: &str, sources: &[String], args: &[&str], about: &Path) -> Res
     Ok(())
 }
 
-/// The local files GDAL reads `scene` from (GDALGetFileList).
+/// The files GDAL reads `scene` from.
 fn file_list(scene: &Path) -> Result<Vec<PathBuf>> {
-    let ds = open_raster(scene)?;
-    let mut out = Vec::new();
-    // SAFETY: the list is owned by us and freed with CSLDestroy
-    unsafe {
-        let list = gdal_sys::GDALGetFileList(ds.c_dataset());
-        if !list.is_null() {
-            let mut i = 0;
-            while !(*list.add(i)).is_null() {
-                let s = std::ffi::CStr::from_ptr(*list.add(i)).to_string_lossy();
-                out.push(PathBuf::from(s.as_ref()));
-                i += 1;
-            }
-            gdal_sys::CSLDestroy(list);
-        }
-    }
-    Ok(out)
+    Ok(crate::raster::file_list(&open_raster(scene)?))
 }

@@ -17,7 +17,6 @@ use crate::infer::window::{reflect, Rect, Window, WindowGrid};
 use crate::raster::{open_scene, SceneDataset, SceneInfo};
 use gdal::errors::GdalError;
 use gdal::Dataset;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 enum MaskMode {
@@ -329,35 +328,20 @@ const SAMPLE_PX: usize = 64;
 pub fn fingerprint(scene: &SceneDataset, path: &Path) -> Result<Fingerprint> {
     let ds = &scene.ds;
     let mut files = Vec::new();
-    // SAFETY: the list is owned by us and freed with CSLDestroy
-    unsafe {
-        let list = gdal_sys::GDALGetFileList(scene.source().c_dataset());
-        if !list.is_null() {
-            let mut i = 0;
-            loop {
-                let p = *list.add(i);
-                if p.is_null() {
-                    break;
-                }
-                let bytes = std::ffi::CStr::from_ptr(p).to_bytes();
-                let name = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes));
-                // names GDAL resolves itself (/vsis3/...) have no local stamp
-                if let Ok(m) = std::fs::metadata(&name) {
-                    let mtime_ns = m
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_nanos() as i128)
-                        .unwrap_or(0);
-                    files.push(FileStamp {
-                        path: name.display().to_string(),
-                        size: m.len(),
-                        mtime_ns,
-                    });
-                }
-                i += 1;
-            }
-            gdal_sys::CSLDestroy(list);
+    for name in crate::raster::file_list(scene.source()) {
+        // names GDAL resolves itself (/vsis3/...) have no local stamp
+        if let Ok(m) = std::fs::metadata(&name) {
+            let mtime_ns = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos() as i128)
+                .unwrap_or(0);
+            files.push(FileStamp {
+                path: name.display().to_string(),
+                size: m.len(),
+                mtime_ns,
+            });
         }
     }
     let (w, h) = ds.raster_size();
