@@ -458,14 +458,24 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
     for &n in opts.split.train.iter().chain(&opts.split.val) {
         sizes.insert(n, source::area_size(&layout, &opts.data, n)?);
     }
-    // Pass 1: the statistics of the training areas (each area is read
-    // again in pass 2; memory holds one at a time).
+    // Pass 1: the statistics of the training areas' features (each area is
+    // read again in pass 2; memory holds one at a time). The archive's
+    // references are not decoded here: only pass 2 needs them.
     let mut notes = Vec::new();
     let mut stats = features::Stats::default();
     for &n in &opts.split.train {
         bar.set_message(format!("statistics: area {n}"));
-        let a = load(&layout, &opts.data, n, opts.ground_radius, &mut notes)?;
-        stats.add(&a.features, a.width * a.height);
+        let (npix, features) = match layout {
+            Layout::Official => {
+                let (w, h, f) = source::official_features(&opts.data, n, opts.ground_radius)?;
+                (w * h, f)
+            }
+            Layout::CourseHdf5 => {
+                let a = source::load_course(&opts.data, n)?;
+                (a.width * a.height, a.features)
+            }
+        };
+        stats.add(&features, npix);
         bar.inc(1);
     }
     bar.set_length(total + opts.split.train.len() as u64);
@@ -522,10 +532,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
             });
             bar.inc(1);
         }
-        // pass 1 already noted the training areas' missing eroded references
-        if name == "val" {
-            notes.extend(area_notes);
-        }
+        notes.extend(area_notes);
         writers.push(writer);
         summaries.push(SplitSummary {
             name: name.into(),
