@@ -32,6 +32,9 @@
 //! seed = 0
 //! out_dir = "runs/tiny"
 //! patience = 0                        # early stopping after N epochs without a better val mean F1; 0 = off
+//! loss = "ce"                         # "ce", "dice", "focal", "lovasz" or "dice+ce"
+//! focal_gamma = 2.0                   # the focal loss's γ
+//! class_weights = "median-frequency"  # or one weight per class: [1.0, 2.0, ...]
 //!
 //! [augment]                           # see rstile::train::augment::AugmentConfig
 //! flips = true
@@ -40,6 +43,7 @@
 //! Relative paths are taken relative to the current directory.
 
 use super::data::ScenePair;
+pub use super::loss::LossKind;
 use crate::error::{Error, Result};
 use crate::train::augment::AugmentConfig;
 use serde::{Deserialize, Serialize};
@@ -108,6 +112,58 @@ pub struct DataSection {
     pub workers: usize,
 }
 
+/// `train.class_weights`: one weight per class, in class-table order, or
+/// `"median-frequency"`: computed from the training labels when the run
+/// starts ([`crate::train::loss::weights::ClassFrequency`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClassWeights {
+    List(Vec<f32>),
+    MedianFrequency,
+}
+
+const MEDIAN_FREQUENCY: &str = "median-frequency";
+
+impl Serialize for ClassWeights {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            ClassWeights::List(w) => w.serialize(s),
+            ClassWeights::MedianFrequency => s.serialize_str(MEDIAN_FREQUENCY),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClassWeights {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ClassWeights;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a list of per-class weights or \"{MEDIAN_FREQUENCY}\"")
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
+                if v == MEDIAN_FREQUENCY {
+                    Ok(ClassWeights::MedianFrequency)
+                } else {
+                    Err(E::custom(format!(
+                        "\"{v}\": expected \"{MEDIAN_FREQUENCY}\" or a list of per-class weights"
+                    )))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                Vec::<f32>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(ClassWeights::List)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerName {
@@ -151,9 +207,15 @@ pub struct TrainSection {
     /// Early stopping: epochs without a better validation mean F1; 0 = off.
     #[serde(default)]
     pub patience: usize,
-    /// Per-class loss weights, in class-table order.
+    /// The loss minimised (see [`crate::train::loss`]).
     #[serde(default)]
-    pub class_weights: Option<Vec<f32>>,
+    pub loss: LossKind,
+    /// The focusing parameter γ of `loss = "focal"`.
+    #[serde(default = "d_gamma")]
+    pub focal_gamma: f64,
+    /// Per-class loss weights.
+    #[serde(default)]
+    pub class_weights: Option<ClassWeights>,
     /// Class channels averaged into the validation mean F1 (the selection
     /// metric); default all. ISPRS: `[0, 1, 2, 3, 4]` (no clutter).
     #[serde(default)]
@@ -207,6 +269,9 @@ fn d_power() -> f64 {
 }
 fn d_true() -> bool {
     true
+}
+fn d_gamma() -> f64 {
+    2.0
 }
 fn d_one() -> f64 {
     1.0
@@ -296,7 +361,13 @@ impl TrainConfig {
                 t.poly_power
             ));
         }
-        if let Some(w) = &t.class_weights {
+        if !(t.focal_gamma.is_finite() && t.focal_gamma >= 0.0) {
+            return Err(format!(
+                "train.focal_gamma {} must be a finite number >= 0",
+                t.focal_gamma
+            ));
+        }
+        if let Some(ClassWeights::List(w)) = &t.class_weights {
             if let Some(v) = w.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
                 return Err(format!(
                     "train.class_weights holds {v}; each weight must be a finite number >= 0"

@@ -28,6 +28,7 @@ use crate::infer::read::{GdalReader, Normalize, WindowSource};
 use crate::infer::window::{Size, Window, WindowGrid};
 use crate::raster::{open_raster, open_scene, SceneInfo};
 use crate::train::augment::{augment, derive_seed, AugmentConfig, Sample, SplitMix64, IGNORE};
+use crate::train::loss::weights::ClassFrequency;
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::path::PathBuf;
@@ -58,6 +59,18 @@ pub trait DataSource: Send + Sync {
     fn bands(&self) -> usize;
     /// A handle for one worker thread.
     fn open(&self) -> Result<Box<dyn Dataset + '_>>;
+    /// How often each of `k` classes occurs in the labels, for
+    /// `class_weights = "median-frequency"`. By default every sample is one
+    /// label image (right for fixed sets such as patches).
+    fn class_frequency(&self, k: usize) -> Result<ClassFrequency> {
+        let mut f = ClassFrequency::new(k);
+        let mut d = self.open()?;
+        let mut rng = SplitMix64::new(0);
+        for i in 0..d.len() {
+            f.add_image(&d.get(i, &mut rng)?.label);
+        }
+        Ok(f)
+    }
 }
 
 /// Samples held in memory.
@@ -163,6 +176,22 @@ fn label_class(v: f64, nodata: Option<f64>, lut: &[u8]) -> u8 {
 /// Whether band 1 of the label raster `path` holds at least one pixel
 /// that is a class of `lut` (read in strips; stops at the first one).
 fn has_labelled_pixel(path: &std::path::Path, lut: &[u8]) -> Result<bool> {
+    let mut found = false;
+    label_strips(path, lut, &mut |classes| {
+        found = classes.iter().any(|&c| c != IGNORE);
+        !found
+    })?;
+    Ok(found)
+}
+
+/// Reads band 1 of the label raster `path` in strips of about a million
+/// pixels, as class channels of `lut` ([`IGNORE`] for the others), until
+/// `each` returns false.
+fn label_strips(
+    path: &std::path::Path,
+    lut: &[u8],
+    each: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<()> {
     let ds = open_raster(path)?;
     let (w, h) = ds.raster_size();
     let band = ds.rasterband(1).map_err(Error::on(path))?;
@@ -174,16 +203,17 @@ fn has_labelled_pixel(path: &std::path::Path, lut: &[u8]) -> Result<bool> {
         let buf = band
             .read_as::<f64>((0, y as isize), (w, n), (w, n), None)
             .map_err(|e| Error::gdal_file(path, format!("cannot read labels at row {y}"), e))?;
-        if buf
+        let classes: Vec<u8> = buf
             .data()
             .iter()
-            .any(|&v| label_class(v, nodata, lut) != IGNORE)
-        {
-            return Ok(true);
+            .map(|&v| label_class(v, nodata, lut))
+            .collect();
+        if !each(&classes) {
+            break;
         }
         y += n;
     }
-    Ok(false)
+    Ok(())
 }
 
 fn grid_starts(n: usize, size: usize) -> Vec<(i64, usize)> {
@@ -384,6 +414,23 @@ impl DataSource for SceneSource {
     }
     fn bands(&self) -> usize {
         self.bands.len()
+    }
+    /// Every label raster is one image, read in strips.
+    fn class_frequency(&self, k: usize) -> Result<ClassFrequency> {
+        let mut f = ClassFrequency::new(k);
+        for s in &self.scenes {
+            let mut counts = vec![0u64; k];
+            label_strips(&s.pair.label, &self.lut, &mut |classes| {
+                for &c in classes {
+                    if let Some(n) = counts.get_mut(c as usize) {
+                        *n += 1;
+                    }
+                }
+                true
+            })?;
+            f.add_counts(&counts);
+        }
+        Ok(f)
     }
     fn open(&self) -> Result<Box<dyn Dataset + '_>> {
         Ok(Box::new(SceneDataset {

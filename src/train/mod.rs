@@ -15,5 +15,5 @@ pub mod schedule;
 
 pub use config::TrainConfig;
 pub use data::{DataSource, Dataset, MemorySource, ScenePair, SceneSource};
-pub use loss::cross_entropy;
+pub use loss::{cross_entropy, Loss, LossKind};
 pub use run::{train, EpochMetrics, Quiet, RunOptions, TrainProgress, TrainReport};

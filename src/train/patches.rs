@@ -14,6 +14,7 @@ use super::data::{DataSource, Dataset};
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
 use crate::train::augment::{Sample, SplitMix64, IGNORE};
+use crate::train::loss::weights::ClassFrequency;
 use crate::vaihingen::raw::RawPatches;
 use crate::vaihingen::PatchSet;
 use std::path::Path;
@@ -80,7 +81,9 @@ impl PatchSource {
         })
     }
 
-    fn sample(&self, i: usize) -> Sample {
+    /// Patch `i`'s image and its class channels ([`IGNORE`] on the boundary
+    /// when `ignore_boundary` is on).
+    fn parts(&self, i: usize) -> (&[f32], Vec<u8>) {
         let pp = self.patch * self.patch;
         let (image, labels, masks) = match &self.store {
             Store::Raw(r) => (r.image(i), r.labels(i), r.masks(i)),
@@ -101,6 +104,11 @@ impl PatchSource {
                 }
             })
             .collect();
+        (image, label)
+    }
+
+    fn sample(&self, i: usize) -> Sample {
+        let (image, label) = self.parts(i);
         Sample {
             bands: self.bands,
             height: self.patch,
@@ -120,6 +128,14 @@ impl DataSource for PatchSource {
     }
     fn open(&self) -> Result<Box<dyn Dataset + '_>> {
         Ok(Box::new(PatchDataset(self)))
+    }
+    /// Every patch is one label image; the images are not copied.
+    fn class_frequency(&self, k: usize) -> Result<ClassFrequency> {
+        let mut f = ClassFrequency::new(k);
+        for i in 0..self.n {
+            f.add_image(&self.parts(i).1);
+        }
+        Ok(f)
     }
 }
 

@@ -21,9 +21,10 @@
 //! give bit-identical weights. The FCN heads' dropout (`resnet*-fcn*`) is
 //! seeded from the run's seed and the step.
 
+use super::config::ClassWeights;
 use super::config::{OptimizerName, TrainConfig};
 use super::data::{run_epoch, DataSource, EpochPlan, Sampling, SceneSource};
-use super::loss::cross_entropy;
+use super::loss::{cross_entropy, Loss, LossKind};
 use super::optim::{OptimConfig, Optimizer, Param};
 use super::patches::PatchSource;
 use super::plot;
@@ -282,7 +283,7 @@ pub fn train(
     let t = &cfg.train;
     let classes = ClassTable::from_toml_file(&cfg.model.classes)?;
     let k = classes.len();
-    if let Some(w) = &t.class_weights {
+    if let Some(ClassWeights::List(w)) = &t.class_weights {
         if w.len() != k {
             return Err(cfg.error(format!(
                 "train.class_weights has {} values but the class table has {k} classes",
@@ -460,6 +461,37 @@ pub fn train(
             )?),
         ),
     };
+    let weights = match &t.class_weights {
+        None => None,
+        Some(ClassWeights::List(w)) => Some(w.clone()),
+        Some(ClassWeights::MedianFrequency) => {
+            let f = train_src.class_frequency(k)?;
+            let w = f.median_frequency_weights().ok_or_else(|| {
+                cfg.error("train.class_weights = \"median-frequency\": the training labels hold no pixel of any class")
+            })?;
+            let shown: Vec<String> = classes
+                .classes
+                .iter()
+                .zip(&w)
+                .zip(&f.pixels)
+                .map(|((c, w), &n)| match n {
+                    0 => format!("{} 0 (not in the labels)", c.name),
+                    _ => format!("{} {w:.3}", c.name),
+                })
+                .collect();
+            progress.message(&format!(
+                "median-frequency class weights from {} training label images: {}",
+                f.images,
+                shown.join(", ")
+            ));
+            Some(w)
+        }
+    };
+    let loss_fn = Loss {
+        kind: t.loss,
+        gamma: t.focal_gamma,
+        weights,
+    };
     let mut opt = Optimizer::new(optim_config(cfg), params_of(&model));
     if opts.resume.is_some() {
         opt.load(&run_dir.join(LAST_OPTIM), &state.optim_steps)?;
@@ -478,7 +510,6 @@ pub fn train(
     let seed = state.seed;
     let steps_per_epoch = train_src.len() / t.batch;
     let total_steps = (t.epochs * steps_per_epoch) as u64;
-    let weights = t.class_weights.clone();
 
     let mut epochs_this_call = 0;
     while state.epochs_done < t.epochs && !state.stopped_early {
@@ -544,7 +575,7 @@ pub fn train(
             // run draws the same ones
             model.set_dropout_seed(derive_seed(seed, &[step, 0xd5]));
             let logits = model.forward_t(&images, true)?;
-            let loss = cross_entropy(&logits, &labels, weights.as_deref())?;
+            let loss = loss_fn.compute(&logits, &labels)?;
             let grads = loss.backward()?;
             opt.step(&grads, &[Some(lr), enc])?;
             let l = loss.to_scalar::<f32>()? as f64;
@@ -692,6 +723,7 @@ pub fn train(
             &classes,
             state.best_epoch,
             &f1_classes,
+            &loss_fn,
         )?;
         progress.epoch_end(&m);
         if state.stopped_early {
@@ -777,6 +809,7 @@ fn write_plots(
     classes: &ClassTable,
     best_epoch: Option<usize>,
     f1_classes: &[usize],
+    loss: &Loss,
 ) -> Result<()> {
     use plot::{Series, Stroke};
     let (w, h) = (960, 540);
@@ -802,18 +835,32 @@ fn write_plots(
         &dir.join("loss.png"),
         &plot::Curves {
             title: "Training and validation loss".into(),
-            y_label: "cross-entropy per pixel (nats)".into(),
+            y_label: if loss.kind == LossKind::Ce && loss.weights.is_none() {
+                "cross-entropy per pixel (nats)".into()
+            } else {
+                "loss".into()
+            },
             y_range: None,
             y_scale: 1.0,
             series: vec![
                 line(
-                    "train (epoch mean)",
+                    &match (loss.kind, &loss.weights) {
+                        (LossKind::Ce, None) => "train (epoch mean)".to_string(),
+                        (k, None) => format!("train: {} (epoch mean)", k.name()),
+                        (k, Some(_)) => format!("train: weighted {} (epoch mean)", k.name()),
+                    },
                     &train,
                     plot::TRAIN_COLOR,
                     Stroke::Solid,
                     2,
                 ),
-                line("validation", &val, plot::VAL_COLOR, Stroke::Solid, 2),
+                line(
+                    "validation: cross-entropy",
+                    &val,
+                    plot::VAL_COLOR,
+                    Stroke::Solid,
+                    2,
+                ),
             ],
             best: best.clone(),
         },

@@ -27,6 +27,15 @@ use std::sync::Arc;
 /// `gather` of the true class along the class axis, masked by the
 /// per-pixel weights, differentiable on every backend.
 pub fn cross_entropy(logits: &Tensor, labels: &[u8], weights: Option<&[f32]>) -> Result<Tensor> {
+    cross_entropy_t(logits, labels, weights)?.to_dtype(DType::F32)
+}
+
+/// [`cross_entropy`] in the logits' dtype (f64 for the gradient checks).
+pub(super) fn cross_entropy_t(
+    logits: &Tensor,
+    labels: &[u8],
+    weights: Option<&[f32]>,
+) -> Result<Tensor> {
     let (b, k, h, w) = logits.dims4()?;
     if labels.len() != b * h * w {
         candle_core::bail!(
@@ -71,7 +80,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &[u8], weights: Option<&[f32]>) ->
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
     let picked = logp.gather(&idx, 1)?;
     let sum = (picked * wpx)?.sum_all()?;
-    sum.affine(-1.0 / total, 0.0)?.to_dtype(DType::F32)
+    sum.affine(-1.0 / total, 0.0)
 }
 
 /// The fused loss on `(B, K, H, W)` f32 logits: per pixel its class and
