@@ -127,6 +127,7 @@ fn exported_models_compute_what_the_models_compute() {
         ("resnet18-fcn", 3, 96, &x),
         ("resnet18-fcn8s", 3, 96, &x),
         ("resnet50-fcn", 5, 70, &xs),
+        ("resnet50-fcn-os8", 5, 70, &xs),
         ("unet-resnet18", 3, 96, &x),
         ("unet-resnet50", 5, 70, &xs),
     ] {

@@ -175,7 +175,7 @@ fn bad_checkpoints_get_one_line() {
         ],
         "junk.pth",
     );
-    // unknown architecture, and torchvision (not supported yet)
+    // unknown architecture, and torchvision's FCN (resnet50-fcn-os8 only)
     fails(
         &[
             "model",
@@ -206,7 +206,7 @@ fn bad_checkpoints_get_one_line() {
             "-o",
             s(&d.join("f.safetensors")),
         ],
-        "dilated",
+        "into resnet50-fcn-os8 (layer3 and layer4 dilated, output stride 8), not resnet50-fcn",
     );
     for f in ["a", "b", "c", "d", "e", "f"] {
         assert!(!d.join(format!("{f}.safetensors")).exists(), "{f}");

@@ -36,9 +36,11 @@ pub enum ModelCmd {
     /// STAC MLM sidecar STEM.stac.json (bands, normalisation, classes with
     /// colours).
     Export(ModelExportArgs),
-    /// Read a segmentation_models_pytorch checkpoint (.pth/.pt state dict,
-    /// Lightning .ckpt, .safetensors) as an rstile model: smp's Unet on
-    /// resnet18/34/50 becomes unet-resnet18/34/50.
+    /// Read a PyTorch checkpoint (.pth/.pt state dict, Lightning .ckpt,
+    /// .safetensors) as an rstile model: segmentation_models_pytorch's Unet
+    /// on resnet18/34/50 (--from smp) becomes unet-resnet18/34/50;
+    /// torchvision's fcn_resnet50 (--from torchvision) becomes
+    /// resnet50-fcn-os8, its aux_classifier skipped.
     Import(ModelImportArgs),
 }
 
@@ -46,7 +48,8 @@ pub enum ModelCmd {
 pub struct ModelImportArgs {
     /// The checkpoint.
     checkpoint: PathBuf,
-    /// Where it comes from (smp).
+    /// Where it comes from: smp (--arch unet-resnet18/34/50) or torchvision
+    /// (--arch resnet50-fcn-os8).
     #[arg(long = "from", value_parser = parse_source)]
     source: rstile::model::import::Source,
     /// The architecture to read it as.

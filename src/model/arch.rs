@@ -35,7 +35,7 @@ pub trait Network: std::fmt::Debug + Send + Sync {
     fn flops(&self, batch: usize, height: usize, width: usize) -> u64;
 
     /// The encoder's deepest features at inference (a torchvision ResNet's
-    /// `layer4` output, stride 32) for a normalised input; `None` for a
+    /// `layer4` output, stride 32, or 8 for a dilated one) for a normalised input; `None` for a
     /// network without such an encoder. For checking imported weights
     /// against PyTorch.
     fn encoder(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -114,6 +114,12 @@ registry! {
     UnetResnet50  = "unet-resnet50",  1600, |s, vb| super::unet::build(R50, s, vb);
     Tiny          = "tiny",            320, super::tiny::build;
     Linear        = "linear",          256, super::linear::build;
+    // torchvision's fcn_resnet50 (layer3 and layer4 dilated, output stride
+    // 8): peak RSS grew 622 B per input pixel from batch 1 to 5 at 512 px
+    // and 700 at 256 px (rstile infer, 2 cores, 2026-12-07; resnet50-fcn
+    // grew 292 at 512 px the same way); registered with 2.9x headroom, as
+    // the U-Nets are
+    Resnet50FcnOs8 = "resnet50-fcn-os8", 2048, super::fcn::build_os8;
 }
 
 impl Arch {
@@ -140,7 +146,8 @@ impl Arch {
 
     /// Activation memory per input pixel of a window at inference, in bytes
     /// (256 for `linear`, 320 for `tiny`, 1600 for ResNet-18/34, 6144 for
-    /// ResNet-50): the `a(arch)` of README's memory bound.
+    /// ResNet-50, 2048 for `resnet50-fcn-os8`): the `a(arch)` of README's
+    /// memory bound.
     pub fn activation_bytes_per_px(&self) -> u64 {
         self.entry().activation_bytes_per_px
     }
@@ -296,6 +303,7 @@ mod tests {
             ("resnet34-fcn8s", Resnet34Fcn8s),
             ("tiny", Tiny),
             ("linear", Linear),
+            ("resnet50-fcn-os8", Resnet50FcnOs8),
         ] {
             assert_eq!(name.parse::<Arch>().unwrap(), a);
             assert_eq!(a.name(), name);
@@ -329,5 +337,6 @@ mod tests {
         }
         assert_eq!(bytes(Resnet50Fcn), 6144);
         assert_eq!(bytes(Resnet50Fcn8s), 6144);
+        assert_eq!(bytes(Resnet50FcnOs8), 2048);
     }
 }

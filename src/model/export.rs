@@ -22,6 +22,7 @@ use super::onnx::proto::{
     type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
+use super::resnet::{layer_plan, Dilate, DILATE_NONE, DILATE_OS8};
 use super::{Arch, Model};
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
@@ -137,6 +138,20 @@ impl Builder {
         pad: usize,
         hw: (usize, usize),
     ) -> Result<(String, (usize, usize))> {
+        self.conv_dilated(x, prefix, stride, pad, 1, hw)
+    }
+
+    /// [`Self::conv`] with a dilation (written as `dilations` unless 1, the
+    /// ONNX default).
+    fn conv_dilated(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        stride: usize,
+        pad: usize,
+        dilation: usize,
+        hw: (usize, usize),
+    ) -> Result<(String, (usize, usize))> {
         let (w, dims) = self.var(&format!("{prefix}.weight"))?;
         let k = dims[2];
         let bias = format!("{prefix}.bias");
@@ -146,16 +161,17 @@ impl Builder {
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let p = pad as i64;
-        let y = self.node(
-            "Conv",
-            &refs,
-            vec![
-                ("kernel_shape", Attr::Ints(vec![k as i64, k as i64])),
-                ("strides", Attr::Ints(vec![stride as i64, stride as i64])),
-                ("pads", Attr::Ints(vec![p, p, p, p])),
-            ],
-        );
-        let out = |n: usize| (n + 2 * pad - k) / stride + 1;
+        let mut attrs = vec![
+            ("kernel_shape", Attr::Ints(vec![k as i64, k as i64])),
+            ("strides", Attr::Ints(vec![stride as i64, stride as i64])),
+            ("pads", Attr::Ints(vec![p, p, p, p])),
+        ];
+        if dilation != 1 {
+            let d = dilation as i64;
+            attrs.push(("dilations", Attr::Ints(vec![d, d])));
+        }
+        let y = self.node("Conv", &refs, attrs);
+        let out = |n: usize| (n + 2 * pad - dilation * (k - 1) - 1) / stride + 1;
         Ok((y, (out(hw.0), out(hw.1))))
     }
 
@@ -181,13 +197,25 @@ impl Builder {
     fn conv_bn(
         &mut self,
         x: &str,
-        (conv, bn): (&str, &str),
+        names: (&str, &str),
         stride: usize,
         pad: usize,
         hw: (usize, usize),
         relu: bool,
     ) -> Result<(String, (usize, usize))> {
-        let (y, hw) = self.conv(x, conv, stride, pad, hw)?;
+        self.conv_bn_dilated(x, names, (stride, pad, 1), hw, relu)
+    }
+
+    /// conv (stride, padding, dilation) → bn (→ relu).
+    fn conv_bn_dilated(
+        &mut self,
+        x: &str,
+        (conv, bn): (&str, &str),
+        (stride, pad, dilation): (usize, usize, usize),
+        hw: (usize, usize),
+        relu: bool,
+    ) -> Result<(String, (usize, usize))> {
+        let (y, hw) = self.conv_dilated(x, conv, stride, pad, dilation, hw)?;
         let y = self.bn(&y, bn)?;
         Ok((if relu { self.relu(&y) } else { y }, hw))
     }
@@ -279,7 +307,8 @@ pub fn to_onnx(model: &Model, metadata: &[(String, String)]) -> Result<ModelProt
             b.resize(&s, x, k, win, win)
         }
         Arch::UnetResnet18 | Arch::UnetResnet34 | Arch::UnetResnet50 => unet(&mut b, x, hw)?,
-        _ => resnet_fcn(&mut b, x, hw, k)?,
+        Arch::Resnet50FcnOs8 => resnet_fcn(&mut b, x, hw, k, DILATE_OS8)?,
+        _ => resnet_fcn(&mut b, x, hw, k, DILATE_NONE)?,
     };
     let probs = b.node("Softmax", &[&logits], vec![("axis", Attr::Int(1))]);
     // the last node's output is the graph's output
@@ -344,13 +373,16 @@ pub fn to_onnx(model: &Model, metadata: &[(String, String)]) -> Result<ModelProt
 type Feature = (String, usize, (usize, usize));
 
 /// A torchvision ResNet under `prefix` (its structure read from the
-/// variables' names): the stem's output and layer1..layer4's.
+/// variables' names, its strides and dilations from `dilate`): the stem's
+/// output and layer1..layer4's.
 fn resnet(
     b: &mut Builder,
     x: &str,
     prefix: &str,
     hw: (usize, usize),
+    dilate: Dilate,
 ) -> Result<(Feature, Vec<Feature>)> {
+    let plan = layer_plan(dilate);
     let (mut y, mut s) = b.conv_bn(
         x,
         (&format!("{prefix}.conv1"), &format!("{prefix}.bn1")),
@@ -382,7 +414,12 @@ fn resnet(
                 "conv2"
             };
             channels = b.vars[&format!("{p}.{last}.weight")].dims()[0];
-            let stride = if i == 0 && l > 1 { 2 } else { 1 };
+            let (first_stride, first_dilation, dilation) = plan[l - 1];
+            let (stride, d) = if i == 0 {
+                (first_stride, first_dilation)
+            } else {
+                (1, dilation)
+            };
             let bottleneck = b.has(&format!("{p}.conv3.weight"));
             let (mut z, mut zs);
             if bottleneck {
@@ -394,11 +431,10 @@ fn resnet(
                     s,
                     true,
                 )?;
-                (z, zs) = b.conv_bn(
+                (z, zs) = b.conv_bn_dilated(
                     &z,
                     (&format!("{p}.conv2"), &format!("{p}.bn2")),
-                    stride,
-                    1,
+                    (stride, d, d),
                     zs,
                     true,
                 )?;
@@ -451,10 +487,16 @@ fn resnet(
     Ok((stem, feats))
 }
 
-/// A torchvision ResNet with rstile's FCN head, and the FCN-8s skips when
-/// the model has them.
-fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<String> {
-    let (_, feats) = resnet(b, x, "backbone", hw)?;
+/// A torchvision ResNet (dilated as `dilate` says) with rstile's FCN head,
+/// and the FCN-8s skips when the model has them.
+fn resnet_fcn(
+    b: &mut Builder,
+    x: &str,
+    hw: (usize, usize),
+    k: usize,
+    dilate: Dilate,
+) -> Result<String> {
+    let (_, feats) = resnet(b, x, "backbone", hw, dilate)?;
     let (y, _, s) = feats[3].clone();
     let (h, _) = b.conv_bn(&y, ("classifier.0", "classifier.1"), 1, 1, s, true)?;
     let (mut out, _) = b.conv(&h, "classifier.4", 1, 0, s)?;
@@ -472,7 +514,7 @@ fn resnet_fcn(b: &mut Builder, x: &str, hw: (usize, usize), k: usize) -> Result<
 /// smp's Unet: the encoder, five decoder blocks (nearest x2 to the skip's
 /// size, concatenation, two conv-BN-ReLU units), the 3x3 head.
 fn unet(b: &mut Builder, x: &str, hw: (usize, usize)) -> Result<String> {
-    let (stem, feats) = resnet(b, x, "encoder", hw)?;
+    let (stem, feats) = resnet(b, x, "encoder", hw, DILATE_NONE)?;
     let skips = [
         Some(feats[2].clone()),
         Some(feats[1].clone()),

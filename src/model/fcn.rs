@@ -16,7 +16,7 @@
 
 use super::arch::{NetSpec, Network};
 use super::conv::{Conv2d, ConvBn};
-use super::resnet::{conv, conv_bn, Depth, ResNet, WInit};
+use super::resnet::{conv, conv_bn, Depth, Dilate, ResNet, WInit, DILATE_NONE, DILATE_OS8};
 use crate::rng::{mix, GOLDEN};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -157,6 +157,7 @@ pub(super) fn build(
     Ok(Box::new(Fcn::new(
         depth,
         fcn8s,
+        DILATE_NONE,
         spec.bands,
         spec.classes,
         vb,
@@ -164,7 +165,23 @@ pub(super) fn build(
     )?))
 }
 
-/// A ResNet with an FCN-32s head, or an FCN-8s head when `skips` is set.
+/// The registry's constructor of `resnet50-fcn-os8`: torchvision's
+/// `fcn_resnet50` (layer3 and layer4 dilated, output stride 8, the FCN head
+/// on layer4), without its auxiliary classifier.
+pub(super) fn build_os8(spec: &NetSpec, vb: VarBuilder) -> Result<Box<dyn Network>> {
+    Ok(Box::new(Fcn::new(
+        Depth::R50,
+        false,
+        DILATE_OS8,
+        spec.bands,
+        spec.classes,
+        vb,
+        spec.dropout_seed.clone(),
+    )?))
+}
+
+/// A ResNet with an FCN-32s head, or an FCN-8s head when `skips` is set;
+/// with a dilated backbone, the head sits on layer4 at stride 8.
 #[derive(Debug, Clone)]
 pub(super) struct Fcn {
     backbone: ResNet,
@@ -176,13 +193,14 @@ impl Fcn {
     pub(super) fn new(
         depth: Depth,
         fcn8s: bool,
+        dilate: Dilate,
         bands: usize,
         classes: usize,
         vb: VarBuilder,
         dropout_seed: Arc<AtomicU64>,
     ) -> Result<Self> {
         let ch = depth.channels();
-        let backbone = ResNet::new(depth, bands, vb.pp("backbone"))?;
+        let backbone = ResNet::dilated(depth, bands, dilate, vb.pp("backbone"))?;
         let head = FcnHead::new(vb.pp("classifier"), ch[3], classes, dropout_seed)?;
         let skips = if fcn8s {
             Some(Skips {

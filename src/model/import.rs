@@ -1,15 +1,22 @@
-//! `rstile model import`: a segmentation_models_pytorch checkpoint as an
-//! rstile model, to fine-tune with `rstile train` or map with `rstile
-//! infer`.
+//! `rstile model import`: a PyTorch checkpoint as an rstile model, to
+//! fine-tune with `rstile train` or map with `rstile infer`.
 //!
-//! smp's `Unet` on `resnet18`/`34`/`50` becomes `unet-resnet18`/`34`/`50`:
-//! rstile's U-Nets carry smp's module names, so the state dict loads as it
-//! is, once a Lightning wrapper's `model.` prefix is removed (see
-//! [`crate::train::pretrained::read_checkpoint`]: `.pth`/`.pt` state dicts,
-//! Lightning `.ckpt` files, `.safetensors`). Batch-norm counters
-//! (`num_batches_tracked`) are skipped. Every other key must be a variable
-//! of the architecture with the same shape, and every variable must be
-//! there: the first missing, unexpected or mis-shaped key is the error.
+//! * `--from smp`: segmentation_models_pytorch's `Unet` on
+//!   `resnet18`/`34`/`50` becomes `unet-resnet18`/`34`/`50` (rstile's
+//!   U-Nets carry smp's module names).
+//! * `--from torchvision`: torchvision's `fcn_resnet50` (layer3 and layer4
+//!   dilated, output stride 8) becomes `resnet50-fcn-os8`, whose
+//!   `backbone.*` and `classifier.*` are torchvision's; the auxiliary
+//!   classifier of `aux_loss=True` (`aux_classifier.*`, a training-time
+//!   head on layer3) is skipped.
+//!
+//! The state dict loads as it is, once a Lightning wrapper's `model.`
+//! prefix is removed (see [`crate::train::pretrained::read_checkpoint`]:
+//! `.pth`/`.pt` state dicts, Lightning `.ckpt` files, `.safetensors`).
+//! Batch-norm counters (`num_batches_tracked`) are skipped. Every other key
+//! must be a variable of the architecture with the same shape, and every
+//! variable must be there: the first missing, unexpected or mis-shaped key
+//! is the error.
 
 use super::{Arch, Model, ModelMeta};
 use crate::classes::ClassTable;
@@ -24,6 +31,8 @@ use std::path::Path;
 pub enum Source {
     /// segmentation_models_pytorch.
     Smp,
+    /// torchvision's segmentation models.
+    Torchvision,
 }
 
 impl std::str::FromStr for Source {
@@ -31,12 +40,49 @@ impl std::str::FromStr for Source {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "smp" => Ok(Source::Smp),
-            "torchvision" => Err(
-                "torchvision's fcn_resnet50 uses dilated layer3 and layer4 (output stride 8), \
-                 which rstile's resnet50-fcn (stride 32) does not have yet; only --from smp is supported"
-                    .into(),
-            ),
-            _ => Err(format!("'{s}': expected smp")),
+            "torchvision" => Ok(Source::Torchvision),
+            _ => Err(format!("'{s}': expected smp or torchvision")),
+        }
+    }
+}
+
+/// What a source's checkpoints hold: the keys that give the band and class
+/// counts, the keys skipped, and what the source names.
+struct Layout {
+    /// The first convolution, `(c_out, bands, k, k)`.
+    conv1: &'static str,
+    /// The last convolution, `(classes, ...)`.
+    head: &'static str,
+    /// Key prefixes that are not part of the architecture.
+    skipped: &'static [&'static str],
+    /// The network the source's checkpoints hold, for messages.
+    what: &'static str,
+}
+
+impl Source {
+    /// The layout of this source's checkpoints for `arch`, or the one-line
+    /// refusal listing what the source imports into.
+    fn layout(self, arch: Arch) -> Result<Layout> {
+        match self {
+            Source::Smp if arch.name().starts_with("unet-") => Ok(Layout {
+                conv1: "encoder.conv1.weight",
+                head: "segmentation_head.0.weight",
+                skipped: &[],
+                what: "smp's Unet on a ResNet",
+            }),
+            Source::Smp => Err(Error::Config(format!(
+                "--from smp imports smp's Unet into unet-resnet18, unet-resnet34 or unet-resnet50, not {arch}"
+            ))),
+            Source::Torchvision if arch == Arch::Resnet50FcnOs8 => Ok(Layout {
+                conv1: "backbone.conv1.weight",
+                head: "classifier.4.weight",
+                skipped: &["aux_classifier."],
+                what: "torchvision's fcn_resnet50",
+            }),
+            Source::Torchvision => Err(Error::Config(format!(
+                "--from torchvision imports torchvision's fcn_resnet50 into resnet50-fcn-os8 \
+                 (layer3 and layer4 dilated, output stride 8), not {arch}"
+            ))),
         }
     }
 }
@@ -62,13 +108,7 @@ pub const IMAGENET_STD: [f32; 3] = [58.395, 57.12, 57.375];
 /// Reads `checkpoint` into a new model of `o.arch`; errors name the file
 /// and the first key that does not fit.
 pub fn import(checkpoint: &Path, o: &ImportOptions) -> Result<Model> {
-    let Source::Smp = o.source;
-    if !o.arch.name().starts_with("unet-") {
-        return Err(Error::Config(format!(
-            "--from smp imports smp's Unet into unet-resnet18, unet-resnet34 or unet-resnet50, not {}",
-            o.arch
-        )));
-    }
+    let layout = o.source.layout(o.arch)?;
     let tensors = read_checkpoint(checkpoint)?;
     let bad = |why: String| Error::file(checkpoint, why);
     if tensors.is_empty() {
@@ -78,9 +118,11 @@ pub fn import(checkpoint: &Path, o: &ImportOptions) -> Result<Model> {
         ));
     }
     let find = |name: &str| tensors.iter().find(|(k, _)| k == name).map(|(_, t)| t);
-    let conv1 = find("encoder.conv1.weight").ok_or_else(|| {
+    let conv1 = find(layout.conv1).ok_or_else(|| {
         bad(format!(
-            "no tensor 'encoder.conv1.weight': not a state dict of smp's Unet on a ResNet ({} tensors{})",
+            "no tensor '{}': not a state dict of {} ({} tensors{})",
+            layout.conv1,
+            layout.what,
             tensors.len(),
             tensors
                 .first()
@@ -89,8 +131,7 @@ pub fn import(checkpoint: &Path, o: &ImportOptions) -> Result<Model> {
         ))
     })?;
     let bands = conv1.dims().get(1).copied().unwrap_or(0);
-    let head = find("segmentation_head.0.weight")
-        .ok_or_else(|| bad("no tensor 'segmentation_head.0.weight'".into()))?;
+    let head = find(layout.head).ok_or_else(|| bad(format!("no tensor '{}'", layout.head)))?;
     let classes = head.dims().first().copied().unwrap_or(0);
     if classes != o.classes.len() {
         return Err(bad(format!(
@@ -121,7 +162,9 @@ pub fn import(checkpoint: &Path, o: &ImportOptions) -> Result<Model> {
         let vars = model.varmap().data().lock().expect("varmap lock");
         let mut seen = HashSet::new();
         for (name, t) in &tensors {
-            if name.ends_with("num_batches_tracked") {
+            if name.ends_with("num_batches_tracked")
+                || layout.skipped.iter().any(|p| name.starts_with(p))
+            {
                 continue;
             }
             let var = vars.get(name).ok_or_else(|| {

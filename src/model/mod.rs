@@ -500,6 +500,30 @@ mod tests {
     }
 
     #[test]
+    fn os8_is_resnet50_fcn_dilated() {
+        // the same variables as resnet50-fcn (torchvision's fcn_resnet50 keys)
+        let a = Model::new_random(meta("resnet50-fcn", 3), 0, &Device::Cpu).unwrap();
+        let b = Model::new_random(meta("resnet50-fcn-os8", 3), 0, &Device::Cpu).unwrap();
+        let shapes = |m: &Model| {
+            let vars = m.varmap().data().lock().unwrap();
+            let mut v: Vec<_> = vars
+                .iter()
+                .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(shapes(&a), shapes(&b));
+        // conv FLOPs as counted on torchvision's fcn_resnet50 (forward hooks
+        // on every Conv2d but aux_classifier's, 2 x MACs) at 1x3x512x512
+        assert_eq!(b.forward_flops(1, 512, 512).unwrap(), 276_673_069_056);
+        // layer4 at stride 8 (rounded up), 2048 channels
+        let x = input(1, 3, 75, 53, 4);
+        let f = b.encoder(&x).unwrap().unwrap();
+        assert_eq!(f.dims(), &[1, 2048, 10, 7]);
+    }
+
+    #[test]
     fn backbone_parameter_counts_match_torchvision() {
         // torchvision's resnet{18,34,50} parameter counts, minus `fc`
         // (512·1000 + 1000 resp. 2048·1000 + 1000).

@@ -206,7 +206,15 @@ impl Bottleneck {
         (f1 + f2 + f3 + fd, h3, w3)
     }
 
-    fn new(vb: VarBuilder, c_in: usize, planes: usize, stride: usize) -> Result<Self> {
+    /// `dilation` is the 3x3 convolution's (and its padding's): 1 except in
+    /// torchvision's dilated layers.
+    fn new(
+        vb: VarBuilder,
+        c_in: usize,
+        planes: usize,
+        stride: usize,
+        dilation: usize,
+    ) -> Result<Self> {
         let width = planes;
         let c_out = planes * 4;
         let downsample = if stride != 1 || c_in != c_out {
@@ -217,7 +225,19 @@ impl Bottleneck {
         let k = WInit::KaimingFanOut;
         Ok(Self {
             unit1: conv_bn(vb.pp("conv1"), vb.pp("bn1"), c_in, width, 1, 1, 0, k)?,
-            unit2: conv_bn(vb.pp("conv2"), vb.pp("bn2"), width, width, 3, stride, 1, k)?,
+            unit2: dilated(
+                conv_bn(
+                    vb.pp("conv2"),
+                    vb.pp("bn2"),
+                    width,
+                    width,
+                    3,
+                    stride,
+                    dilation,
+                    k,
+                )?,
+                dilation,
+            ),
             unit3: conv_bn(vb.pp("conv3"), vb.pp("bn3"), width, c_out, 1, 1, 0, k)?,
             downsample,
         })
@@ -232,6 +252,46 @@ impl Bottleneck {
         };
         self.unit3.forward_t(&y, train, Some(&identity), true)
     }
+}
+
+/// `unit` with its convolution dilated by `dilation` (a no-op for 1).
+fn dilated(unit: ConvBn, dilation: usize) -> ConvBn {
+    ConvBn {
+        conv: unit.conv.with_dilation(dilation),
+        bn: unit.bn,
+    }
+}
+
+/// torchvision's `replace_stride_with_dilation` for layer2..layer4: a
+/// dilated layer keeps the resolution (its stride becomes 1) and multiplies
+/// the dilation by the stride it gave up. What `fcn_resnet50` uses is
+/// [`DILATE_OS8`] (output stride 8).
+pub(super) type Dilate = [bool; 3];
+
+/// No dilation: output stride 32.
+pub(super) const DILATE_NONE: Dilate = [false; 3];
+
+/// torchvision's segmentation backbones (`fcn_resnet50`,
+/// `deeplabv3_resnet50`): layer3 and layer4 dilated, output stride 8.
+pub(super) const DILATE_OS8: Dilate = [false, true, true];
+
+/// The stride and 3x3 dilation of each layer's blocks under `dilate`, as
+/// torchvision's `_make_layer` sets them: `(stride of block 0, dilation of
+/// block 0, dilation of the other blocks)` for layer1..layer4. Block 0 of a
+/// dilated layer keeps the previous layer's dilation.
+pub(super) fn layer_plan(dilate: Dilate) -> [(usize, usize, usize); 4] {
+    let mut plan = [(1, 1, 1); 4];
+    let mut dilation = 1;
+    for (l, p) in plan.iter_mut().enumerate() {
+        let mut stride = if l == 0 { 1 } else { 2 };
+        let previous = dilation;
+        if l > 0 && dilate[l - 1] {
+            dilation *= stride;
+            stride = 1;
+        }
+        *p = (stride, previous, dilation);
+    }
+    plan
 }
 
 #[derive(Debug, Clone)]
@@ -257,7 +317,8 @@ impl Block {
 }
 
 /// The outputs of layer1..layer4, at strides 4, 8, 16 and 32 (rounded up
-/// for sizes that are not multiples of the stride).
+/// for sizes that are not multiples of the stride); in a dilated backbone
+/// ([`DILATE_OS8`]) `s16` and `s32` are at stride 8 too.
 #[derive(Debug, Clone)]
 pub(super) struct Features {
     /// The stem's output (after its ReLU, before max pooling), stride 2.
@@ -279,6 +340,21 @@ impl ResNet {
     /// `vb` is the backbone's root (its paths are prefixed `backbone.` by
     /// the caller).
     pub(super) fn new(depth: Depth, bands: usize, vb: VarBuilder) -> Result<Self> {
+        Self::dilated(depth, bands, DILATE_NONE, vb)
+    }
+
+    /// A backbone with torchvision's `replace_stride_with_dilation`
+    /// (Bottleneck ResNets only, as in torchvision).
+    pub(super) fn dilated(
+        depth: Depth,
+        bands: usize,
+        dilate: Dilate,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        if depth != Depth::R50 && dilate != DILATE_NONE {
+            candle_core::bail!("dilated layers need Bottleneck blocks (ResNet-50)");
+        }
+        let plan = layer_plan(dilate);
         let stem = conv_bn(
             vb.pp("conv1"),
             vb.pp("bn1"),
@@ -291,18 +367,22 @@ impl ResNet {
         )?;
         let mut c_in = 64;
         let planes = [64, 128, 256, 512];
-        let strides = [1, 2, 2, 2];
         let mut layers: [Vec<Block>; 4] = Default::default();
         for (l, layer) in layers.iter_mut().enumerate() {
             let vbl = vb.pp(format!("layer{}", l + 1));
+            let (first_stride, first_dilation, dilation) = plan[l];
             for i in 0..depth.blocks()[l] {
-                let stride = if i == 0 { strides[l] } else { 1 };
+                let (stride, d) = if i == 0 {
+                    (first_stride, first_dilation)
+                } else {
+                    (1, dilation)
+                };
                 let block = match depth {
                     Depth::R18 | Depth::R34 => {
                         Block::Basic(BasicBlock::new(vbl.pp(i), c_in, planes[l], stride)?)
                     }
                     Depth::R50 => {
-                        Block::Bottleneck(Bottleneck::new(vbl.pp(i), c_in, planes[l], stride)?)
+                        Block::Bottleneck(Bottleneck::new(vbl.pp(i), c_in, planes[l], stride, d)?)
                     }
                 };
                 layer.push(block);
@@ -451,6 +531,24 @@ fn every_other(x: &Tensor, dim: usize, start: usize, count: usize) -> Result<Ten
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    #[test]
+    fn layer_plans_follow_torchvision() {
+        assert_eq!(
+            layer_plan(DILATE_NONE),
+            [(1, 1, 1), (2, 1, 1), (2, 1, 1), (2, 1, 1)]
+        );
+        // fcn_resnet50: layer3 block 0 at dilation 1, then 2; layer4 block 0
+        // at 2, then 4
+        assert_eq!(
+            layer_plan(DILATE_OS8),
+            [(1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]
+        );
+        assert_eq!(
+            layer_plan([true, true, true]),
+            [(1, 1, 1), (1, 1, 2), (1, 2, 4), (1, 4, 8)]
+        );
+    }
 
     #[test]
     fn max_pools_agree_with_each_other_and_with_torch_sizes() {
