@@ -508,6 +508,19 @@ pub struct SceneInfo {
 }
 
 impl SceneInfo {
+    /// The pixel size in metres (the larger of the two axes), for a scene
+    /// with a geotransform in a projected CRS; `None` otherwise (no
+    /// georeferencing, or degrees).
+    pub fn pixel_size_m(&self) -> Option<f64> {
+        let gt = self.geo_transform?;
+        let srs = gdal::spatial_ref::SpatialRef::from_wkt(self.srs_wkt.as_deref()?).ok()?;
+        if !srs.is_projected() {
+            return None;
+        }
+        let m = gt[1].abs().max(gt[5].abs()) * srs.linear_units();
+        (m.is_finite() && m > 0.0).then_some(m)
+    }
+
     /// Reads the scene's metadata.
     pub fn probe(path: &Path) -> Result<SceneInfo> {
         let scene = open_scene(path)?;

@@ -272,18 +272,12 @@ fn infer_one(
                 f.overlap.from
             );
         }
-        if let (Some(cm), Some(gt)) = (&imp.facts.resolution_cm, scene.geo_transform) {
-            // metres per pixel, for a projected CRS in metres
-            let px = gt[1].abs().max(gt[5].abs());
-            let metric = scene
-                .srs_wkt
-                .as_deref()
-                .is_some_and(|w| w.contains("PROJCS") || w.contains("PROJCRS"));
-            if metric {
-                if let Some(w) = rstile::model::facts::resolution_warning(cm.value, px) {
-                    eprintln!("rstile: warning: {}: {w}", scene_path.display());
-                }
-            }
+    }
+    // the model's training pixel size (a native model's, or an ONNX graph's
+    // Deepness `resolution`) against the scene's
+    if let (Some(model_m), Some(px)) = (meta.pixel_size, scene.pixel_size_m()) {
+        if let Some(w) = rstile::model::facts::resolution_warning(model_m * 100.0, px) {
+            eprintln!("rstile: warning: {}: {w}", scene_path.display());
         }
     }
     if scene.geo_transform.is_none() && !scene.gcps.is_empty() {

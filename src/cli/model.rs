@@ -71,6 +71,11 @@ pub struct ModelImportArgs {
     /// Default overlap fraction.
     #[arg(long, default_value_t = 0.25)]
     overlap: f64,
+    /// Pixel size in metres of the imagery the checkpoint was trained on
+    /// (exported as Deepness' `resolution`; infer warns on scenes that
+    /// differ by more than 25 %).
+    #[arg(long, value_name = "M")]
+    pixel_size: Option<f64>,
     /// The model file to write (.safetensors).
     #[arg(short, long)]
     output: PathBuf,
@@ -218,6 +223,7 @@ fn model_import(a: ModelImportArgs) -> Result<()> {
         std: a.std,
         window: a.window,
         overlap: a.overlap,
+        pixel_size: a.pixel_size,
     };
     let model = import(&a.checkpoint, &o)?;
     model.save(&a.output)?;
@@ -515,6 +521,10 @@ fn model_info(path: PathBuf) -> Result<()> {
     println!("  mean      {:?}", m.mean);
     println!("  std       {:?}", m.std);
     println!("  window    {} px, overlap {}", m.window, m.overlap);
+    match m.pixel_size {
+        Some(p) => println!("  pixel     {p} m (the training imagery's)"),
+        None => println!("  pixel     unknown"),
+    }
     println!("  classes   {}", m.classes.len());
     for c in &m.classes.classes {
         println!("    {:>3}  {:<8} {}", c.id, c.color, c.name);

@@ -13,9 +13,11 @@
 //! The file carries Deepness' `metadata_props` (`model_type` "Segmentor",
 //! `class_names`, `tiles_size`, `tiles_overlap` in percent, and
 //! `standardization_mean`/`_std` divided by 255, since Deepness scales 8-bit
-//! input to 0..1 before standardising); [`stac_mlm`] writes the STAC MLM
-//! sidecar with bands, normalisation, classes and their colours, which
-//! `rstile infer` reads back.
+//! input to 0..1 before standardising, and `resolution` in cm per pixel when
+//! the model knows its training pixel size); [`stac_mlm`] writes the STAC
+//! MLM sidecar with bands, normalisation, classes and their colours (and
+//! `gsd`, the pixel size in metres, when known), which `rstile infer` reads
+//! back.
 
 use super::onnx::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
@@ -581,6 +583,13 @@ pub fn deepness_metadata(model: &Model) -> Vec<(String, String)> {
         ("standardization_mean".into(), scaled(&m.mean)),
         ("standardization_std".into(), scaled(&m.std)),
     ]
+    .into_iter()
+    .chain(m.pixel_size.map(|p| {
+        // Deepness: cm per pixel
+        let cm = (p * 100.0 * 1e6).round() / 1e6;
+        ("resolution".into(), serde_json::Value::from(cm).to_string())
+    }))
+    .collect()
 }
 
 /// The STAC item (Machine Learning Model extension) that describes the
@@ -612,7 +621,7 @@ pub fn stac_mlm(model: &Model, onnx_name: &str) -> serde_json::Value {
         .zip(&m.std)
         .map(|(mean, std)| serde_json::json!({"type": "z-score", "mean": mean, "stddev": std}))
         .collect();
-    serde_json::json!({
+    let mut item = serde_json::json!({
         "type": "Feature",
         "stac_version": "1.0.0",
         "stac_extensions": [
@@ -650,7 +659,12 @@ pub fn stac_mlm(model: &Model, onnx_name: &str) -> serde_json::Value {
             }]
         },
         "assets": {"model": {"href": onnx_name, "type": "application/octet-stream; framework=onnx", "roles": ["mlm:model"]}}
-    })
+    });
+    if let Some(p) = m.pixel_size {
+        // STAC common metadata: ground sample distance in metres
+        item["properties"]["gsd"] = p.into();
+    }
+    item
 }
 
 /// Whether Deepness can feed the model: 3 (RGB) or 4 (RGBA) 8-bit bands.

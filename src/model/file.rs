@@ -70,6 +70,12 @@ pub struct ModelMeta {
     pub window: usize,
     /// Default overlap between windows, as a fraction of the window.
     pub overlap: f64,
+    /// The ground sample distance of the training imagery, in metres per
+    /// pixel, when known (written as Deepness' `resolution` on export;
+    /// `rstile infer` warns when a scene's differs by more than 25 %).
+    /// Absent from files that do not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_size: Option<f64>,
 }
 
 impl ModelMeta {
@@ -86,6 +92,7 @@ impl ModelMeta {
             classes,
             window: 512,
             overlap: 0.25,
+            pixel_size: None,
         }
     }
 
@@ -126,6 +133,9 @@ impl ModelMeta {
         }
         if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return bad(format!("std {s} is not a positive number"));
+        }
+        if let Some(p) = self.pixel_size.filter(|p| !(p.is_finite() && *p > 0.0)) {
+            return bad(format!("pixel_size {p} is not a positive number"));
         }
         // the rule infer applies, so a model file never holds a default
         // window geometry that infer would refuse

@@ -99,6 +99,8 @@ pub struct ImportOptions {
     pub std: Option<Vec<f32>>,
     pub window: usize,
     pub overlap: f64,
+    /// The training imagery's pixel size in metres, when known.
+    pub pixel_size: Option<f64>,
 }
 
 /// ImageNet's per-channel mean and std, in 8-bit units.

@@ -192,6 +192,7 @@ pub fn open_onnx(path: &Path, device: &Device, flags: &Overrides) -> Result<Mode
         classes: facts.classes.value.clone(),
         window,
         overlap: facts.overlap.value,
+        pixel_size: facts.resolution_cm.as_ref().map(|r| r.value / 100.0),
     };
     meta.validate().map_err(|e| Error::file(path, e))?;
     let params = graph.num_params();

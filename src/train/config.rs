@@ -9,6 +9,7 @@
 //! # mean = [...], std = [...]         # default: measured on the training scenes
 //! window = 256                        # default inference window stored in the model
 //! overlap = 0.25
+//! # pixel_size = 0.09                 # metres; default: the training scenes' own
 //!
 //! [data]
 //! # either scenes (below) or prepared patches:
@@ -79,6 +80,12 @@ pub struct ModelSection {
     pub window: usize,
     #[serde(default = "d_overlap")]
     pub overlap: f64,
+    /// The training imagery's pixel size in metres, recorded in the model
+    /// (Deepness' `resolution` on export). Default: the training scenes'
+    /// own, when they are in a projected CRS and agree; unknown for
+    /// patches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_size: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -360,6 +367,9 @@ impl TrainConfig {
                 "train.poly_power {} must be positive",
                 t.poly_power
             ));
+        }
+        if let Some(p) = self.model.pixel_size.filter(|p| !(p.is_finite() && *p > 0.0)) {
+            return Err(format!("model.pixel_size {p} must be a positive number of metres"));
         }
         if !(t.focal_gamma.is_finite() && t.focal_gamma >= 0.0) {
             return Err(format!(

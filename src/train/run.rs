@@ -271,6 +271,28 @@ fn optim_config(cfg: &TrainConfig) -> OptimConfig {
     }
 }
 
+/// The training scenes' common pixel size in metres: `None` (with a
+/// message when it matters) when one has none or they differ by more than
+/// 1 %.
+fn scenes_pixel_size(pairs: &[super::ScenePair], progress: &dyn TrainProgress) -> Result<Option<f64>> {
+    let mut sizes = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        match crate::raster::SceneInfo::probe(&p.image)?.pixel_size_m() {
+            Some(m) => sizes.push(m),
+            None => return Ok(None),
+        }
+    }
+    let lo = sizes.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = sizes.iter().copied().fold(0.0, f64::max);
+    if hi > lo * 1.01 {
+        progress.message(&format!(
+            "the training scenes' pixels range from {lo} m to {hi} m: the model records no pixel size (set model.pixel_size)"
+        ));
+        return Ok(None);
+    }
+    Ok(Some(sizes[0]))
+}
+
 /// Runs (or resumes) a training run; see the module documentation.
 pub fn train(
     cfg: &TrainConfig,
@@ -382,6 +404,11 @@ pub fn train(
             classes: classes.clone(),
             window: cfg.model.window,
             overlap: cfg.model.overlap,
+            pixel_size: match cfg.model.pixel_size {
+                Some(p) => Some(p),
+                None if patches.is_none() => scenes_pixel_size(&train_pairs, progress)?,
+                None => None,
+            },
         };
         meta.validate().map_err(|e| cfg.error(e))?;
         let model = Model::new_random(meta, t.seed, &opts.device)?;
