@@ -275,3 +275,59 @@ fn export_refuses_bad_input_in_one_line() {
 fn rstile_output(args: &[&str]) -> std::process::Output {
     Command::new(bin()).args(args).output().unwrap()
 }
+
+/// The pixel size a model knows travels into the export (Deepness'
+/// `resolution` in cm, the MLM sidecar's `gsd` in metres), and `infer`
+/// warns on a scene whose pixels differ by more than 25 %, for the native
+/// model and its ONNX alike; a model that does not know it exports
+/// neither.
+#[test]
+fn pixel_size_becomes_the_deepness_resolution_and_infer_warns() {
+    let t = tmp();
+    let dir = t.path();
+    let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+    let m = dir.join("px.safetensors");
+    ok(&[
+        "model",
+        "new",
+        "--arch",
+        "tiny",
+        "--bands",
+        "3",
+        "--classes",
+        classes,
+        "--pixel-size",
+        "0.3",
+        "-o",
+        s(&m),
+    ]);
+    let onnx = dir.join("px.onnx");
+    ok(&["model", "export", s(&m), "-o", s(&onnx)]);
+    let info = ok(&["model", "info", s(&onnx)]);
+    assert!(info.contains("metadata  resolution = 30"), "{info}");
+    assert!(info.contains("pixel     30 cm (from Deepness"), "{info}");
+    let stac: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("px.stac.json")).unwrap()).unwrap();
+    assert_eq!(stac["properties"]["gsd"], 0.3);
+    // synth scenes have 9 cm pixels
+    let scene = synth(dir, 300, 200, 3).join("image.tif");
+    for (model, map) in [(&m, "a.tif"), (&onnx, "b.tif")] {
+        let run = rstile_output(&infer_argv(&scene, &dir.join(map), model, &[]));
+        assert!(run.status.success());
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            err.contains("the scene's pixels are 9.0 cm, the model was made for 30.0 cm"),
+            "{err}"
+        );
+    }
+    // without a pixel size: no resolution, no gsd, no warning
+    let plain = new_model(dir, "tiny", 3, 128);
+    let onnx = dir.join("plain.onnx");
+    ok(&["model", "export", s(&plain), "-o", s(&onnx)]);
+    assert!(!ok(&["model", "info", s(&onnx)]).contains("resolution"));
+    let stac: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("plain.stac.json")).unwrap()).unwrap();
+    assert!(stac["properties"].get("gsd").is_none());
+    let run = rstile_output(&infer_argv(&scene, &dir.join("c.tif"), &plain, &[]));
+    assert!(!String::from_utf8_lossy(&run.stderr).contains("made for"));
+}

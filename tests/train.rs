@@ -702,6 +702,8 @@ fn cli_train_writes_a_complete_run_directory() {
     // The model works with infer.
     let m = Model::load(&run.join("best.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(m.meta.arch, Arch::Tiny);
+    // the training scenes' pixel size (synth: 9 cm) is recorded
+    assert_eq!(m.meta.pixel_size, Some(0.09));
     // A second run into the same directory is refused; resuming a finished run does nothing.
     common::fails(&["train", "--config", common::s(&cfg)], "--resume");
     common::ok(&["train", "--resume", common::s(&run), "--quiet"]);

@@ -188,6 +188,11 @@ pub struct ModelNewArgs {
     /// Default overlap fraction.
     #[arg(long, default_value_t = 0.25)]
     overlap: f64,
+    /// Pixel size in metres of the imagery the model is for (exported as
+    /// Deepness' `resolution`; infer warns on scenes that differ by more
+    /// than 25 %).
+    #[arg(long, value_name = "M")]
+    pixel_size: Option<f64>,
     /// Seed of the random initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -286,6 +291,7 @@ fn model_new(a: ModelNewArgs) -> Result<()> {
         std: a.std.unwrap_or_else(|| vec![64.0; a.bands]),
         window: a.window,
         overlap: a.overlap,
+        pixel_size: a.pixel_size,
         ..ModelMeta::new(a.arch.0, a.bands, classes)
     };
     meta.validate()?;
@@ -522,7 +528,7 @@ fn model_info(path: PathBuf) -> Result<()> {
     println!("  std       {:?}", m.std);
     println!("  window    {} px, overlap {}", m.window, m.overlap);
     match m.pixel_size {
-        Some(p) => println!("  pixel     {p} m (the training imagery's)"),
+        Some(p) => println!("  pixel     {p} m (the ground sample distance it was made for)"),
         None => println!("  pixel     unknown"),
     }
     println!("  classes   {}", m.classes.len());

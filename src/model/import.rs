@@ -156,6 +156,7 @@ pub fn import(checkpoint: &Path, o: &ImportOptions) -> Result<Model> {
         std,
         window: o.window,
         overlap: o.overlap,
+        pixel_size: o.pixel_size,
         ..ModelMeta::new(o.arch, bands, o.classes.clone())
     };
     meta.validate()?;

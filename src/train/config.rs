@@ -368,8 +368,14 @@ impl TrainConfig {
                 t.poly_power
             ));
         }
-        if let Some(p) = self.model.pixel_size.filter(|p| !(p.is_finite() && *p > 0.0)) {
-            return Err(format!("model.pixel_size {p} must be a positive number of metres"));
+        if let Some(p) = self
+            .model
+            .pixel_size
+            .filter(|p| !(p.is_finite() && *p > 0.0))
+        {
+            return Err(format!(
+                "model.pixel_size {p} must be a positive number of metres"
+            ));
         }
         if !(t.focal_gamma.is_finite() && t.focal_gamma >= 0.0) {
             return Err(format!(

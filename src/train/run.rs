@@ -274,7 +274,10 @@ fn optim_config(cfg: &TrainConfig) -> OptimConfig {
 /// The training scenes' common pixel size in metres: `None` (with a
 /// message when it matters) when one has none or they differ by more than
 /// 1 %.
-fn scenes_pixel_size(pairs: &[super::ScenePair], progress: &dyn TrainProgress) -> Result<Option<f64>> {
+fn scenes_pixel_size(
+    pairs: &[super::ScenePair],
+    progress: &dyn TrainProgress,
+) -> Result<Option<f64>> {
     let mut sizes = Vec::with_capacity(pairs.len());
     for p in pairs {
         match crate::raster::SceneInfo::probe(&p.image)?.pixel_size_m() {

@@ -307,6 +307,7 @@ bands = [1, 2, 3, 4, 5]
 band_names = ["nir", "red", "green", "ndsm", "ndvi"]
 window = 256
 overlap = 0.25
+pixel_size = 0.09
 
 [data]
 train_patches = "{train}"
