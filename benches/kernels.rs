@@ -124,15 +124,8 @@ fn forward(c: &mut Criterion) {
     use rstile::classes::ClassTable;
     use rstile::model::{Model, ModelMeta};
     let meta = ModelMeta {
-        format: 1,
-        arch: rstile::model::Net::Arch(rstile::model::Arch::Resnet50Fcn),
-        bands: 3,
-        band_names: Vec::new(),
-        mean: vec![0.0; 3],
-        std: vec![1.0; 3],
-        classes: ClassTable::isprs(),
         window: 256,
-        overlap: 0.25,
+        ..ModelMeta::new(rstile::model::Arch::Resnet50Fcn, 3, ClassTable::isprs())
     };
     let model = Model::new_random(meta, 0, &Device::Cpu).unwrap();
     let x = Tensor::randn(0f32, 1f32, (4, 3, 256, 256), &Device::Cpu).unwrap();
