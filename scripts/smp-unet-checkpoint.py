@@ -9,7 +9,9 @@ scripts/onnx-fixtures.sh). Writes, with seed 0, smp's Unet on ENCODER
 statistics so that eval-mode batch norm is exercised):
 
 * unet.pth   its state dict, as torch.save writes it;
-* unet.ckpt  the same as a Lightning checkpoint (state_dict, "model." prefix);
+* unet.ckpt  the same as a Lightning checkpoint (state_dict, "model." prefix,
+             TorchGeo's hyper_parameters);
+* unet-norm.ckpt  the same with a mean and std in its hyper_parameters;
 * input.npy  a fixed (2, 3, 96, 96) input;
 * output.npy smp's logits for it, in eval mode.
 
@@ -37,11 +39,16 @@ with torch.no_grad():
 m.eval()
 sd = m.state_dict()
 torch.save(sd, os.path.join(out, "unet.pth"))
-torch.save(
-    {"epoch": 2, "global_step": 50, "state_dict": {"model." + k: v for k, v in sd.items()},
-     "hyper_parameters": {"model": "unet", "backbone": encoder, "num_classes": 6}},
-    os.path.join(out, "unet.ckpt"),
-)
+# TorchGeo's SemanticSegmentationTask hyperparameters (a plain dict, as
+# Lightning saves dict(hparams)); the second file adds a normalisation
+hp = {"model": "unet", "backbone": encoder, "weights": None, "in_channels": 3,
+      "num_classes": 6, "loss": "ce", "class_weights": None, "lr": 0.001}
+state = {"model." + k: v for k, v in sd.items()}
+torch.save({"epoch": 2, "global_step": 50, "state_dict": state, "hyper_parameters": hp},
+           os.path.join(out, "unet.ckpt"))
+torch.save({"epoch": 2, "global_step": 50, "state_dict": state,
+            "hyper_parameters": dict(hp, mean=[10.0, 20.0, 30.0], std=[2.0, 3.0, 4.0])},
+           os.path.join(out, "unet-norm.ckpt"))
 x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
 with torch.no_grad():
     y = m(x)

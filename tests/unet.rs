@@ -86,6 +86,40 @@ fn smp_unet_checkpoints_import_and_compute_smp_s_output() {
             println!("{encoder} {file}: max |rstile - smp| {err:.2e} on logits up to {scale:.1}");
             assert!(err <= 1e-4 * scale.max(1.0), "{encoder} {file}: {err}");
         }
+        // the hyper_parameters name the architecture, and may carry the
+        // normalisation
+        let other = if encoder == "resnet18" {
+            "unet-resnet34"
+        } else {
+            "unet-resnet18"
+        };
+        fails(
+            &[
+                "model", "import", s(&dir.join("unet.ckpt")), "--from", "smp", "--arch", other,
+                "--classes", CLASSES, "-o", s(&dir.join("wrong.safetensors")),
+            ],
+            &format!("hyper_parameters say model 'unet' on backbone '{encoder}', not --arch {other} (use --arch unet-{encoder})"),
+        );
+        assert!(!dir.join("wrong.safetensors").exists());
+        let m = dir.join("norm.safetensors");
+        ok(&[
+            "model",
+            "import",
+            s(&dir.join("unet-norm.ckpt")),
+            "--from",
+            "smp",
+            "--arch",
+            &format!("unet-{encoder}"),
+            "--classes",
+            CLASSES,
+            "-o",
+            s(&m),
+        ]);
+        let meta = rstile::model::read_meta(&m).unwrap();
+        assert_eq!(
+            (meta.mean, meta.std),
+            (vec![10.0, 20.0, 30.0], vec![2.0, 3.0, 4.0])
+        );
     }
 }
 

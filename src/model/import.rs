@@ -21,7 +21,7 @@
 use super::{Arch, Model, ModelMeta};
 use crate::classes::ClassTable;
 use crate::error::{Error, Result};
-use crate::train::pretrained::read_checkpoint;
+use crate::train::pretrained::{read_checkpoint, read_hyper_parameters};
 use candle_core::{DType, Device};
 use std::collections::HashSet;
 use std::path::Path;
@@ -119,6 +119,31 @@ pub fn import(checkpoint: &Path, o: &ImportOptions) -> Result<Model> {
                 .into(),
         ));
     }
+    // a TorchGeo/geoai Lightning checkpoint says what it holds
+    let hp = read_hyper_parameters(checkpoint);
+    let text = |k: &str| hp.get(k).and_then(|v| v.as_str()).map(str::to_lowercase);
+    if let (Source::Smp, Some(model), Some(backbone)) = (o.source, text("model"), text("backbone"))
+    {
+        let named = format!("{model}-{backbone}");
+        if named != o.arch.name() {
+            return Err(bad(format!(
+                "its hyper_parameters say model '{model}' on backbone '{backbone}', not --arch {}{}",
+                o.arch,
+                if model == "unet" && Arch::ALL.iter().any(|a| a.name() == named) {
+                    format!(" (use --arch {named})")
+                } else {
+                    " (rstile imports smp's Unet on resnet18, resnet34 or resnet50)".to_string()
+                }
+            )));
+        }
+    }
+    let numbers = |k: &str| -> Option<Vec<f32>> {
+        hp.get(k)?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_f64().map(|v| v as f32))
+            .collect()
+    };
     let find = |name: &str| tensors.iter().find(|(k, _)| k == name).map(|(_, t)| t);
     let conv1 = find(layout.conv1).ok_or_else(|| {
         bad(format!(
@@ -143,6 +168,16 @@ pub fn import(checkpoint: &Path, o: &ImportOptions) -> Result<Model> {
     }
     let (mean, std) = match (&o.mean, &o.std) {
         (Some(m), Some(s)) => (m.clone(), s.clone()),
+        (None, None) if numbers("mean").is_some() || numbers("std").is_some() => {
+            match (numbers("mean"), numbers("std")) {
+                (Some(m), Some(s)) if m.len() == bands && s.len() == bands => (m, s),
+                (m, s) => {
+                    return Err(bad(format!(
+                        "its hyper_parameters hold mean {m:?} and std {s:?}, not {bands} values each for the model's {bands} bands; give --mean and --std"
+                    )))
+                }
+            }
+        }
         (None, None) if bands == 3 => (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()),
         (None, None) => {
             return Err(bad(format!(

@@ -66,6 +66,58 @@ pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
     }
 }
 
+/// The `hyper_parameters` block of a Lightning checkpoint (TorchGeo's
+/// `SemanticSegmentationTask` saves `model`, `backbone`, `in_channels`,
+/// `num_classes`, ...), as JSON: the entries whose values are strings,
+/// numbers, booleans, `None` or lists of those. Empty when `path` is no
+/// such checkpoint or has no block.
+pub fn read_hyper_parameters(path: &Path) -> serde_json::Map<String, serde_json::Value> {
+    use candle_core::pickle::{Object, Stack};
+    use serde_json::Value;
+    fn json(o: &Object) -> Option<Value> {
+        Some(match o {
+            Object::Int(i) => Value::from(*i),
+            Object::Long(i) => Value::from(*i),
+            Object::Float(f) => Value::from(*f),
+            Object::Bool(b) => Value::from(*b),
+            Object::Unicode(s) => Value::from(s.clone()),
+            Object::None => Value::Null,
+            Object::List(v) | Object::Tuple(v) => {
+                Value::Array(v.iter().map(json).collect::<Option<Vec<_>>>()?)
+            }
+            _ => return None,
+        })
+    }
+    let read = || -> Option<serde_json::Map<String, Value>> {
+        let file = std::fs::File::open(path).ok()?;
+        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).ok()?;
+        let name: String = (0..zip.len()).find_map(|i| {
+            let f = zip.by_index(i).ok()?;
+            let n = f.name().ok()?.to_string();
+            n.ends_with("data.pkl").then_some(n)
+        })?;
+        let mut r = std::io::BufReader::new(zip.by_name(&name).ok()?);
+        let mut stack = Stack::empty();
+        stack.read_loop(&mut r).ok()?;
+        let Object::Dict(top) = stack.finalize().ok()? else {
+            return None;
+        };
+        let (_, hp) = top
+            .iter()
+            .find(|(k, _)| matches!(k, Object::Unicode(k) if k == "hyper_parameters"))?;
+        let Object::Dict(hp) = hp else { return None };
+        Some(
+            hp.iter()
+                .filter_map(|(k, v)| match k {
+                    Object::Unicode(k) => Some((k.clone(), json(v)?)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    };
+    read().unwrap_or_default()
+}
+
 /// Removes `prefix` from every name when every name has it.
 fn strip_common_prefix(t: Vec<(String, Tensor)>, prefix: &str) -> Vec<(String, Tensor)> {
     if t.is_empty() || !t.iter().all(|(k, _)| k.starts_with(prefix)) {
