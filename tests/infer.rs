@@ -465,6 +465,9 @@ fn qgis_shows_the_generated_map() {
     let scene = synth(t.path(), 600, 500, 13);
     let map = infer(t.path(), &scene.join("image.tif"), &m, "q", &[]);
     qgis_check(&map, t.path());
+    // the same map as a Cloud Optimized GeoTIFF
+    let cog = infer(t.path(), &scene.join("image.tif"), &m, "q_cog", &["--cog"]);
+    qgis_check(&cog, t.path());
 }
 
 /// A model that fails mid-run (here: fed two bands where it takes three, a

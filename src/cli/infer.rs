@@ -51,6 +51,10 @@ pub struct InferArgs {
     /// Replace an existing map.
     #[arg(long)]
     overwrite: bool,
+    /// Write the map (and its side rasters) as a Cloud Optimized GeoTIFF:
+    /// GDAL's COG driver rewrites the finished file with its overviews.
+    #[arg(long, conflicts_with = "part")]
+    cog: bool,
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
@@ -307,6 +311,7 @@ fn infer_one(
         probabilities: m.probabilities,
         tta: m.tta,
         creation_options: m.co.clone(),
+        cog: a.cog,
         overwrite: a.overwrite,
         gdal_cache_mb: m.gdal_cache,
         part,

@@ -15,6 +15,9 @@ pub struct MergeArgs {
     /// Replace an existing map.
     #[arg(long)]
     overwrite: bool,
+    /// Write the map as a Cloud Optimized GeoTIFF.
+    #[arg(long)]
+    cog: bool,
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
@@ -23,7 +26,7 @@ pub struct MergeArgs {
 pub fn run(a: MergeArgs) -> Result<()> {
     let t = Instant::now();
     let stop = super::process::stop_flag()?;
-    let files = rstile::scale::merge::merge(&a.parts, &a.output, a.overwrite, Some(&stop))?;
+    let files = rstile::scale::merge::merge(&a.parts, &a.output, a.overwrite, a.cog, Some(&stop))?;
     if !a.quiet {
         println!(
             "rstile: merged {} into {} in {:.2} s",

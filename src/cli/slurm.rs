@@ -52,6 +52,9 @@ pub struct SlurmInferArgs {
     /// Replace an existing map, parts and job scripts.
     #[arg(long)]
     overwrite: bool,
+    /// The merge job writes a Cloud Optimized GeoTIFF.
+    #[arg(long)]
+    cog: bool,
     #[command(flatten)]
     sbatch: SbatchArgs,
     /// Every `rstile infer` flag that decides the map; those given here are
@@ -101,6 +104,7 @@ pub fn run(cmd: SlurmCmd, matches: &ArgMatches) -> Result<()> {
                     matches.subcommand_matches("infer").expect("infer matches"),
                 )?,
                 overwrite: a.overwrite,
+                cog: a.cog,
             }
             .resolve()?;
             let l = job.layout()?;

@@ -151,6 +151,7 @@ pub fn infer(
         probabilities: plan.probabilities,
         rows: plan.rows,
         overviews: plan.part.is_none(),
+        cog: plan.cog && plan.part.is_none(),
         metadata,
         settings,
         resume: plan.resume,

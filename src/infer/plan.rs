@@ -57,6 +57,8 @@ pub struct InferOptions {
     /// Test-time augmentation.
     pub tta: crate::infer::tta::Tta,
     pub creation_options: Vec<(String, String)>,
+    /// Write the map as a Cloud Optimized GeoTIFF.
+    pub cog: bool,
     pub overwrite: bool,
     /// GDAL block cache, MiB; see [`InferPlan::gdal_cache_mb`].
     pub gdal_cache_mb: usize,
@@ -88,6 +90,7 @@ impl Default for InferOptions {
             probabilities: false,
             tta: crate::infer::tta::Tta::None,
             creation_options: Vec::new(),
+            cog: false,
             overwrite: false,
             gdal_cache_mb: 256,
             part: None,
@@ -120,6 +123,8 @@ pub struct InferPlan {
     /// Test-time augmentation: forward passes per window, averaged.
     pub tta: crate::infer::tta::Tta,
     pub creation_options: Vec<(String, String)>,
+    /// Write the map as a Cloud Optimized GeoTIFF (never for a part).
+    pub cog: bool,
     pub overwrite: bool,
     /// GDAL block cache, MiB. The library does not apply it (it changes no
     /// process-wide state): the binary sets `GDAL_CACHEMAX` from it before
@@ -236,6 +241,11 @@ impl InferPlan {
                 "--chunk must be a positive multiple of {TILE}"
             )));
         }
+        if o.cog && o.part.is_some() {
+            return Err(Error::Config(
+                "--cog makes the finished map a Cloud Optimized GeoTIFF; a part is merged first: give --cog to rstile merge".into(),
+            ));
+        }
         let rows = match o.part {
             Some(p) => p.rows(scene.size.height)?,
             None => (0, scene.size.height),
@@ -251,6 +261,9 @@ impl InferPlan {
             .transpose()?;
         let aoi_digest = o.aoi.as_deref().map(file_digest).transpose()?;
         crate::infer::write::check_creation_options(&o.creation_options)?;
+        if o.cog {
+            crate::infer::write::cog_options(&o.creation_options)?;
+        }
         // an ONNX model's external data files are inputs too
         let model_files = if crate::model::imported::is_onnx(model_path) {
             crate::model::onnx::model_files(model_path)
@@ -306,6 +319,7 @@ impl InferPlan {
             probabilities: o.probabilities,
             tta: o.tta,
             creation_options: o.creation_options.clone(),
+            cog: o.cog,
             overwrite: o.overwrite,
             gdal_cache_mb: o.gdal_cache_mb,
         })
@@ -798,6 +812,7 @@ mod tests {
             probabilities: false,
             tta: crate::infer::tta::Tta::None,
             creation_options: Vec::new(),
+            cog: false,
             overwrite: false,
             gdal_cache_mb: 256,
             rows: (0, 10000),

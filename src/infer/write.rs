@@ -58,6 +58,9 @@ pub struct MapSpec {
     pub rows: (usize, usize),
     /// Build overviews at the end (not for parts, which get merged).
     pub overviews: bool,
+    /// Rewrite the finished map (and its side rasters) as Cloud Optimized
+    /// GeoTIFFs with GDAL's COG driver, keeping their overviews.
+    pub cog: bool,
     /// Extra GDAL metadata items (domain "").
     pub metadata: Vec<(String, String)>,
     /// The settings that produced the pixels; a resume must match them.
@@ -756,6 +759,20 @@ impl MapWriter {
             self.close_with_overviews(ds, &side.path(&path), average, &factors, stop)?;
             side_tmps.push((side, tmp));
         }
+        if self.spec.cog {
+            let done = rewrite_as_cog(&self.tmp_map, &path, &self.spec.creation_options, stop)
+                .and_then(|()| {
+                    side_tmps.iter().try_for_each(|(side, tmp)| {
+                        rewrite_as_cog(tmp, &side.path(&path), &self.spec.creation_options, stop)
+                    })
+                });
+            if let Err(e) = done {
+                if matches!(e, Error::Interrupted) {
+                    self.keep_for_resume();
+                }
+                return Err(e);
+            }
+        }
         let qml = qml_path(&path);
         let tmp_qml = tmp_path(&qml);
         let mv = |from: &Path, to: &Path| std::fs::rename(from, to).map_err(|e| Error::file(to, e));
@@ -857,6 +874,118 @@ impl Drop for MapWriter {
 /// when `stop` is raised; a stopped build is [`Error::Interrupted`]. (The
 /// `gdal` crate's `build_overviews` passes no callback, so a SIGTERM waited
 /// for the whole pyramid of a country-sized map.)
+/// GDAL's progress callback that asks to stop once `arg` (an
+/// `&AtomicBool`, or null) is raised.
+unsafe extern "C" fn stop_progress(
+    _done: f64,
+    _msg: *const std::ffi::c_char,
+    arg: *mut std::ffi::c_void,
+) -> std::ffi::c_int {
+    if arg.is_null() {
+        return 1;
+    }
+    // SAFETY: `arg` is an `&AtomicBool` that the caller keeps alive
+    let stop = unsafe { &*(arg as *const AtomicBool) };
+    std::ffi::c_int::from(!stop.load(Ordering::Relaxed))
+}
+
+/// The COG driver's creation options for a map written with the GeoTIFF
+/// options `user` (over the defaults): the same compression, predictor and
+/// BigTIFF rule, 512 px tiles, the overviews already built, compression on
+/// rstile's threads.
+pub fn cog_options(user: &[(String, String)]) -> Result<CslStringList> {
+    let mut opts = default_creation_options();
+    for (k, v) in user {
+        let k = k.to_ascii_uppercase();
+        match opts.iter_mut().find(|(ok, _)| *ok == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => opts.push((k, v.clone())),
+        }
+    }
+    let mut list = CslStringList::new();
+    for (k, v) in &opts {
+        let k = match k.as_str() {
+            "COMPRESS" | "PREDICTOR" | "BIGTIFF" | "NUM_THREADS" => k.as_str(),
+            "ZLEVEL" | "JPEG_QUALITY" | "ZSTD_LEVEL" => "LEVEL",
+            _ => continue,
+        };
+        list.set_name_value(k, v)?;
+    }
+    list.set_name_value("BLOCKSIZE", "512")?;
+    list.set_name_value("OVERVIEWS", "FORCE_USE_EXISTING")?;
+    if list.fetch_name_value("NUM_THREADS").is_none() {
+        list.set_name_value("NUM_THREADS", &rayon::current_num_threads().to_string())?;
+    }
+    Ok(list)
+}
+
+/// Rewrites the closed GeoTIFF `tmp` (the unfinished file of `name`) as a
+/// Cloud Optimized GeoTIFF in place: GDAL's COG driver copies it, its
+/// overviews, palette and category names (`.aux.xml`) into a sibling file
+/// that then replaces it. Raising `stop` interrupts the copy
+/// ([`Error::Interrupted`]); `tmp` is then untouched.
+fn rewrite_as_cog(
+    tmp: &Path,
+    name: &Path,
+    user: &[(String, String)],
+    stop: Option<&AtomicBool>,
+) -> Result<()> {
+    let failed = "writing the Cloud Optimized GeoTIFF failed";
+    let opts = cog_options(user)?;
+    let cog = sibling(tmp, "", ".cog");
+    let src = Dataset::open(tmp).map_err(|e| Error::gdal_file(name, failed, e))?;
+    let driver = gdal::DriverManager::get_driver_by_name("COG")
+        .map_err(|e| Error::gdal_file(name, "GDAL has no COG driver", e))?;
+    let c_cog = std::ffi::CString::new(cog.to_string_lossy().as_bytes())
+        .map_err(|_| Error::file(name, "a path with a NUL byte"))?;
+    let arg = stop.map_or(std::ptr::null_mut(), |s| {
+        s as *const AtomicBool as *mut std::ffi::c_void
+    });
+    reset_errors();
+    // SAFETY: valid driver and dataset handles, a NUL-terminated path and
+    // option list, and a callback argument that outlives the call
+    let out = unsafe {
+        gdal_sys::GDALCreateCopy(
+            driver.c_driver(),
+            c_cog.as_ptr(),
+            src.c_dataset(),
+            0,
+            opts.as_ptr(),
+            Some(stop_progress),
+            arg,
+        )
+    };
+    let remove = || {
+        let _ = std::fs::remove_file(&cog);
+        let _ = std::fs::remove_file(aux_path(&cog));
+    };
+    if out.is_null() {
+        remove();
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            reset_errors();
+            return Err(Error::Interrupted);
+        }
+        return Err(Error::gdal_file(
+            name,
+            failed,
+            crate::raster::last_error("GDALCreateCopy"),
+        ));
+    }
+    // SAFETY: the handle GDALCreateCopy returned, closed once
+    unsafe { gdal_sys::GDALClose(out) };
+    drop(src);
+    if let Some(e) = take_failure() {
+        remove();
+        return Err(Error::gdal_file(name, failed, e));
+    }
+    sync(&cog, name)?;
+    std::fs::rename(&cog, tmp).map_err(|e| Error::file(name, e))?;
+    if aux_path(&cog).exists() {
+        std::fs::rename(aux_path(&cog), aux_path(tmp)).map_err(|e| Error::file(name, e))?;
+    }
+    Ok(())
+}
+
 fn build_overviews(
     ds: &mut Dataset,
     path: &Path,
@@ -864,15 +993,7 @@ fn build_overviews(
     factors: &[i32],
     stop: Option<&AtomicBool>,
 ) -> Result<()> {
-    use std::ffi::{c_char, c_int, c_void};
-    unsafe extern "C" fn progress(_done: f64, _msg: *const c_char, arg: *mut c_void) -> c_int {
-        if arg.is_null() {
-            return 1;
-        }
-        // SAFETY: `arg` is the `&AtomicBool` passed below, alive for the call
-        let stop = unsafe { &*(arg as *const AtomicBool) };
-        c_int::from(!stop.load(Ordering::Relaxed))
-    }
+    use std::ffi::{c_int, c_void};
     let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
     if stopped() {
         return Err(Error::Interrupted);
@@ -892,7 +1013,7 @@ fn build_overviews(
             factors.as_ptr(),
             0,
             std::ptr::null(),
-            Some(progress),
+            Some(stop_progress),
             arg,
         )
     };

@@ -111,6 +111,7 @@ pub fn merge(
     dir: &Path,
     out: &Path,
     overwrite: bool,
+    cog: bool,
     stop: Option<&AtomicBool>,
 ) -> Result<MapFiles> {
     let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
@@ -167,6 +168,7 @@ pub fn merge(
         probabilities: sides.contains(&Side::Probabilities),
         rows: (0, size.height),
         overviews: true,
+        cog,
         metadata: Vec::new(),
         settings: BTreeMap::new(),
         scene: None,

@@ -253,6 +253,8 @@ pub struct InferJob {
     pub extra: Vec<String>,
     /// Replace an existing map and existing parts.
     pub overwrite: bool,
+    /// The merge job writes a Cloud Optimized GeoTIFF (`merge --cog`).
+    pub cog: bool,
 }
 
 impl InferJob {
@@ -375,7 +377,13 @@ impl InferJob {
             quoted(&l.parts_dir)?,
             quoted(&self.output)?,
         );
-        let extra = if self.overwrite { "--overwrite" } else { "" };
+        let extra = [("--overwrite", self.overwrite), ("--cog", self.cog)]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(f, _)| *f)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let extra = extra.as_str();
         render(
             MERGE_TEMPLATE,
             &[
@@ -641,6 +649,7 @@ mod tests {
             sbatch,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             overwrite,
+            cog: false,
         }
     }
 
@@ -801,8 +810,17 @@ mod tests {
             ),
             "{s}"
         );
-        let s = job(o, &[], true).merge_script().unwrap();
+        let s = job(o.clone(), &[], true).merge_script().unwrap();
         assert!(s.contains(" -o /data/maps/de.tif --overwrite\n"), "{s}");
+        let j = InferJob {
+            cog: true,
+            ..job(o, &[], true)
+        };
+        let s = j.merge_script().unwrap();
+        assert!(
+            s.contains(" -o /data/maps/de.tif --overwrite --cog\n"),
+            "{s}"
+        );
     }
 
     #[test]
