@@ -140,5 +140,24 @@ fn forward(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, conv, forward);
+/// The host softmax over 6 classes of a batch of 4 windows of 512² (what
+/// `rstile infer` runs after every CPU forward pass).
+fn softmax(c: &mut Criterion) {
+    let (b, k, n) = (4, 6, 512 * 512);
+    let base: Vec<f32> = (0..b * k * n)
+        .map(|i| ((i * 7919 % 1000) as f32) / 100.0 - 5.0)
+        .collect();
+    let mut g = c.benchmark_group("softmax");
+    g.throughput(Throughput::Elements((b * k * n) as u64));
+    g.bench_function("4x6x512x512", |bench| {
+        bench.iter_batched_ref(
+            || base.clone(),
+            |v| rstile::model::softmax_channels(v, b, k, n),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, gemm, conv, forward, softmax);
 criterion_main!(benches);

@@ -610,3 +610,63 @@ fn mean_std_and_classes_flags_override_the_model() {
     v.extend(["--classes", s(&four)]);
     fails(&v, "--classes gives 4 classes, the model outputs 6");
 }
+
+/// `--profile --json`: every stage's busy and waiting time, consistent
+/// with the run's wall time, and the limiting stage named.
+#[test]
+fn profile_accounts_for_every_stage() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 128);
+    let scene = synth(t.path(), 900, 700, 5).join("image.tif");
+    let map = t.path().join("p.tif");
+    let out = rstile_output_of(&infer_argv(&scene, &map, &m, &["--profile", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(out.0.trim()).unwrap();
+    let p = &v["profile"];
+    let wall = p["pipeline_s"].as_f64().unwrap();
+    assert!(wall > 0.0 && wall <= v["seconds"].as_f64().unwrap());
+    let stages: Vec<&str> = p["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["dispatch", "read", "model", "stitch", "write"]);
+    for s in p["stages"].as_array().unwrap() {
+        let busy: f64 = s["busy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b[1].as_f64().unwrap())
+            .sum();
+        let threads = s["threads"].as_f64().unwrap();
+        let total = busy + s["wait_in_s"].as_f64().unwrap() + s["wait_out_s"].as_f64().unwrap();
+        // a stage's threads cannot be busy or waiting longer than they lived
+        assert!(
+            total <= wall * threads * 1.05 + 0.05,
+            "{s}: {total} s of {wall} s"
+        );
+        assert!(busy > 0.0, "{s}");
+    }
+    // the model stage's phases are all there and the forward pass counts
+    let model = &p["stages"][2]["busy"];
+    let forward = model
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b[0] == "forward")
+        .unwrap();
+    assert!(forward[1].as_f64().unwrap() > 0.0);
+    assert!(stages.contains(&p["limiting"].as_str().unwrap()));
+    // the table goes to stderr, one line per stage and the verdict
+    assert!(out.1.contains("rstile: profile: model"), "{}", out.1);
+    assert!(out.1.contains("limited by"), "{}", out.1);
+}
+
+fn rstile_output_of(args: &[&str]) -> (String, String) {
+    let o = rstile(args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}

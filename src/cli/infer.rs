@@ -58,6 +58,14 @@ pub struct InferArgs {
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
+    /// Print where the time went: per stage, busy time by phase and the
+    /// time spent waiting, and the stage that limits the run.
+    #[arg(long)]
+    profile: bool,
+    /// Print the run's summary as one JSON object on stdout (with the
+    /// profile) instead of the summary line.
+    #[arg(long)]
+    json: bool,
     /// Write a coloured PNG preview of the map.
     #[arg(long, value_name = "PNG")]
     preview: Option<PathBuf>,
@@ -410,10 +418,33 @@ fn infer_one(
     if let Some(png) = &preview {
         rstile::infer::write::write_preview(&report.files.map, png, &meta.classes, 1024)?;
     }
-    if !a.quiet {
-        let peak = infer::peak_rss().unwrap_or(0);
+    let peak = infer::peak_rss().unwrap_or(0);
+    if a.profile {
+        for line in report.profile.table().lines() {
+            eprintln!("rstile: profile: {line}");
+        }
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "map": report.files.map,
+            "pixels": report.pixels,
+            "seconds": report.seconds,
+            "mpx_per_s": report.pixels as f64 / report.seconds / 1e6,
+            "windows": report.windows,
+            "windows_skipped": report.windows_skipped,
+            "windows_outside_aoi": report.windows_outside_aoi,
+            "peak_memory_bytes": peak,
+            "memory_bound_bytes": report.memory_bound.total(),
+            "window": plan.window,
+            "overlap": plan.overlap,
+            "batch": plan.batch,
+            "readers": plan.readers,
+            "profile": report.profile,
+        });
+        println!("{v}");
+    } else if !a.quiet {
         println!(
-            "rstile: mapped {} px in {:.2} s ({:.2} Mpx/s), peak memory {:.0} MiB (bound {:.0} MiB), {} windows, {} skipped as nodata, {} skipped outside the AOI -> {}",
+            "rstile: mapped {} px in {:.2} s ({:.2} Mpx/s), peak memory {:.0} MiB (bound {:.0} MiB), {} windows, {} skipped as nodata, {} skipped outside the AOI, limited by {} -> {}",
             report.pixels,
             report.seconds,
             report.pixels as f64 / report.seconds / 1e6,
@@ -422,6 +453,7 @@ fn infer_one(
             report.windows,
             report.windows_skipped,
             report.windows_outside_aoi,
+            report.profile.limiting,
             report.files.map.display()
         );
     }

@@ -16,10 +16,12 @@
 //! which window of the batch is not finite; [`non_finite_params`] checks
 //! weights (at load, and in training before a checkpoint is written).
 
+use super::profile::Profile;
 use super::tta::Tta;
 use crate::error::Result;
 use crate::model::{softmax_channels, Model};
 use candle_core::{DType, Device, Tensor};
+use std::time::Instant;
 
 /// Stacks `windows`, each `[bands][n][n]` f32, into one `(B, bands, n, n)`
 /// tensor on `device`.
@@ -86,25 +88,34 @@ pub fn run_batch(
     windows: &[&[f32]],
     bands: usize,
     n: usize,
+    clocks: &Profile,
 ) -> Result<std::result::Result<Vec<Vec<f32>>, NonFiniteWindow>> {
+    let t = Instant::now();
     let x = batch_input(windows, bands, n, model.device())?;
+    let t = clocks.model_upload.lap(t);
     let b = windows.len();
     let probs = if model.device().is_cpu() {
         let logits = model.forward_t(&x, false)?;
+        let t = clocks.model_forward.lap(t);
         let (b, k, h, w) = logits.dims4()?;
         let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
+        let t = clocks.model_download.lap(t);
         if let Some(bad) = first_non_finite(&v, b, k) {
             return Ok(Err(bad));
         }
         softmax_channels(&mut v, b, k, h * w);
+        clocks.model_softmax.lap(t);
         v
     } else {
         let p = model.forward_probs(&x)?;
         let k = p.dims4()?.1;
+        // the device runs asynchronously: the download waits for the forward
         let v = p.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let t = clocks.model_forward.lap(t);
         if let Some(bad) = first_non_finite(&v, b, k) {
             return Ok(Err(bad));
         }
+        clocks.model_softmax.lap(t);
         v
     };
     Ok(Ok(split_output(&probs, b)))
@@ -201,14 +212,16 @@ pub fn run_batch_tta(
     bands: usize,
     n: usize,
     tta: Tta,
+    clocks: &Profile,
 ) -> Result<std::result::Result<Vec<Vec<f32>>, NonFiniteWindow>> {
     if tta == Tta::None {
-        return run_batch(model, windows, bands, n);
+        return run_batch(model, windows, bands, n, clocks);
     }
     let plane = n * n;
     let transforms = tta.transforms();
     let mut sum: Vec<Vec<f32>> = Vec::new();
     for (i, t) in transforms.iter().enumerate() {
+        let t0 = Instant::now();
         let moved: Vec<Vec<f32>> = windows
             .iter()
             .map(|w| {
@@ -220,10 +233,12 @@ pub fn run_batch_tta(
             })
             .collect();
         let refs: Vec<&[f32]> = moved.iter().map(Vec::as_slice).collect();
-        let outs = match run_batch(model, &refs, bands, n)? {
+        clocks.model_tta.lap(t0);
+        let outs = match run_batch(model, &refs, bands, n, clocks)? {
             Ok(o) => o,
             Err(bad) => return Ok(Err(bad)),
         };
+        let t0 = Instant::now();
         drop(moved);
         let back = t.inverse();
         let mut tmp = vec![0f32; plane];
@@ -241,6 +256,7 @@ pub fn run_batch_tta(
                 }
             }
         }
+        clocks.model_tta.lap(t0);
     }
     let scale = 1.0 / transforms.len() as f32;
     for w in &mut sum {

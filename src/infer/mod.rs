@@ -19,6 +19,7 @@
 
 pub mod batch;
 pub mod plan;
+pub mod profile;
 pub mod read;
 pub mod stages;
 pub mod stitch;
@@ -62,6 +63,8 @@ pub struct InferReport {
     /// valid: mapped as nodata (counted in the rows this run computed).
     pub non_finite_pixels: u64,
     pub memory_bound: MemoryBound,
+    /// Where the time went, stage by stage.
+    pub profile: profile::ProfileReport,
 }
 
 /// Progress callbacks, so the library knows no terminal.
@@ -166,6 +169,7 @@ pub fn infer(
 
     let class_ids = meta.classes.classes.iter().map(|c| c.id).collect();
     let stages = Stages::new(plan, grid, &regions, class_ids, &cancel, progress);
+    let t_pipeline = Instant::now();
     match stages.run(readers, model, &mut writer) {
         Ok(()) => {}
         Err(Error::Interrupted) => {
@@ -174,7 +178,12 @@ pub fn infer(
         }
         Err(e) => return Err(e),
     }
-    let files = writer.finish_unless(Some(&cancel))?;
+    let pipeline_s = t_pipeline.elapsed().as_secs_f64();
+    let files = stages
+        .profile()
+        .finish
+        .time(|| writer.finish_unless(Some(&cancel)))?;
+    let profile = stages.profile().report(pipeline_s, plan.readers);
 
     Ok(InferReport {
         note,
@@ -187,6 +196,7 @@ pub fn infer(
         windows_outside_aoi: stages.outside_aoi(),
         non_finite_pixels: stages.non_finite_pixels(),
         memory_bound: bound,
+        profile,
     })
 }
 

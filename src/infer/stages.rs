@@ -34,6 +34,7 @@
 use crate::error::{Error, Result};
 use crate::infer::batch::{run_batch_tta, NonFiniteWindow};
 use crate::infer::plan::InferPlan;
+use crate::infer::profile::Profile;
 use crate::infer::read::{WindowData, WindowSource};
 use crate::infer::stitch::{Band, ChunkStitcher, Prediction, Region};
 use crate::infer::window::{Window, WindowGrid};
@@ -43,7 +44,7 @@ use crate::model::Model;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long the model waits for more windows before running a short batch.
 const BATCH_WAIT: Duration = Duration::from_millis(5);
@@ -126,6 +127,8 @@ pub struct Stages<'a> {
     skipped: AtomicU64,
     outside: AtomicU64,
     non_finite: AtomicU64,
+    /// Where the time goes, stage by stage.
+    profile: Profile,
 }
 
 impl<'a> Stages<'a> {
@@ -150,7 +153,13 @@ impl<'a> Stages<'a> {
             skipped: AtomicU64::new(0),
             outside: AtomicU64::new(0),
             non_finite: AtomicU64::new(0),
+            profile: Profile::default(),
         }
+    }
+
+    /// The stages' clocks (complete once [`Stages::run`] returned).
+    pub fn profile(&self) -> &Profile {
+        &self.profile
     }
 
     /// Windows skipped because all their pixels are nodata.
@@ -265,6 +274,15 @@ impl<'a> Stages<'a> {
     /// sending each window's one-shot receiver to the stitcher and its job
     /// to the readers (a window outside the AOI is answered at once).
     fn dispatch(&self, jobs: Sender<Job>, orders: Sender<Order>) {
+        let t0 = Instant::now();
+        self.dispatch_windows(jobs, orders);
+        let p = &self.profile;
+        let waited = Duration::from_secs_f64(p.dispatch_wait_out.secs());
+        p.dispatch_busy.add(t0.elapsed().saturating_sub(waited));
+    }
+
+    fn dispatch_windows(&self, jobs: Sender<Job>, orders: Sender<Order>) {
+        let wait = &self.profile.dispatch_wait_out;
         let grid = &self.grid;
         let aoi = self.plan.aoi.as_deref();
         for reg in self.regions {
@@ -275,7 +293,7 @@ impl<'a> Stages<'a> {
                     }
                     let (tx, rx) = bounded(1);
                     let w = grid.window(c, r);
-                    if orders.send(Order::Window(w, rx)).is_err() {
+                    if wait.time(|| orders.send(Order::Window(w, rx))).is_err() {
                         return;
                     }
                     if aoi.is_some_and(|a| !a.touches(&grid.clip(&w))) {
@@ -288,15 +306,15 @@ impl<'a> Stages<'a> {
                         region: *reg,
                         reply: tx,
                     };
-                    if jobs.send(job).is_err() {
+                    if wait.time(|| jobs.send(job)).is_err() {
                         return;
                     }
                 }
-                if orders.send(Order::EndRow(r)).is_err() {
+                if wait.time(|| orders.send(Order::EndRow(r))).is_err() {
                     return;
                 }
             }
-            if orders.send(Order::EndChunk).is_err() {
+            if wait.time(|| orders.send(Order::EndChunk)).is_err() {
                 return;
             }
         }
@@ -311,11 +329,12 @@ impl<'a> Stages<'a> {
         jobs: Receiver<Job>,
         windows: Sender<ModelJob>,
     ) {
-        for job in jobs.iter() {
+        let p = &self.profile;
+        while let Ok(job) = p.read_wait_in.time(|| jobs.recv()) {
             if self.stopping() {
                 return;
             }
-            let read = reader.read_window(&job.window);
+            let read = p.read.time(|| reader.read_window(&job.window));
             if let Ok(data) = &read {
                 self.count_non_finite(&job, data);
             }
@@ -330,7 +349,7 @@ impl<'a> Stages<'a> {
                         data,
                         reply: job.reply,
                     };
-                    if windows.send(job).is_err() {
+                    if p.read_wait_out.time(|| windows.send(job).is_err()) {
                         return;
                     }
                 }
@@ -351,14 +370,15 @@ impl<'a> Stages<'a> {
         let batch = self.plan.batch;
         let (bands, n) = (self.plan.bands.len(), self.plan.window);
         let mut jobs: Vec<ModelJob> = Vec::with_capacity(batch);
+        let p = &self.profile;
         loop {
             jobs.clear();
-            match windows.recv() {
+            match p.model_wait_in.time(|| windows.recv()) {
                 Ok(j) => jobs.push(j),
                 Err(_) => return,
             }
             while jobs.len() < batch {
-                match windows.recv_timeout(BATCH_WAIT) {
+                match p.model_wait_in.time(|| windows.recv_timeout(BATCH_WAIT)) {
                     Ok(j) => jobs.push(j),
                     Err(_) => break,
                 }
@@ -367,7 +387,7 @@ impl<'a> Stages<'a> {
                 return;
             }
             let inputs: Vec<&[f32]> = jobs.iter().map(|j| j.data.input.as_slice()).collect();
-            match run_batch_tta(&model, &inputs, bands, n, self.plan.tta) {
+            match run_batch_tta(&model, &inputs, bands, n, self.plan.tta, p) {
                 Ok(Err(bad)) => {
                     let w = jobs[bad.index].window;
                     return self.fail(self.non_finite(&w, bad));
@@ -429,6 +449,7 @@ impl<'a> Stages<'a> {
             )
             .with_probabilities(self.plan.probabilities)
         };
+        let p = &self.profile;
         let mut regions = self.regions.iter();
         let mut st = regions.next().map(new_stitcher);
         for msg in orders.iter() {
@@ -440,6 +461,7 @@ impl<'a> Stages<'a> {
                 Order::Window(w, rx) => {
                     // a stage that failed may leave this window's reply in a
                     // channel nobody reads: wait while the run goes on
+                    let waiting = Instant::now();
                     let reply = loop {
                         match rx.recv_timeout(STOP_POLL) {
                             Err(RecvTimeoutError::Timeout) if self.stopping() => return,
@@ -448,6 +470,7 @@ impl<'a> Stages<'a> {
                             Ok(slot) => break Ok(slot),
                         }
                     };
+                    let t = p.stitch_wait_in.lap(waiting);
                     match reply {
                         Ok(Slot::Skipped) => cur.add(&w, None),
                         Ok(Slot::Done { probs, valid }) => cur.add(
@@ -463,19 +486,20 @@ impl<'a> Stages<'a> {
                             return self.fail(Error::Pipeline(msg.into()));
                         }
                     }
+                    p.stitch_blend.lap(t);
                     self.progress.window_done(self.grid.clip(&w).area() as u64);
                 }
                 Order::EndRow(r) => {
-                    for b in cur.end_row(r) {
-                        if bands.send(b).is_err() {
+                    for b in p.stitch_argmax.time(|| cur.end_row(r)) {
+                        if p.stitch_wait_out.time(|| bands.send(b)).is_err() {
                             return;
                         }
                     }
                 }
                 Order::EndChunk => {
                     let done = st.take().expect("stitcher present");
-                    for b in done.finish() {
-                        if bands.send(b).is_err() {
+                    for b in p.stitch_argmax.time(|| done.finish()) {
+                        if p.stitch_wait_out.time(|| bands.send(b)).is_err() {
                             return;
                         }
                     }
@@ -491,8 +515,9 @@ impl<'a> Stages<'a> {
     /// The writer: writes each band as it comes; on an error, records it
     /// and stops taking bands.
     fn write(&self, writer: &mut MapWriter, bands: Receiver<Band>) {
-        for band in bands.iter() {
-            if let Err(e) = writer.write(&band) {
+        let p = &self.profile;
+        while let Ok(band) = p.write_wait_in.time(|| bands.recv()) {
+            if let Err(e) = p.write_encode.time(|| writer.write(&band)) {
                 self.fail(e);
                 return;
             }

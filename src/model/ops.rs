@@ -9,7 +9,10 @@
 #[inline(always)]
 pub fn exp_neg(x: f32) -> f32 {
     let x = x.max(-87.0);
-    let k = (x * std::f32::consts::LOG2_E).round();
+    // round to nearest by the 1.5·2²³ trick (|x·log2 e| < 2²²): unlike
+    // `f32::round`, a libm call below SSE4.1, it vectorises
+    const MAGIC: f32 = 12_582_912.0;
+    let k = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
@@ -20,32 +23,72 @@ pub fn exp_neg(x: f32) -> f32 {
 }
 
 /// In-place softmax over the channel axis of `[b][k][n]` data, with the
-/// usual max subtraction.
+/// usual max subtraction. Pixels are independent, so blocks of them run
+/// on rayon's threads (each pixel's arithmetic, and so its result, is the
+/// same whatever the split), with AVX2 where the CPU has it.
 pub fn softmax_channels(v: &mut [f32], b: usize, k: usize, n: usize) {
-    let mut mx = vec![0f32; n];
-    let mut sum = vec![0f32; n];
-    for s in v.chunks_mut(k * n).take(b) {
-        mx.copy_from_slice(&s[..n]);
-        for c in 1..k {
-            for (m, &x) in mx.iter_mut().zip(&s[c * n..(c + 1) * n]) {
-                *m = m.max(x);
-            }
+    use rayon::prelude::*;
+    const BLOCK: usize = 1024;
+    assert!(v.len() >= b * k * n, "softmax_channels: short buffer");
+    if k == 0 || n == 0 {
+        return;
+    }
+    let blocks = n.div_ceil(BLOCK);
+    let out = crate::kernels::Shared(v.as_mut_ptr());
+    (0..b * blocks).into_par_iter().for_each(|u| {
+        let (i, j) = (u / blocks, u % blocks);
+        let (p0, p1) = (j * BLOCK, ((j + 1) * BLOCK).min(n));
+        // SAFETY: block (i, j) owns pixels p0..p1 of sample i in every
+        // channel: disjoint from every other block's
+        let mut planes: Vec<&mut [f32]> = (0..k)
+            .map(|c| unsafe { out.slice(i * k * n + c * n + p0..i * k * n + c * n + p1) })
+            .collect();
+        softmax_block(&mut planes);
+    });
+}
+
+/// Softmax across `planes` (one slice per channel, the same pixels).
+fn softmax_block(planes: &mut [&mut [f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2
+            return unsafe { softmax_block_avx2(planes) };
         }
-        sum.fill(0.0);
-        for c in 0..k {
-            for ((x, &m), acc) in s[c * n..(c + 1) * n]
-                .iter_mut()
-                .zip(&mx)
-                .zip(sum.iter_mut())
-            {
-                *x = exp_neg(*x - m);
-                *acc += *x;
-            }
+    }
+    softmax_block_generic(planes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_block_avx2(planes: &mut [&mut [f32]]) {
+    softmax_block_generic(planes)
+}
+
+/// The same operations in the same order whatever the instruction set (no
+/// fused multiply-add: Rust never contracts), so AVX2 and SSE2 agree bit
+/// for bit.
+#[inline(always)]
+fn softmax_block_generic(planes: &mut [&mut [f32]]) {
+    let len = planes[0].len();
+    let mut mx = [0f32; 1024];
+    let mut sum = [0f32; 1024];
+    let (mx, sum) = (&mut mx[..len], &mut sum[..len]);
+    mx.copy_from_slice(planes[0]);
+    for p in planes.iter().skip(1) {
+        for (m, &x) in mx.iter_mut().zip(p.iter()) {
+            *m = m.max(x);
         }
-        for c in 0..k {
-            for (x, &t) in s[c * n..(c + 1) * n].iter_mut().zip(&sum) {
-                *x /= t;
-            }
+    }
+    for p in planes.iter_mut() {
+        for ((x, &m), acc) in p.iter_mut().zip(mx.iter()).zip(sum.iter_mut()) {
+            *x = exp_neg(*x - m);
+            *acc += *x;
+        }
+    }
+    for p in planes.iter_mut() {
+        for (x, &t) in p.iter_mut().zip(sum.iter()) {
+            *x /= t;
         }
     }
 }
