@@ -133,6 +133,7 @@ fn forward(c: &mut Criterion) {
         classes: ClassTable::isprs(),
         window: 256,
         overlap: 0.25,
+        pixel_size: None,
     };
     let model = Model::new_random(meta, 0, &Device::Cpu).unwrap();
     let x = Tensor::randn(0f32, 1f32, (4, 3, 256, 256), &Device::Cpu).unwrap();
