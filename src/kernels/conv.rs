@@ -119,9 +119,16 @@ impl ConvShape {
     }
 
     /// Output pixels per unit. A function of the layer alone (see the
-    /// module docs); at least 64 so that the GEMM stays efficient.
+    /// module docs): the multiple of 64 nearest to [`COL_BYTES`]' worth of
+    /// patch columns, and at least 64. 64 pixels are the height of the
+    /// `gemm` crate's AVX-512 microkernel (it computes the output
+    /// transposed, pixels by channels), so every unit runs full-height
+    /// microkernels only; with the former multiples of 16 (112 pixels
+    /// for 128 input channels, 224 for 64), a third to a half of some
+    /// layers' work ran in the slower 16- to 48-row remainder kernels.
     fn tile(&self) -> usize {
-        let t = (COL_BYTES / 4 / self.patch_len()).max(64) / 16 * 16;
+        let t = (COL_BYTES / 4 / self.patch_len()).max(64);
+        let t = (t + 32) / 64 * 64;
         t.min(self.out_pixels())
     }
 

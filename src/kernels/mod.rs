@@ -69,13 +69,13 @@ pub(crate) unsafe fn filled(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32>
     v
 }
 
-/// Asks for transparent huge pages on a fresh allocation too large for the
-/// heap (glibc maps anything over 32 MiB on its own, and those pages are
+/// Asks for transparent huge pages on a fresh allocation (`len` values of
+/// `f32`, or the same number of bytes) too large for the heap (glibc maps anything over 32 MiB on its own, and those pages are
 /// faulted in one by one on first write: thousands of faults, each a
 /// kernel entry and a zeroed 4 KiB page). With 2 MiB pages that is a few
 /// dozen. Only a hint: without THP, or with THP set to `never`, nothing
 /// changes.
-fn huge_pages(ptr: *mut f32, len: usize) {
+pub(crate) fn huge_pages(ptr: *mut f32, len: usize) {
     const MIN: usize = 32 << 20;
     const HUGE: usize = 2 << 20;
     let bytes = len * std::mem::size_of::<f32>();

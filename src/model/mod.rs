@@ -35,6 +35,7 @@ pub mod ops;
 mod resnet;
 mod tiny;
 mod unet;
+mod upcat;
 
 pub use crate::classes::ClassTable;
 pub use arch::{Arch, Net, NetSpec, Network};

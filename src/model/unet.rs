@@ -21,6 +21,7 @@
 use super::arch::{NetSpec, Network};
 use super::conv::{Conv2d, ConvBn};
 use super::resnet::{conv, conv_bn, Depth, ResNet, WInit};
+use super::upcat::up_cat;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -69,11 +70,7 @@ impl DecoderBlock {
         target: (usize, usize),
         train: bool,
     ) -> Result<Tensor> {
-        let x = nearest(x, target.0, target.1)?;
-        let x = match skip {
-            Some(s) => Tensor::cat(&[&x, s], 1)?,
-            None => x,
-        };
+        let x = up_cat(x, skip, target.0, target.1)?;
         let y = self.conv1.forward_t(&x, train, None, true)?;
         self.conv2.forward_t(&y, train, None, true)
     }
@@ -81,27 +78,6 @@ impl DecoderBlock {
     fn flops(&self, b: usize, h: usize, w: usize) -> u64 {
         self.conv1.conv.flops(b, h, w).0 + self.conv2.conv.flops(b, h, w).0
     }
-}
-
-/// Nearest-neighbour resize to `h x w`, PyTorch's (`mode="nearest"`):
-/// output pixel `i` takes input pixel `floor(i * in / out)`. A uniform
-/// integer factor goes through candle's `upsample_nearest2d`; any other
-/// size through two `index_select`s, whose backward pass candle has (its
-/// upsampling's backward takes only uniform integer factors).
-fn nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-    let (_, _, h_in, w_in) = x.dims4()?;
-    if h % h_in == 0 && w % w_in == 0 && h / h_in == w / w_in {
-        return x.upsample_nearest2d(h, w);
-    }
-    let idx = |n_in: usize, n_out: usize| -> Result<Tensor> {
-        let scale = n_in as f64 / n_out as f64;
-        let v: Vec<u32> = (0..n_out)
-            .map(|i| ((i as f64 * scale) as usize).min(n_in - 1) as u32)
-            .collect();
-        Tensor::from_vec(v, n_out, x.device())
-    };
-    x.index_select(&idx(h_in, h)?, 2)?
-        .index_select(&idx(w_in, w)?, 3)
 }
 
 /// smp's `Unet` on a ResNet encoder; see the module documentation.
@@ -180,7 +156,7 @@ impl Network for Unet {
 
 #[cfg(test)]
 mod tests {
-    use super::nearest;
+    use super::super::upcat::{nearest, up_cat};
     use candle_core::{DType, Device, Tensor, Var};
 
     fn ramp(shape: &[usize], k: f64) -> Tensor {
@@ -205,36 +181,87 @@ mod tests {
             .collect()
     }
 
-    /// The decoder's two new operations, nearest upsampling (to twice the
-    /// size, and to a size that is no multiple) and the skip
-    /// concatenation, have the gradients of finite differences; the
+    /// The decoder's two operations, nearest upsampling (to twice the
+    /// size, and to sizes that are no multiple) and the skip
+    /// concatenation, have the gradients of finite differences: fused into
+    /// one op ([`up_cat`], with and without a skip: its own backward pass)
+    /// and composed from candle's ops (the path off the CPU). The
     /// encoder's are those of the ResNet-FCN, checked in `resnet.rs` and
     /// `kernels/conv.rs`.
     #[test]
     fn decoder_ops_have_the_gradients_of_finite_differences() {
-        for (h, w) in [(10, 6), (9, 7), (5, 3)] {
-            let x = Var::from_tensor(&ramp(&[2, 3, 5, 3], 0.7)).unwrap();
-            let skip = Var::from_tensor(&ramp(&[2, 2, h, w], 0.3)).unwrap();
-            let r = ramp(&[2, 5, h, w], 1.3);
-            let f = |x: &Tensor, skip: &Tensor| -> Tensor {
-                let up = nearest(x, h, w).unwrap();
-                let c = Tensor::cat(&[&up, skip], 1).unwrap();
-                // a smooth non-linearity, so the check is not of a linear map only
-                (c.sqr().unwrap() * &r).unwrap().sum_all().unwrap()
+        type Op = dyn Fn(&Tensor, &Tensor, usize, usize) -> Tensor;
+        let fused: &Op = &|x, s, h, w| up_cat(x, Some(s), h, w).unwrap();
+        let composed: &Op = &|x, s, h, w| Tensor::cat(&[&nearest(x, h, w).unwrap(), s], 1).unwrap();
+        // no skip: the skip is added after the op, so that it still has a
+        // gradient to check (that of a plain sum)
+        let alone: &Op = &|x, s, h, w| {
+            let up = up_cat(x, None, h, w).unwrap();
+            let s = s.narrow(1, 0, 1).unwrap();
+            Tensor::cat(&[&up, &s], 1).unwrap()
+        };
+        for (name, op) in [("fused", fused), ("composed", composed), ("no skip", alone)] {
+            for (h, w) in [(10, 6), (9, 7), (5, 3), (15, 9)] {
+                let x = Var::from_tensor(&ramp(&[2, 3, 5, 3], 0.7)).unwrap();
+                let skip = Var::from_tensor(&ramp(&[2, 2, h, w], 0.3)).unwrap();
+                let c = op(x.as_tensor(), skip.as_tensor(), h, w).dim(1).unwrap();
+                let r = ramp(&[2, c, h, w], 1.3);
+                let f = |x: &Tensor, skip: &Tensor| -> Tensor {
+                    let c = op(x, skip, h, w);
+                    // a smooth non-linearity, so the check is not of a linear map only
+                    (c.sqr().unwrap() * &r).unwrap().sum_all().unwrap()
+                };
+                let grads = f(x.as_tensor(), skip.as_tensor()).backward().unwrap();
+                let scalar = |t: Tensor| t.to_scalar::<f64>().unwrap();
+                let gx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+                let gs = grads.get(skip.as_tensor()).unwrap().flatten_all().unwrap();
+                let nx = numeric(x.as_tensor(), &|t| scalar(f(t, skip.as_tensor())));
+                let ns = numeric(skip.as_tensor(), &|t| scalar(f(x.as_tensor(), t)));
+                for (a, n) in gx.to_vec1::<f64>().unwrap().iter().zip(&nx) {
+                    assert!(
+                        (a - n).abs() < 1e-6,
+                        "{name} {h}x{w}: upsampled input {a} vs {n}"
+                    );
+                }
+                for (a, n) in gs.to_vec1::<f64>().unwrap().iter().zip(&ns) {
+                    assert!((a - n).abs() < 1e-6, "{name} {h}x{w}: skip {a} vs {n}");
+                }
+                assert_eq!(x.dtype(), DType::F64);
+            }
+        }
+    }
+
+    /// In `f32` (the network's dtype), the fused op gives exactly the
+    /// composed ops' output, and their gradients to rounding (the sums
+    /// onto each input pixel run in another order).
+    #[test]
+    fn fused_up_cat_equals_candle_s_ops_in_f32() {
+        let f32t = |shape: &[usize], k: f64| ramp(shape, k).to_dtype(DType::F32).unwrap();
+        for (h, w) in [(16, 12), (11, 7)] {
+            let x = Var::from_tensor(&f32t(&[3, 4, 8, 6], 0.7)).unwrap();
+            let skip = Var::from_tensor(&f32t(&[3, 5, h, w], 0.3)).unwrap();
+            let r = f32t(&[3, 9, h, w], 1.3);
+            let run = |fused: bool| {
+                let (xt, st) = (x.as_tensor(), skip.as_tensor());
+                let y = if fused {
+                    up_cat(xt, Some(st), h, w).unwrap()
+                } else {
+                    Tensor::cat(&[&nearest(xt, h, w).unwrap(), st], 1).unwrap()
+                };
+                let g = (y.sqr().unwrap() * &r).unwrap().sum_all().unwrap();
+                let g = g.backward().unwrap();
+                let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (v(&y), v(g.get(xt).unwrap()), v(g.get(st).unwrap()))
             };
-            let grads = f(x.as_tensor(), skip.as_tensor()).backward().unwrap();
-            let scalar = |t: Tensor| t.to_scalar::<f64>().unwrap();
-            let gx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap();
-            let gs = grads.get(skip.as_tensor()).unwrap().flatten_all().unwrap();
-            let nx = numeric(x.as_tensor(), &|t| scalar(f(t, skip.as_tensor())));
-            let ns = numeric(skip.as_tensor(), &|t| scalar(f(x.as_tensor(), t)));
-            for (a, n) in gx.to_vec1::<f64>().unwrap().iter().zip(&nx) {
-                assert!((a - n).abs() < 1e-6, "{h}x{w}: upsampled input {a} vs {n}");
+            let (a, b) = (run(true), run(false));
+            assert_eq!(a.0, b.0, "{h}x{w}: outputs");
+            assert_eq!(a.2, b.2, "{h}x{w}: skip gradients");
+            for (p, q) in a.1.iter().zip(&b.1) {
+                assert!(
+                    (p - q).abs() <= 1e-5 * q.abs().max(1.0),
+                    "{h}x{w}: {p} vs {q}"
+                );
             }
-            for (a, n) in gs.to_vec1::<f64>().unwrap().iter().zip(&ns) {
-                assert!((a - n).abs() < 1e-6, "{h}x{w}: skip {a} vs {n}");
-            }
-            assert_eq!(x.dtype(), DType::F64);
         }
     }
 
