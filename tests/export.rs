@@ -86,14 +86,6 @@ fn softmax(v: &[f32], dims: &[usize]) -> Vec<f32> {
     out
 }
 
-fn read_npy(p: &Path) -> (Vec<usize>, Vec<f32>) {
-    let t = rstile::model::npy::read_f32(p).unwrap();
-    (
-        t.dims().to_vec(),
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-    )
-}
-
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()

@@ -44,14 +44,6 @@ fn fixtures() -> Vec<PathBuf> {
     v
 }
 
-fn npy(p: &Path) -> (Vec<usize>, Vec<f32>) {
-    let t = rstile::model::npy::read_f32(p).unwrap();
-    (
-        t.dims().to_vec(),
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-    )
-}
-
 /// `max |a - b| / max |b|`.
 fn rel_error(a: &[f32], b: &[f32]) -> f64 {
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-12);
@@ -87,8 +79,8 @@ fn every_fixture_matches_onnxruntime() {
             "--threads",
             "2",
         ]);
-        let (gd, got) = npy(&out);
-        let (wd, want) = npy(&want);
+        let (gd, got) = read_npy(&out);
+        let (wd, want) = read_npy(&want);
         assert_eq!(gd, wd, "{stem}: output shape");
         let e = rel_error(&got, &want);
         report.push(format!("{stem}: {e:.2e}"));
@@ -236,10 +228,10 @@ fn a_crafted_model_runs_and_matches_a_direct_computation() {
     let x = input_npy(dir.path(), &[2, 3, 8, 8]);
     let out = dir.path().join("y.npy");
     ok(&["model", "run", s(&m), "--input", s(&x), "-o", s(&out)]);
-    let (dims, y) = npy(&out);
+    let (dims, y) = read_npy(&out);
     assert_eq!(dims, [2, 2, 8, 8]);
     // the same convolution by candle, then ReLU
-    let (_, xv) = npy(&x);
+    let (_, xv) = read_npy(&x);
     let dev = candle_core::Device::Cpu;
     let xt = candle_core::Tensor::from_vec(xv, (2, 3, 8, 8), &dev).unwrap();
     let w: Vec<f32> = (0..54).map(|i| (i as f32 - 27.0) / 50.0).collect();

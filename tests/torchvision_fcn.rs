@@ -7,15 +7,10 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-const CLASSES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+const CLASSES: &str = ISPRS_CLASSES;
 
 fn npy(p: &Path) -> Vec<f32> {
-    rstile::model::npy::read_f32(p)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
+    read_npy(p).1
 }
 
 fn import_argv<'a>(checkpoint: &'a Path, arch: &'a str, out: &'a Path) -> Vec<&'a str> {

@@ -16,15 +16,10 @@ fn smp_python() -> Option<String> {
         .then_some(py)
 }
 
-const CLASSES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+const CLASSES: &str = ISPRS_CLASSES;
 
 fn npy(p: &Path) -> Vec<f32> {
-    rstile::model::npy::read_f32(p)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
+    read_npy(p).1
 }
 
 #[test]

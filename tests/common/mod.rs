@@ -308,3 +308,15 @@ pub fn kill_after_a_band(scene: &Path, model: &Path, map: &Path, extra: &[&str])
     assert!(!map.exists(), "the run finished before it was killed");
     journal
 }
+
+/// The ISPRS class table shipped in `configs/classes/`.
+pub const ISPRS_CLASSES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+
+/// An `.npy` file (f32, any shape): its shape and its values.
+pub fn read_npy(p: &Path) -> (Vec<usize>, Vec<f32>) {
+    let t = rstile::model::npy::read_f32(p).unwrap();
+    (
+        t.dims().to_vec(),
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    )
+}

@@ -3,7 +3,6 @@
 use crate::kernels::Shared;
 use crate::model::conv::with_f32;
 use crate::model::exp_neg;
-use crate::train::augment::IGNORE;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use std::sync::Arc;
 /// loss = Σ_p w[y_p] · (−log softmax(z_p)[y_p]) / Σ_p w[y_p]
 /// ```
 ///
-/// over the pixels `p` whose label is not [`IGNORE`]; `w` is all ones when
+/// over the pixels `p` whose label is not [`IGNORE`](crate::train::augment::IGNORE); `w` is all ones when
 /// `weights` is `None`. Labels `>= K` are ignored too. When no pixel
 /// counts, the loss is 0 (with a zero gradient).
 ///
@@ -36,33 +35,8 @@ pub(super) fn cross_entropy_t(
     labels: &[u8],
     weights: Option<&[f32]>,
 ) -> Result<Tensor> {
-    let (b, k, h, w) = logits.dims4()?;
-    if labels.len() != b * h * w {
-        candle_core::bail!(
-            "{} labels for logits of shape {:?}",
-            labels.len(),
-            logits.dims()
-        );
-    }
-    if let Some(wt) = weights {
-        if wt.len() != k {
-            candle_core::bail!("{} class weights for {k} classes", wt.len());
-        }
-    }
-    let mut idx = Vec::with_capacity(labels.len());
-    let mut wpx = Vec::with_capacity(labels.len());
-    let mut total = 0f64;
-    for &l in labels {
-        if l != IGNORE && (l as usize) < k {
-            let wv = weights.map_or(1.0, |wt| wt[l as usize]);
-            idx.push(l as u32);
-            wpx.push(wv);
-            total += wv as f64;
-        } else {
-            idx.push(0);
-            wpx.push(0.0);
-        }
-    }
+    let (b, _, h, w) = logits.dims4()?;
+    let (idx, wpx, total) = super::pixel_weights(logits, labels, weights)?;
     let dev = logits.device();
     if total <= 0.0 {
         return logits.sum_all()?.affine(0.0, 0.0);
@@ -233,6 +207,7 @@ impl CrossEntropyOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::augment::IGNORE;
     use candle_core::Device;
 
     /// Two pixels of three classes, worked by hand.

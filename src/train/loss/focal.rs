@@ -1,6 +1,6 @@
 //! Focal loss on the softmax.
 
-use super::{labelled, zero};
+use super::{pixel_weights, zero};
 use candle_core::{Result, Tensor};
 
 /// Focal loss (Lin et al. 2017) of `logits` `(B, K, H, W)` against
@@ -26,16 +26,7 @@ pub fn focal(
         candle_core::bail!("focal loss: gamma {gamma} must be a finite number >= 0");
     }
     let (b, _, h, w) = logits.dims4()?;
-    let px = labelled(logits, labels, weights)?;
-    let mut class = vec![0u32; b * h * w];
-    let mut wpx = vec![0f32; b * h * w];
-    let mut total = 0f64;
-    for (&i, &c) in px.index.iter().zip(&px.class) {
-        let wc = weights.map_or(1.0, |w| w[c as usize]);
-        class[i as usize] = c;
-        wpx[i as usize] = wc;
-        total += wc as f64;
-    }
+    let (class, wpx, total) = pixel_weights(logits, labels, weights)?;
     if total <= 0.0 {
         return zero(logits);
     }

@@ -101,9 +101,13 @@ struct Labelled {
     class: Vec<u32>,
 }
 
-/// Checks `labels` and `weights` against `logits` `(B, K, H, W)` and
-/// collects the pixels that count.
-fn labelled(logits: &Tensor, labels: &[u8], weights: Option<&[f32]>) -> Result<Labelled> {
+/// Checks `labels` and `weights` against `logits` `(B, K, H, W)`; returns
+/// the logits' dimensions.
+fn check(
+    logits: &Tensor,
+    labels: &[u8],
+    weights: Option<&[f32]>,
+) -> Result<(usize, usize, usize, usize)> {
     let (b, k, h, w) = logits.dims4()?;
     if labels.len() != b * h * w {
         candle_core::bail!(
@@ -117,6 +121,38 @@ fn labelled(logits: &Tensor, labels: &[u8], weights: Option<&[f32]>) -> Result<L
             candle_core::bail!("{} class weights for {k} classes", wt.len());
         }
     }
+    Ok((b, k, h, w))
+}
+
+/// Per pixel of `B·H·W`: its class channel and weight (0 and 0 for pixels
+/// that do not count), and the sum of the weights.
+fn pixel_weights(
+    logits: &Tensor,
+    labels: &[u8],
+    weights: Option<&[f32]>,
+) -> Result<(Vec<u32>, Vec<f32>, f64)> {
+    let k = check(logits, labels, weights)?.1;
+    let mut class = Vec::with_capacity(labels.len());
+    let mut wpx = Vec::with_capacity(labels.len());
+    let mut total = 0f64;
+    for &l in labels {
+        if l != IGNORE && (l as usize) < k {
+            let wv = weights.map_or(1.0, |wt| wt[l as usize]);
+            class.push(l as u32);
+            wpx.push(wv);
+            total += wv as f64;
+        } else {
+            class.push(0);
+            wpx.push(0.0);
+        }
+    }
+    Ok((class, wpx, total))
+}
+
+/// Checks `labels` and `weights` against `logits` `(B, K, H, W)` and
+/// collects the pixels that count.
+fn labelled(logits: &Tensor, labels: &[u8], weights: Option<&[f32]>) -> Result<Labelled> {
+    let k = check(logits, labels, weights)?.1;
     let mut out = Labelled {
         index: Vec::new(),
         class: Vec::new(),
