@@ -670,3 +670,74 @@ fn rstile_output_of(args: &[&str]) -> (String, String) {
         String::from_utf8_lossy(&o.stderr).to_string(),
     )
 }
+
+/// `--halo PX` is the overlap in pixels; `--window auto` picks, among the
+/// windows whose memory bound fits the limit, the one that recomputes the
+/// least, keeping the halo; it is refused where parts must share a window.
+#[test]
+fn window_auto_and_halo() {
+    let t = tmp();
+    let d = t.path();
+    let m = model(d, "tiny", 3, 128);
+    let scene = synth(d, 1500, 1000, 8).join("image.tif");
+    let json = |map: &str, extra: &[&str]| -> serde_json::Value {
+        let mut argv = vec!["--json"];
+        argv.extend_from_slice(extra);
+        let out = ok(&infer_argv(&scene, &d.join(map), &m, &argv));
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    // the halo in pixels is the overlap as a fraction: the same map
+    json("frac.tif", &["--window", "256", "--overlap", "0.25"]);
+    json("halo.tif", &["--window", "256", "--halo", "64"]);
+    assert!(read_map(&d.join("frac.tif")).data == read_map(&d.join("halo.tif")).data);
+    // auto: the model's halo (0.25 x 128 px = 32 px), a multiple of 32,
+    // fewer window pixels per map pixel than the model's own window
+    let default = json("default.tif", &[]);
+    let auto = json("auto.tif", &["--window", "auto"]);
+    let w = auto["window"].as_u64().unwrap();
+    assert_eq!(w % 32, 0);
+    assert_eq!((auto["overlap"].as_f64().unwrap() * w as f64).round(), 32.0);
+    let (ra, rd) = (
+        auto["recompute_factor"].as_f64().unwrap(),
+        default["recompute_factor"].as_f64().unwrap(),
+    );
+    assert!(ra < rd, "auto recomputes {ra}x, the default {rd}x");
+    // a tighter limit gives a window that fits it
+    let tight = json(
+        "tight.tif",
+        &[
+            "--window",
+            "auto",
+            "--max-memory",
+            "450",
+            "--gdal-cache",
+            "16",
+        ],
+    );
+    let wt = tight["window"].as_u64().unwrap();
+    assert!(tight["memory_bound_bytes"].as_u64().unwrap() <= 450 << 20);
+    assert!(wt <= w, "{wt} > {w}");
+    check_map_files(&d.join("tight.tif"), &scene);
+    fails(
+        &infer_argv(
+            &scene,
+            &d.join("p.tif"),
+            &m,
+            &["--window", "auto", "--part", "0/2"],
+        ),
+        "--window auto",
+    );
+    fails(
+        &infer_argv(
+            &scene,
+            &d.join("p.tif"),
+            &m,
+            &["--window", "auto", "--overlap", "0.2"],
+        ),
+        "--halo",
+    );
+    fails(
+        &infer_argv(&scene, &d.join("p.tif"), &m, &["--window", "wide"]),
+        "expected a number of pixels or auto",
+    );
+}

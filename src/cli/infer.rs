@@ -102,12 +102,18 @@ pub struct MapFlags {
     /// units, comma separated [default: the model's].
     #[arg(long, value_name = "V,V,..", value_delimiter = ',')]
     std: Option<Vec<f32>>,
-    /// Window size in px [default: the model's].
-    #[arg(long)]
-    window: Option<usize>,
+    /// Window size in px, or `auto`: the largest the memory limit allows
+    /// (--max-memory, else the memory available), keeping the overlap in
+    /// pixels [default: the model's].
+    #[arg(long, value_name = "PX|auto", value_parser = parse_window)]
+    window: Option<WindowArg>,
     /// Overlap between windows, a fraction of the window [default: the model's].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "halo")]
     overlap: Option<f64>,
+    /// Overlap between windows in px (the seam context the network needs)
+    /// [default with --window auto: the model's overlap times its window].
+    #[arg(long, value_name = "PX")]
+    halo: Option<usize>,
     /// Windows per forward pass.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -264,7 +270,7 @@ fn infer_one(
         },
         mean: m.mean.clone(),
         std: m.std.clone(),
-        window: m.window,
+        window: m.window.and_then(WindowArg::px),
         overlap: m.overlap,
     };
     // the model first: an ONNX graph's window and legend come with it
@@ -308,8 +314,9 @@ fn infer_one(
         );
     }
     let opts = InferOptions {
-        window: m.window,
+        window: m.window.and_then(WindowArg::px),
         overlap: m.overlap,
+        halo: m.halo,
         batch: m.batch,
         readers: m.readers,
         blend: m.blend.0,
@@ -327,7 +334,40 @@ fn infer_one(
         aoi: m.aoi.clone(),
         max_memory_mb: m.max_memory,
     };
-    let plan = InferPlan::resolve(scene, output.to_path_buf(), &m.model, &meta, &opts)?;
+    let plan = if m.window == Some(WindowArg::Auto) {
+        // a graph whose input size is fixed keeps it
+        let fixed = model
+            .imported()
+            .filter(|i| matches!(i.facts.window.from, rstile::model::facts::From::Graph))
+            .map(|_| meta.window);
+        let p = InferPlan::resolve_auto_window(
+            scene,
+            output.to_path_buf(),
+            &m.model,
+            &meta,
+            &opts,
+            model.num_params(),
+            fixed,
+        )?;
+        if !a.quiet {
+            eprintln!(
+                "rstile: --window auto: window {} px, halo {} px ({})",
+                p.window,
+                (p.overlap * p.window as f64).round(),
+                match (fixed, p.max_memory) {
+                    (Some(_), _) => "the graph's fixed input size".to_string(),
+                    (None, Some(l)) => format!(
+                        "the least recomputation whose memory bound fits {} MiB",
+                        l.bytes >> 20
+                    ),
+                    (None, None) => "the least recomputation, no memory limit".to_string(),
+                }
+            );
+        }
+        p
+    } else {
+        InferPlan::resolve(scene, output.to_path_buf(), &m.model, &meta, &opts)?
+    };
     if let (Some(n), false) = (plan.scene.palette, a.quiet) {
         eprintln!(
             "rstile: {} is a paletted raster ({n} colours): the model reads its red, green and blue colours (as gdal_translate -expand rgb makes them)",
@@ -437,6 +477,7 @@ fn infer_one(
             "memory_bound_bytes": report.memory_bound.total(),
             "window": plan.window,
             "overlap": plan.overlap,
+            "recompute_factor": plan.recompute_factor(report.windows),
             "batch": plan.batch,
             "readers": plan.readers,
             "profile": report.profile,
@@ -444,13 +485,14 @@ fn infer_one(
         println!("{v}");
     } else if !a.quiet {
         println!(
-            "rstile: mapped {} px in {:.2} s ({:.2} Mpx/s), peak memory {:.0} MiB (bound {:.0} MiB), {} windows, {} skipped as nodata, {} skipped outside the AOI, limited by {} -> {}",
+            "rstile: mapped {} px in {:.2} s ({:.2} Mpx/s), peak memory {:.0} MiB (bound {:.0} MiB), {} windows (recompute {:.2}x), {} skipped as nodata, {} skipped outside the AOI, limited by {} -> {}",
             report.pixels,
             report.seconds,
             report.pixels as f64 / report.seconds / 1e6,
             mib(peak),
             mib(report.memory_bound.total()),
             report.windows,
+            plan.recompute_factor(report.windows),
             report.windows_skipped,
             report.windows_outside_aoi,
             report.profile.limiting,
@@ -458,6 +500,32 @@ fn infer_one(
         );
     }
     Ok(())
+}
+
+/// `--window`: pixels or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowArg {
+    Px(usize),
+    Auto,
+}
+
+impl WindowArg {
+    fn px(self) -> Option<usize> {
+        match self {
+            WindowArg::Px(n) => Some(n),
+            WindowArg::Auto => None,
+        }
+    }
+}
+
+fn parse_window(s: &str) -> std::result::Result<WindowArg, String> {
+    match s {
+        "auto" => Ok(WindowArg::Auto),
+        _ => s
+            .parse()
+            .map(WindowArg::Px)
+            .map_err(|_| format!("'{s}': expected a number of pixels or auto")),
+    }
 }
 
 fn parse_tta(s: &str) -> std::result::Result<rstile::infer::tta::Tta, String> {

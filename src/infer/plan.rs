@@ -44,6 +44,9 @@ pub fn default_readers(threads: usize) -> usize {
 pub struct InferOptions {
     pub window: Option<usize>,
     pub overlap: Option<f64>,
+    /// The overlap in pixels instead of a fraction (`--halo`): the overlap
+    /// is `halo / window`.
+    pub halo: Option<usize>,
     pub batch: usize,
     /// Reader threads; `None`: [`default_readers`] of the compute threads
     /// (`rayon::current_num_threads()`).
@@ -81,6 +84,7 @@ impl Default for InferOptions {
         InferOptions {
             window: None,
             overlap: None,
+            halo: None,
             batch: 4,
             readers: None,
             blend: Blend::Hann,
@@ -212,7 +216,16 @@ impl InferPlan {
             }
         }
         let window = o.window.unwrap_or(meta.window);
-        let overlap = o.overlap.unwrap_or(meta.overlap);
+        let overlap = match (o.overlap, o.halo) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "--overlap and --halo say the same thing: give one".into(),
+                ))
+            }
+            (Some(f), None) => f,
+            (None, Some(h)) => h as f64 / window.max(1) as f64,
+            (None, None) => meta.overlap,
+        };
         WindowGrid::new(scene.size, window, overlap).map_err(|e| match e {
             // the model's own defaults: name the model file
             GridError::WindowTooSmall(_) if o.window.is_none() => Error::file(
@@ -323,6 +336,100 @@ impl InferPlan {
             overwrite: o.overwrite,
             gdal_cache_mb: o.gdal_cache_mb,
         })
+    }
+
+    /// `--window auto`: `o` resolved with the window, a multiple of 32, that
+    /// computes the fewest window pixels per map pixel among those the
+    /// memory limit allows (`--max-memory`, else the memory available; the
+    /// [`MemoryBound`] of a model of `params` parameters), up to the
+    /// scene's larger side, keeping the overlap in pixels: `--halo`, else
+    /// the model's (its overlap fraction times its window). A graph of
+    /// `fixed` input size keeps it.
+    pub fn resolve_auto_window(
+        scene: SceneInfo,
+        output: PathBuf,
+        model_path: &Path,
+        meta: &ModelMeta,
+        o: &InferOptions,
+        params: usize,
+        fixed: Option<usize>,
+    ) -> Result<InferPlan> {
+        if o.part.is_some() {
+            return Err(Error::Config(
+                "--window auto picks the window from this machine's memory, and the parts of one map must share it: give --window N with --part".into(),
+            ));
+        }
+        if o.overlap.is_some() {
+            return Err(Error::Config(
+                "--window auto keeps the overlap in pixels: give --halo PX instead of --overlap"
+                    .into(),
+            ));
+        }
+        let halo = o
+            .halo
+            .unwrap_or_else(|| (meta.overlap * meta.window as f64).round() as usize);
+        let with = |w: usize| InferOptions {
+            window: Some(w),
+            halo: Some(halo),
+            ..o.clone()
+        };
+        if let Some(w) = fixed {
+            return InferPlan::resolve(scene, output, model_path, meta, &with(w));
+        }
+        const STEP: usize = 32;
+        let side = scene
+            .size
+            .width
+            .max(scene.size.height)
+            .next_multiple_of(STEP);
+        // the smallest window the halo allows (overlap at most MAX_OVERLAP)
+        let smallest = ((halo as f64 / crate::infer::window::MAX_OVERLAP).ceil() as usize)
+            .max(STEP)
+            .next_multiple_of(STEP);
+        let plan = InferPlan::resolve(scene, output, model_path, meta, &with(smallest))?;
+        let fits = |w: usize| -> Result<bool> {
+            let mut p = plan.clone();
+            p.window = w;
+            p.overlap = halo as f64 / w as f64;
+            Ok(match p.max_memory {
+                None => true,
+                Some(limit) => MemoryBound::of(&p, meta, params)?.total() <= limit.bytes,
+            })
+        };
+        // the largest window that fits, then among those up to it the one
+        // that computes the fewest window pixels per map pixel (a window
+        // beyond the scene only pads; ties go to the larger window)
+        let largest = (smallest..=side.max(smallest))
+            .rev()
+            .step_by(STEP)
+            .find_map(|w| match fits(w) {
+                Ok(true) => Some(Ok(w)),
+                Ok(false) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .transpose()?
+            .unwrap_or(smallest);
+        let cost = |w: usize| {
+            WindowGrid::new(plan.scene.size, w, halo as f64 / w as f64)
+                .map_or(f64::INFINITY, |g| (w * w) as f64 * g.len() as f64)
+        };
+        let best = (smallest..=largest)
+            .step_by(STEP)
+            .min_by(|&a, &b| cost(a).total_cmp(&cost(b)).then(b.cmp(&a)))
+            .unwrap_or(smallest);
+        let mut p = plan;
+        p.window = best;
+        p.overlap = halo as f64 / best as f64;
+        WindowGrid::new(p.scene.size, p.window, p.overlap)
+            .map_err(|e| Error::Config(format!("--window auto: {e}")))?;
+        Ok(p)
+    }
+
+    /// Windows computed per map pixel: `w² · windows / pixels` (1 without
+    /// overlap; the grid's overlap and border windows make it larger).
+    pub fn recompute_factor(&self, windows: u64) -> f64 {
+        let px = (self.scene.size.width * self.scene.size.height).max(1) as f64;
+        (self.window * self.window) as f64 * windows as f64 / px
     }
 
     /// Windows allowed between the dispatcher and the stitcher: `2B + 2R`.
