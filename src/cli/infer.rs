@@ -102,9 +102,10 @@ pub struct MapFlags {
     /// units, comma separated [default: the model's].
     #[arg(long, value_name = "V,V,..", value_delimiter = ',')]
     std: Option<Vec<f32>>,
-    /// Window size in px, or `auto`: the largest the memory limit allows
-    /// (--max-memory, else the memory available), keeping the overlap in
-    /// pixels [default: the model's].
+    /// Window size in px, or `auto`: among the windows whose memory bound
+    /// fits --max-memory (else the memory available), the one that
+    /// recomputes the least, keeping the overlap in pixels [default: the
+    /// model's].
     #[arg(long, value_name = "PX|auto", value_parser = parse_window)]
     window: Option<WindowArg>,
     /// Overlap between windows, a fraction of the window [default: the model's].
