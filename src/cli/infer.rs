@@ -107,7 +107,7 @@ pub struct MapFlags {
     /// recomputes the least, keeping the overlap in pixels [default: the
     /// model's].
     #[arg(long, value_name = "PX|auto", value_parser = parse_window)]
-    window: Option<WindowArg>,
+    pub window: Option<WindowArg>,
     /// Overlap between windows, a fraction of the window [default: the model's].
     #[arg(long, conflicts_with = "halo")]
     overlap: Option<f64>,

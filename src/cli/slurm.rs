@@ -93,6 +93,9 @@ pub fn run(cmd: SlurmCmd, matches: &ArgMatches) -> Result<()> {
     let exe = std::env::current_exe().context("the path of the rstile binary")?;
     match cmd {
         SlurmCmd::Infer(a) => {
+            if a.map.window == Some(super::infer::WindowArg::Auto) {
+                bail!("--window auto picks the window from one machine's memory, and the parts of one map must share it: give --window N");
+            }
             let job = InferJob {
                 rstile: exe,
                 scene: a.scene,
