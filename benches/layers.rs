@@ -6,7 +6,8 @@
 //! by layer.
 //!
 //! `cargo bench --bench layers` (`RAYON_NUM_THREADS` sets the threads;
-//! `ONLY=i` times layer `i` alone).
+//! `ONLY=i` times layer `i` alone; `NET=unet` times unet-resnet18's
+//! convolutions instead).
 
 // the binary's process set-up (the library changes no process-wide state)
 #[allow(dead_code)]
@@ -20,6 +21,9 @@ use std::time::Instant;
 
 /// (c_in, c_out, kernel, stride, padding, input size, count in the network)
 fn layers() -> Vec<(usize, usize, usize, usize, usize, usize, usize)> {
+    if std::env::var("NET").is_ok_and(|n| n == "unet") {
+        return unet_layers();
+    }
     let mut v = vec![(3, 64, 7, 2, 3, 256, 1)];
     // (c_in, planes, first stride, input size, blocks)
     for (c_in, planes, stride, h, blocks) in [
@@ -42,6 +46,36 @@ fn layers() -> Vec<(usize, usize, usize, usize, usize, usize, usize)> {
     v
 }
 
+/// The convolutions of unet-resnet18 (smp's Unet: encoder ResNet-18,
+/// decoder channels 256, 128, 64, 32, 16; 6 classes), with the same fields.
+fn unet_layers() -> Vec<(usize, usize, usize, usize, usize, usize, usize)> {
+    vec![
+        (3, 64, 7, 2, 3, 256, 1),
+        (64, 64, 3, 1, 1, 64, 4),
+        (64, 128, 3, 2, 1, 64, 1),
+        (64, 128, 1, 2, 0, 64, 1),
+        (128, 128, 3, 1, 1, 32, 3),
+        (128, 256, 3, 2, 1, 32, 1),
+        (128, 256, 1, 2, 0, 32, 1),
+        (256, 256, 3, 1, 1, 16, 3),
+        (256, 512, 3, 2, 1, 16, 1),
+        (256, 512, 1, 2, 0, 16, 1),
+        (512, 512, 3, 1, 1, 8, 3),
+        // decoder: (skip + upsampled) -> c, then c -> c
+        (768, 256, 3, 1, 1, 16, 1),
+        (256, 256, 3, 1, 1, 16, 1),
+        (384, 128, 3, 1, 1, 32, 1),
+        (128, 128, 3, 1, 1, 32, 1),
+        (192, 64, 3, 1, 1, 64, 1),
+        (64, 64, 3, 1, 1, 64, 1),
+        (128, 32, 3, 1, 1, 128, 1),
+        (32, 32, 3, 1, 1, 128, 1),
+        (32, 16, 3, 1, 1, 256, 1),
+        (16, 16, 3, 1, 1, 256, 1),
+        (16, 6, 3, 1, 1, 256, 1), // segmentation head
+    ]
+}
+
 fn best(reps: usize, mut f: impl FnMut()) -> f64 {
     (0..reps)
         .map(|_| {
@@ -60,7 +94,8 @@ fn main() {
         .unwrap_or(5);
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
     println!(
-        "resnet50-fcn convolutions, batch 4, 256 x 256, {} threads, best of {reps}",
+        "{} convolutions, batch 4, 256 x 256, {} threads, best of {reps}",
+        std::env::var("NET").unwrap_or_else(|_| "resnet50-fcn".into()),
         rayon::current_num_threads()
     );
     let (mut tf, mut tw, mut tx, mut flops) = (0.0, 0.0, 0.0, 0.0);

@@ -419,6 +419,18 @@ pub fn conv2d_input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// sweep is in `benches/RESULTS.md`).
 const DW_PIXELS: usize = 128;
 
+/// At most this many output channels, the weight gradient's GEMM has as
+/// few rows (16 or 32 in the U-Net decoder's last blocks, 6 in its head),
+/// and each call does little work for the patch matrix it packs: longer
+/// chunks of [`NARROW_DW_PIXELS`] pixels run these layers up to 25 % faster
+/// (single-threaded, `NET=unet cargo bench --bench layers`; the sweep is in
+/// `benches/RESULTS.md`).
+const NARROW_DW: usize = 32;
+
+/// Pixels per weight-gradient GEMM for layers of at most [`NARROW_DW`]
+/// output channels.
+const NARROW_DW_PIXELS: usize = 512;
+
 /// Below this many pixels a sample, the weight gradient is one batched
 /// GEMM per thread (see [`weight_gradient`]).
 const SMALL_MAP: usize = 256;
@@ -533,13 +545,22 @@ fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
         };
         return unsafe { super::filled(k_len * c_out, fill) };
     }
-    let chunks = p.div_ceil(DW_PIXELS);
+    let dw_pixels = if c_out <= NARROW_DW {
+        NARROW_DW_PIXELS
+    } else {
+        DW_PIXELS
+    };
+    let chunks = p.div_ceil(dw_pixels);
     let units: Vec<(usize, usize, usize)> = (0..b)
-        .flat_map(|i| (0..chunks).map(move |c| (i, c * DW_PIXELS, ((c + 1) * DW_PIXELS).min(p))))
+        .flat_map(|i| (0..chunks).map(move |c| (i, c * dw_pixels, ((c + 1) * dw_pixels).min(p))))
         .collect();
     let groups = threads.min(units.len());
     let in_len = s.c_in * s.height * s.width;
-    let by_channel = c_out < k_len;
+    // rows on the output channels where they are the smaller side, except
+    // for gathered patches barely longer than that (the stem: 64 channels,
+    // 147 patch rows, 1.4x faster with the patch rows as the GEMM's rows;
+    // pointwise layers, which read the input in place, are 2x slower so)
+    let by_channel = c_out < k_len && (s.pointwise() || 4 * c_out <= k_len);
     let m = if by_channel { c_out } else { k_len };
     // one accumulator per group of consecutive units: the sums depend on
     // the thread count, not on scheduling
@@ -919,6 +940,55 @@ mod tests {
             let via_w: f64 = dw.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
             assert!((lhs - via_x).abs() < 1e-4, "{s:?}: {lhs} vs {via_x}");
             assert!((lhs - via_w).abs() < 1e-4, "{s:?}: {lhs} vs {via_w}");
+        }
+    }
+
+    /// The weight gradient's other routes on large maps: more than
+    /// [`NARROW_DW`] output channels (chunks of [`DW_PIXELS`]), with the
+    /// GEMM's rows on the output channels (3 x 3) or, for patches of fewer
+    /// than four times as many rows (a stem-like 5 x 5), on the patch rows;
+    /// checked against the definition in f64.
+    #[test]
+    fn wide_weight_gradients_match_the_definition() {
+        for (c_in, c_out, k, stride, padding) in [(20, 40, 3, 1, 1), (3, 40, 5, 2, 2)] {
+            let s = ConvShape {
+                batch: 2,
+                c_in,
+                height: 40,
+                width: 36,
+                c_out,
+                kernel: k,
+                stride,
+                padding,
+                dilation: 1,
+            };
+            assert!(s.out_pixels() >= SMALL_MAP && c_out > NARROW_DW);
+            let x = pseudo(s.input_len(), 6);
+            let g = pseudo(s.output_len(), 7);
+            let w = pseudo(s.weight_len(), 8);
+            let (_, dw) = conv2d_backward(&s, &x, &g, &w, false);
+            // dw[co][r] = Σ g[co] · (y with w = e_r)[co], via the forward
+            // pass of unit weights, one patch row at a time
+            let k_len = s.patch_len();
+            for r in (0..k_len).step_by(7) {
+                let mut e = vec![0f32; s.weight_len()];
+                for co in 0..c_out {
+                    e[co * k_len + r] = 1.0;
+                }
+                let y = naive(&s, &x, &e);
+                let p = s.out_pixels();
+                for co in 0..c_out {
+                    let want: f64 = (0..s.batch)
+                        .flat_map(|b| (0..p).map(move |j| (b * c_out + co) * p + j))
+                        .map(|i| y[i] * g[i] as f64)
+                        .sum();
+                    let got = dw[co * k_len + r] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-3,
+                        "{s:?} co {co} r {r}: {got} vs {want}"
+                    );
+                }
+            }
         }
     }
 
