@@ -486,7 +486,7 @@ fn infer_one(
         println!("{v}");
     } else if !a.quiet {
         println!(
-            "rstile: mapped {} px in {:.2} s ({:.2} Mpx/s), peak memory {:.0} MiB (bound {:.0} MiB), {} windows (recompute {:.2}x), {} skipped as nodata, {} skipped outside the AOI, limited by {} -> {}",
+            "rstile: mapped {} px in {:.2} s ({:.2} Mpx/s), peak memory {:.0} MiB (bound {:.0} MiB), {} windows, recompute {:.2}x, {} skipped as nodata, {} skipped outside the AOI, limited by {} -> {}",
             report.pixels,
             report.seconds,
             report.pixels as f64 / report.seconds / 1e6,
