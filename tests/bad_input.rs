@@ -441,7 +441,7 @@ fn bad_flags_and_commands() {
             "--bands",
             "3",
             "--classes",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml"),
+            common::ISPRS_CLASSES,
             "-o",
             s(&c.out.join("m.safetensors")),
         ],

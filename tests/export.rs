@@ -40,7 +40,7 @@ fn ort_python() -> Option<String> {
 
 fn new_model(dir: &Path, arch: &str, bands: usize, window: usize) -> PathBuf {
     let p = dir.join(format!("{arch}.safetensors"));
-    let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+    let classes = common::ISPRS_CLASSES;
     let (mean, std) = if bands == 5 {
         ("120,120,120,2,0", "50,50,50,3,0.3")
     } else {
@@ -277,7 +277,7 @@ fn rstile_output(args: &[&str]) -> std::process::Output {
 fn pixel_size_becomes_the_deepness_resolution_and_infer_warns() {
     let t = tmp();
     let dir = t.path();
-    let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+    let classes = common::ISPRS_CLASSES;
     let m = dir.join("px.safetensors");
     ok(&[
         "model",

@@ -99,7 +99,7 @@ fn a_run_that_cannot_fit_in_memory_is_refused_before_writing() {
         "--bands",
         "3",
         "--classes",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml"),
+        common::ISPRS_CLASSES,
         "-o",
         s(&huge),
         "--window",
@@ -312,7 +312,7 @@ fn train_config(a: &Path, v: &Path, run: &Path, train: &str) -> String {
          [[data.scene]]\nimage = \"{}\"\nlabel = \"{}\"\nsplit = \"train\"\n\
          [[data.scene]]\nimage = \"{}\"\nlabel = \"{}\"\nsplit = \"val\"\n\n\
          [train]\nbatch = 2\ncrop = 32\nout_dir = \"{}\"\n{train}",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml"),
+        common::ISPRS_CLASSES,
         a.join("image.tif").display(),
         a.join("gt.tif").display(),
         v.join("image.tif").display(),
@@ -439,7 +439,7 @@ fn a_model_with_an_unusable_overlap_is_named_by_infer() {
     let t = tmp();
     let scene = synth(t.path(), 200, 200, 4).join("image.tif");
     let m = t.path().join("steep.safetensors");
-    let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+    let classes = common::ISPRS_CLASSES;
     let argv = [
         "model",
         "new",
@@ -488,7 +488,7 @@ fn a_model_with_an_unusable_overlap_is_named_by_infer() {
 fn model_new_refuses_an_overlap_infer_cannot_use() {
     let t = tmp();
     let m = t.path().join("steep.safetensors");
-    let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+    let classes = common::ISPRS_CLASSES;
     fails(
         &[
             "model",

@@ -527,7 +527,7 @@ fn a_failing_model_reports_its_own_error_and_leaves_nothing() {
 fn mean_std_and_classes_flags_override_the_model() {
     let t = tmp();
     let image = synth(t.path(), 300, 200, 31).join("image.tif");
-    let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+    let classes = common::ISPRS_CLASSES;
     let new_model = |name: &str, extra: &[&str]| {
         let p = t.path().join(name);
         let mut args = vec![

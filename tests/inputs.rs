@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 fn classes_toml() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml")
+    common::ISPRS_CLASSES
 }
 
 /// A training config: `train` (image, label) pairs and `val` pairs, the

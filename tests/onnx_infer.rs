@@ -15,7 +15,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(format!("{name}.onnx"))
 }
 
-const ISPRS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+const ISPRS: &str = common::ISPRS_CLASSES;
 
 fn run(scene: &Path, map: &Path, model: &Path, extra: &[&str]) -> String {
     let mut args = vec![

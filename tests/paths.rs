@@ -50,7 +50,7 @@ fn scene_model_and_outputs_with_latin1_names() {
     let scene = latin1(&dir, b"sc\xe8ne.tif");
     std::fs::copy(&image, &scene).unwrap();
     let model = latin1(&dir, b"m\xf6del.safetensors");
-    let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+    let classes = common::ISPRS_CLASSES;
     run_ok(&[
         os("model"),
         os("new"),

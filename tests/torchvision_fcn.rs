@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::Command;
 
 const CLASSES: &str = ISPRS_CLASSES;
 
@@ -14,19 +13,7 @@ fn npy(p: &Path) -> Vec<f32> {
 }
 
 fn import_argv<'a>(checkpoint: &'a Path, arch: &'a str, out: &'a Path) -> Vec<&'a str> {
-    vec![
-        "model",
-        "import",
-        s(checkpoint),
-        "--from",
-        "torchvision",
-        "--arch",
-        arch,
-        "--classes",
-        CLASSES,
-        "-o",
-        s(out),
-    ]
+    common::import_argv(s(checkpoint), "torchvision", arch, CLASSES, s(out))
 }
 
 #[test]
@@ -37,19 +24,7 @@ fn torchvision_fcn_resnet50_imports_and_computes_torch_s_output() {
     };
     let t = tmp();
     let dir = t.path();
-    let run = Command::new(&py)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/torchvision-fcn-checkpoint.py"
-        ))
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    run_fixture_script(&py, "torchvision-fcn-checkpoint.py", &[dir.as_os_str()]);
     // fcn.pth holds aux_classifier.* (aux_loss=True): skipped
     for file in ["fcn.pth", "fcn.ckpt"] {
         let m = dir.join(format!("{file}.safetensors"));

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 fn classes_toml() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml")
+    common::ISPRS_CLASSES
 }
 
 /// A generated scene (image.tif, gt.tif) in `dir`.
@@ -1351,19 +1351,7 @@ fn pretrained_resnet18_pth_and_lightning_ckpt_match_torchvision() {
         return;
     };
     let dir = common::tmp();
-    let out = std::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/torch-checkpoints.py"
-        ))
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_fixture_script(&python, "torch-checkpoints.py", &[dir.path().as_os_str()]);
     let x = rstile::model::npy::read_f32(&dir.path().join("input.npy")).unwrap();
     let want = vals(&rstile::model::npy::read_f32(&dir.path().join("encoder.npy")).unwrap());
     for file in ["resnet18.pth", "resnet18.ckpt"] {

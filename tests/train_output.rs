@@ -29,7 +29,7 @@ fn setup() -> Case {
 impl Case {
     /// A one-epoch tiny config with `out_dir`.
     fn config(&self, path: &Path, out_dir: &Path) {
-        let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+        let classes = common::ISPRS_CLASSES;
         let scene = |split: &str| {
             format!(
                 "[[data.scene]]\nimage = \"{}\"\nlabel = \"{}\"\nsplit = \"{split}\"\n",

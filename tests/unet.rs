@@ -31,37 +31,22 @@ fn smp_unet_checkpoints_import_and_compute_smp_s_output() {
     let t = tmp();
     for encoder in ["resnet18", "resnet34"] {
         let dir = t.path().join(encoder);
-        let run = Command::new(&py)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/smp-unet-checkpoint.py"
-            ))
-            .arg(&dir)
-            .arg(encoder)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
+        run_fixture_script(
+            &py,
+            "smp-unet-checkpoint.py",
+            &[dir.as_os_str(), encoder.as_ref()],
         );
         let want = npy(&dir.join("output.npy"));
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         for file in ["unet.pth", "unet.ckpt"] {
             let m = dir.join(format!("{file}.safetensors"));
-            let out = ok(&[
-                "model",
-                "import",
+            let out = ok(&import_argv(
                 s(&dir.join(file)),
-                "--from",
                 "smp",
-                "--arch",
                 &format!("unet-{encoder}"),
-                "--classes",
                 CLASSES,
-                "-o",
                 s(&m),
-            ]);
+            ));
             assert!(out.contains(&format!("unet-{encoder}")), "{out}");
             let y = dir.join(format!("{file}.npy"));
             ok(&[
@@ -89,27 +74,18 @@ fn smp_unet_checkpoints_import_and_compute_smp_s_output() {
             "unet-resnet18"
         };
         fails(
-            &[
-                "model", "import", s(&dir.join("unet.ckpt")), "--from", "smp", "--arch", other,
-                "--classes", CLASSES, "-o", s(&dir.join("wrong.safetensors")),
-            ],
+            &import_argv(s(&dir.join("unet.ckpt")), "smp", other, CLASSES, s(&dir.join("wrong.safetensors"))),
             &format!("hyper_parameters say model 'unet' on backbone '{encoder}', not --arch {other} (use --arch unet-{encoder})"),
         );
         assert!(!dir.join("wrong.safetensors").exists());
         let m = dir.join("norm.safetensors");
-        ok(&[
-            "model",
-            "import",
+        ok(&import_argv(
             s(&dir.join("unet-norm.ckpt")),
-            "--from",
             "smp",
-            "--arch",
             &format!("unet-{encoder}"),
-            "--classes",
             CLASSES,
-            "-o",
             s(&m),
-        ]);
+        ));
         let meta = rstile::model::read_meta(&m).unwrap();
         assert_eq!(
             (meta.mean, meta.std),
@@ -125,38 +101,26 @@ fn bad_checkpoints_get_one_line() {
     // another architecture's weights: an FCN has `backbone.*`, no `encoder.*`
     let fcn = model(d, "resnet18-fcn", 3, 64);
     let e = fails(
-        &[
-            "model",
-            "import",
+        &import_argv(
             s(&fcn),
-            "--from",
             "smp",
-            "--arch",
             "unet-resnet18",
-            "--classes",
             CLASSES,
-            "-o",
             s(&d.join("a.safetensors")),
-        ],
+        ),
         "encoder.conv1.weight",
     );
     assert!(e.contains("resnet18-fcn_3_64.safetensors"), "{e}");
     // a U-Net of another depth: the first mis-shaped or unexpected key
     let u34 = model(d, "unet-resnet34", 3, 64);
     fails(
-        &[
-            "model",
-            "import",
+        &import_argv(
             s(&u34),
-            "--from",
             "smp",
-            "--arch",
             "unet-resnet18",
-            "--classes",
             CLASSES,
-            "-o",
             s(&d.join("b.safetensors")),
-        ],
+        ),
         "not a variable of unet-resnet18",
     );
     // a class table of another count
@@ -170,71 +134,47 @@ fn bad_checkpoints_get_one_line() {
     .unwrap();
     let u18 = model(d, "unet-resnet18", 3, 64);
     fails(
-        &[
-            "model",
-            "import",
+        &import_argv(
             s(&u18),
-            "--from",
             "smp",
-            "--arch",
             "unet-resnet18",
-            "--classes",
             s(&four),
-            "-o",
             s(&d.join("c.safetensors")),
-        ],
+        ),
         "head has 6 classes, --classes lists 4",
     );
     // not a checkpoint at all
     let junk = d.join("junk.pth");
     std::fs::write(&junk, b"PK\x03\x04 this is not a zip pickle").unwrap();
     fails(
-        &[
-            "model",
-            "import",
+        &import_argv(
             s(&junk),
-            "--from",
             "smp",
-            "--arch",
             "unet-resnet18",
-            "--classes",
             CLASSES,
-            "-o",
             s(&d.join("d.safetensors")),
-        ],
+        ),
         "junk.pth",
     );
     // unknown architecture, and torchvision's FCN (resnet50-fcn-os8 only)
     fails(
-        &[
-            "model",
-            "import",
+        &import_argv(
             s(&u18),
-            "--from",
             "smp",
-            "--arch",
             "unet-vgg",
-            "--classes",
             CLASSES,
-            "-o",
             s(&d.join("e.safetensors")),
-        ],
+        ),
         "unet-resnet18",
     );
     fails(
-        &[
-            "model",
-            "import",
+        &import_argv(
             s(&u18),
-            "--from",
             "torchvision",
-            "--arch",
             "resnet50-fcn",
-            "--classes",
             CLASSES,
-            "-o",
             s(&d.join("f.safetensors")),
-        ],
+        ),
         "into resnet50-fcn-os8 (layer3 and layer4 dilated, output stride 8), not resnet50-fcn",
     );
     for f in ["a", "b", "c", "d", "e", "f"] {
@@ -242,33 +182,15 @@ fn bad_checkpoints_get_one_line() {
     }
     // a good import round-trips, and refuses to replace its output
     let g = d.join("g.safetensors");
-    ok(&[
-        "model",
-        "import",
+    ok(&import_argv(
         s(&u18),
-        "--from",
         "smp",
-        "--arch",
         "unet-resnet18",
-        "--classes",
         CLASSES,
-        "-o",
         s(&g),
-    ]);
+    ));
     fails(
-        &[
-            "model",
-            "import",
-            s(&u18),
-            "--from",
-            "smp",
-            "--arch",
-            "unet-resnet18",
-            "--classes",
-            CLASSES,
-            "-o",
-            s(&g),
-        ],
+        &import_argv(s(&u18), "smp", "unet-resnet18", CLASSES, s(&g)),
         "g.safetensors",
     );
 }

@@ -86,7 +86,7 @@ pub fn synth(dir: &Path, w: usize, h: usize, seed: u64) -> PathBuf {
 pub fn model(dir: &Path, arch: &str, bands: usize, window: usize) -> PathBuf {
     let p = dir.join(format!("{arch}_{bands}_{window}.safetensors"));
     if !p.exists() {
-        let classes = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/classes/isprs.toml");
+        let classes = ISPRS_CLASSES;
         ok(&[
             "model",
             "new",
@@ -319,4 +319,42 @@ pub fn read_npy(p: &Path) -> (Vec<usize>, Vec<f32>) {
         t.dims().to_vec(),
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
     )
+}
+
+/// `rstile model import CHECKPOINT --from FROM --arch ARCH --classes CLASSES
+/// -o OUT` (the source at index 4).
+pub fn import_argv<'a>(
+    checkpoint: &'a str,
+    from: &'a str,
+    arch: &'a str,
+    classes: &'a str,
+    out: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "model",
+        "import",
+        checkpoint,
+        "--from",
+        from,
+        "--arch",
+        arch,
+        "--classes",
+        classes,
+        "-o",
+        out,
+    ]
+}
+
+/// Runs `scripts/SCRIPT` with `python` and `args` (a fixture maker);
+/// panics with its stderr when it fails.
+pub fn run_fixture_script(python: &str, script: &str, args: &[&std::ffi::OsStr]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    let run = Command::new(python).arg(path).args(args).output().unwrap();
+    assert!(
+        run.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
