@@ -23,20 +23,14 @@ import sys
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
+from fixture_batchnorm import randomise_batch_norm
 
 out = sys.argv[1]
 encoder = sys.argv[2] if len(sys.argv) > 2 else "resnet18"
 os.makedirs(out, exist_ok=True)
 torch.manual_seed(0)
 m = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=6)
-with torch.no_grad():
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-            mod.weight.uniform_(0.5, 1.5)
-            mod.bias.uniform_(-0.2, 0.2)
-m.eval()
+randomise_batch_norm(m)
 sd = m.state_dict()
 torch.save(sd, os.path.join(out, "unet.pth"))
 # TorchGeo's SemanticSegmentationTask hyperparameters (a plain dict, as

@@ -28,19 +28,13 @@ import sys
 import numpy as np
 import torch
 import torchvision
+from fixture_batchnorm import randomise_batch_norm
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 torch.manual_seed(0)
 m = torchvision.models.resnet18(weights=None)
-with torch.no_grad():
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-            mod.weight.uniform_(0.5, 1.5)
-            mod.bias.uniform_(-0.2, 0.2)
-m.eval()
+randomise_batch_norm(m)
 sd = m.state_dict()
 torch.save(sd, os.path.join(out, "resnet18.pth"))
 ckpt = {

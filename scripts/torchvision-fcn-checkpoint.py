@@ -27,19 +27,13 @@ import numpy as np
 import torch
 import torchvision
 from torchvision.models.segmentation import fcn_resnet50
+from fixture_batchnorm import randomise_batch_norm
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 torch.manual_seed(0)
 m = fcn_resnet50(weights=None, weights_backbone=None, num_classes=6, aux_loss=True)
-with torch.no_grad():
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-            mod.weight.uniform_(0.5, 1.5)
-            mod.bias.uniform_(-0.2, 0.2)
-m.eval()
+randomise_batch_norm(m)
 sd = m.state_dict()
 assert any(k.startswith("aux_classifier.") for k in sd), "aux_loss=True keeps aux_classifier"
 torch.save(sd, os.path.join(out, "fcn.pth"))
