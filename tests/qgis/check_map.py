@@ -47,61 +47,37 @@ The background of the rendering is white unless white is a class colour
 (ISPRS "impervious surfaces" is), then the first of a few unusual colours
 that is not, so that nodata and every class stay distinguishable.
 """
-import json
 import os
 import sys
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+from qgis_common import (
+    MAX_FOREIGN,
+    MAX_RENDER,
+    background_for,
+    fail,
+    main,
+    ok,
+    read_expected,
+    read_png,
+)
 
 import numpy as np  # noqa: E402
 from osgeo import gdal  # noqa: E402
 from qgis.core import (  # noqa: E402
-    Qgis,
-    QgsApplication,
     QgsMapRendererSequentialJob,
     QgsMapSettings,
     QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QSize  # noqa: E402
-from qgis.PyQt.QtGui import QColor, QImage  # noqa: E402
+from qgis.PyQt.QtGui import QColor  # noqa: E402
 
 NODATA = 255
-# Longest side of the rendering. Maps up to this size render 1:1.
-MAX_RENDER = 1024
-BACKGROUNDS = ["#ffffff", "#ff00ff", "#7f7f7f", "#123456", "#fedcba"]
-# Share of the image that may be of a colour that is neither a class colour
-# nor the background (edges, if anything ever smooths them).
-MAX_FOREIGN = 0.005
-
-
-class Failed(Exception):
-    pass
-
-
-def ok(msg):
-    print(f"ok: {msg}", flush=True)
-
-
-def fail(msg):
-    raise Failed(msg)
-
-
-def hex_rgb(s):
-    s = s.strip().lower()
-    if len(s) != 7 or s[0] != "#":
-        raise ValueError(f"colour {s!r} is not #rrggbb")
-    int(s[1:], 16)
-    return s
+# Maps up to MAX_RENDER px render 1:1.
 
 
 def load_expected(path):
-    with open(path, encoding="utf-8") as f:
-        exp = json.load(f)
-    classes = [(int(c["id"]), str(c["name"]), hex_rgb(c["color"])) for c in exp["classes"]]
-    if not classes:
-        raise ValueError("no classes")
-    epsg = exp.get("epsg")
-    return (int(epsg) if epsg is not None else None), classes
+    _, epsg, classes = read_expected(path)
+    return epsg, classes
 
 
 def palette(renderer):
@@ -197,30 +173,9 @@ def render(layer, out_png, background):
     return size
 
 
-def read_png(path):
-    img = QImage(path)
-    if img.isNull():
-        fail(f"Qt cannot read back {path}")
-    img = img.convertToFormat(QImage.Format_RGB32)
-    w, h = img.width(), img.height()
-    ptr = img.constBits()
-    ptr.setsize(img.bytesPerLine() * h)
-    a = np.frombuffer(ptr, np.uint8).reshape(h, img.bytesPerLine())[:, : w * 4].reshape(h, w, 4)
-    # Format_RGB32 is 0xffRRGGBB per pixel, in native byte order.
-    if sys.byteorder == "little":
-        b, g, r = a[..., 0], a[..., 1], a[..., 2]
-    else:
-        r, g, b = a[..., 1], a[..., 2], a[..., 3]
-    packed = (r.astype(np.uint32) << 16) | (g.astype(np.uint32) << 8) | b.astype(np.uint32)
-    colors, counts = np.unique(packed, return_counts=True)
-    return {f"#{c:06x}": int(n) for c, n in zip(colors.tolist(), counts.tolist())}, w * h
-
-
 def check_rendering(layer, map_path, out_png, classes):
     class_colors = {c for _, _, c in classes}
-    background = next((c for c in BACKGROUNDS if c not in class_colors), None)
-    if background is None:
-        fail("every candidate background colour is a class colour")
+    background = background_for(classes)
     size = render(layer, out_png, background)
     ok(f"rendered {size.width()}x{size.height()} px to {out_png}, background {background}")
     got, npix = read_png(out_png)
@@ -275,42 +230,6 @@ def run(map_path, epsg, classes, out_png):
     check_rendering(layer, map_path, out_png, classes)
 
 
-def one_line(e):
-    return " ".join(str(e).split())
-
-
-def main():
-    if len(sys.argv) != 4:
-        print(__doc__, file=sys.stderr)
-        return 2
-    map_path, expected_path, out_png = sys.argv[1:]
-    try:
-        epsg, classes = load_expected(expected_path)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"FAIL: cannot read {expected_path}: {e}", flush=True)
-        return 2
-    if not os.path.isfile(map_path):
-        print(f"FAIL: no such map: {map_path}", flush=True)
-        return 2
-    gdal.UseExceptions()
-
-    qgs = QgsApplication([], False)
-    qgs.setPrefixPath("/usr", True)
-    qgs.initQgis()
-    print(f"QGIS {Qgis.QGIS_VERSION}, GDAL {gdal.__version__}", flush=True)
-    code = 0
-    try:
-        run(map_path, epsg, classes, out_png)
-        print("all checks passed", flush=True)
-    except Failed as e:
-        print(f"FAIL: {one_line(e)}", flush=True)
-        code = 1
-    except (RuntimeError, ValueError) as e:
-        print(f"FAIL: {type(e).__name__}: {one_line(e)}", flush=True)
-        code = 1
-    qgs.exitQgis()
-    return code
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    gdal.UseExceptions()
+    sys.exit(main(__doc__, load_expected, run, "map", f", GDAL {gdal.__version__}"))

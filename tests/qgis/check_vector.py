@@ -31,56 +31,33 @@ line per check, or ``FAIL: ...`` and exit status 1 at the first failure:
 Exit status: 0 all checks passed, 1 a check failed, 2 bad usage or input.
 See check_map.py for setting up QGIS on Debian 12.
 """
-import json
 import os
 import sys
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+from qgis_common import (
+    MAX_FOREIGN,
+    MAX_RENDER,
+    background_for,
+    fail,
+    main,
+    ok,
+    read_expected,
+    read_png,
+)
 
 from qgis.core import (  # noqa: E402
-    Qgis,
-    QgsApplication,
     QgsMapRendererSequentialJob,
     QgsMapSettings,
     QgsVectorLayer,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QSize  # noqa: E402
-from qgis.PyQt.QtGui import QColor, QImage  # noqa: E402
-
-MAX_RENDER = 1024
-BACKGROUNDS = ["#ffffff", "#ff00ff", "#7f7f7f", "#123456", "#fedcba"]
-MAX_FOREIGN = 0.005
-
-
-class Failed(Exception):
-    pass
-
-
-def ok(msg):
-    print(f"ok: {msg}", flush=True)
-
-
-def fail(msg):
-    raise Failed(msg)
-
-
-def hex_rgb(s):
-    s = s.strip().lower()
-    if len(s) != 7 or s[0] != "#":
-        raise ValueError(f"colour {s!r} is not #rrggbb")
-    int(s[1:], 16)
-    return s
+from qgis.PyQt.QtGui import QColor  # noqa: E402
 
 
 def load_expected(path):
-    with open(path, encoding="utf-8") as f:
-        exp = json.load(f)
-    classes = [(int(c["id"]), str(c["name"]), hex_rgb(c["color"])) for c in exp["classes"]]
-    if not classes:
-        raise ValueError("no classes")
-    epsg = exp.get("epsg")
-    return (int(epsg) if epsg is not None else None), int(exp["features"]), classes
+    exp, epsg, classes = read_expected(path)
+    return epsg, int(exp["features"]), classes
 
 
 def categories(renderer):
@@ -191,27 +168,12 @@ def render(layer, out_png, background):
     return settings.visibleExtent(), w * h
 
 
-def read_png(path):
-    img = QImage(path)
-    if img.isNull():
-        fail(f"Qt cannot read back {path}")
-    img = img.convertToFormat(QImage.Format_RGB32)
-    counts = {}
-    for y in range(img.height()):
-        for x in range(img.width()):
-            c = f"#{img.pixel(x, y) & 0xFFFFFF:06x}"
-            counts[c] = counts.get(c, 0) + 1
-    return counts
-
-
 def check_rendering(layer, out_png, classes, areas):
     class_colors = {c for _, _, c in classes}
-    background = next((c for c in BACKGROUNDS if c not in class_colors), None)
-    if background is None:
-        fail("every candidate background colour is a class colour")
+    background = background_for(classes)
     drawn, npix = render(layer, out_png, background)
     ok(f"rendered to {out_png}, background {background}")
-    got = read_png(out_png)
+    got, _ = read_png(out_png)
     total = drawn.width() * drawn.height()
     want = {}
     for cid, name, color in classes:
@@ -254,41 +216,5 @@ def run(path, epsg, nfeatures, classes, out_png):
     check_rendering(layer, out_png, classes, areas)
 
 
-def one_line(e):
-    return " ".join(str(e).split())
-
-
-def main():
-    if len(sys.argv) != 4:
-        print(__doc__, file=sys.stderr)
-        return 2
-    path, expected_path, out_png = sys.argv[1:]
-    try:
-        epsg, nfeatures, classes = load_expected(expected_path)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"FAIL: cannot read {expected_path}: {e}", flush=True)
-        return 2
-    if not os.path.isfile(path):
-        print(f"FAIL: no such file: {path}", flush=True)
-        return 2
-
-    qgs = QgsApplication([], False)
-    qgs.setPrefixPath("/usr", True)
-    qgs.initQgis()
-    print(f"QGIS {Qgis.QGIS_VERSION}", flush=True)
-    code = 0
-    try:
-        run(path, epsg, nfeatures, classes, out_png)
-        print("all checks passed", flush=True)
-    except Failed as e:
-        print(f"FAIL: {one_line(e)}", flush=True)
-        code = 1
-    except (RuntimeError, ValueError, KeyError) as e:
-        print(f"FAIL: {type(e).__name__}: {one_line(e)}", flush=True)
-        code = 1
-    qgs.exitQgis()
-    return code
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, load_expected, run, "file"))
