@@ -20,6 +20,7 @@
 //! what the finite-difference test checks); on any other device or dtype
 //! it is candle's own upsampling and concatenation, unchanged.
 
+use super::conv::cpu_slice;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -251,14 +252,6 @@ fn cpu_tensor(s: CpuStorage, shape: &Shape) -> Result<Tensor> {
     }
 }
 
-fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let v = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("up_cat: contiguous tensors only"),
-    }
-}
-
 impl CustomOp2 for UpCat {
     fn name(&self) -> &'static str {
         "rstile-upsample-cat"
@@ -275,10 +268,10 @@ impl CustomOp2 for UpCat {
         let cs = l2.shape().dims4()?.1;
         let y = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(self.forward(slice::<f32>(s1, l1)?, slice(s2, l2)?, b, cx))
+                CpuStorage::F32(self.forward(cpu_slice::<f32>(s1, l1)?, cpu_slice(s2, l2)?, b, cx))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(self.forward(slice::<f64>(s1, l1)?, slice(s2, l2)?, b, cx))
+                CpuStorage::F64(self.forward(cpu_slice::<f64>(s1, l1)?, cpu_slice(s2, l2)?, b, cx))
             }
             _ => candle_core::bail!("up_cat: f32 or f64 inputs of one dtype only"),
         };
@@ -305,8 +298,12 @@ impl CustomOp1 for UpCat {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, cx, _, _) = l.shape().dims4()?;
         let y = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(self.forward(slice::<f32>(s, l)?, &[], b, cx)),
-            CpuStorage::F64(_) => CpuStorage::F64(self.forward(slice::<f64>(s, l)?, &[], b, cx)),
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(self.forward(cpu_slice::<f32>(s, l)?, &[], b, cx))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(self.forward(cpu_slice::<f64>(s, l)?, &[], b, cx))
+            }
             _ => candle_core::bail!("up_cat: f32 or f64 only"),
         };
         Ok((y, self.out_shape(b, cx)))
