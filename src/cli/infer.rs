@@ -408,10 +408,11 @@ fn infer_one(
             plan.blend
         );
         eprintln!(
-            "rstile: memory bound {:.0} MiB = model {:.0} + in-flight windows {:.0} + stitcher {:.0} + writer {:.0} + GDAL cache {:.0} + base {:.0}",
+            "rstile: memory bound {:.0} MiB = model {:.0} + in-flight windows {:.0} + decoded cells {:.0} + stitcher {:.0} + writer {:.0} + GDAL cache {:.0} + base {:.0}",
             mib(bound.total()),
             mib(bound.model),
             mib(bound.in_flight),
+            mib(bound.cells),
             mib(bound.stitcher),
             mib(bound.writer),
             mib(bound.gdal_cache),

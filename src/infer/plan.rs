@@ -17,9 +17,9 @@
 //! [`MemoryBound`] adds it all up.
 
 use crate::error::{Error, Result};
-use crate::infer::read::{Normalize, SceneInfo};
+use crate::infer::read::{CellLattice, Normalize, SceneInfo};
 use crate::infer::stitch::{Blend, Region};
-use crate::infer::window::{GridError, WindowGrid};
+use crate::infer::window::{GridError, Rect, WindowGrid};
 use crate::infer::write::TILE;
 use crate::model::ModelMeta;
 use crate::scale::aoi::Aoi;
@@ -443,6 +443,8 @@ impl InferPlan {
 pub struct MemoryBound {
     pub model: u64,
     pub in_flight: u64,
+    /// The decoded cells the windows are cut from.
+    pub cells: u64,
     pub stitcher: u64,
     pub writer: u64,
     pub gdal_cache: u64,
@@ -456,10 +458,11 @@ impl MemoryBound {
     }
 
     /// The parts, named.
-    fn parts(&self) -> [(BoundPart, u64); 6] {
+    fn parts(&self) -> [(BoundPart, u64); 7] {
         [
             (BoundPart::Model, self.model),
             (BoundPart::InFlight, self.in_flight),
+            (BoundPart::Cells, self.cells),
             (BoundPart::Stitcher, self.stitcher),
             (BoundPart::Writer, self.writer),
             (BoundPart::GdalCache, self.gdal_cache),
@@ -522,9 +525,11 @@ impl MemoryBound {
         let side_planes = 1 + plan.confidence as u64 + k * plan.probabilities as u64;
         let writer = mul(&[4, width, TILE as u64, side_planes], "--chunk")?;
         let gdal_cache = mul(&[plan.gdal_cache_mb as u64, 1 << 20], "--gdal-cache")?;
+        let cells = cell_bytes(plan, 3 * plan.readers as u64 + 1);
         let bound = MemoryBound {
             model,
             in_flight,
+            cells,
             stitcher,
             writer,
             gdal_cache,
@@ -548,7 +553,7 @@ impl MemoryBound {
             .into_iter()
             .max_by_key(|p| p.1)
             .map(|p| p.0)
-            .expect("six parts")
+            .expect("seven parts")
     }
 
     /// Refuses a bound above the plan's memory limit, before anything is
@@ -577,11 +582,50 @@ impl MemoryBound {
     }
 }
 
+/// Bytes of the decoded cells alive at once (see `stages.rs`): those
+/// around the raster rows between the oldest of the `jobs` windows a reader
+/// may still cut (in the channel, in the readers' hands, in the
+/// dispatcher's) and the newest, over a region's source width; for the
+/// regions of the chunk width and the narrower last one. Counted in whole
+/// cells of the scene's [`CellLattice`], as f32 per band plus a mask byte.
+fn cell_bytes(plan: &InferPlan, jobs: u64) -> u64 {
+    let size = plan.scene.size;
+    let Ok(grid) = WindowGrid::new(size, plan.window, plan.overlap) else {
+        return 0;
+    };
+    let all = Rect {
+        x: 0,
+        y: 0,
+        width: size.width,
+        height: size.height,
+    };
+    let lattice = CellLattice::new((plan.scene.block.width, plan.scene.block.height), all);
+    let chunk = plan.chunk.min(size.width);
+    let mut widths = vec![chunk];
+    if size.width % chunk != 0 {
+        widths.push(size.width % chunk);
+    }
+    widths
+        .into_iter()
+        .map(|w| {
+            let cols = grid.cols_touching(0, w).len().max(1) as u64;
+            let rows = (jobs.div_ceil(cols) as usize)
+                .saturating_mul(grid.stride())
+                .saturating_add(plan.window)
+                .min(size.height);
+            let width = (w + plan.window).min(size.width);
+            lattice.bytes_for(rows, width, plan.bands.len()) as u64
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// A part of the [`MemoryBound`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BoundPart {
     Model,
     InFlight,
+    Cells,
     Stitcher,
     Writer,
     GdalCache,
@@ -607,6 +651,10 @@ impl BoundPart {
                 plan.batch,
                 plan.readers
             ),
+            BoundPart::Cells => format!(
+                "{window} needs {} for the decoded cells its windows are cut from",
+                human_bytes(b.cells)
+            ),
             BoundPart::Stitcher => format!(
                 "{window} needs {} for the stitcher's strip of {} x {width} px",
                 human_bytes(b.stitcher),
@@ -630,6 +678,7 @@ impl BoundPart {
         match self {
             BoundPart::Model => "lower --batch or --window",
             BoundPart::InFlight => "lower --window, --batch or --readers",
+            BoundPart::Cells => "lower --window, --readers or --chunk",
             BoundPart::Stitcher => "lower --window or --chunk",
             BoundPart::Writer => "lower --chunk",
             BoundPart::GdalCache => "lower --gdal-cache",
@@ -947,6 +996,10 @@ mod tests {
         let px = 512 * 512;
         assert_eq!(b.model, 4000 + 4 * px * 320);
         assert_eq!(b.in_flight, (2 * 4 + 2 * 2 + 2) * px * (4 * 6 + 1));
+        // stride 384; 11 windows touch a 4096 px chunk, so the 7 windows a
+        // reader may still cut lie in one grid row: 384 + 512 rows, 5 cells
+        // of 256 rows at worst; 4096 + 512 columns, 6 cells of 1024
+        assert_eq!(b.cells, (5 * 256) * (6 * 1024) * (4 * 3 + 1));
         assert_eq!(
             b.stitcher as usize,
             ChunkStitcher::bytes_for(512, TILE, DEFAULT_CHUNK, 6)
@@ -955,7 +1008,7 @@ mod tests {
         assert_eq!(b.gdal_cache, 256 << 20);
         assert_eq!(
             b.total(),
-            b.model + b.in_flight + b.stitcher + b.writer + b.gdal_cache + b.base
+            b.model + b.in_flight + b.cells + b.stitcher + b.writer + b.gdal_cache + b.base
         );
     }
 

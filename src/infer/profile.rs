@@ -47,7 +47,10 @@ impl Clock {
 pub struct Profile {
     pub dispatch_busy: Clock,
     pub dispatch_wait_out: Clock,
-    /// Readers (summed over their threads): read, pad, normalise and mask.
+    /// Readers (summed over their threads): decoding cells.
+    pub read_decode: Clock,
+    /// Readers: cutting windows from the cells, padding, normalising and
+    /// masking them.
     pub read: Clock,
     pub read_wait_in: Clock,
     pub read_wait_out: Clock,
@@ -133,7 +136,10 @@ impl Profile {
             stage(
                 "read",
                 readers,
-                vec![("decode, cut, normalise", self.read.secs())],
+                vec![
+                    ("decode", self.read_decode.secs()),
+                    ("cut, normalise", self.read.secs()),
+                ],
                 self.read_wait_in.secs(),
                 self.read_wait_out.secs(),
             ),

@@ -35,15 +35,16 @@ use crate::error::{Error, Result};
 use crate::infer::batch::{run_batch_tta, NonFiniteWindow};
 use crate::infer::plan::InferPlan;
 use crate::infer::profile::Profile;
-use crate::infer::read::{WindowData, WindowSource};
+use crate::infer::read::{CellLattice, Pixels, WindowData, WindowSource};
 use crate::infer::stitch::{Band, ChunkStitcher, Prediction, Region};
-use crate::infer::window::{Window, WindowGrid};
+use crate::infer::window::{Rect, Window, WindowGrid};
 use crate::infer::write::{MapWriter, TILE};
 use crate::infer::Progress;
 use crate::model::Model;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long the model waits for more windows before running a short batch.
@@ -68,13 +69,43 @@ enum Order {
     EndChunk,
 }
 
-/// A window for a reader to read.
-struct Job {
+/// Work for a reader, in the order the dispatcher sent it.
+enum Job {
+    /// Decode a cell, for the windows sent after it.
+    Decode(Decode),
+    /// Cut a window from its cells.
+    Window(WindowJob),
+}
+
+/// A window for a reader to cut.
+struct WindowJob {
     window: Window,
     /// The region the window is read for (a window at a chunk border is
     /// read once for each chunk).
     region: Region,
+    /// The cells that cover its source rectangle, each sent to be decoded
+    /// before this job (so a reader waiting for one waits for a reader that
+    /// already took its decoding).
+    cells: Vec<Arc<Cell>>,
     reply: Sender<Slot>,
+}
+
+/// A cell of the region's [`CellLattice`]: decoded by one reader, cut from
+/// by any; `None` once its decoding failed or was abandoned.
+struct Cell {
+    rect: Rect,
+    pixels: OnceLock<Option<Pixels>>,
+}
+
+/// A cell to decode. Dropped undecoded (its reader stopped, failed or
+/// panicked, or the run ended with it in the channel), it marks the cell
+/// failed, so no reader waits for it forever.
+struct Decode(Arc<Cell>);
+
+impl Drop for Decode {
+    fn drop(&mut self) {
+        let _ = self.0.pixels.set(None);
+    }
 }
 
 /// A read window for the model.
@@ -180,7 +211,7 @@ impl<'a> Stages<'a> {
 
     /// Counts the non-finite pixels of a read window once: those in the
     /// window's centre ([`WindowGrid::centre`]) and in its job's region.
-    fn count_non_finite(&self, job: &Job, data: &WindowData) {
+    fn count_non_finite(&self, job: &WindowJob, data: &WindowData) {
         if data.non_finite.is_empty() {
             return;
         }
@@ -285,9 +316,18 @@ impl<'a> Stages<'a> {
         let wait = &self.profile.dispatch_wait_out;
         let grid = &self.grid;
         let aoi = self.plan.aoi.as_deref();
+        let block = self.plan.scene.block;
         for reg in self.regions {
-            for r in grid.rows_touching(reg.y0, reg.y1) {
-                for c in grid.cols_touching(reg.x0, reg.x1) {
+            let (rows, cols) = (
+                grid.rows_touching(reg.y0, reg.y1),
+                grid.cols_touching(reg.x0, reg.x1),
+            );
+            let lattice = CellLattice::new((block.width, block.height), source_bounds(grid, reg));
+            // the cells decoded for windows sent, until no later window of
+            // the region needs them
+            let mut cells: BTreeMap<(usize, usize), Arc<Cell>> = BTreeMap::new();
+            for r in rows.clone() {
+                for c in cols.clone() {
                     if self.stopping() {
                         return;
                     }
@@ -301,14 +341,37 @@ impl<'a> Stages<'a> {
                         let _ = tx.send(Slot::Skipped);
                         continue;
                     }
-                    let job = Job {
+                    let mut covering = Vec::new();
+                    for key in lattice.cells_of(&grid.source_rect(&w)) {
+                        if let Some(cell) = cells.get(&key) {
+                            covering.push(cell.clone());
+                            continue;
+                        }
+                        let cell = Arc::new(Cell {
+                            rect: lattice.rect(key),
+                            pixels: OnceLock::new(),
+                        });
+                        cells.insert(key, cell.clone());
+                        covering.push(cell.clone());
+                        if wait.time(|| jobs.send(Job::Decode(Decode(cell)))).is_err() {
+                            return;
+                        }
+                    }
+                    let job = WindowJob {
                         window: w,
                         region: *reg,
+                        cells: covering,
                         reply: tx,
                     };
-                    if wait.time(|| jobs.send(job)).is_err() {
+                    if wait.time(|| jobs.send(Job::Window(job))).is_err() {
                         return;
                     }
+                }
+                // cells above the next row's source rectangle are done with
+                // (source rectangles only move down, row by row)
+                if r + 1 < rows.end {
+                    let top = grid.source_rect(&grid.window(cols.start, r + 1)).y;
+                    cells.retain(|_, c| c.rect.y + c.rect.height > top);
                 }
                 if wait.time(|| orders.send(Order::EndRow(r))).is_err() {
                     return;
@@ -320,9 +383,10 @@ impl<'a> Stages<'a> {
         }
     }
 
-    /// A reader: reads, pads, normalises and masks each window with its own
-    /// GDAL handle; all-nodata windows are answered as skipped, the others
-    /// go to the model.
+    /// A reader: decodes the cells it is sent with its own GDAL handle, and
+    /// cuts, pads, normalises and masks windows from the decoded cells;
+    /// all-nodata windows are answered as skipped, the others go to the
+    /// model.
     fn read(
         &self,
         mut reader: Box<dyn WindowSource>,
@@ -334,29 +398,39 @@ impl<'a> Stages<'a> {
             if self.stopping() {
                 return;
             }
-            let read = p.read.time(|| reader.read_window(&job.window));
-            if let Ok(data) = &read {
-                self.count_non_finite(&job, data);
-            }
-            match read {
-                Ok(data) if !data.any_valid => {
-                    self.skipped.fetch_add(1, Ordering::Relaxed);
-                    let _ = job.reply.send(Slot::Skipped);
-                }
-                Ok(data) => {
-                    let job = ModelJob {
-                        window: job.window,
-                        data,
-                        reply: job.reply,
-                    };
-                    if p.read_wait_out.time(|| windows.send(job).is_err()) {
-                        return;
+            let job = match job {
+                Job::Decode(d) => match p.read_decode.time(|| reader.decode(&d.0.rect)) {
+                    Ok(px) => {
+                        let _ = d.0.pixels.set(Some(px));
+                        continue;
                     }
+                    Err(e) => return self.fail(e),
+                },
+                Job::Window(job) => job,
+            };
+            let mut cells = Vec::with_capacity(job.cells.len());
+            for c in &job.cells {
+                match p.read_wait_in.time(|| c.pixels.wait()) {
+                    Some(px) => cells.push(px),
+                    // its decoder failed (and said why) or stopped
+                    None => return,
                 }
-                Err(e) => {
-                    self.fail(e);
-                    return;
-                }
+            }
+            let data = p.read.time(|| reader.cut(&job.window, &cells));
+            drop(cells);
+            self.count_non_finite(&job, &data);
+            if !data.any_valid {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                let _ = job.reply.send(Slot::Skipped);
+                continue;
+            }
+            let job = ModelJob {
+                window: job.window,
+                data,
+                reply: job.reply,
+            };
+            if p.read_wait_out.time(|| windows.send(job).is_err()) {
+                return;
             }
         }
     }
@@ -522,6 +596,30 @@ impl<'a> Stages<'a> {
                 return;
             }
         }
+    }
+}
+
+/// The rectangle of the raster that the windows touching `reg` read (their
+/// source rectangles' union): what the region's cells are clipped to.
+fn source_bounds(grid: &WindowGrid, reg: &Region) -> Rect {
+    let (rows, cols) = (
+        grid.rows_touching(reg.y0, reg.y1),
+        grid.cols_touching(reg.x0, reg.x1),
+    );
+    let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
+    for c in cols.clone() {
+        let r = grid.source_rect(&grid.window(c, rows.start));
+        (x0, x1) = (x0.min(r.x), x1.max(r.x + r.width));
+    }
+    for row in rows {
+        let r = grid.source_rect(&grid.window(cols.start, row));
+        (y0, y1) = (y0.min(r.y), y1.max(r.y + r.height));
+    }
+    Rect {
+        x: x0,
+        y: y0,
+        width: x1 - x0,
+        height: y1 - y0,
     }
 }
 

@@ -11,9 +11,10 @@
 //! valid when any selected band is valid (rasterio's `dataset_mask`
 //! convention); NaN is never valid.
 
+use super::cut::{cut, CutSpec, Pixels};
 use super::{FileStamp, Fingerprint, Normalize, WindowData, WindowSource};
 use crate::error::{Error, Result};
-use crate::infer::window::{reflect, Rect, Window, WindowGrid};
+use crate::infer::window::{Rect, Window, WindowGrid};
 use crate::raster::{open_scene, SceneDataset, SceneInfo};
 use gdal::errors::GdalError;
 use gdal::Dataset;
@@ -32,13 +33,9 @@ pub struct GdalReader {
     scene: SceneDataset,
     path: PathBuf,
     bands: Vec<usize>,
-    norm: Normalize,
-    grid: WindowGrid,
+    spec: CutSpec,
     mask: MaskMode,
-    band_buf: Vec<f32>,
     mask_buf: Vec<u8>,
-    any_mask: Vec<u8>,
-    aoi: Option<std::sync::Arc<crate::scale::aoi::Aoi>>,
 }
 
 impl GdalReader {
@@ -79,140 +76,55 @@ impl GdalReader {
             scene,
             path: path.to_path_buf(),
             bands: bands.to_vec(),
-            norm,
-            grid,
+            spec: CutSpec { grid, norm, aoi },
             mask,
-            band_buf: Vec::new(),
             mask_buf: Vec::new(),
-            any_mask: Vec::new(),
-            aoi,
         })
     }
 
-    /// Reads, pads by reflection and normalises one window.
-    fn read(&mut self, w: &Window) -> Result<WindowData> {
-        let n = w.size;
-        let src = self.grid.source_rect(w);
-        let size = self.grid.raster();
-        let npx = src.area();
-        // source offsets of each window row and column
-        let xs: Vec<usize> = (0..n)
-            .map(|i| reflect(w.x + i as i64, size.width) - src.x)
-            .collect();
-        let ys: Vec<usize> = (0..n)
-            .map(|j| reflect(w.y + j as i64, size.height) - src.y)
-            .collect();
-
-        // validity over the source rectangle
-        self.any_mask.clear();
+    /// Decodes `rect` (inside the raster): every selected band as f32 and
+    /// the validity its masks give.
+    fn decode_rect(&mut self, rect: &Rect) -> Result<Pixels> {
+        let npx = rect.area();
+        let mut mask = Vec::new();
         match self.mask {
-            MaskMode::AllValid => self.any_mask.resize(npx, 1),
+            MaskMode::AllValid => mask.resize(npx, 1),
             MaskMode::Shared => {
-                self.any_mask.resize(npx, 0);
                 let b = self.bands[0];
-                self.read_mask(b, &src)?;
-                for (a, &m) in self.any_mask.iter_mut().zip(&self.mask_buf) {
-                    *a = (m != 0) as u8;
-                }
+                self.read_mask(b, rect)?;
+                mask.extend(self.mask_buf.iter().map(|&m| (m != 0) as u8));
             }
             MaskMode::PerBand => {
-                self.any_mask.resize(npx, 0);
+                mask.resize(npx, 0);
                 for bi in 0..self.bands.len() {
                     let b = self.bands[bi];
-                    self.read_mask(b, &src)?;
-                    for (a, &m) in self.any_mask.iter_mut().zip(&self.mask_buf) {
+                    self.read_mask(b, rect)?;
+                    for (a, &m) in mask.iter_mut().zip(&self.mask_buf) {
                         *a |= (m != 0) as u8;
                     }
                 }
             }
         }
-
         let nb = self.bands.len();
-        let mut input = vec![0f32; nb * n * n];
-        let mut valid = vec![0u8; n * n];
-        // pixels the masks call valid whose value is not finite (NaN, ±inf,
-        // an f64 beyond f32's range, or one that overflows normalised)
-        let mut bad = vec![0u8; n * n];
+        let mut values = vec![0f32; nb * npx];
         for bi in 0..nb {
             let b = self.bands[bi];
-            self.read_band(b, &src)?;
-            let (mean, std) = (self.norm.mean[bi], self.norm.std[bi]);
-            let plane = &mut input[bi * n * n..(bi + 1) * n * n];
-            for (j, &sy) in ys.iter().enumerate() {
-                let row = sy * src.width;
-                for (i, &sx) in xs.iter().enumerate() {
-                    let x = (self.band_buf[row + sx] - mean) / std;
-                    let finite = x.is_finite();
-                    let masked_in = self.any_mask[row + sx] != 0;
-                    let ok = masked_in && finite;
-                    if bi == 0 {
-                        valid[j * n + i] = ok as u8;
-                    } else if !ok {
-                        valid[j * n + i] &= finite as u8;
-                    }
-                    bad[j * n + i] |= (masked_in && !finite) as u8;
-                    plane[j * n + i] = if ok { x } else { 0.0 };
-                }
-            }
+            self.read_band(b, rect, &mut values[bi * npx..(bi + 1) * npx])?;
         }
-        // a pixel NaN in one band is invalid in all
-        if nb > 1 {
-            for bi in 0..nb {
-                let plane = &mut input[bi * n * n..(bi + 1) * n * n];
-                for (p, &v) in plane.iter_mut().zip(&valid) {
-                    if v == 0 {
-                        *p = 0.0;
-                    }
-                }
-            }
-        }
-        if let Some(aoi) = &self.aoi {
-            for ((v, b), m) in valid
-                .iter_mut()
-                .zip(bad.iter_mut())
-                .zip(aoi.mask(w.x, w.y, n, n))
-            {
-                *v &= m;
-                *b &= m;
-            }
-        }
-        let non_finite = if bad.contains(&1) {
-            let mut bits = vec![0u64; (n * n).div_ceil(64)];
-            for (k, _) in bad.iter().enumerate().filter(|(_, &b)| b != 0) {
-                bits[k / 64] |= 1 << (k % 64);
-            }
-            bits
-        } else {
-            Vec::new()
-        };
-        let clip = self.grid.clip(w);
-        let mut any_valid = false;
-        'outer: for y in clip.y..clip.y + clip.height {
-            let j = (y as i64 - w.y) as usize;
-            for x in clip.x..clip.x + clip.width {
-                let i = (x as i64 - w.x) as usize;
-                if valid[j * n + i] != 0 {
-                    any_valid = true;
-                    break 'outer;
-                }
-            }
-        }
-        Ok(WindowData {
-            input,
-            valid,
-            any_valid,
-            non_finite,
+        Ok(Pixels {
+            rect: *rect,
+            values,
+            mask,
         })
     }
 
-    fn read_band(&mut self, b: usize, src: &Rect) -> Result<()> {
-        self.band_buf.resize(src.area(), 0.0);
+    fn read_band(&mut self, b: usize, src: &Rect, out: &mut [f32]) -> Result<()> {
         let band = self.scene.ds.rasterband(b).map_err(Error::on(&self.path))?;
         let r = band.read_into_slice::<f32>(
             (src.x as isize, src.y as isize),
             (src.width, src.height),
             (src.width, src.height),
-            &mut self.band_buf,
+            out,
             None,
         );
         if let Err(e) = r {
@@ -309,7 +221,16 @@ impl WindowSource for GdalReader {
     }
 
     fn read_window(&mut self, w: &Window) -> Result<WindowData> {
-        self.read(w)
+        let px = self.decode_rect(&self.spec.grid.source_rect(w))?;
+        Ok(cut(&self.spec, w, &[&px]))
+    }
+
+    fn decode(&mut self, rect: &Rect) -> Result<Pixels> {
+        self.decode_rect(rect)
+    }
+
+    fn cut(&self, w: &Window, cells: &[&Pixels]) -> WindowData {
+        cut(&self.spec, w, cells)
     }
 
     fn fingerprint(&mut self) -> Result<Fingerprint> {

@@ -3,20 +3,25 @@
 //! A [`WindowSource`] is one thread's handle on a scene: it describes the
 //! scene ([`WindowSource::probe`]) and reads the windows of the grid it was
 //! opened with, reflect-padded at the raster's edges, normalised, with the
-//! validity of every pixel ([`WindowSource::read_window`]). The pipeline's
-//! reader threads, training's scene source and evaluation read through it;
-//! one folder per backend holds its implementation, today
-//! [`gdal`] ([`GdalReader`]: any raster GDAL opens).
+//! validity of every pixel ([`WindowSource::read_window`]). Training's scene
+//! source and evaluation read windows so; the pipeline's reader threads
+//! decode the raster once, in block-aligned cells ([`WindowSource::decode`]),
+//! and cut the overlapping windows from them in memory
+//! ([`WindowSource::cut`], the pure code of [`cut`]). One folder per backend
+//! holds its implementation, today [`gdal`] ([`GdalReader`]: any raster GDAL
+//! opens).
 //!
 //! Validity follows the backend's masks. Invalid pixels enter the network
 //! as the band mean (0 after normalisation) and leave the map as nodata.
 
 pub mod compose;
+pub mod cut;
 pub mod gdal;
 
 use crate::error::Result;
-use crate::infer::window::Window;
+use crate::infer::window::{Rect, Window};
 
+pub use self::cut::{CellLattice, CutSpec, Pixels};
 pub use self::gdal::GdalReader;
 pub use crate::raster::SceneInfo;
 
@@ -61,6 +66,16 @@ pub trait WindowSource: Send {
     /// [`WindowData::valid`]; those not finite are listed in
     /// [`WindowData::non_finite`].
     fn read_window(&mut self, w: &Window) -> Result<WindowData>;
+
+    /// Decodes `rect` (inside the raster), for windows to be cut from it
+    /// with [`WindowSource::cut`]: the pipeline decodes each pixel once this
+    /// way, in the cells of a [`CellLattice`].
+    fn decode(&mut self, rect: &Rect) -> Result<Pixels>;
+
+    /// Cuts window `w` from decoded `cells` that cover its source
+    /// rectangle: the same data as [`WindowSource::read_window`], to the
+    /// bit.
+    fn cut(&self, w: &Window, cells: &[&Pixels]) -> WindowData;
 
     /// What identifies the scene's content, so that `--resume` never
     /// splices two scenes: the files behind it and a hash of sampled pixels.
@@ -119,6 +134,7 @@ impl Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::window::Rect;
     use crate::infer::window::{reflect, Size, WindowGrid};
     use ::gdal::cpl::CslStringList;
 
@@ -183,6 +199,80 @@ mod tests {
                 assert_eq!(d.input[k], want, "band 1 at ({x}, {y})");
                 let want2 = if bad { 0.0 } else { 1.0 };
                 assert_eq!(d.input[64 + k], want2, "band 2 at ({x}, {y})");
+            }
+        }
+    }
+
+    /// Through GDAL: every window cut from decoded lattice cells equals
+    /// the window read on its own, on a tiled scene with nodata and NaN.
+    #[test]
+    fn windows_cut_from_decoded_cells_equal_windows_read_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.tif");
+        let (w, h) = (150usize, 90usize);
+        {
+            let mut opts = CslStringList::new();
+            opts.set_name_value("TILED", "YES").unwrap();
+            opts.set_name_value("BLOCKXSIZE", "32").unwrap();
+            opts.set_name_value("BLOCKYSIZE", "16").unwrap();
+            let ds = crate::raster::create::<f32>("GTiff", &path, (w, h), 3, &opts).unwrap();
+            for b in 1..=3 {
+                let data: Vec<f32> = (0..w * h)
+                    .map(|i| match (i * 13 + b * 7) % 101 {
+                        0 => -1.0,
+                        1 if b == 2 => f32::NAN,
+                        v => (v * b) as f32,
+                    })
+                    .collect();
+                let mut band = ds.rasterband(b).unwrap();
+                band.set_no_data_value(Some(-1.0)).unwrap();
+                let mut buf = ::gdal::raster::Buffer::new((w, h), data);
+                band.write((0, 0), (w, h), &mut buf).unwrap();
+            }
+        }
+        let size = Size {
+            width: w,
+            height: h,
+        };
+        let all = Rect {
+            x: 0,
+            y: 0,
+            width: w,
+            height: h,
+        };
+        for (win, ov) in [(32usize, 0.25f64), (64, 0.5), (200, 0.25)] {
+            let grid = WindowGrid::new(size, win, ov).unwrap();
+            let norm = Normalize {
+                mean: vec![5.0, 0.0, 1.0],
+                std: vec![2.0, 1.0, 3.0],
+            };
+            let mut src = GdalReader::open(&path, &[3, 1, 2], norm, grid, None).unwrap();
+            let lattice = CellLattice {
+                rows: 32,
+                cols: 64,
+                ..CellLattice::new((32, 16), all)
+            };
+            let cells: std::collections::BTreeMap<_, _> = (0..h.div_ceil(32))
+                .flat_map(|r| (0..w.div_ceil(64)).map(move |c| (r, c)))
+                .map(|k| (k, src.decode(&lattice.rect(k)).unwrap()))
+                .collect();
+            for r in 0..grid.rows() {
+                for c in 0..grid.cols() {
+                    let wdw = grid.window(c, r);
+                    let alone = src.read_window(&wdw).unwrap();
+                    let covering: Vec<&Pixels> = lattice
+                        .cells_of(&grid.source_rect(&wdw))
+                        .map(|k| &cells[&k])
+                        .collect();
+                    let cut = src.cut(&wdw, &covering);
+                    let bits =
+                        |d: &WindowData| d.input.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&alone), bits(&cut), "window ({c}, {r}) of {win}");
+                    assert_eq!(alone.valid, cut.valid);
+                    assert_eq!(alone.non_finite, cut.non_finite);
+                    assert_eq!(alone.any_valid, cut.any_valid);
+                    assert!(!cut.non_finite.is_empty() || win == 32);
+                }
             }
         }
     }
