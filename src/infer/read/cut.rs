@@ -110,35 +110,45 @@ pub fn cut(spec: &CutSpec, w: &Window, cells: &[&Pixels]) -> WindowData {
     // pixels the masks call valid whose value is not finite (NaN, ±inf,
     // an f64 beyond f32's range, or one that overflows normalised)
     let mut bad = vec![0u8; n * n];
+    // the window's columns are one run of the source's (away from the
+    // raster's left and right edges), or gathered through `xs`
+    let run = xs.windows(2).all(|p| p[1] == p[0] + 1);
+    let (mut tv, mut tm) = (vec![0f32; n], vec![0u8; n]);
     for bi in 0..nb {
         let values = &px.values[bi * npx..(bi + 1) * npx];
         let (mean, std) = (spec.norm.mean[bi], spec.norm.std[bi]);
         let plane = &mut input[bi * n * n..(bi + 1) * n * n];
         for (j, &sy) in ys.iter().enumerate() {
-            let row = sy * src.width;
-            for (i, &sx) in xs.iter().enumerate() {
-                let x = (values[row + sx] - mean) / std;
-                let finite = x.is_finite();
-                let masked_in = px.mask[row + sx] != 0;
-                let ok = masked_in && finite;
-                if bi == 0 {
-                    valid[j * n + i] = ok as u8;
-                } else if !ok {
-                    valid[j * n + i] &= finite as u8;
+            let srow = &values[sy * src.width..(sy + 1) * src.width];
+            let mrow = &px.mask[sy * src.width..(sy + 1) * src.width];
+            let (s, m) = if run {
+                (&srow[xs[0]..xs[0] + n], &mrow[xs[0]..xs[0] + n])
+            } else {
+                for (i, &sx) in xs.iter().enumerate() {
+                    tv[i] = srow[sx];
+                    tm[i] = mrow[sx];
                 }
-                bad[j * n + i] |= (masked_in && !finite) as u8;
-                plane[j * n + i] = if ok { x } else { 0.0 };
-            }
+                (&tv[..], &tm[..])
+            };
+            let r = j * n..(j + 1) * n;
+            normalise_row(
+                s,
+                m,
+                (mean, std),
+                bi == 0,
+                &mut plane[r.clone()],
+                &mut valid[r.clone()],
+                &mut bad[r],
+            );
         }
     }
-    // a pixel NaN in one band is invalid in all
-    if nb > 1 {
-        for bi in 0..nb {
-            let plane = &mut input[bi * n * n..(bi + 1) * n * n];
-            for (p, &v) in plane.iter_mut().zip(&valid) {
-                if v == 0 {
-                    *p = 0.0;
-                }
+    // a pixel invalid in one band (masked, or not finite) is invalid in
+    // all, and enters the network as 0
+    for bi in 0..nb {
+        let plane = &mut input[bi * n * n..(bi + 1) * n * n];
+        for (p, &v) in plane.iter_mut().zip(&valid) {
+            if v == 0 {
+                *p = 0.0;
             }
         }
     }
@@ -178,6 +188,38 @@ pub fn cut(spec: &CutSpec, w: &Window, cells: &[&Pixels]) -> WindowData {
         valid,
         any_valid,
         non_finite,
+    }
+}
+
+/// Normalises one window row of one band (`s`, with the masks' validity
+/// `m`): writes the values to `out`, sets (first band) or narrows (the
+/// others) `valid` to the pixels valid so far, and marks in `bad` those the
+/// masks call valid whose value is not finite. A band masks a pixel out by
+/// its mask (shared by all bands) or by a value that is not finite; the
+/// caller zeroes the invalid pixels of every band afterwards.
+#[inline]
+fn normalise_row(
+    s: &[f32],
+    m: &[u8],
+    (mean, std): (f32, f32),
+    first: bool,
+    out: &mut [f32],
+    valid: &mut [u8],
+    bad: &mut [u8],
+) {
+    let n = out.len();
+    let (s, m, valid, bad) = (&s[..n], &m[..n], &mut valid[..n], &mut bad[..n]);
+    for i in 0..n {
+        let x = (s[i] - mean) / std;
+        let finite = x.is_finite() as u8;
+        let masked_in = (m[i] != 0) as u8;
+        out[i] = x;
+        valid[i] = if first {
+            masked_in & finite
+        } else {
+            valid[i] & finite
+        };
+        bad[i] |= masked_in & (finite ^ 1);
     }
 }
 
