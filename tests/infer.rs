@@ -741,3 +741,72 @@ fn window_auto_and_halo() {
         "expected a number of pixels or auto",
     );
 }
+
+/// `--post device` runs softmax, blending and argmax as candle tensor ops
+/// on the model's device (the GPU's path, here on the CPU): the map, its
+/// confidence and its probabilities equal the host stitcher's, byte for
+/// byte, with nodata, several chunks and every blend.
+#[test]
+fn post_on_the_device_gives_the_host_s_map() {
+    let t = tmp();
+    let m = model(t.path(), "tiny", 3, 64);
+    let scene = synth(t.path(), 700, 530, 9);
+    let image = scene.join("image.tif");
+    let nd = t.path().join("nodata.tif");
+    gdal_tool(
+        "gdal_translate",
+        &["-q", "-a_nodata", "0", s(&image), s(&nd)],
+    );
+    {
+        // blank a block, so some windows are skipped and some half valid
+        let ds = gdal::Dataset::open_ex(
+            &nd,
+            gdal::DatasetOptions {
+                open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for b in 1..=3 {
+            let mut band = ds.rasterband(b).unwrap();
+            let mut buf = gdal::raster::Buffer::new((200, 150), vec![0u8; 200 * 150]);
+            band.write((10, 300), (200, 150), &mut buf).unwrap();
+        }
+    }
+    for blend in ["hann", "gaussian", "crop"] {
+        let flags = [
+            "--blend",
+            blend,
+            "--chunk",
+            "512",
+            "--batch",
+            "3",
+            "--confidence",
+            "--probabilities",
+        ];
+        let host = infer(t.path(), &nd, &m, &format!("host_{blend}"), &flags);
+        let mut dev_flags = flags.to_vec();
+        dev_flags.extend(["--post", "device"]);
+        let dev = infer(t.path(), &nd, &m, &format!("dev_{blend}"), &dev_flags);
+        let (a, b) = (read_map(&host).data, read_map(&dev).data);
+        assert!(a.contains(&255) && a.iter().any(|&v| v != 255));
+        assert!(a == b, "{blend}: the device's map differs from the host's");
+        for side in ["confidence", "probabilities"] {
+            let side_of = |p: &Path| p.with_extension(format!("{side}.tif"));
+            assert!(
+                read_bands(&side_of(&host)) == read_bands(&side_of(&dev)),
+                "{blend}: the device's {side} differ from the host's"
+            );
+        }
+    }
+    // test-time augmentation averages its passes on the host
+    fails(
+        &infer_argv(
+            &nd,
+            &t.path().join("x.tif"),
+            &m,
+            &["--post", "device", "--tta", "flips"],
+        ),
+        "--post device does not do test-time augmentation",
+    );
+}

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 value_enum!(BlendArg, Blend, help);
+value_enum!(PostArg, rstile::infer::Post, help);
 
 #[derive(Args)]
 pub struct InferArgs {
@@ -154,6 +155,10 @@ pub struct MapFlags {
     /// Compute device: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
+    /// Where softmax, blending and argmax run: on the model's device, so a
+    /// GPU sends back only the u8 map rows, or on the host (the same map).
+    #[arg(long, value_enum, default_value = "auto")]
+    post: PostArg,
     /// Only map inside these polygons (GeoJSON, GeoPackage, Shapefile, any CRS).
     #[arg(long, value_name = "FILE")]
     aoi: Option<PathBuf>,
@@ -326,6 +331,7 @@ fn infer_one(
         confidence: m.confidence,
         probabilities: m.probabilities,
         tta: m.tta,
+        post: m.post.0,
         creation_options: m.co.clone(),
         cog: a.cog,
         overwrite: a.overwrite,

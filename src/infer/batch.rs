@@ -121,6 +121,73 @@ pub fn run_batch(
     Ok(Ok(split_output(&probs, b)))
 }
 
+/// A batch's predictions left on the model's device, for the
+/// [`DeviceStitcher`](crate::infer::stitch_device::DeviceStitcher).
+#[derive(Debug, Clone)]
+pub struct DeviceBatch {
+    /// Class probabilities `(B, K, n, n)` f32.
+    pub probs: Tensor,
+    /// Validity `(B, n, n)` f32: 1 valid, 0 not.
+    pub valid: Tensor,
+}
+
+/// [`run_batch`] for post-processing on the device: the same class
+/// probabilities, left on the model's device with the windows' masks
+/// (`[n][n]` each, non-zero = valid) uploaded beside them. On the CPU the
+/// arithmetic is `run_batch`'s (the logits checked, then
+/// [`softmax_channels`]), so the map equals the host stitcher's. Elsewhere
+/// candle's softmax runs on the device as in `run_batch`, and the check
+/// downloads one scalar per batch: the sum of the probabilities, finite
+/// exactly when every value is (each lies in [0, 1]); only a batch that
+/// fails it comes back whole, to name the window and class.
+pub fn run_batch_device(
+    model: &Model,
+    windows: &[&[f32]],
+    valid: &[&[u8]],
+    bands: usize,
+    n: usize,
+    clocks: &Profile,
+) -> Result<std::result::Result<DeviceBatch, NonFiniteWindow>> {
+    let t = Instant::now();
+    let device = model.device();
+    let x = batch_input(windows, bands, n, device)?;
+    let b = windows.len();
+    let mut mask = Vec::with_capacity(b * n * n);
+    for v in valid {
+        mask.extend_from_slice(v);
+    }
+    let mask = Tensor::from_vec(mask, (b, n, n), &Device::Cpu)?
+        .to_device(device)?
+        .to_dtype(DType::F32)?;
+    let t = clocks.model_upload.lap(t);
+    let probs = if device.is_cpu() {
+        let logits = model.forward_t(&x, false)?;
+        let t = clocks.model_forward.lap(t);
+        let (b, k, h, w) = logits.dims4()?;
+        let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(bad) = first_non_finite(&v, b, k) {
+            return Ok(Err(bad));
+        }
+        softmax_channels(&mut v, b, k, h * w);
+        clocks.model_softmax.lap(t);
+        Tensor::from_vec(v, (b, k, h, w), device)?
+    } else {
+        let p = model.forward_probs(&x)?.to_dtype(DType::F32)?;
+        // the device runs asynchronously: the scalar waits for the forward
+        let sum = p.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        clocks.model_forward.lap(t);
+        if !sum.is_finite() {
+            let k = p.dims4()?.1;
+            let v = p.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(bad) = first_non_finite(&v, b, k) {
+                return Ok(Err(bad));
+            }
+        }
+        p
+    };
+    Ok(Ok(DeviceBatch { probs, valid: mask }))
+}
+
 /// A tensor of a model's weights that no working model holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadTensor {

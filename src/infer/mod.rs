@@ -13,6 +13,9 @@
 //!   prediction per window.
 //! - [`read`], [`window`], [`stitch`], [`write`]: the stages' work, each
 //!   testable alone; `window` and `stitch` know neither GDAL nor candle.
+//! - [`stitch_device`]: `stitch`'s blending and argmax as candle tensor ops
+//!   on the model's device, so that a GPU sends back only u8 rows; used where
+//!   the model does not run on the CPU ([`InferPlan::post_on_device`]).
 //!
 //! [`infer`] ties them together: it opens the output and the readers (so a
 //! bad scene fails before any thread starts), runs the stages and reports.
@@ -23,13 +26,14 @@ pub mod profile;
 pub mod read;
 pub mod stages;
 pub mod stitch;
+pub mod stitch_device;
 pub mod tta;
 pub mod window;
 pub mod write;
 
 pub use plan::{
     available_memory, chunks, default_readers, file_digest, human_bytes, out_dir_jobs, regions,
-    settings, window_count, InferOptions, InferPlan, MemoryBound, MemoryLimit, DEFAULT_CHUNK,
+    settings, window_count, InferOptions, InferPlan, MemoryBound, MemoryLimit, Post, DEFAULT_CHUNK,
 };
 
 use crate::error::{Error, Result};
@@ -168,7 +172,10 @@ pub fn infer(
     progress.start(total);
 
     let class_ids = meta.classes.classes.iter().map(|c| c.id).collect();
-    let stages = Stages::new(plan, grid, &regions, class_ids, &cancel, progress);
+    let mut stages = Stages::new(plan, grid, &regions, class_ids, &cancel, progress);
+    if plan.post_on_device(model.device().is_cpu()) {
+        stages = stages.with_post_on(model.device().clone());
+    }
     let t_pipeline = Instant::now();
     match stages.run(readers, model, &mut writer) {
         Ok(()) => {}

@@ -38,6 +38,51 @@ pub fn default_readers(threads: usize) -> usize {
     threads.clamp(1, 2)
 }
 
+/// Where the post-processing (softmax, blending, argmax) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Post {
+    /// On the model's device where that is not the CPU (and no test-time
+    /// augmentation is asked for), else on the host.
+    #[default]
+    Auto,
+    /// On the host: the probabilities come back from the device and the
+    /// host stitcher ([`ChunkStitcher`](crate::infer::stitch::ChunkStitcher))
+    /// blends them.
+    Host,
+    /// On the model's device ([`DeviceStitcher`](crate::infer::stitch_device::DeviceStitcher)),
+    /// even the CPU (for tests: it gives the host's map).
+    Device,
+}
+
+impl Post {
+    /// Every choice, in the order the help lists them.
+    pub const ALL: [Post; 3] = [Post::Auto, Post::Host, Post::Device];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Post::Auto => "auto",
+            Post::Host => "host",
+            Post::Device => "device",
+        }
+    }
+
+    /// One line on what it does.
+    pub fn help(self) -> &'static str {
+        match self {
+            Post::Auto => "on the model's device unless that is the CPU (or with --tta)",
+            Post::Host => "on the host: the class probabilities come back from the device",
+            Post::Device => "on the model's device, even the CPU (gives the same map)",
+        }
+    }
+}
+
+impl std::fmt::Display for Post {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What the user asked for; `None` means "the model's default" (window,
 /// overlap, bands) or "the library's default" (readers, chunk).
 #[derive(Debug, Clone)]
@@ -59,6 +104,8 @@ pub struct InferOptions {
     pub probabilities: bool,
     /// Test-time augmentation.
     pub tta: crate::infer::tta::Tta,
+    /// Where softmax, blending and argmax run.
+    pub post: Post,
     pub creation_options: Vec<(String, String)>,
     /// Write the map as a Cloud Optimized GeoTIFF.
     pub cog: bool,
@@ -93,6 +140,7 @@ impl Default for InferOptions {
             confidence: false,
             probabilities: false,
             tta: crate::infer::tta::Tta::None,
+            post: Post::Auto,
             creation_options: Vec::new(),
             cog: false,
             overwrite: false,
@@ -126,6 +174,8 @@ pub struct InferPlan {
     pub probabilities: bool,
     /// Test-time augmentation: forward passes per window, averaged.
     pub tta: crate::infer::tta::Tta,
+    /// Where softmax, blending and argmax run ([`InferPlan::post_on_device`]).
+    pub post: Post,
     pub creation_options: Vec<(String, String)>,
     /// Write the map as a Cloud Optimized GeoTIFF (never for a part).
     pub cog: bool,
@@ -254,6 +304,11 @@ impl InferPlan {
                 "--chunk must be a positive multiple of {TILE}"
             )));
         }
+        if o.post == Post::Device && o.tta != crate::infer::tta::Tta::None {
+            return Err(Error::Config(
+                "--post device does not do test-time augmentation: its passes are averaged on the host; drop --tta or use --post host".into(),
+            ));
+        }
         if o.cog && o.part.is_some() {
             return Err(Error::Config(
                 "--cog makes the finished map a Cloud Optimized GeoTIFF; a part is merged first: give --cog to rstile merge".into(),
@@ -331,6 +386,7 @@ impl InferPlan {
             confidence: o.confidence,
             probabilities: o.probabilities,
             tta: o.tta,
+            post: o.post,
             creation_options: o.creation_options.clone(),
             cog: o.cog,
             overwrite: o.overwrite,
@@ -432,6 +488,18 @@ impl InferPlan {
         (self.window * self.window) as f64 * windows as f64 / px
     }
 
+    /// Whether softmax, blending and argmax run on the model's device (the
+    /// [`DeviceStitcher`](crate::infer::stitch_device::DeviceStitcher)),
+    /// for a model on the CPU or not: [`Post::Auto`] does where the model
+    /// runs elsewhere, without test-time augmentation (averaged on the host).
+    pub fn post_on_device(&self, model_on_cpu: bool) -> bool {
+        match self.post {
+            Post::Auto => !model_on_cpu && self.tta == crate::infer::tta::Tta::None,
+            Post::Host => false,
+            Post::Device => true,
+        }
+    }
+
     /// Windows allowed between the dispatcher and the stitcher: `2B + 2R`.
     pub fn queue_len(&self) -> usize {
         2 * self.batch + 2 * self.readers
@@ -516,11 +584,22 @@ impl MemoryBound {
             _ => run,
         };
         let width = plan.chunk.min(plan.scene.size.width.next_multiple_of(TILE)) as u64;
-        // ChunkStitcher::bytes_for, checked (a test holds them equal)
-        let stitcher = mul(
-            &[add(&[w, TILE as u64], &window)?, width, 4 * k + 4 + 1],
-            &window,
-        )?;
+        // ChunkStitcher::bytes_for, checked (a test holds them equal); with
+        // --post device, DeviceStitcher::bytes_for: its strip holds 4 (k + 2)
+        // bytes a pixel and the 2-D weights, in the model's memory (on a GPU
+        // the host holds neither, and this part over-counts the host)
+        let strip = add(&[w, TILE as u64], &window)?;
+        let stitcher = if plan.post == Post::Device {
+            add(
+                &[
+                    mul(&[strip, width, 4 * (k + 2)], &window)?,
+                    mul(&[4, w, w], &window)?,
+                ],
+                &window,
+            )?
+        } else {
+            mul(&[strip, width, 4 * k + 4 + 1], &window)?
+        };
         // bands in flight: the map, the confidence, k probability planes
         let side_planes = 1 + plan.confidence as u64 + k * plan.probabilities as u64;
         let writer = mul(&[4, width, TILE as u64, side_planes], "--chunk")?;
@@ -656,7 +735,7 @@ impl BoundPart {
                 human_bytes(b.cells)
             ),
             BoundPart::Stitcher => format!(
-                "{window} needs {} for the stitcher's strip of {} x {width} px",
+                "{window} needs {} for the stitcher's strip of {} x {width} px (in the GPU's memory, not the host's, when the post-processing runs there)",
                 human_bytes(b.stitcher),
                 plan.window + TILE
             ),
@@ -973,6 +1052,7 @@ mod tests {
             confidence: false,
             probabilities: false,
             tta: crate::infer::tta::Tta::None,
+            post: Post::Auto,
             creation_options: Vec::new(),
             cog: false,
             overwrite: false,
@@ -987,6 +1067,28 @@ mod tests {
             max_memory: None,
         };
         (plan, meta)
+    }
+
+    #[test]
+    fn post_runs_on_the_device_where_the_model_does() {
+        use crate::infer::tta::Tta;
+        let (mut p, meta) = plan(512, 4);
+        assert!(!p.post_on_device(true), "auto: the CPU stitcher on the CPU");
+        assert!(p.post_on_device(false), "auto: on a GPU, there");
+        p.tta = Tta::Flips;
+        assert!(!p.post_on_device(false), "auto: TTA averages on the host");
+        p.post = Post::Device;
+        assert!(p.post_on_device(true));
+        p.post = Post::Host;
+        assert!(!p.post_on_device(false));
+        // --post device counts the device stitcher's strip (on the host
+        // when the model runs there)
+        p.post = Post::Device;
+        let b = MemoryBound::of(&p, &meta, 1000).unwrap();
+        assert_eq!(
+            b.stitcher as usize,
+            crate::infer::stitch_device::DeviceStitcher::bytes_for(512, TILE, DEFAULT_CHUNK, 6)
+        );
     }
 
     #[test]

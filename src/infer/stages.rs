@@ -32,15 +32,17 @@
 //! again on the joining thread.
 
 use crate::error::{Error, Result};
-use crate::infer::batch::{run_batch_tta, NonFiniteWindow};
+use crate::infer::batch::{run_batch_device, run_batch_tta, NonFiniteWindow};
 use crate::infer::plan::InferPlan;
 use crate::infer::profile::Profile;
 use crate::infer::read::{CellLattice, Pixels, WindowData, WindowSource};
 use crate::infer::stitch::{Band, ChunkStitcher, Prediction, Region};
+use crate::infer::stitch_device::{DevicePrediction, DeviceStitcher};
 use crate::infer::window::{Rect, Window, WindowGrid};
 use crate::infer::write::{MapWriter, TILE};
 use crate::infer::Progress;
 use crate::model::Model;
+use candle_core::{Device, Tensor};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,10 +55,74 @@ const BATCH_WAIT: Duration = Duration::from_millis(5);
 const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// What became of a window: skipped (all nodata, or outside the AOI), or
-/// its class probabilities `[classes][n][n]` and validity `[n][n]`.
+/// its class probabilities `[classes][n][n]` and validity `[n][n]`: on the
+/// host, or left on the model's device (views into the batch's tensors)
+/// when the post-processing runs there.
 enum Slot {
     Skipped,
     Done { probs: Vec<f32>, valid: Vec<u8> },
+    OnDevice { probs: Tensor, valid: Tensor },
+}
+
+/// The current region's stitcher: on the host, or on the model's device.
+enum Stitcher {
+    Host(ChunkStitcher),
+    Device(DeviceStitcher),
+}
+
+impl Stitcher {
+    /// Adds a window's result; a result of the other kind than the
+    /// stitcher (which the model stage never sends) is an error.
+    fn add(&mut self, w: &Window, slot: Slot) -> Result<()> {
+        match (self, slot) {
+            (Stitcher::Host(s), Slot::Skipped) => s.add(w, None),
+            (Stitcher::Device(s), Slot::Skipped) => s.add(w, None).map_err(post_error)?,
+            (Stitcher::Host(s), Slot::Done { probs, valid }) => s.add(
+                w,
+                Some(Prediction {
+                    probs: &probs,
+                    valid: &valid,
+                }),
+            ),
+            (Stitcher::Device(s), Slot::OnDevice { probs, valid }) => s
+                .add(
+                    w,
+                    Some(DevicePrediction {
+                        probs: &probs,
+                        valid: &valid,
+                    }),
+                )
+                .map_err(post_error)?,
+            _ => {
+                return Err(Error::Pipeline(
+                    "a window's prediction is not where the stitcher runs".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn end_row(&mut self, r: usize) -> Result<Vec<Band>> {
+        match self {
+            Stitcher::Host(s) => Ok(s.end_row(r)),
+            Stitcher::Device(s) => s.end_row(r).map_err(post_error),
+        }
+    }
+
+    fn finish(self) -> Result<Vec<Band>> {
+        match self {
+            Stitcher::Host(s) => Ok(s.finish()),
+            Stitcher::Device(s) => s.finish().map_err(post_error),
+        }
+    }
+}
+
+/// A failure of the post-processing on the device.
+fn post_error(e: candle_core::Error) -> Error {
+    Error::Model {
+        context: "post-processing on the model's device failed".into(),
+        source: Box::new(e.into()),
+    }
 }
 
 /// The stitcher's work, in grid order.
@@ -148,6 +214,9 @@ pub struct Stages<'a> {
     regions: &'a [Region],
     /// Class id of each model output channel.
     class_ids: Vec<u8>,
+    /// The model's device, where softmax, blending and argmax run
+    /// ([`InferPlan::post_on_device`]); `None`: on the host.
+    post: Option<Device>,
     progress: &'a dyn Progress,
     /// Set by the caller to stop the run (the work done is kept for resume).
     cancel: &'a AtomicBool,
@@ -177,6 +246,7 @@ impl<'a> Stages<'a> {
             grid,
             regions,
             class_ids,
+            post: None,
             progress,
             cancel,
             abort: AtomicBool::new(false),
@@ -186,6 +256,13 @@ impl<'a> Stages<'a> {
             non_finite: AtomicU64::new(0),
             profile: Profile::default(),
         }
+    }
+
+    /// Runs softmax, blending and argmax on `device` (the model's), with
+    /// the [`DeviceStitcher`]; by default they run on the host.
+    pub fn with_post_on(mut self, device: Device) -> Self {
+        self.post = Some(device);
+        self
     }
 
     /// The stages' clocks (complete once [`Stages::run`] returned).
@@ -461,6 +538,41 @@ impl<'a> Stages<'a> {
                 return;
             }
             let inputs: Vec<&[f32]> = jobs.iter().map(|j| j.data.input.as_slice()).collect();
+            if self.post.is_some() {
+                let valid: Vec<&[u8]> = jobs.iter().map(|j| j.data.valid.as_slice()).collect();
+                match run_batch_device(&model, &inputs, &valid, bands, n, p) {
+                    Ok(Err(bad)) => {
+                        let w = jobs[bad.index].window;
+                        return self.fail(self.non_finite(&w, bad));
+                    }
+                    Ok(Ok(out)) => {
+                        for (i, job) in jobs.drain(..).enumerate() {
+                            let slot = out.probs.get(i).and_then(|probs| {
+                                Ok(Slot::OnDevice {
+                                    probs,
+                                    valid: out.valid.get(i)?,
+                                })
+                            });
+                            match slot {
+                                Ok(slot) => {
+                                    let _ = job.reply.send(slot);
+                                }
+                                Err(e) => return self.fail(post_error(e)),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        return self.fail(Error::Model {
+                            context: format!(
+                                "model forward failed on a batch of {} window(s) of {n} px",
+                                inputs.len()
+                            ),
+                            source: Box::new(e),
+                        })
+                    }
+                }
+                continue;
+            }
             match run_batch_tta(&model, &inputs, bands, n, self.plan.tta, p) {
                 Ok(Err(bad)) => {
                     let w = jobs[bad.index].window;
@@ -512,20 +624,27 @@ impl<'a> Stages<'a> {
     /// the writer. It stops at cancellation, and with [`Error::Pipeline`]
     /// when a window's reply was dropped (a stage before it stopped).
     fn stitch(&self, orders: Receiver<Order>, bands: Sender<Band>) {
-        let new_stitcher = |reg: &Region| {
-            ChunkStitcher::new(
-                self.grid,
-                self.plan.blend,
-                self.class_ids.clone(),
-                *reg,
-                TILE,
-                self.plan.confidence,
-            )
-            .with_probabilities(self.plan.probabilities)
+        let new_stitcher = |reg: &Region| -> Result<Stitcher> {
+            let (grid, blend, ids) = (self.grid, self.plan.blend, self.class_ids.clone());
+            let (confidence, probabilities) = (self.plan.confidence, self.plan.probabilities);
+            Ok(match &self.post {
+                None => Stitcher::Host(
+                    ChunkStitcher::new(grid, blend, ids, *reg, TILE, confidence)
+                        .with_probabilities(probabilities),
+                ),
+                Some(device) => Stitcher::Device(
+                    DeviceStitcher::new(grid, blend, ids, *reg, TILE, confidence, device)
+                        .map_err(post_error)?
+                        .with_probabilities(probabilities),
+                ),
+            })
         };
         let p = &self.profile;
         let mut regions = self.regions.iter();
-        let mut st = regions.next().map(new_stitcher);
+        let mut st = match regions.next().map(new_stitcher).transpose() {
+            Ok(st) => st,
+            Err(e) => return self.fail(e),
+        };
         for msg in orders.iter() {
             if self.cancel.load(Ordering::Relaxed) {
                 return;
@@ -546,14 +665,11 @@ impl<'a> Stages<'a> {
                     };
                     let t = p.stitch_wait_in.lap(waiting);
                     match reply {
-                        Ok(Slot::Skipped) => cur.add(&w, None),
-                        Ok(Slot::Done { probs, valid }) => cur.add(
-                            &w,
-                            Some(Prediction {
-                                probs: &probs,
-                                valid: &valid,
-                            }),
-                        ),
+                        Ok(slot) => {
+                            if let Err(e) = cur.add(&w, slot) {
+                                return self.fail(e);
+                            }
+                        }
                         Err(_) if self.cancel.load(Ordering::Relaxed) => return,
                         Err(_) => {
                             let msg = "a pipeline stage stopped early";
@@ -564,7 +680,11 @@ impl<'a> Stages<'a> {
                     self.progress.window_done(self.grid.clip(&w).area() as u64);
                 }
                 Order::EndRow(r) => {
-                    for b in p.stitch_argmax.time(|| cur.end_row(r)) {
+                    let done = match p.stitch_argmax.time(|| cur.end_row(r)) {
+                        Ok(b) => b,
+                        Err(e) => return self.fail(e),
+                    };
+                    for b in done {
                         if p.stitch_wait_out.time(|| bands.send(b)).is_err() {
                             return;
                         }
@@ -572,12 +692,19 @@ impl<'a> Stages<'a> {
                 }
                 Order::EndChunk => {
                     let done = st.take().expect("stitcher present");
-                    for b in p.stitch_argmax.time(|| done.finish()) {
+                    let done = match p.stitch_argmax.time(|| done.finish()) {
+                        Ok(b) => b,
+                        Err(e) => return self.fail(e),
+                    };
+                    for b in done {
                         if p.stitch_wait_out.time(|| bands.send(b)).is_err() {
                             return;
                         }
                     }
-                    st = regions.next().map(new_stitcher);
+                    st = match regions.next().map(new_stitcher).transpose() {
+                        Ok(st) => st,
+                        Err(e) => return self.fail(e),
+                    };
                     if st.is_none() {
                         return;
                     }
