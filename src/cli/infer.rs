@@ -150,7 +150,7 @@ pub struct MapFlags {
     #[arg(long)]
     chunk: Option<usize>,
     /// GDAL block cache in MiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = rstile::infer::DEFAULT_GDAL_CACHE_MB)]
     gdal_cache: usize,
     /// Compute device: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -195,6 +195,7 @@ impl Progress for Bar {
 }
 
 pub fn run(a: InferArgs) -> Result<()> {
+    process::few_malloc_arenas();
     let threads = process::set_threads(a.map.threads);
     process::gdal_cache(a.map.gdal_cache);
     let cancel = process::stop_flag()?;

@@ -73,6 +73,21 @@ pub fn reuse_freed_memory() {
     }
 }
 
+/// Malloc arenas for the inference pipeline: glibc gives each thread that
+/// allocates its own arena (up to 8 per core), and the pipeline's threads
+/// (dispatcher, readers, model, stitcher, writer, rayon's) each free
+/// buffers that another allocated, so every arena keeps its own freed,
+/// fragmented memory: the peak RSS grew with the scene (+14 % from 8192² to
+/// 16384², +21 % to 50000²) though no buffer does. With two arenas it stays
+/// flat (`benches/RESULTS.md`, issue 16 §7). Call before the first thread
+/// starts.
+pub fn few_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// GDAL's block cache, in MiB (counted in the memory bound).
 pub fn gdal_cache(mb: usize) {
     let _ = gdal::config::set_config_option("GDAL_CACHEMAX", &mb.to_string());

@@ -34,6 +34,7 @@ pub mod write;
 pub use plan::{
     available_memory, chunks, default_readers, file_digest, human_bytes, out_dir_jobs, regions,
     settings, window_count, InferOptions, InferPlan, MemoryBound, MemoryLimit, Post, DEFAULT_CHUNK,
+    DEFAULT_GDAL_CACHE_MB,
 };
 
 use crate::error::{Error, Result};

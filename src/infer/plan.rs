@@ -32,6 +32,13 @@ use std::sync::Arc;
 /// Default column chunk: 4096 px.
 pub const DEFAULT_CHUNK: usize = 4096;
 
+/// GDAL's block cache by default, MiB. The pipeline decodes each block once
+/// into its cells, so the cache only serves the blocks that two cells or two
+/// chunks share and the map's tiles on their way to the file: 64 MiB cost
+/// no measurable time against 256 on the linear 8192² run, and its peak RSS
+/// 465-498 MiB against 603-616 (`benches/RESULTS.md`, issue 16 §7).
+pub const DEFAULT_GDAL_CACHE_MB: usize = 64;
+
 /// The default number of reader threads for `threads` compute threads:
 /// two, or one on a single thread. The one rule for every caller.
 pub fn default_readers(threads: usize) -> usize {
@@ -144,7 +151,7 @@ impl Default for InferOptions {
             creation_options: Vec::new(),
             cog: false,
             overwrite: false,
-            gdal_cache_mb: 256,
+            gdal_cache_mb: DEFAULT_GDAL_CACHE_MB,
             part: None,
             resume: false,
             aoi: None,
