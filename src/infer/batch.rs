@@ -19,7 +19,7 @@
 use super::profile::Profile;
 use super::tta::Tta;
 use crate::error::Result;
-use crate::model::{softmax_channels, Model};
+use crate::model::{softmax_channels, softmax_channels_from, Model};
 use candle_core::{DType, Device, Tensor};
 use std::time::Instant;
 
@@ -95,15 +95,26 @@ pub fn run_batch(
     let t = clocks.model_upload.lap(t);
     let b = windows.len();
     let probs = if model.device().is_cpu() {
-        let logits = model.forward_t(&x, false)?;
+        let logits = model.forward_t(&x, false)?.contiguous()?;
         let t = clocks.model_forward.lap(t);
         let (b, k, h, w) = logits.dims4()?;
-        let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
-        let t = clocks.model_download.lap(t);
-        if let Some(bad) = first_non_finite(&v, b, k) {
+        let (storage, layout) = logits.storage_and_layout();
+        let (candle_core::Storage::Cpu(cpu), Some((a, z))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            return Err(candle_core::Error::Msg(
+                "a CPU model's output is not contiguous on the CPU".into(),
+            )
+            .into());
+        };
+        let logits = &cpu.as_slice::<f32>()?[a..z];
+        if let Some(bad) = first_non_finite(logits, b, k) {
             return Ok(Err(bad));
         }
-        softmax_channels(&mut v, b, k, h * w);
+        let t = clocks.model_download.lap(t);
+        // the copy out of the tensor and the softmax in one parallel pass
+        let mut v = vec![0f32; logits.len()];
+        softmax_channels_from(logits, &mut v, b, k, h * w);
         clocks.model_softmax.lap(t);
         v
     } else {

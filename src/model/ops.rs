@@ -47,6 +47,41 @@ pub fn softmax_channels(v: &mut [f32], b: usize, k: usize, n: usize) {
     });
 }
 
+/// [`softmax_channels`] of `src` into `dst` (both `[b][k][n]`): each block
+/// of pixels is copied and then normalised while it is in the cache, so
+/// the copy out of a model's output tensor and the softmax are one
+/// parallel pass instead of a serial copy and a second pass. The same
+/// arithmetic, so the same bits, as copying first and calling
+/// `softmax_channels`.
+pub fn softmax_channels_from(src: &[f32], dst: &mut [f32], b: usize, k: usize, n: usize) {
+    use rayon::prelude::*;
+    const BLOCK: usize = 1024;
+    assert!(
+        src.len() >= b * k * n && dst.len() >= b * k * n,
+        "softmax_channels_from: short buffer"
+    );
+    if k == 0 || n == 0 {
+        return;
+    }
+    let blocks = n.div_ceil(BLOCK);
+    let out = crate::kernels::Shared(dst.as_mut_ptr());
+    (0..b * blocks).into_par_iter().for_each(|u| {
+        let (i, j) = (u / blocks, u % blocks);
+        let (p0, p1) = (j * BLOCK, ((j + 1) * BLOCK).min(n));
+        // SAFETY: block (i, j) owns pixels p0..p1 of sample i in every
+        // channel: disjoint from every other block's
+        let mut planes: Vec<&mut [f32]> = (0..k)
+            .map(|c| {
+                let r = i * k * n + c * n + p0..i * k * n + c * n + p1;
+                let plane = unsafe { out.slice(r.clone()) };
+                plane.copy_from_slice(&src[r]);
+                plane
+            })
+            .collect();
+        softmax_block(&mut planes);
+    });
+}
+
 /// Softmax across `planes` (one slice per channel, the same pixels).
 fn softmax_block(planes: &mut [&mut [f32]]) {
     #[cfg(target_arch = "x86_64")]
@@ -106,5 +141,19 @@ mod tests {
             x -= 0.0137;
         }
         assert!(exp_neg(-1000.0) < 1e-37 && exp_neg(-1000.0) >= 0.0);
+    }
+
+    #[test]
+    fn softmax_from_a_source_equals_copy_then_softmax() {
+        let (b, k, n) = (3usize, 5usize, 2500usize);
+        let src: Vec<f32> = (0..b * k * n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
+            .collect();
+        let mut want = src.clone();
+        softmax_channels(&mut want, b, k, n);
+        let mut got = vec![f32::NAN; b * k * n];
+        softmax_channels_from(&src, &mut got, b, k, n);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&want), bits(&got));
     }
 }
