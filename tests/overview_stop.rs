@@ -1,11 +1,14 @@
-//! SIGTERM while the map's overviews are built ends the run promptly and
-//! keeps the partial map and its journal for `--resume`, as a SIGTERM
-//! during inference does (issue 13 item 14: overview building ignored the
-//! stop flag, and a country-sized pyramid takes minutes).
+//! SIGTERM while overviews are built ends the run promptly and keeps the
+//! partial map and its journal for `--resume`, as a SIGTERM during
+//! inference does (issue 13 item 14: overview building ignored the stop
+//! flag, and a country-sized pyramid takes minutes).
 //!
-//! The scene is a sparse 16000 x 16000 GeoTIFF with a small AOI: inference
-//! ends within a second or two (almost every window lies outside the AOI),
-//! and then GDAL spends over a second on the overviews of 256 Mpx. The
+//! The map's own overviews are filled while its bands are written (issue
+//! 16 §4); the confidence raster's `AVERAGE` overviews are still built by
+//! GDAL at the end, and that is where the signal lands. The scene is a
+//! sparse 16000 x 16000 GeoTIFF with a small AOI: inference ends within a
+//! second or two (almost every window lies outside the AOI), and then GDAL
+//! spends over a second on the confidence overviews of 256 Mpx. The
 //! journal tells when every row is written, that is, when the overviews
 //! begin; the signal is sent then.
 
@@ -115,7 +118,12 @@ fn sigterm_while_overviews_are_built_keeps_the_run_for_resume() {
     std::fs::create_dir(&out).unwrap();
     let map = out.join("map.tif");
     let journal = out.join(".map.tif.partial.resume.json");
-    let argv = infer_argv(&scene, &map, &m, &["--aoi", s(&aoi), "--quiet"]);
+    let argv = infer_argv(
+        &scene,
+        &map,
+        &m,
+        &["--aoi", s(&aoi), "--quiet", "--confidence"],
+    );
 
     let t0 = Instant::now();
     let mut child = Command::new(bin())

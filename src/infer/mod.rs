@@ -13,6 +13,9 @@
 //!   prediction per window.
 //! - [`read`], [`window`], [`stitch`], [`write`]: the stages' work, each
 //!   testable alone; `window` and `stitch` know neither GDAL nor candle.
+//! - [`overview`]: the map's overviews built from its bands as the writer
+//!   writes them (GDAL's `NEAREST`, pixel for pixel), so that finishing
+//!   needs no second read of the map.
 //! - [`stitch_device`]: `stitch`'s blending and argmax as candle tensor ops
 //!   on the model's device, so that a GPU sends back only u8 rows; used where
 //!   the model does not run on the CPU ([`InferPlan::post_on_device`]).
@@ -21,6 +24,7 @@
 //! bad scene fails before any thread starts), runs the stages and reports.
 
 pub mod batch;
+pub mod overview;
 pub mod plan;
 pub mod profile;
 pub mod read;

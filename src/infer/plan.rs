@@ -13,14 +13,17 @@
 //! 512 px output tile) so that the stitcher's strip does not grow with the
 //! scene width; windows that straddle a chunk border are computed for both
 //! chunks. In-flight data is bounded by the channel capacities
-//! ([`InferPlan::queue_len`]). Nothing grows with the scene size, and
-//! [`MemoryBound`] adds it all up.
+//! ([`InferPlan::queue_len`]). Nothing grows with the scene size but the
+//! writer's overview tiles that span two chunks (about 1 KiB per map row at
+//! worst, [`OverviewBuilder::bytes_for`]), and [`MemoryBound`] adds it all
+//! up.
 
 use crate::error::{Error, Result};
+use crate::infer::overview::OverviewBuilder;
 use crate::infer::read::{CellLattice, Normalize, SceneInfo};
 use crate::infer::stitch::{Blend, Region};
-use crate::infer::window::{GridError, Rect, WindowGrid};
-use crate::infer::write::TILE;
+use crate::infer::window::{GridError, Rect, Size, WindowGrid};
+use crate::infer::write::{overview_factors, TILE};
 use crate::model::ModelMeta;
 use crate::scale::aoi::Aoi;
 use crate::scale::parts::Part;
@@ -609,7 +612,18 @@ impl MemoryBound {
         };
         // bands in flight: the map, the confidence, k probability planes
         let side_planes = 1 + plan.confidence as u64 + k * plan.probabilities as u64;
-        let writer = mul(&[4, width, TILE as u64, side_planes], "--chunk")?;
+        let bands_in_flight = mul(&[4, width, TILE as u64, side_planes], "--chunk")?;
+        // the map's overview tiles being filled (none for a part)
+        let map_rows = Size {
+            width: plan.scene.size.width,
+            height: plan.rows.1 - plan.rows.0,
+        };
+        let overviews = if plan.part.is_none() {
+            OverviewBuilder::bytes_for(map_rows, plan.chunk, &overview_factors(map_rows))
+        } else {
+            0
+        };
+        let writer = add(&[bands_in_flight, overviews], "--chunk")?;
         let gdal_cache = mul(&[plan.gdal_cache_mb as u64, 1 << 20], "--gdal-cache")?;
         let cells = cell_bytes(plan, 3 * plan.readers as u64 + 1);
         let bound = MemoryBound {
@@ -1113,7 +1127,12 @@ mod tests {
             b.stitcher as usize,
             ChunkStitcher::bytes_for(512, TILE, DEFAULT_CHUNK, 6)
         );
-        assert_eq!(b.writer, 4 * 4096 * 512);
+        let size = p.scene.size;
+        assert_eq!(
+            b.writer,
+            4 * 4096 * 512
+                + OverviewBuilder::bytes_for(size, DEFAULT_CHUNK, &overview_factors(size))
+        );
         assert_eq!(b.gdal_cache, 256 << 20);
         assert_eq!(
             b.total(),

@@ -73,6 +73,10 @@ pub struct Profile {
     pub write_wait_in: Clock,
     /// Encoding and writing map tiles (GDAL: compression, I/O).
     pub write_encode: Clock,
+    /// Picking the map's overview pixels from each band and handing GDAL
+    /// the finished overview tiles (their compression is in
+    /// `write_encode`, at the next flush).
+    pub write_overviews: Clock,
     /// Overviews, the COG rewrite, the style and the renames.
     pub finish: Clock,
 }
@@ -169,7 +173,10 @@ impl Profile {
             stage(
                 "write",
                 1,
-                vec![("encode", self.write_encode.secs())],
+                vec![
+                    ("encode", self.write_encode.secs()),
+                    ("overviews", self.write_overviews.secs()),
+                ],
                 self.write_wait_in.secs(),
                 0.0,
             ),

@@ -718,7 +718,12 @@ impl<'a> Stages<'a> {
     fn write(&self, writer: &mut MapWriter, bands: Receiver<Band>) {
         let p = &self.profile;
         while let Ok(band) = p.write_wait_in.time(|| bands.recv()) {
-            if let Err(e) = p.write_encode.time(|| writer.write(&band)) {
+            let (t0, ov0) = (Instant::now(), writer.overview_time());
+            let done = writer.write(&band);
+            let ov = writer.overview_time().saturating_sub(ov0);
+            p.write_overviews.add(ov);
+            p.write_encode.add(t0.elapsed().saturating_sub(ov));
+            if let Err(e) = done {
                 self.fail(e);
                 return;
             }

@@ -13,10 +13,19 @@
 //! the confidence and the class probabilities go to their own files
 //! ([`Side`]), written band for band with the map, resumed and renamed with
 //! it.
+//!
+//! Encoding: GDAL compresses the tiles, on `NUM_THREADS` worker threads
+//! (the run's thread count unless `--co NUM_THREADS` says otherwise). The
+//! map's overviews are allocated when the file is created and filled from
+//! the bands as they are written ([`crate::infer::overview`]: GDAL's
+//! `NEAREST`, pixel for pixel), so finishing reads nothing back; the side
+//! rasters' `AVERAGE` overviews are still built by `GDALBuildOverviews` at
+//! the end, which reads them once more.
 
 use crate::classes::{ClassTable, NODATA};
 use crate::error::{Error, Result};
 use crate::hash::Fnv1a;
+use crate::infer::overview::{OverviewBuilder, OverviewTile};
 use crate::infer::read::Fingerprint;
 use crate::infer::stitch::Band;
 use crate::infer::window::Size;
@@ -30,6 +39,7 @@ use gdal::Metadata;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// The output tile size; the stitcher emits bands of this many rows.
 pub const TILE: usize = 512;
@@ -241,6 +251,10 @@ pub fn check_creation_options(user: &[(String, String)]) -> Result<()> {
 /// Creates a u8 GeoTIFF of `bands` bands on the scene's grid, nodata 255.
 fn create_u8(path: &Path, spec: &MapSpec, bands: usize) -> Result<Dataset> {
     let mut opts = merged_options(&spec.creation_options)?;
+    if opts.fetch_name_value("NUM_THREADS").is_none() {
+        // GDAL compresses the tiles of each flush on its worker threads
+        opts.set_name_value("NUM_THREADS", &rayon::current_num_threads().to_string())?;
+    }
     if bands > 1 {
         // band-sequential: a band's tiles together, as GDAL reads one class
         opts.set_name_value("INTERLEAVE", "BAND")?;
@@ -387,6 +401,11 @@ pub struct MapWriter {
     done: bool,
     created: bool,
     note: Option<String>,
+    /// The map's overviews, filled as its bands are written (`None`: the
+    /// spec asks for none).
+    overviews: Option<OverviewBuilder>,
+    /// Time spent on them so far.
+    overview_time: Duration,
 }
 
 impl MapWriter {
@@ -424,6 +443,8 @@ impl MapWriter {
             done: false,
             created: false,
             note: None,
+            overviews: None,
+            overview_time: Duration::ZERO,
             spec,
         };
         let old: Option<Journal> = match std::fs::read_to_string(&jpath) {
@@ -472,6 +493,7 @@ impl MapWriter {
                         "the unfinished run could not be continued ({e}); starting over"
                     ));
                     w.map = None;
+                    w.overviews = None;
                     w.sides.clear();
                     w.keep = false;
                 }
@@ -507,6 +529,53 @@ impl MapWriter {
         append(&tmp_path(&p), &format!(".{generation}"))
     }
 
+    /// The size of the file this writer writes (a part: its rows).
+    fn file_size(&self) -> Size {
+        Size {
+            width: self.spec.size.width,
+            height: self.spec.rows.1 - self.spec.rows.0,
+        }
+    }
+
+    /// Writes the map's pixels `classes` at `r` (file coordinates), and
+    /// the overview tiles they complete.
+    fn write_map(&mut self, r: crate::infer::window::Rect, classes: &[u8]) -> Result<()> {
+        let path = &self.spec.path;
+        let map = self.map.as_mut().expect("writer used after finish");
+        write_u8(map, path, r, classes)?;
+        let Some(ov) = &mut self.overviews else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        let band = map.rasterband(1).map_err(Error::on(path))?;
+        let done = ov.add(r, classes, |t: OverviewTile| -> Result<()> {
+            let mut o = band
+                .overview(t.level)
+                .map_err(|e| Error::gdal_file(path, format!("no overview {}", t.level + 1), e))?;
+            let (x, y, w, h) = (t.rect.x, t.rect.y, t.rect.width, t.rect.height);
+            let mut buf = gdal::raster::Buffer::new((w, h), t.data.to_vec());
+            o.write((x as isize, y as isize), (w, h), &mut buf)
+                .map_err(|e| {
+                    Error::gdal_file(
+                        path,
+                        format!(
+                            "writing overview {} failed at rows {y}..{}",
+                            t.level + 1,
+                            y + h
+                        ),
+                        e,
+                    )
+                })
+        });
+        self.overview_time += t0.elapsed();
+        done
+    }
+
+    /// Time spent on the map's overviews while writing its bands.
+    pub fn overview_time(&self) -> Duration {
+        self.overview_time
+    }
+
     fn remove_generation(&self, generation: u32) {
         let all = std::iter::once(None).chain(Side::ALL.map(Some));
         for side in all {
@@ -525,6 +594,14 @@ impl MapWriter {
         for (k, v) in &self.spec.metadata {
             map.set_metadata_item(k, v, "")
                 .map_err(Error::on(&self.spec.path))?;
+        }
+        self.overviews = None;
+        if self.spec.overviews {
+            // the overview levels, empty: filled as the bands come
+            let size = self.file_size();
+            let factors = overview_factors(size);
+            build_overviews(&mut map, &self.spec.path, "NONE", &factors, None)?;
+            self.overviews = Some(OverviewBuilder::new(size, &factors));
         }
         self.map = Some(map);
         for side in Side::ALL {
@@ -583,7 +660,7 @@ impl MapWriter {
                 let classes = read_u8(&old_map, &om, rect, "the unfinished run")?;
                 map_hash.update(&classes);
                 let path = self.spec.path.clone();
-                write_u8(self.map.as_mut().expect("map open"), &path, rect, &classes)?;
+                self.write_map(rect, &classes)?;
                 for ((side, src, p), hash) in old_sides.iter().zip(side_hash.iter_mut()) {
                     let data = read_u8(src, p, rect, "the unfinished run")?;
                     hash.update(&data);
@@ -691,12 +768,7 @@ impl MapWriter {
         r.y -= self.spec.rows.0;
         let path = self.spec.path.clone();
         reset_errors();
-        write_u8(
-            self.map.as_mut().expect("writer used after finish"),
-            &path,
-            r,
-            &band.classes,
-        )?;
+        self.write_map(r, &band.classes)?;
         for f in &mut self.sides {
             let data = f.side.data(band).ok_or_else(|| {
                 Error::file(
@@ -742,10 +814,7 @@ impl MapWriter {
     /// keeping the partial map and its journal (every row is in it) for
     /// `--resume`, as an interruption during inference does.
     pub fn finish_unless(mut self, stop: Option<&AtomicBool>) -> Result<MapFiles> {
-        let factors = overview_factors(Size {
-            width: self.spec.size.width,
-            height: self.spec.rows.1 - self.spec.rows.0,
-        });
+        let factors = overview_factors(self.file_size());
         let path = self.spec.path.clone();
         let map = self.map.take().expect("finish twice");
         reset_errors();
@@ -753,10 +822,13 @@ impl MapWriter {
             ("NEAREST", "writing the map failed"),
             ("AVERAGE", "writing failed"),
         );
-        self.close_with_overviews(map, &path, nearest, &factors, stop)?;
+        // the map's overviews are complete unless some rows never came:
+        // then GDAL builds them from the map
+        let built = self.overviews.as_ref().is_some_and(|o| o.complete());
+        self.close_with_overviews(map, &path, nearest, &factors, !built, stop)?;
         let mut side_tmps = Vec::new();
         for SideFile { side, ds, tmp } in std::mem::take(&mut self.sides) {
-            self.close_with_overviews(ds, &side.path(&path), average, &factors, stop)?;
+            self.close_with_overviews(ds, &side.path(&path), average, &factors, true, stop)?;
             side_tmps.push((side, tmp));
         }
         if self.spec.cog {
@@ -822,18 +894,20 @@ impl MapWriter {
         })
     }
 
-    /// Builds `ds`'s overviews (when the spec asks for them) with
-    /// `resampling` and closes it; a failure is "`failed`". Interrupted
-    /// overviews keep the run for `--resume`.
+    /// Builds `ds`'s overviews (when the spec asks for them and `build`
+    /// says they are not there yet) with `resampling` and closes it; a
+    /// failure is "`failed`". Interrupted overviews keep the run for
+    /// `--resume`.
     fn close_with_overviews(
         &mut self,
         mut ds: Dataset,
         path: &Path,
         (resampling, failed): (&str, &str),
         factors: &[i32],
+        build: bool,
         stop: Option<&AtomicBool>,
     ) -> Result<()> {
-        if self.spec.overviews {
+        if self.spec.overviews && build {
             if let Err(e) = build_overviews(&mut ds, path, resampling, factors, stop) {
                 if matches!(e, Error::Interrupted) {
                     self.keep_for_resume();
