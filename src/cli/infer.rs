@@ -195,7 +195,7 @@ impl Progress for Bar {
 }
 
 pub fn run(a: InferArgs) -> Result<()> {
-    process::few_malloc_arenas();
+    process::pipeline_malloc();
     let threads = process::set_threads(a.map.threads);
     process::gdal_cache(a.map.gdal_cache);
     let cancel = process::stop_flag()?;

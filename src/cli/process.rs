@@ -61,9 +61,8 @@ pub fn single_candle_pool() {
 /// giving them back to the kernel: every candle op allocates its output, and
 /// with glibc's defaults each large one is a fresh mmap whose pages the
 /// kernel must zero (a fifth of a training step's time). For work whose
-/// working set repeats step after step (training, benchmarks); the
-/// inference pipeline keeps the defaults, since its memory bound is
-/// measured with them.
+/// working set repeats step after step (training, benchmarks, and the
+/// inference pipeline with [`pipeline_malloc`]).
 pub fn reuse_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
@@ -73,19 +72,27 @@ pub fn reuse_freed_memory() {
     }
 }
 
-/// Malloc arenas for the inference pipeline: glibc gives each thread that
-/// allocates its own arena (up to 8 per core), and the pipeline's threads
-/// (dispatcher, readers, model, stitcher, writer, rayon's) each free
-/// buffers that another allocated, so every arena keeps its own freed,
-/// fragmented memory: the peak RSS grew with the scene (+14 % from 8192² to
-/// 16384², +21 % to 50000²) though no buffer does. With two arenas it stays
-/// flat (`benches/RESULTS.md`, issue 16 §7). Call before the first thread
-/// starts.
-pub fn few_malloc_arenas() {
+/// The allocator for the inference pipeline: two malloc arenas, and freed
+/// buffers kept in the heap for the next window or batch.
+///
+/// glibc gives each thread that allocates its own arena (up to 8 per
+/// core), and the pipeline's threads (dispatcher, readers, model,
+/// stitcher, writer, rayon's) each free buffers that another allocated, so
+/// every arena kept its own freed, fragmented memory: the peak RSS grew
+/// with the run's length (+14 % from 8192² to 16384², +21 % to 50000²)
+/// though no buffer does. With two arenas it stays flat. And with glibc's
+/// default thresholds every large buffer (a window, a batch's logits, a
+/// cell) was a fresh mmap whose pages the kernel zeroes: a fifth of the
+/// linear run's CPU time was system time. Keeping them in the heap
+/// (as [`reuse_freed_memory`] does for training) cut the linear 8192² run
+/// from 7.3-8.3 s to 6.5 s at the same peak (`benches/RESULTS.md`, issue
+/// 16 §7). Call before the first thread starts.
+pub fn pipeline_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+    reuse_freed_memory();
 }
 
 /// GDAL's block cache, in MiB (counted in the memory bound).
