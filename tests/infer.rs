@@ -147,33 +147,43 @@ fn u16_and_f32_inputs_give_the_u8_map() {
     }
 }
 
+/// A copy of the 3-band u8 `image` in `dir` with nodata 0 and the
+/// rectangle at `at` of `size` set to it in every band.
+fn blanked(
+    dir: &Path,
+    image: &Path,
+    at: (isize, isize),
+    size: (usize, usize),
+) -> std::path::PathBuf {
+    let nd = dir.join("nodata.tif");
+    gdal_tool(
+        "gdal_translate",
+        &["-q", "-a_nodata", "0", s(image), s(&nd)],
+    );
+    let ds = gdal::Dataset::open_ex(
+        &nd,
+        gdal::DatasetOptions {
+            open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for b in 1..=3 {
+        let mut band = ds.rasterband(b).unwrap();
+        let mut buf = gdal::raster::Buffer::new(size, vec![0u8; size.0 * size.1]);
+        band.write(at, size, &mut buf).unwrap();
+    }
+    nd
+}
+
 #[test]
 fn nodata_becomes_nodata_and_empty_windows_are_skipped() {
     let t = tmp();
     let m = model(t.path(), "tiny", 3, 64);
     let scene = synth(t.path(), 640, 480, 6);
     let image = scene.join("image.tif");
-    let nd = t.path().join("nodata.tif");
-    gdal_tool(
-        "gdal_translate",
-        &["-q", "-a_nodata", "0", s(&image), s(&nd)],
-    );
-    {
-        // blank the left 300 columns in every band
-        let ds = gdal::Dataset::open_ex(
-            &nd,
-            gdal::DatasetOptions {
-                open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        for b in 1..=3 {
-            let mut band = ds.rasterband(b).unwrap();
-            let mut buf = gdal::raster::Buffer::new((300, 480), vec![0u8; 300 * 480]);
-            band.write((0, 0), (300, 480), &mut buf).unwrap();
-        }
-    }
+    // blank the left 300 columns in every band
+    let nd = blanked(t.path(), &image, (0, 0), (300, 480));
     let map = t.path().join("nd_map.tif");
     let out = ok(&infer_argv(&nd, &map, &m, &[]));
     check_map_files(&map, &nd);
@@ -752,27 +762,8 @@ fn post_on_the_device_gives_the_host_s_map() {
     let m = model(t.path(), "tiny", 3, 64);
     let scene = synth(t.path(), 700, 530, 9);
     let image = scene.join("image.tif");
-    let nd = t.path().join("nodata.tif");
-    gdal_tool(
-        "gdal_translate",
-        &["-q", "-a_nodata", "0", s(&image), s(&nd)],
-    );
-    {
-        // blank a block, so some windows are skipped and some half valid
-        let ds = gdal::Dataset::open_ex(
-            &nd,
-            gdal::DatasetOptions {
-                open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        for b in 1..=3 {
-            let mut band = ds.rasterband(b).unwrap();
-            let mut buf = gdal::raster::Buffer::new((200, 150), vec![0u8; 200 * 150]);
-            band.write((10, 300), (200, 150), &mut buf).unwrap();
-        }
-    }
+    // blank a block, so some windows are skipped and some half valid
+    let nd = blanked(t.path(), &image, (10, 300), (200, 150));
     for blend in ["hann", "gaussian", "crop"] {
         let flags = [
             "--blend",

@@ -27,24 +27,8 @@ pub fn exp_neg(x: f32) -> f32 {
 /// on rayon's threads (each pixel's arithmetic, and so its result, is the
 /// same whatever the split), with AVX2 where the CPU has it.
 pub fn softmax_channels(v: &mut [f32], b: usize, k: usize, n: usize) {
-    use rayon::prelude::*;
-    const BLOCK: usize = 1024;
     assert!(v.len() >= b * k * n, "softmax_channels: short buffer");
-    if k == 0 || n == 0 {
-        return;
-    }
-    let blocks = n.div_ceil(BLOCK);
-    let out = crate::kernels::Shared(v.as_mut_ptr());
-    (0..b * blocks).into_par_iter().for_each(|u| {
-        let (i, j) = (u / blocks, u % blocks);
-        let (p0, p1) = (j * BLOCK, ((j + 1) * BLOCK).min(n));
-        // SAFETY: block (i, j) owns pixels p0..p1 of sample i in every
-        // channel: disjoint from every other block's
-        let mut planes: Vec<&mut [f32]> = (0..k)
-            .map(|c| unsafe { out.slice(i * k * n + c * n + p0..i * k * n + c * n + p1) })
-            .collect();
-        softmax_block(&mut planes);
-    });
+    softmax_blocks(v, None, b, k, n);
 }
 
 /// [`softmax_channels`] of `src` into `dst` (both `[b][k][n]`): each block
@@ -54,12 +38,18 @@ pub fn softmax_channels(v: &mut [f32], b: usize, k: usize, n: usize) {
 /// arithmetic, so the same bits, as copying first and calling
 /// `softmax_channels`.
 pub fn softmax_channels_from(src: &[f32], dst: &mut [f32], b: usize, k: usize, n: usize) {
-    use rayon::prelude::*;
-    const BLOCK: usize = 1024;
     assert!(
         src.len() >= b * k * n && dst.len() >= b * k * n,
         "softmax_channels_from: short buffer"
     );
+    softmax_blocks(dst, Some(src), b, k, n);
+}
+
+/// The channel softmax of `dst` in blocks of pixels on rayon's threads,
+/// each block first copied from `src` when given.
+fn softmax_blocks(dst: &mut [f32], src: Option<&[f32]>, b: usize, k: usize, n: usize) {
+    use rayon::prelude::*;
+    const BLOCK: usize = 1024;
     if k == 0 || n == 0 {
         return;
     }
@@ -68,13 +58,15 @@ pub fn softmax_channels_from(src: &[f32], dst: &mut [f32], b: usize, k: usize, n
     (0..b * blocks).into_par_iter().for_each(|u| {
         let (i, j) = (u / blocks, u % blocks);
         let (p0, p1) = (j * BLOCK, ((j + 1) * BLOCK).min(n));
-        // SAFETY: block (i, j) owns pixels p0..p1 of sample i in every
-        // channel: disjoint from every other block's
         let mut planes: Vec<&mut [f32]> = (0..k)
             .map(|c| {
                 let r = i * k * n + c * n + p0..i * k * n + c * n + p1;
+                // SAFETY: block (i, j) owns pixels p0..p1 of sample i in
+                // every channel: disjoint from every other block's
                 let plane = unsafe { out.slice(r.clone()) };
-                plane.copy_from_slice(&src[r]);
+                if let Some(src) = src {
+                    plane.copy_from_slice(&src[r]);
+                }
                 plane
             })
             .collect();
