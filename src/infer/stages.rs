@@ -45,6 +45,7 @@ use crate::model::Model;
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -399,7 +400,8 @@ impl<'a> Stages<'a> {
                 grid.rows_touching(reg.y0, reg.y1),
                 grid.cols_touching(reg.x0, reg.x1),
             );
-            let lattice = CellLattice::new((block.width, block.height), source_bounds(grid, reg));
+            let bounds = source_bounds(grid, rows.clone(), cols.clone());
+            let lattice = CellLattice::new((block.width, block.height), bounds);
             // the cells decoded for windows sent, until no later window of
             // the region needs them
             let mut cells: BTreeMap<(usize, usize), Arc<Cell>> = BTreeMap::new();
@@ -731,13 +733,10 @@ impl<'a> Stages<'a> {
     }
 }
 
-/// The rectangle of the raster that the windows touching `reg` read (their
-/// source rectangles' union): what the region's cells are clipped to.
-fn source_bounds(grid: &WindowGrid, reg: &Region) -> Rect {
-    let (rows, cols) = (
-        grid.rows_touching(reg.y0, reg.y1),
-        grid.cols_touching(reg.x0, reg.x1),
-    );
+/// The rectangle of the raster that the windows of grid `rows` and `cols`
+/// (those touching a region) read, their source rectangles' union: what
+/// the region's cells are clipped to.
+fn source_bounds(grid: &WindowGrid, rows: Range<usize>, cols: Range<usize>) -> Rect {
     let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
     for c in cols.clone() {
         let r = grid.source_rect(&grid.window(c, rows.start));

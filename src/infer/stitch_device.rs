@@ -530,8 +530,9 @@ mod tests {
         assert!(n > 50);
     }
 
-    #[test]
-    fn ties_go_to_the_lowest_channel_and_nodata_stays() {
+    /// A 16 px grid over a 20 x 20 raster and a two-class stitcher of it
+    /// (class ids 7 and 9) on the CPU device.
+    fn small(confidence: bool) -> (WindowGrid, DeviceStitcher) {
         let size = Size {
             width: 20,
             height: 20,
@@ -543,9 +544,22 @@ mod tests {
             y0: 0,
             y1: 20,
         };
-        let mut st =
-            DeviceStitcher::new(g, Blend::Hann, vec![7, 9], region, 64, true, &Device::Cpu)
-                .unwrap();
+        let st = DeviceStitcher::new(
+            g,
+            Blend::Hann,
+            vec![7, 9],
+            region,
+            64,
+            confidence,
+            &Device::Cpu,
+        )
+        .unwrap();
+        (g, st)
+    }
+
+    #[test]
+    fn ties_go_to_the_lowest_channel_and_nodata_stays() {
+        let (g, mut st) = small(true);
         let mut bands = Vec::new();
         for r in 0..g.rows() {
             for c in 0..g.cols() {
@@ -583,20 +597,7 @@ mod tests {
 
     #[test]
     fn a_wrong_shape_is_an_error() {
-        let size = Size {
-            width: 20,
-            height: 20,
-        };
-        let g = WindowGrid::new(size, 16, 0.25).unwrap();
-        let region = Region {
-            x0: 0,
-            x1: 20,
-            y0: 0,
-            y1: 20,
-        };
-        let mut st =
-            DeviceStitcher::new(g, Blend::Hann, vec![7, 9], region, 64, false, &Device::Cpu)
-                .unwrap();
+        let (g, mut st) = small(false);
         let p = Tensor::zeros((3, 16, 16), DType::F32, &Device::Cpu).unwrap();
         let v = Tensor::zeros((16, 16), DType::F32, &Device::Cpu).unwrap();
         let e = st.add(

@@ -138,6 +138,25 @@ mod tests {
     use crate::infer::window::{reflect, Size, WindowGrid};
     use ::gdal::cpl::CslStringList;
 
+    /// Writes an f32 GeoTIFF of `bands` bands with nodata -1 whose band `b`
+    /// (1-based) holds `value(b, i)` at pixel `i` (row-major).
+    fn f32_scene(
+        path: &std::path::Path,
+        (w, h): (usize, usize),
+        bands: usize,
+        opts: &CslStringList,
+        value: impl Fn(usize, usize) -> f32,
+    ) {
+        let ds = crate::raster::create::<f32>("GTiff", path, (w, h), bands, opts).unwrap();
+        for b in 1..=bands {
+            let mut band = ds.rasterband(b).unwrap();
+            band.set_no_data_value(Some(-1.0)).unwrap();
+            let data = (0..w * h).map(|i| value(b, i)).collect();
+            let mut buf = ::gdal::raster::Buffer::new((w, h), data);
+            band.write((0, 0), (w, h), &mut buf).unwrap();
+        }
+    }
+
     /// A 2-band f32 scene with per-band nodata -1 at (3, 2) and a NaN in
     /// band 2 at (5, 5), read through the trait at the top-left corner.
     #[test]
@@ -147,21 +166,17 @@ mod tests {
         let (w, h) = (20usize, 12usize);
         let v = |x: usize, y: usize| (x + 100 * y) as f32;
         {
-            let ds = crate::raster::create::<f32>("GTiff", &path, (w, h), 2, &CslStringList::new())
-                .unwrap();
-            for b in 1..=2 {
-                let mut data: Vec<f32> = (0..w * h)
-                    .map(|i| if b == 1 { v(i % w, i / w) } else { 1.0 })
-                    .collect();
-                data[2 * w + 3] = -1.0;
-                if b == 2 {
-                    data[5 * w + 5] = f32::NAN;
+            f32_scene(&path, (w, h), 2, &CslStringList::new(), |b, i| {
+                if i == 2 * w + 3 {
+                    -1.0
+                } else if b == 2 && i == 5 * w + 5 {
+                    f32::NAN
+                } else if b == 1 {
+                    v(i % w, i / w)
+                } else {
+                    1.0
                 }
-                let mut band = ds.rasterband(b).unwrap();
-                band.set_no_data_value(Some(-1.0)).unwrap();
-                let mut buf = ::gdal::raster::Buffer::new((w, h), data);
-                band.write((0, 0), (w, h), &mut buf).unwrap();
-            }
+            });
         }
         let size = Size {
             width: w,
@@ -215,20 +230,13 @@ mod tests {
             opts.set_name_value("TILED", "YES").unwrap();
             opts.set_name_value("BLOCKXSIZE", "32").unwrap();
             opts.set_name_value("BLOCKYSIZE", "16").unwrap();
-            let ds = crate::raster::create::<f32>("GTiff", &path, (w, h), 3, &opts).unwrap();
-            for b in 1..=3 {
-                let data: Vec<f32> = (0..w * h)
-                    .map(|i| match (i * 13 + b * 7) % 101 {
-                        0 => -1.0,
-                        1 if b == 2 => f32::NAN,
-                        v => (v * b) as f32,
-                    })
-                    .collect();
-                let mut band = ds.rasterband(b).unwrap();
-                band.set_no_data_value(Some(-1.0)).unwrap();
-                let mut buf = ::gdal::raster::Buffer::new((w, h), data);
-                band.write((0, 0), (w, h), &mut buf).unwrap();
-            }
+            f32_scene(&path, (w, h), 3, &opts, |b, i| {
+                match (i * 13 + b * 7) % 101 {
+                    0 => -1.0,
+                    1 if b == 2 => f32::NAN,
+                    v => (v * b) as f32,
+                }
+            });
         }
         let size = Size {
             width: w,
