@@ -157,6 +157,11 @@ pub struct ModelBenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// For an .onnx model: also time each kind of node over --iters
+    /// forward passes (seconds per forward, fused Convs by what they
+    /// absorbed), to see where the time goes.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args)]
@@ -347,6 +352,27 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
         train: a.train,
     };
     let sp = rstile::model::bench::measure(&model, &cfg)?;
+    let profile = match (&a.model, a.profile) {
+        (Some(path), true) if is_onnx(path) => {
+            let mut g = rstile::model::onnx::OnnxModel::load(path, &device)?;
+            // what the forward pass above ran: the map's logits
+            if model
+                .imported()
+                .is_some_and(|i| i.output == rstile::model::imported::Output::Probabilities)
+            {
+                g.strip_final_softmax();
+            }
+            let x = candle_core::Tensor::randn(
+                0f32,
+                1f32,
+                (a.batch, model.meta.bands, a.size, a.size),
+                &device,
+            )?;
+            Some(g.profile(&x, a.iters)?)
+        }
+        (_, true) => bail!("model bench: --profile times the nodes of an .onnx model"),
+        _ => None,
+    };
     let px = (a.batch * a.size * a.size) as f64;
     let gflops = sp.forward_flops as f64 / 1e9;
     if a.json {
@@ -375,6 +401,14 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
                 .map(|(op, t)| (op.name().replace(' ', "_"), t.into()))
                 .collect();
             o["train_ops_s"] = m.into();
+        }
+        if let Some(p) = &profile {
+            let n = a.iters as f64;
+            o["profile"] = p
+                .iter()
+                .map(|(k, c, s)| serde_json::json!({"node": k, "calls": *c as f64 / n, "seconds": s / n}))
+                .collect::<Vec<_>>()
+                .into();
         }
         println!("{o}");
         return Ok(());
@@ -412,6 +446,19 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
             "    backward:  conv {cb:.3} s  batch norm {nb:.3} s  max pool {pb:.3} s  other {:.3} s",
             b - cb - nb - pb
         );
+    }
+    if let Some(p) = &profile {
+        let n = a.iters as f64;
+        let total: f64 = p.iter().map(|r| r.2).sum::<f64>() / n;
+        println!("  per forward, by node kind ({total:.3} s in nodes):");
+        for (k, c, s) in p {
+            println!(
+                "    {k:<24} {:>4} calls  {:.3} s  {:>5.1} %",
+                *c as f64 / n,
+                s / n,
+                100.0 * s / n / total
+            );
+        }
     }
     Ok(())
 }

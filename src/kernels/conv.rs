@@ -351,7 +351,7 @@ fn forward_units(s: &ConvShape, x: &[f32], w: &[f32], ep: &Epilogue, in_len: usi
     });
 }
 
-fn apply_epilogue(row: &mut [f32], ep: &Epilogue, c: usize, at: usize) {
+pub(super) fn apply_epilogue(row: &mut [f32], ep: &Epilogue, c: usize, at: usize) {
     let scale = ep.scale.map_or(1.0, |s| s[c]);
     let shift = ep.shift.map_or(0.0, |s| s[c]);
     if ep.scale.is_some() || ep.shift.is_some() {
@@ -685,6 +685,49 @@ fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
             conv2d_forward(&t, dy, &flip_transpose(s, w), &Epilogue::default())
         };
     }
+    gemm_col2im(s, dy, w)
+}
+
+/// The transposed convolution of the layer `s` (ONNX's and PyTorch's
+/// ConvTranspose with `s`'s stride, padding and dilation): `x` is `batch x
+/// c_out x H' x W'` (the layer's output shape), `w` is `c_out x c_in x k x
+/// k` (ConvTranspose's own weight layout: input channels first), and the
+/// result is `batch x c_in x H x W`. It is the input gradient of
+/// [`conv2d_forward`], computed for each sample alone, so that every value
+/// is the same under any batch and thread count.
+///
+/// ```
+/// use rstile::kernels::{conv2d_transpose, ConvShape};
+/// // a 2x2 kernel of ones, stride 2: each input pixel becomes a 2x2 block
+/// let s = ConvShape { batch: 1, c_in: 1, height: 4, width: 4, c_out: 1,
+///                     kernel: 2, stride: 2, padding: 0, dilation: 1 };
+/// let y = conv2d_transpose(&s, &[1.0, 2.0, 3.0, 4.0], &[1.0; 4]);
+/// assert_eq!(&y[..8], &[1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]);
+/// ```
+pub fn conv2d_transpose(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f32> {
+    assert!(s.is_valid(), "invalid convolution {s:?}");
+    assert_eq!(w.len(), s.weight_len(), "weight length");
+    assert_eq!(x.len(), s.output_len(), "input length");
+    let reach = s.dilation * (s.kernel - 1);
+    if s.stride == 1 && s.padding <= reach {
+        let t = ConvShape {
+            batch: s.batch,
+            c_in: s.c_out,
+            height: s.out_height(),
+            width: s.out_width(),
+            c_out: s.c_in,
+            kernel: s.kernel,
+            stride: 1,
+            padding: reach - s.padding,
+            dilation: s.dilation,
+        };
+        return conv2d_forward(&t, x, &flip_transpose(s, w), &Epilogue::default());
+    }
+    gemm_col2im(s, x, w)
+}
+
+/// `dx` by `dcol = wᵀ · dy` and col2im, one sample per task.
+fn gemm_col2im(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (p, k_len, c_out) = (s.out_pixels(), s.patch_len(), s.c_out);
     let in_len = s.c_in * s.height * s.width;
     let plane = s.height * s.width;

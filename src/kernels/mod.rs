@@ -20,11 +20,16 @@
 //! (custom ops with a backward pass, batch-norm folding) lives in
 //! `model::conv`.
 
+pub mod concat;
 pub mod conv;
+pub mod grouped;
 pub mod norm;
 pub mod pool;
+pub mod resize;
 
-pub use conv::{conv2d_backward, conv2d_forward, conv2d_input_gradient, ConvShape, Epilogue};
+pub use conv::{
+    conv2d_backward, conv2d_forward, conv2d_input_gradient, conv2d_transpose, ConvShape, Epilogue,
+};
 pub use norm::{
     batch_norm_train, batch_norm_train_backward, BatchNormGrads, BatchStats, NormShape,
 };

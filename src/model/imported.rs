@@ -49,6 +49,9 @@ const TINY: f64 = 1e-30;
 pub struct OnnxNet {
     pub graph: OnnxModel,
     pub output: Output,
+    /// The graph's final Softmax was dropped ([`OnnxModel::strip_final_softmax`]):
+    /// it gives the logits of [`Output::Probabilities`].
+    softmax_stripped: bool,
     /// Conv FLOPs per window of `window` x `window` px.
     flops_per_window: u64,
     window: usize,
@@ -72,6 +75,7 @@ impl Network for OnnxNet {
             .to_dtype(candle_core::DType::F32)?;
         match self.output {
             Output::Logits => Ok(y),
+            Output::Probabilities if self.softmax_stripped => Ok(y),
             Output::Probabilities => y.clamp(TINY, 1.0)?.log(),
             Output::Sigmoid => {
                 let p = y.clamp(TINY, 1.0 - 1e-7)?;
@@ -98,7 +102,7 @@ pub fn is_onnx(path: &Path) -> bool {
 /// ([`facts::resolve`]); the graph is checked on one window of the
 /// resolved size, so a model that loads runs.
 pub fn open_onnx(path: &Path, device: &Device, flags: &Overrides) -> Result<Model> {
-    let graph = OnnxModel::load(path, device)?;
+    let mut graph = OnnxModel::load(path, device)?;
     // a NaN weight can hide behind a ReLU and give a finite, wrong map
     if let Some((name, n, len)) = graph.non_finite_weights().into_iter().next() {
         return Err(Error::NonFinite(format!(
@@ -179,6 +183,9 @@ pub fn open_onnx(path: &Path, device: &Device, flags: &Overrides) -> Result<Mode
         (Some("Softmax"), _) => Output::Probabilities,
         _ => Output::Logits,
     };
+    // the map takes the softmax of logits: a final Softmax would only be
+    // undone by a logarithm
+    let softmax_stripped = output == Output::Probabilities && graph.strip_final_softmax();
     let window_px = (window * window) as u64;
     let meta = ModelMeta {
         format: FORMAT,
@@ -199,6 +206,7 @@ pub fn open_onnx(path: &Path, device: &Device, flags: &Overrides) -> Result<Mode
     let net = OnnxNet {
         graph,
         output,
+        softmax_stripped,
         flops_per_window: resolved.conv_flops,
         window,
     };

@@ -9,8 +9,9 @@
 use super::graph::Graph;
 use super::ops::Op;
 use candle_core::Tensor;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// The values of the per-shape nodes that the rest of the graph reads,
 /// by input shape.
@@ -27,13 +28,16 @@ pub(crate) struct NodeError {
 }
 
 /// What a run measured besides its outputs.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Counts {
     /// Multiply-adds times two of the Conv and ConvTranspose nodes.
     pub conv_flops: u64,
     /// The most bytes of values alive at once (the input included, the
     /// weights not).
     pub peak_bytes: u64,
+    /// When set, each node's wall time is added to its kind's entry: calls
+    /// and seconds (a fused Conv counts as `Conv+Add+Relu` and so on).
+    pub times: Option<BTreeMap<String, (usize, f64)>>,
 }
 
 fn bytes(t: &Tensor) -> u64 {
@@ -71,10 +75,16 @@ pub(crate) fn run(
         if let Some(c) = counts.as_deref_mut() {
             c.conv_flops += flops(&node.op, &ins);
         }
+        let t0 = Instant::now();
         let outs = node
             .op
             .eval(&ins, node.outputs.len())
             .map_err(|error| NodeError { node: j, error })?;
+        if let Some(times) = counts.as_deref_mut().and_then(|c| c.times.as_mut()) {
+            let e = times.entry(kind(node)).or_default();
+            e.0 += 1;
+            e.1 += t0.elapsed().as_secs_f64();
+        }
         if outs.len() != node.outputs.len() {
             return Err(NodeError {
                 node: j,
@@ -128,6 +138,27 @@ pub(crate) fn run(
                 })
         })
         .collect()
+}
+
+/// A node's kind in a profile: its op type, with what the graph fused into
+/// a Conv.
+fn kind(node: &super::graph::Node) -> String {
+    match &node.op {
+        Op::Conv(c) => {
+            let mut k = "Conv".to_string();
+            if c.residual {
+                k += "+Add";
+            }
+            if c.relu {
+                k += "+Relu";
+            }
+            if c.group > 1 {
+                k += " (grouped)";
+            }
+            k
+        }
+        _ => node.op_type.clone(),
+    }
 }
 
 /// The per-shape values read by other nodes or the outputs.

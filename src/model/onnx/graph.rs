@@ -463,6 +463,36 @@ impl Graph {
         Ok(())
     }
 
+    /// Drops a Softmax over the channel axis (of a rank-4 output) that
+    /// makes the first output and that no other node reads: the first
+    /// output becomes its input, the logits. Says whether it did.
+    pub fn strip_final_softmax(&mut self) -> bool {
+        let Some(&out) = self.outputs.first() else {
+            return false;
+        };
+        let Some(j) = self.nodes.iter().position(|n| n.outputs.contains(&out)) else {
+            return false;
+        };
+        let n = &self.nodes[j];
+        let channel = matches!(&n.op, Op::Softmax(s)
+            if !s.log && !s.coerce_2d && (s.axis == 1 || s.axis == -3));
+        let Some(Some(logits)) = n.inputs.first().copied() else {
+            return false;
+        };
+        let read_elsewhere = self.outputs[1..].contains(&out)
+            || self
+                .nodes
+                .iter()
+                .any(|m| m.inputs.iter().flatten().any(|&i| i == out));
+        if !channel || read_elsewhere || n.outputs.len() != 1 || self.is_const(logits) {
+            return false;
+        }
+        self.nodes.remove(j);
+        self.outputs[0] = logits;
+        self.plan_frees();
+        true
+    }
+
     fn plan_frees(&mut self) {
         let mut last = vec![usize::MAX; self.names.len()];
         for (j, node) in self.nodes.iter().enumerate() {

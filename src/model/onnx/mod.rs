@@ -367,6 +367,13 @@ impl OnnxModel {
             .map(|n| n.op_type.as_str())
     }
 
+    /// Drops the graph's final Softmax over the classes, when it has one
+    /// that nothing else reads: [`OnnxModel::run`] then gives the logits,
+    /// whose softmax is the graph's output. Says whether it did.
+    pub fn strip_final_softmax(&mut self) -> bool {
+        self.graph.strip_final_softmax()
+    }
+
     /// The float constants (weights, folded batch norms) that hold NaN or
     /// infinite values: name, how many, of how many.
     pub fn non_finite_weights(&self) -> Vec<(String, usize, usize)> {
@@ -441,6 +448,28 @@ impl OnnxModel {
     /// it: logits or probabilities.
     pub fn run(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.run_all(x)?.swap_remove(0))
+    }
+
+    /// Wall time per node kind over `rounds` runs on `x` (after one
+    /// untimed run), slowest first: `(kind, calls, seconds)`. A fused Conv
+    /// is named with what it absorbed (`Conv+Add+Relu`).
+    pub fn profile(&self, x: &Tensor, rounds: usize) -> Result<Vec<(String, usize, f64)>> {
+        self.run_inner(x, None)?;
+        let mut counts = eval::Counts {
+            times: Some(BTreeMap::new()),
+            ..Default::default()
+        };
+        for _ in 0..rounds.max(1) {
+            self.run_inner(x, Some(&mut counts))?;
+        }
+        let mut v: Vec<(String, usize, f64)> = counts
+            .times
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, (n, s))| (k, n, s))
+            .collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(v)
     }
 
     /// Every graph output, in the file's order.

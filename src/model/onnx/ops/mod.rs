@@ -576,6 +576,25 @@ mod tests {
     }
 
     #[test]
+    fn the_stem_pool_on_rstile_s_kernel_gives_candle_s_maxima() {
+        let p = Pool {
+            ceil_mode: false,
+            ..pool(true, 3, 1, false)
+        };
+        for (h, w) in [(8, 8), (7, 9), (2, 3)] {
+            let v: Vec<f32> = (0..2 * 3 * h * w)
+                .map(|i| ((i * 7919) % 97) as f32 - 40.0)
+                .collect();
+            let x = t(v, &[2, 3, h, w]);
+            let fast = p.eval(&x).unwrap();
+            // f64 takes candle's padded max pool
+            let slow = p.eval(&x.to_dtype(DType::F64).unwrap()).unwrap();
+            assert_eq!(fast.dims(), slow.dims());
+            assert_eq!(vals(&fast), vals(&slow.to_dtype(DType::F32).unwrap()));
+        }
+    }
+
+    #[test]
     fn conv_transpose_with_pads_and_output_padding() {
         let x = t(vec![1., 2., 3., 4.], &[1, 1, 2, 2]);
         let w = t((1..10).map(|v| v as f32).collect(), &[1, 1, 3, 3]);
@@ -594,6 +613,108 @@ mod tests {
                 5., 14., 10., 12., 14., 36., 24., 30., 15., 34., 20., 24., 24., 55., 32., 36.,
             ],
         );
+    }
+
+    #[test]
+    fn concat_on_rstile_s_copies_gives_candle_s_cat() {
+        let a = Tensor::arange(0f32, 2. * 3. * 4. * 5., &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3, 4, 5))
+            .unwrap();
+        let b = (a.narrow(1, 0, 2).unwrap() * -1.0).unwrap(); // not contiguous before
+        for (ax, other) in [
+            (1, b.clone()),
+            (-1, a.narrow(3, 1, 2).unwrap()),
+            (0, a.clone()),
+        ] {
+            let y = shape::concat(&[a.clone(), other.clone()], ax).unwrap();
+            let want = Tensor::cat(&[&a, &other], shape::axis(ax, 4).unwrap()).unwrap();
+            assert_eq!(y.dims(), want.dims());
+            assert_eq!(vals(&y), vals(&want));
+        }
+    }
+
+    /// Deterministic values in about [-1.5, 1.5].
+    fn filled(dims: &[usize], seed: usize) -> Tensor {
+        let n: usize = dims.iter().product();
+        let v = (0..n)
+            .map(|i| (((i + seed) * 7919) % 31) as f32 / 10.0 - 1.5)
+            .collect();
+        t(v, dims)
+    }
+
+    fn agree(fast: &Tensor, slow: &Tensor, what: &str) {
+        assert_eq!(fast.dims(), slow.dims(), "{what}");
+        let (a, b) = (vals(fast), vals(&slow.to_dtype(DType::F32).unwrap()));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-4, "{what}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn conv_transpose_on_rstile_s_kernels_agrees_with_candle() {
+        // (c_in, c_out per group, groups, k, stride, dilation, pads, output_padding)
+        let cases = [
+            (4, 3, 1, 2, 2, 1, [0; 4], [0, 0]),
+            (4, 3, 1, 4, 2, 1, [1; 4], [0, 0]),
+            (2, 2, 1, 3, 2, 1, [1, 0, 0, 1], [1, 1]),
+            (3, 2, 1, 3, 1, 1, [1; 4], [0, 0]),
+            (4, 2, 2, 3, 2, 2, [0, 1, 2, 1], [1, 0]),
+        ];
+        for (ci, cog, group, k, stride, dilation, pads, op) in cases {
+            let x = filled(&[2, ci, 5, 6], 1);
+            let w = filled(&[ci, cog, k, k], 2);
+            let b = filled(&[cog * group], 3);
+            let c = conv::ConvTranspose {
+                stride,
+                dilation,
+                pads,
+                output_padding: op,
+                group,
+            };
+            let fast = c.eval(&x, &w, Some(&b)).unwrap();
+            let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let slow = c.eval(&f64s(&x), &f64s(&w), Some(&f64s(&b))).unwrap();
+            agree(&fast, &slow, &format!("{c:?}"));
+        }
+    }
+
+    #[test]
+    fn grouped_conv_on_rstile_s_kernels_agrees_with_candle() {
+        // (c_in, c_out, groups, k, stride, dilation, pad)
+        for (ci, co, group, k, stride, dilation, pad) in [
+            (4, 4, 4, 3, 1, 1, 1),
+            (4, 8, 4, 3, 2, 1, 1),
+            (6, 4, 2, 3, 1, 2, 2),
+        ] {
+            let x = filled(&[2, ci, 7, 5], 1);
+            let w = filled(&[co, ci / group, k, k], 2);
+            let b = filled(&[co], 3);
+            let r = filled(
+                &[
+                    2,
+                    co,
+                    (7 + 2 * pad - dilation * (k - 1) - 1) / stride + 1,
+                    (5 + 2 * pad - dilation * (k - 1) - 1) / stride + 1,
+                ],
+                4,
+            );
+            let c = conv::Conv {
+                stride,
+                dilation,
+                pads: [pad; 4],
+                same: None,
+                group,
+                relu: true,
+                residual: true,
+            };
+            let fast = c.eval(&x, &w, Some(&b), Some(&r)).unwrap();
+            let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let slow = c
+                .eval(&f64s(&x), &f64s(&w), Some(&f64s(&b)), Some(&f64s(&r)))
+                .unwrap();
+            agree(&fast, &slow, &format!("{c:?}"));
+        }
     }
 
     #[test]

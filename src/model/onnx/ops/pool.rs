@@ -10,7 +10,9 @@
 
 use super::attrs::{Attrs, Refusal};
 use super::shape::pad_axis;
-use candle_core::{Device, Result, Tensor};
+use crate::kernels::pool::{max_pool_3x3_s2, pooled};
+use crate::model::conv::with_f32;
+use candle_core::{DType, Device, Result, Tensor};
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Pool {
@@ -132,6 +134,20 @@ impl Pool {
         }
         let (oh, end_h) = self.axis(h, 0, pt, pb)?;
         let (ow, end_w) = self.axis(w, 1, pl, pr)?;
+        // ResNet's stem pool on rstile's kernel
+        let resnet_stem = self.max
+            && self.kernel == [3, 3]
+            && self.stride == [2, 2]
+            && [pt, pl, pb, pr] == [1; 4]
+            && (oh, ow) == (pooled(h), pooled(w))
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32;
+        if resnet_stem {
+            let x = x.contiguous()?;
+            let (b, c) = (x.dim(0)?, x.dim(1)?);
+            let y = with_f32(&x, |xs| Ok(max_pool_3x3_s2(xs, b * c, h, w).0))?;
+            return Tensor::from_vec(y, (b, c, oh, ow), x.device());
+        }
         let fill = if self.max { f64::NEG_INFINITY } else { 0.0 };
         let xp = pad2(x, fill, [pt, pl, end_h, end_w])?;
         let (k, s) = (

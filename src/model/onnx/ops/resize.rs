@@ -22,7 +22,9 @@
 
 use super::attrs::{Attrs, Refusal};
 use super::{floats, ints};
-use candle_core::{Device, Result, Tensor};
+use crate::kernels;
+use crate::model::conv::with_f32;
+use candle_core::{DType, Device, Result, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Coord {
@@ -162,7 +164,8 @@ impl Resize {
         if per_axis.len() != axes.len() {
             candle_core::bail!("Resize: {} scales or sizes for rank {r}", per_axis.len());
         }
-        let mut y = x.clone();
+        // (axis, in, out, scale) of the axes that change
+        let mut changed = vec![];
         for (&a, &(out, scale)) in axes.iter().zip(&per_axis) {
             let n = x.dim(a)?;
             if out == n && (scale == 1.0 || sizes.is_some()) {
@@ -171,9 +174,56 @@ impl Resize {
             if a + 2 < r {
                 candle_core::bail!("Resize of axis {a} of rank {r} (only the last two)");
             }
+            changed.push((a, n, out, scale));
+        }
+        if x.device().is_cpu() && x.dtype() == DType::F32 && r >= 2 {
+            return self.resize_cpu(x, &changed);
+        }
+        self.resize_ops(x, &changed)
+    }
+
+    /// The resizing as tensor ops, one axis after the other (any device).
+    fn resize_ops(&self, x: &Tensor, changed: &[(usize, usize, usize, f32)]) -> Result<Tensor> {
+        let mut y = x.clone();
+        for &(a, n, out, scale) in changed {
             y = self.resize_axis(&y, a, n, out, scale)?;
         }
         Ok(y)
+    }
+
+    /// The same resizing on rstile's CPU kernels, both axes in one pass
+    /// over each plane (rows first, as the tensor path).
+    fn resize_cpu(&self, x: &Tensor, changed: &[(usize, usize, usize, f32)]) -> Result<Tensor> {
+        let r = x.rank();
+        let (h, w) = (x.dim(r - 2)?, x.dim(r - 1)?);
+        let planes = x.elem_count() / (h * w).max(1);
+        let on = |axis: usize| changed.iter().find(|c| c.0 == axis).copied();
+        let (rows, cols) = (on(r - 2), on(r - 1));
+        let (oh, ow) = (rows.map_or(h, |c| c.2), cols.map_or(w, |c| c.2));
+        let x = x.contiguous()?;
+        let y = with_f32(&x, |xs| {
+            Ok(if self.linear {
+                let taps = |c: Option<(usize, usize, usize, f32)>| {
+                    c.map(|(_, n, out, scale)| self.linear_taps(n, out, scale))
+                };
+                let (tr, tc) = (taps(rows), taps(cols));
+                kernels::resize::resize_linear(xs, planes, h, w, tr.as_deref(), tc.as_deref())
+            } else {
+                let index = |c: Option<(usize, usize, usize, f32)>, n: usize| -> Vec<usize> {
+                    match c {
+                        Some((_, n, out, scale)) => (0..out)
+                            .map(|i| self.nearest_index(self.source(i, n, out, scale), n))
+                            .collect(),
+                        None => (0..n).collect(),
+                    }
+                };
+                kernels::resize::resize_nearest(xs, planes, h, w, &index(rows, h), &index(cols, w))
+            })
+        })?;
+        let mut dims = x.dims().to_vec();
+        dims[r - 2] = oh;
+        dims[r - 1] = ow;
+        Tensor::from_vec(y, dims, x.device())
     }
 
     /// The source coordinate of output index `i`.
@@ -274,5 +324,62 @@ impl Resize {
         let x0 = x.index_select(&i0, a)?;
         let x1 = x.index_select(&i1, a)?;
         x0.broadcast_mul(&w(w0)?)?.add(&x1.broadcast_mul(&w(w1)?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_kernels_give_the_tensor_ops_bits() {
+        let x: Vec<f32> = (0..2 * 3 * 5 * 7)
+            .map(|v| ((v * 7919) % 101) as f32 / 13.0 - 3.0)
+            .collect();
+        let x = Tensor::from_vec(x, (2, 3, 5, 7), &Device::Cpu).unwrap();
+        let coords = [
+            Coord::HalfPixel,
+            Coord::PytorchHalfPixel,
+            Coord::HalfPixelSymmetric,
+            Coord::AlignCorners,
+            Coord::Asymmetric,
+            Coord::TfHalfPixelForNn,
+        ];
+        let nearests = [
+            Nearest::RoundPreferFloor,
+            Nearest::RoundPreferCeil,
+            Nearest::Floor,
+            Nearest::Ceil,
+        ];
+        // both axes, rows only, columns only; up and down
+        let shapes = [
+            vec![(2, 5, 11, 2.2), (3, 7, 3, 3.0 / 7.0)],
+            vec![(2, 5, 10, 2.0)],
+            vec![(3, 7, 16, 16.0 / 7.0)],
+        ];
+        for linear in [true, false] {
+            for coord in coords {
+                for nearest in nearests {
+                    let r = Resize {
+                        linear,
+                        coord,
+                        nearest,
+                        axes: None,
+                        scales_only: false,
+                    };
+                    for changed in &shapes {
+                        let a = r.resize_cpu(&x, changed).unwrap();
+                        let b = r.resize_ops(&x, changed).unwrap();
+                        assert_eq!(a.dims(), b.dims());
+                        let (a, b) = (
+                            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                        );
+                        let same = a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
+                        assert!(same, "{linear} {coord:?} {nearest:?} {changed:?}");
+                    }
+                }
+            }
+        }
     }
 }
