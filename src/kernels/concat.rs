@@ -20,28 +20,102 @@ const PIECE: usize = 1 << 18;
 /// `block` elements; the output is, for each outer index, each part's
 /// block in turn.
 pub fn concat(parts: &[(&[f32], usize)], outer: usize) -> Vec<f32> {
-    for (v, b) in parts {
-        assert_eq!(v.len(), outer * b, "a part is not {outer} blocks of {b}");
+    let parts: Vec<Part> = parts.iter().map(|&(v, b)| Part::Copy(v, b)).collect();
+    concat_parts(&parts, outer)
+}
+
+/// One input of [`concat_parts`].
+#[derive(Debug, Clone, Copy)]
+pub enum Part<'a> {
+    /// `outer` blocks of this many values, copied.
+    Copy(&'a [f32], usize),
+    /// `outer` blocks of `planes` planes of `h x w`, each resized to
+    /// `rows.len() x cols.len()` by nearest neighbour: output `(r, c)` is
+    /// input `(rows[r], cols[c])`, as [`super::resize::resize_nearest`].
+    Nearest {
+        x: &'a [f32],
+        planes: usize,
+        h: usize,
+        w: usize,
+        rows: &'a [usize],
+        cols: &'a [usize],
+    },
+}
+
+impl Part<'_> {
+    /// Output values per outer index.
+    fn block(&self) -> usize {
+        match *self {
+            Part::Copy(_, b) => b,
+            Part::Nearest {
+                planes, rows, cols, ..
+            } => planes * rows.len() * cols.len(),
+        }
     }
-    let row: usize = parts.iter().map(|p| p.1).sum();
-    // (output offset, source) pieces
-    let mut pieces: Vec<(usize, &[f32])> = vec![];
+}
+
+/// A copy task: where in the output, and what.
+enum Task<'a> {
+    Copy(usize, &'a [f32]),
+    /// One plane gathered: output offset, the source plane and its width.
+    Gather(usize, &'a [f32], usize, &'a [usize], &'a [usize]),
+}
+
+/// [`concat`] with parts that may be resized on the way
+/// ([`Part::Nearest`]: the U-Net decoder's upsampling, written straight
+/// into the concatenation).
+pub fn concat_parts(parts: &[Part], outer: usize) -> Vec<f32> {
+    let mut tasks: Vec<Task> = vec![];
+    let row: usize = parts.iter().map(Part::block).sum();
     for o in 0..outer {
         let mut at = o * row;
-        for (v, b) in parts {
-            let src = &v[o * b..(o + 1) * b];
-            for (k, c) in src.chunks(PIECE).enumerate() {
-                pieces.push((at + k * PIECE, c));
+        for p in parts {
+            match *p {
+                Part::Copy(v, b) => {
+                    assert_eq!(v.len(), outer * b, "a part is not {outer} blocks of {b}");
+                    let src = &v[o * b..(o + 1) * b];
+                    for (k, c) in src.chunks(PIECE).enumerate() {
+                        tasks.push(Task::Copy(at + k * PIECE, c));
+                    }
+                }
+                Part::Nearest {
+                    x,
+                    planes,
+                    h,
+                    w,
+                    rows,
+                    cols,
+                } => {
+                    assert_eq!(x.len(), outer * planes * h * w, "a resized part's length");
+                    assert!(rows.iter().all(|&r| r < h) && cols.iter().all(|&c| c < w));
+                    let plane_out = rows.len() * cols.len();
+                    for q in 0..planes {
+                        let src = &x[(o * planes + q) * h * w..][..h * w];
+                        tasks.push(Task::Gather(at + q * plane_out, src, w, rows, cols));
+                    }
+                }
             }
-            at += b;
+            at += p.block();
         }
     }
     let mut y: Vec<f32> = Vec::with_capacity(outer * row);
     let out = Shared(y.as_mut_ptr());
-    pieces.par_iter().for_each(|&(at, src)| {
-        // SAFETY: the pieces cover the output exactly once, disjointly
+    tasks.par_iter().for_each(|t| match *t {
+        // SAFETY: the tasks cover the output exactly once, disjointly
         // (each outer index's row is the parts' blocks in turn)
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), out.at(at), src.len()) };
+        Task::Copy(at, src) => unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), out.at(at), src.len())
+        },
+        Task::Gather(at, src, w, rows, cols) => {
+            let n = rows.len() * cols.len();
+            // SAFETY: as above, this plane's own values, zeroed before
+            // they are seen as a slice
+            let dst = unsafe {
+                std::ptr::write_bytes(out.at(at), 0, n);
+                std::slice::from_raw_parts_mut(out.at(at), n)
+            };
+            super::resize::gather_plane(src, w, rows, cols, dst);
+        }
     });
     // SAFETY: every element was written above
     unsafe { y.set_len(outer * row) };
@@ -51,6 +125,34 @@ pub fn concat(parts: &[(&[f32], usize)], outer: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nearest_part_is_the_resized_planes() {
+        let x: Vec<f32> = (0..2 * 3 * 4 * 5).map(|v| v as f32).collect();
+        let skip: Vec<f32> = (0..2 * 7).map(|v| -(v as f32)).collect();
+        let (rows, cols) = ([0, 0, 1, 3, 3, 2], [4, 0, 1]);
+        let y = concat_parts(
+            &[
+                Part::Nearest {
+                    x: &x,
+                    planes: 3,
+                    h: 4,
+                    w: 5,
+                    rows: &rows,
+                    cols: &cols,
+                },
+                Part::Copy(&skip, 7),
+            ],
+            2,
+        );
+        let up = crate::kernels::resize::resize_nearest(&x, 6, 4, 5, &rows, &cols);
+        let mut want = vec![];
+        for o in 0..2 {
+            want.extend_from_slice(&up[o * 54..(o + 1) * 54]);
+            want.extend_from_slice(&skip[o * 7..(o + 1) * 7]);
+        }
+        assert_eq!(y, want);
+    }
 
     #[test]
     fn large_parts_are_joined_in_order() {

@@ -42,24 +42,30 @@ pub fn resize_nearest(
         return y;
     }
     y.par_chunks_mut(oh * ow).enumerate().for_each(|(p, yp)| {
-        let xp = &x[p * h * w..(p + 1) * h * w];
-        let mut last: Option<usize> = None;
-        for (r, &sr) in rows.iter().enumerate() {
-            let (done, todo) = yp.split_at_mut(r * ow);
-            let out = &mut todo[..ow];
-            if last == Some(sr) {
-                // the same source row as the previous output row
-                out.copy_from_slice(&done[(r - 1) * ow..]);
-                continue;
-            }
-            let src = &xp[sr * w..(sr + 1) * w];
-            for (o, &c) in out.iter_mut().zip(cols) {
-                *o = src[c];
-            }
-            last = Some(sr);
-        }
+        gather_plane(&x[p * h * w..(p + 1) * h * w], w, rows, cols, yp);
     });
     y
+}
+
+/// One plane of [`resize_nearest`]: `xp` has rows of `w` values, `yp`
+/// receives `rows.len() x cols.len()`.
+pub(crate) fn gather_plane(xp: &[f32], w: usize, rows: &[usize], cols: &[usize], yp: &mut [f32]) {
+    let ow = cols.len();
+    let mut last: Option<usize> = None;
+    for (r, &sr) in rows.iter().enumerate() {
+        let (done, todo) = yp.split_at_mut(r * ow);
+        let out = &mut todo[..ow];
+        if last == Some(sr) {
+            // the same source row as the previous output row
+            out.copy_from_slice(&done[(r - 1) * ow..]);
+            continue;
+        }
+        let src = &xp[sr * w..(sr + 1) * w];
+        for (o, &c) in out.iter_mut().zip(cols) {
+            *o = src[c];
+        }
+        last = Some(sr);
+    }
 }
 
 /// `planes` planes of `h x w`, resized linearly along the rows with

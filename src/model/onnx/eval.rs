@@ -157,6 +157,7 @@ fn kind(node: &super::graph::Node) -> String {
             }
             k
         }
+        Op::UpConcat(_) => "Resize+Concat".into(),
         _ => node.op_type.clone(),
     }
 }

@@ -150,6 +150,7 @@ impl Graph {
         graph.order()?;
         graph.fold()?;
         graph.fuse()?;
+        graph.fuse_up_concat();
         graph.place(device)?;
         graph.plan_frees();
         Ok(graph)
@@ -461,6 +462,54 @@ impl Graph {
             }
         }
         Ok(())
+    }
+
+    /// A nearest Resize whose output feeds only one Concat becomes part of
+    /// it ([`ops::resize::UpConcat`]): the Concat takes the Resize's input
+    /// in its place, and the Resize's other inputs after its own.
+    fn fuse_up_concat(&mut self) {
+        let users = self.users();
+        let mut removed = vec![false; self.nodes.len()];
+        for c in 0..self.nodes.len() {
+            let Op::Concat { axis } = self.nodes[c].op else {
+                continue;
+            };
+            if self.nodes[c].per_shape {
+                continue;
+            }
+            let found = self.nodes[c].inputs.iter().enumerate().find_map(|(i, v)| {
+                let v = (*v)?;
+                let r = self.nodes.iter().position(|n| n.outputs == [v])?;
+                let Op::Resize(rs) = &self.nodes[r].op else {
+                    return None;
+                };
+                let sole = users[v] == [c];
+                (!rs.linear && sole && !removed[r] && !self.nodes[r].per_shape)
+                    .then(|| (i, r, rs.clone()))
+            });
+            let Some((part, r, resize)) = found else {
+                continue;
+            };
+            let rin = std::mem::take(&mut self.nodes[r].inputs);
+            let node = &mut self.nodes[c];
+            let parts = node.inputs.len();
+            node.inputs[part] = rin[0];
+            node.inputs.extend_from_slice(&rin[1..]);
+            node.op = Op::UpConcat(ops::resize::UpConcat {
+                resize,
+                axis,
+                part,
+                parts,
+            });
+            removed[r] = true;
+        }
+        let nodes = std::mem::take(&mut self.nodes);
+        self.nodes = nodes
+            .into_iter()
+            .zip(removed)
+            .filter(|(_, r)| !r)
+            .map(|(n, _)| n)
+            .collect();
     }
 
     /// Drops a Softmax over the channel axis (of a rank-4 output) that

@@ -31,6 +31,8 @@ pub(crate) enum Op {
         max: bool,
     },
     Resize(resize::Resize),
+    /// A nearest Resize fused into the Concat it feeds (by the graph).
+    UpConcat(resize::UpConcat),
     BatchNorm {
         eps: f32,
     },
@@ -288,6 +290,7 @@ impl Op {
             Op::Pool(p) => one(p.eval(x()?)?),
             Op::GlobalPool { max } => one(pool::global_pool(x()?, *max)?),
             Op::Resize(r) => one(r.eval(x()?, &ins[1..])?),
+            Op::UpConcat(u) => one(u.eval(ins)?),
             Op::BatchNorm { eps } => one(norm::batch_norm(
                 x()?,
                 [need(ins, 1)?, need(ins, 2)?, need(ins, 3)?, need(ins, 4)?],
@@ -391,7 +394,7 @@ impl Op {
     pub fn is_shape_op(&self) -> bool {
         !matches!(
             self,
-            Op::Conv(_) | Op::ConvTranspose(_) | Op::Pool(_) | Op::Resize(_)
+            Op::Conv(_) | Op::ConvTranspose(_) | Op::Pool(_) | Op::Resize(_) | Op::UpConcat(_)
         )
     }
 }
@@ -714,6 +717,31 @@ mod tests {
                 .eval(&f64s(&x), &f64s(&w), Some(&f64s(&b)), Some(&f64s(&r)))
                 .unwrap();
             agree(&fast, &slow, &format!("{c:?}"));
+        }
+    }
+
+    #[test]
+    fn a_fused_resize_and_concat_gives_the_two_ops_values() {
+        let x = filled(&[2, 3, 4, 5], 1);
+        let skip = filled(&[2, 2, 8, 10], 2);
+        let scales = t(vec![1., 1., 2., 2.], &[4]);
+        for part in [0, 1] {
+            let u = resize::UpConcat {
+                resize: resize(false, Coord::Asymmetric, Nearest::Floor),
+                axis: 1,
+                part,
+                parts: 2,
+            };
+            let mut ins = vec![Some(&skip), Some(&skip)];
+            ins[part] = Some(&x);
+            ins.extend([None, Some(&scales)]);
+            let fused = u.eval(&ins).unwrap();
+            let up = u.resize.eval(&x, &[None, Some(&scales)]).unwrap();
+            let mut parts = vec![skip.clone(), skip.clone()];
+            parts[part] = up;
+            let want = Tensor::cat(&parts, 1).unwrap();
+            assert_eq!(fused.dims(), &[2, 5, 8, 10]);
+            assert_eq!(vals(&fused), vals(&want));
         }
     }
 

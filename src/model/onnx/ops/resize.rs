@@ -44,6 +44,9 @@ pub(crate) enum Nearest {
     Ceil,
 }
 
+/// One axis that a Resize changes: `(axis, in, out, scale)`.
+type Change = (usize, usize, usize, f32);
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Resize {
     /// Linear, else nearest.
@@ -121,6 +124,34 @@ impl Resize {
 
     /// `inputs`: X, then (roi, scales, sizes) or, for `scales_only`, scales.
     pub fn eval(&self, x: &Tensor, inputs: &[Option<&Tensor>]) -> Result<Tensor> {
+        let changed = self.plan(x, inputs)?;
+        self.apply(x, &changed)
+    }
+
+    /// Resizes `x` along the axes of a [`Resize::plan`].
+    fn apply(&self, x: &Tensor, changed: &[Change]) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() >= 2 {
+            return self.resize_cpu(x, changed);
+        }
+        self.resize_ops(x, changed)
+    }
+
+    /// The source row and column of each output pixel (nearest), for
+    /// `h x w` planes.
+    fn nearest_indices(&self, changed: &[Change], r: usize, h: usize, w: usize) -> [Vec<usize>; 2] {
+        let index = |axis: usize, n: usize| -> Vec<usize> {
+            match changed.iter().find(|c| c.0 == axis) {
+                Some(&(_, n, out, scale)) => (0..out)
+                    .map(|i| self.nearest_index(self.source(i, n, out, scale), n))
+                    .collect(),
+                None => (0..n).collect(),
+            }
+        };
+        [index(r - 2, h), index(r - 1, w)]
+    }
+
+    /// The axes that change: `(axis, in, out, scale)` each.
+    fn plan(&self, x: &Tensor, inputs: &[Option<&Tensor>]) -> Result<Vec<Change>> {
         let r = x.rank();
         let (scales, sizes) = if self.scales_only {
             (inputs.first().copied().flatten(), None)
@@ -176,14 +207,11 @@ impl Resize {
             }
             changed.push((a, n, out, scale));
         }
-        if x.device().is_cpu() && x.dtype() == DType::F32 && r >= 2 {
-            return self.resize_cpu(x, &changed);
-        }
-        self.resize_ops(x, &changed)
+        Ok(changed)
     }
 
     /// The resizing as tensor ops, one axis after the other (any device).
-    fn resize_ops(&self, x: &Tensor, changed: &[(usize, usize, usize, f32)]) -> Result<Tensor> {
+    fn resize_ops(&self, x: &Tensor, changed: &[Change]) -> Result<Tensor> {
         let mut y = x.clone();
         for &(a, n, out, scale) in changed {
             y = self.resize_axis(&y, a, n, out, scale)?;
@@ -193,7 +221,7 @@ impl Resize {
 
     /// The same resizing on rstile's CPU kernels, both axes in one pass
     /// over each plane (rows first, as the tensor path).
-    fn resize_cpu(&self, x: &Tensor, changed: &[(usize, usize, usize, f32)]) -> Result<Tensor> {
+    fn resize_cpu(&self, x: &Tensor, changed: &[Change]) -> Result<Tensor> {
         let r = x.rank();
         let (h, w) = (x.dim(r - 2)?, x.dim(r - 1)?);
         let planes = x.elem_count() / (h * w).max(1);
@@ -209,15 +237,8 @@ impl Resize {
                 let (tr, tc) = (taps(rows), taps(cols));
                 kernels::resize::resize_linear(xs, planes, h, w, tr.as_deref(), tc.as_deref())
             } else {
-                let index = |c: Option<(usize, usize, usize, f32)>, n: usize| -> Vec<usize> {
-                    match c {
-                        Some((_, n, out, scale)) => (0..out)
-                            .map(|i| self.nearest_index(self.source(i, n, out, scale), n))
-                            .collect(),
-                        None => (0..n).collect(),
-                    }
-                };
-                kernels::resize::resize_nearest(xs, planes, h, w, &index(rows, h), &index(cols, w))
+                let [ri, ci] = self.nearest_indices(changed, r, h, w);
+                kernels::resize::resize_nearest(xs, planes, h, w, &ri, &ci)
             })
         })?;
         let mut dims = x.dims().to_vec();
@@ -324,6 +345,86 @@ impl Resize {
         let x0 = x.index_select(&i0, a)?;
         let x1 = x.index_select(&i1, a)?;
         x0.broadcast_mul(&w(w0)?)?.add(&x1.broadcast_mul(&w(w1)?)?)
+    }
+}
+
+/// A nearest Resize whose output only feeds a Concat, fused with it by the
+/// graph (the U-Net decoder's "upsample, then join the skip"): on the CPU
+/// the upsampled features are gathered straight into the concatenation,
+/// never stored apart.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UpConcat {
+    pub resize: Resize,
+    pub axis: i64,
+    /// Which of the Concat's inputs is the Resize's input.
+    pub part: usize,
+    /// The Concat's inputs; the Resize's other inputs follow them.
+    pub parts: usize,
+}
+
+impl UpConcat {
+    pub fn eval(&self, ins: &[Option<&Tensor>]) -> Result<Tensor> {
+        let (xs, extra) = ins.split_at(self.parts.min(ins.len()));
+        let xs: Vec<&Tensor> = xs
+            .iter()
+            .map(|t| t.ok_or_else(|| candle_core::Error::Msg("Concat: a missing input".into())))
+            .collect::<Result<_>>()?;
+        let x = xs[self.part];
+        let changed = self.resize.plan(x, extra)?;
+        let r = x.rank();
+        let ax = super::shape::axis(self.axis, r)?;
+        let (h, w) = (x.dim(r - 2)?, x.dim(r - 1)?);
+        let [rows, cols] = self.resize.nearest_indices(&changed, r, h, w);
+        let fast = !self.resize.linear
+            && r == 4
+            && ax == 1
+            && xs.iter().all(|t| {
+                t.device().is_cpu()
+                    && t.dtype() == DType::F32
+                    && t.rank() == 4
+                    && t.elem_count() > 0
+                    && t.dim(0).ok() == x.dim(0).ok()
+            })
+            && xs
+                .iter()
+                .enumerate()
+                .all(|(i, t)| i == self.part || t.dims()[2..] == [rows.len(), cols.len()]);
+        if !fast {
+            let up = self.resize.apply(x, &changed)?;
+            let mut all: Vec<Tensor> = xs.iter().map(|t| (*t).clone()).collect();
+            all[self.part] = up;
+            return super::shape::concat(&all, self.axis);
+        }
+        let xs: Vec<Tensor> = xs.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+        let guards: Vec<_> = xs.iter().map(|t| t.storage_and_layout()).collect();
+        let batch = x.dim(0)?;
+        let (oh, ow) = (rows.len(), cols.len());
+        let mut parts = vec![];
+        for (i, ((storage, layout), t)) in guards.iter().zip(&xs).enumerate() {
+            let v = crate::model::conv::f32_slice(
+                match &**storage {
+                    candle_core::Storage::Cpu(c) => c,
+                    _ => candle_core::bail!("Concat: a tensor left the CPU"),
+                },
+                layout,
+            )?;
+            parts.push(if i == self.part {
+                kernels::concat::Part::Nearest {
+                    x: v,
+                    planes: t.dim(1)?,
+                    h,
+                    w,
+                    rows: &rows,
+                    cols: &cols,
+                }
+            } else {
+                kernels::concat::Part::Copy(v, t.elem_count() / batch)
+            });
+        }
+        let y = kernels::concat::concat_parts(&parts, batch);
+        drop(guards);
+        let c = xs.iter().map(|t| t.dim(1)).sum::<Result<usize>>()?;
+        Tensor::from_vec(y, (batch, c, oh, ow), &Device::Cpu)
     }
 }
 
