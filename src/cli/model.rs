@@ -406,7 +406,10 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
             let n = a.iters as f64;
             o["profile"] = p
                 .iter()
-                .map(|(k, c, s)| serde_json::json!({"node": k, "calls": *c as f64 / n, "seconds": s / n}))
+                .map(|t| {
+                    serde_json::json!({"node": t.name, "kind": t.kind, "output": t.output,
+                        "seconds": t.seconds / n, "gflop": t.flops as f64 / n / 1e9})
+                })
                 .collect::<Vec<_>>()
                 .into();
         }
@@ -448,19 +451,44 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
         );
     }
     if let Some(p) = &profile {
-        let n = a.iters as f64;
-        let total: f64 = p.iter().map(|r| r.2).sum::<f64>() / n;
-        println!("  per forward, by node kind ({total:.3} s in nodes):");
-        for (k, c, s) in p {
-            println!(
-                "    {k:<24} {:>4} calls  {:.3} s  {:>5.1} %",
-                *c as f64 / n,
-                s / n,
-                100.0 * s / n / total
-            );
-        }
+        print_profile(p, a.iters as f64);
     }
     Ok(())
+}
+
+/// A graph's profile: time per node kind, then the slowest nodes, per
+/// forward pass (`n` of them were timed).
+fn print_profile(p: &[rstile::model::onnx::NodeTime], n: f64) {
+    let total: f64 = p.iter().map(|t| t.seconds).sum::<f64>() / n;
+    let mut kinds: std::collections::BTreeMap<&str, (usize, f64)> = Default::default();
+    for t in p {
+        let k = kinds.entry(&t.kind).or_default();
+        k.0 += 1;
+        k.1 += t.seconds / n;
+    }
+    let mut kinds: Vec<_> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    println!("  per forward, by node kind ({total:.3} s in nodes):");
+    for (k, (c, s)) in kinds {
+        println!(
+            "    {k:<24} {c:>4} nodes  {s:.3} s  {:>5.1} %",
+            100.0 * s / total
+        );
+    }
+    println!("  the slowest nodes:");
+    for t in p.iter().take(10) {
+        let s = t.seconds / n;
+        let rate = if t.flops > 0 {
+            format!("  {:.0} GFLOP/s", t.flops as f64 / t.seconds / 1e9)
+        } else {
+            String::new()
+        };
+        let out = format!("{:?}", t.output);
+        println!(
+            "    {:<16} {out:<20} {s:.3} s{rate:<16}  {}",
+            t.kind, t.name
+        );
+    }
 }
 
 fn is_onnx(path: &std::path::Path) -> bool {

@@ -35,9 +35,24 @@ pub(crate) struct Counts {
     /// The most bytes of values alive at once (the input included, the
     /// weights not).
     pub peak_bytes: u64,
-    /// When set, each node's wall time is added to its kind's entry: calls
-    /// and seconds (a fused Conv counts as `Conv+Add+Relu` and so on).
-    pub times: Option<BTreeMap<String, (usize, f64)>>,
+    /// When set, each node's wall time is added to its entry, by node
+    /// index.
+    pub times: Option<BTreeMap<usize, NodeTime>>,
+}
+
+/// One node's share of a profile ([`Counts::times`]).
+#[derive(Debug, Default, Clone)]
+pub struct NodeTime {
+    pub name: String,
+    /// Its op type, a fused Conv named with what it absorbed
+    /// (`Conv+Add+Relu` and so on).
+    pub kind: String,
+    /// The first output's shape.
+    pub output: Vec<usize>,
+    pub calls: usize,
+    pub seconds: f64,
+    /// Conv and ConvTranspose FLOPs over all calls.
+    pub flops: u64,
 }
 
 fn bytes(t: &Tensor) -> u64 {
@@ -72,8 +87,9 @@ pub(crate) fn run(
             .iter()
             .map(|i| i.and_then(|i| g.consts[i].as_ref().or(vals[i].as_ref())))
             .collect();
+        let node_flops = flops(&node.op, &ins);
         if let Some(c) = counts.as_deref_mut() {
-            c.conv_flops += flops(&node.op, &ins);
+            c.conv_flops += node_flops;
         }
         let t0 = Instant::now();
         let outs = node
@@ -81,9 +97,15 @@ pub(crate) fn run(
             .eval(&ins, node.outputs.len())
             .map_err(|error| NodeError { node: j, error })?;
         if let Some(times) = counts.as_deref_mut().and_then(|c| c.times.as_mut()) {
-            let e = times.entry(kind(node)).or_default();
-            e.0 += 1;
-            e.1 += t0.elapsed().as_secs_f64();
+            let e = times.entry(j).or_insert_with(|| NodeTime {
+                name: node.name.clone(),
+                kind: kind(node),
+                output: outs.first().map(|t| t.dims().to_vec()).unwrap_or_default(),
+                ..Default::default()
+            });
+            e.calls += 1;
+            e.seconds += t0.elapsed().as_secs_f64();
+            e.flops += node_flops;
         }
         if outs.len() != node.outputs.len() {
             return Err(NodeError {

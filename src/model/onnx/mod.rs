@@ -31,6 +31,8 @@
 
 mod eval;
 mod graph;
+
+pub use eval::NodeTime;
 mod ops;
 pub mod proto;
 mod tensor;
@@ -450,10 +452,9 @@ impl OnnxModel {
         Ok(self.run_all(x)?.swap_remove(0))
     }
 
-    /// Wall time per node kind over `rounds` runs on `x` (after one
-    /// untimed run), slowest first: `(kind, calls, seconds)`. A fused Conv
-    /// is named with what it absorbed (`Conv+Add+Relu`).
-    pub fn profile(&self, x: &Tensor, rounds: usize) -> Result<Vec<(String, usize, f64)>> {
+    /// Wall time of each node over `rounds` runs on `x` (after one untimed
+    /// run), slowest first.
+    pub fn profile(&self, x: &Tensor, rounds: usize) -> Result<Vec<NodeTime>> {
         self.run_inner(x, None)?;
         let mut counts = eval::Counts {
             times: Some(BTreeMap::new()),
@@ -462,13 +463,8 @@ impl OnnxModel {
         for _ in 0..rounds.max(1) {
             self.run_inner(x, Some(&mut counts))?;
         }
-        let mut v: Vec<(String, usize, f64)> = counts
-            .times
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, (n, s))| (k, n, s))
-            .collect();
-        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let mut v: Vec<NodeTime> = counts.times.unwrap_or_default().into_values().collect();
+        v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         Ok(v)
     }
 
