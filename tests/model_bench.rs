@@ -83,3 +83,68 @@ fn bad_arguments_get_one_line_errors() {
     );
     fails(&["model", "bench", "--device", "cuda:0"], "cuda:0");
 }
+
+/// `--profile` on a real export (smp's Unet, as the fixtures hold it):
+/// every node is timed once per forward, the decoder's Resize feeding a
+/// Concat is fused, the Convs carry their FLOPs; on rstile's own model it
+/// is refused.
+#[test]
+fn profile_times_each_node_of_an_onnx_graph() {
+    let model = format!(
+        "{}/tests/fixtures/onnx/smp_unet_resnet18_3b_ts13.onnx",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let args = [
+        "model",
+        "bench",
+        "--model",
+        &model,
+        "--batch",
+        "1",
+        "--size",
+        "64",
+        "--iters",
+        "2",
+        "--threads",
+        "1",
+        "--profile",
+    ];
+    let out = ok(&[&args[..], &["--json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let nodes = v["profile"].as_array().expect("a profile");
+    let kind = |k: &str| nodes.iter().filter(|n| n["kind"] == k).count();
+    // four decoder blocks join a skip; the last one only upsamples
+    assert_eq!(kind("Resize+Concat"), 4, "{nodes:?}");
+    assert_eq!((kind("Resize"), kind("Concat")), (1, 0), "{nodes:?}");
+    assert!(kind("Conv+Relu") > 5);
+    let secs: Vec<f64> = nodes
+        .iter()
+        .map(|n| n["seconds"].as_f64().unwrap())
+        .collect();
+    assert!(
+        secs.windows(2).all(|w| w[0] >= w[1]),
+        "slowest first: {secs:?}"
+    );
+    // the Convs' FLOPs add up to the forward's
+    let gflop: f64 = nodes.iter().map(|n| n["gflop"].as_f64().unwrap()).sum();
+    let forward = v["forward_gflop"].as_f64().unwrap();
+    assert!(
+        (gflop - forward).abs() < 1e-6 * forward,
+        "{gflop} vs {forward}"
+    );
+    let text = ok(&args);
+    assert!(text.contains("per forward, by node kind"), "{text}");
+    assert!(text.contains("the slowest nodes:"), "{text}");
+    fails(
+        &[
+            "model",
+            "bench",
+            "--arch",
+            "tiny",
+            "--size",
+            "64",
+            "--profile",
+        ],
+        "--profile",
+    );
+}

@@ -322,10 +322,25 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
     }
     let model = match &a.model {
         Some(path) => {
-            let flags = rstile::model::facts::Overrides {
+            let mut flags = rstile::model::facts::Overrides {
                 window: Some(a.size),
                 ..Default::default()
             };
+            if is_onnx(path) {
+                // the legend and normalisation change no arithmetic: a
+                // graph that names no classes is timed with stand-ins
+                let g = rstile::model::onnx::OnnxModel::load(path, &device)?;
+                let fixed = g.outputs().first().and_then(|o| o.dims.get(1)?.fixed());
+                let k = match fixed {
+                    Some(k) => k,
+                    None => g.resolve(a.size, a.size)?.outputs[0][1],
+                };
+                let names: Vec<String> = (0..k.max(2)).map(|i| format!("class {i}")).collect();
+                let bands = g.bands().unwrap_or(1);
+                flags.classes = Some(rstile::model::facts::named_classes(&names));
+                flags.mean = Some(vec![0.0; bands]);
+                flags.std = Some(vec![1.0; bands]);
+            }
             let m = Model::open(path, &device, &flags)?;
             if m.imported().is_some() && a.train {
                 bail!(
