@@ -309,7 +309,7 @@ impl InferPlan {
             ));
         }
         let chunk = o.chunk.unwrap_or(DEFAULT_CHUNK);
-        if chunk == 0 || chunk % TILE != 0 {
+        if chunk == 0 || !chunk.is_multiple_of(TILE) {
             return Err(Error::Config(format!(
                 "--chunk must be a positive multiple of {TILE}"
             )));
@@ -702,7 +702,7 @@ fn cell_bytes(plan: &InferPlan, jobs: u64) -> u64 {
     let lattice = CellLattice::new((plan.scene.block.width, plan.scene.block.height), all);
     let chunk = plan.chunk.min(size.width);
     let mut widths = vec![chunk];
-    if size.width % chunk != 0 {
+    if !size.width.is_multiple_of(chunk) {
         widths.push(size.width % chunk);
     }
     widths

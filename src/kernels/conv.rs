@@ -294,6 +294,14 @@ pub fn conv2d_forward(s: &ConvShape, x: &[f32], w: &[f32], ep: &Epilogue) -> Vec
     if let Some(r) = ep.residual {
         assert_eq!(r.len(), s.output_len(), "residual length");
     }
+    if super::direct::eligible(s) {
+        return super::direct::forward(s, x, w, ep);
+    }
+    conv2d_forward_gemm(s, x, w, ep)
+}
+
+/// [`conv2d_forward`] by im2col + GEMM, whatever the layer.
+pub(super) fn conv2d_forward_gemm(s: &ConvShape, x: &[f32], w: &[f32], ep: &Epilogue) -> Vec<f32> {
     let in_len = s.c_in * s.height * s.width;
     // SAFETY: the units cover every (sample, channel, pixel) of the output;
     // each writes its own through the GEMM before the epilogue reads it

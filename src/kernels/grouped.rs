@@ -33,7 +33,7 @@ pub fn conv2d_grouped(
 ) -> Vec<f32> {
     assert!(s.is_valid(), "invalid convolution {s:?}");
     assert!(
-        groups > 0 && s.c_in % groups == 0 && s.c_out % groups == 0,
+        groups > 0 && s.c_in.is_multiple_of(groups) && s.c_out.is_multiple_of(groups),
         "{groups} groups do not divide {} input and {} output channels",
         s.c_in,
         s.c_out

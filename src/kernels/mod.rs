@@ -22,6 +22,7 @@
 
 pub mod concat;
 pub mod conv;
+mod direct;
 pub mod grouped;
 pub mod norm;
 pub mod pool;

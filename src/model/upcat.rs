@@ -65,7 +65,7 @@ pub(super) fn up_cat(x: &Tensor, skip: Option<&Tensor>, h: usize, w: usize) -> R
 /// `upsample_nearest2d`), anything else by `floor(i · in / out)` in `f64`
 /// (as two `index_select`s did before this op).
 fn source_indices(h_in: usize, h: usize, w_in: usize, w: usize) -> (Vec<usize>, Vec<usize>) {
-    let uniform = h % h_in == 0 && w % w_in == 0 && h / h_in == w / w_in;
+    let uniform = h.is_multiple_of(h_in) && w.is_multiple_of(w_in) && h / h_in == w / w_in;
     let idx = |n_in: usize, n_out: usize| -> Vec<usize> {
         if uniform {
             let f = n_out / n_in;
@@ -86,7 +86,7 @@ fn source_indices(h_in: usize, h: usize, w_in: usize, w: usize) -> (Vec<usize>, 
 /// upsampling's backward takes only uniform integer factors).
 pub(super) fn nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (_, _, h_in, w_in) = x.dims4()?;
-    if h % h_in == 0 && w % w_in == 0 && h / h_in == w / w_in {
+    if h.is_multiple_of(h_in) && w.is_multiple_of(w_in) && h / h_in == w / w_in {
         return x.upsample_nearest2d(h, w);
     }
     let (rows, cols) = source_indices(h_in, h, w_in, w);

@@ -91,7 +91,7 @@ impl SynthConfig {
                 self.width, self.height
             )));
         }
-        if self.block == 0 || self.block % 16 != 0 || self.block > 2048 {
+        if self.block == 0 || !self.block.is_multiple_of(16) || self.block > 2048 {
             return Err(Error::Config(format!(
                 "synthetic scene block size {} must be a multiple of 16 between 16 and 2048",
                 self.block

@@ -321,7 +321,7 @@ impl TrainConfig {
                 t.batch
             ));
         }
-        if t.crop < 16 || t.crop % 2 != 0 {
+        if t.crop < 16 || !t.crop.is_multiple_of(2) {
             return Err(format!(
                 "train.crop {} must be even and at least 16",
                 t.crop
@@ -407,7 +407,7 @@ impl TrainConfig {
         if self.model.bands.is_empty() {
             return Err("model.bands is empty".into());
         }
-        if self.data.val_window < 16 || self.data.val_window % 2 != 0 {
+        if self.data.val_window < 16 || !self.data.val_window.is_multiple_of(2) {
             return Err(format!(
                 "data.val_window {} must be even and at least 16",
                 self.data.val_window

@@ -325,7 +325,7 @@ mod tests {
     fn cut_from_cells_equals_cut_from_the_window_rectangle() {
         let (w, h) = (300usize, 200usize);
         let f = |b: usize, x: usize, y: usize| {
-            if (x * 31 + y * 17 + b) % 97 == 0 {
+            if (x * 31 + y * 17 + b).is_multiple_of(97) {
                 f32::NAN
             } else {
                 (b * 1000 + x * 3 + y * 5) as f32

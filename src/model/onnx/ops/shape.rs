@@ -214,7 +214,7 @@ pub(crate) fn reshape(x: &Tensor, shape: &[i64], allowzero: bool) -> Result<Tens
     }
     if let Some(i) = infer {
         let known: usize = dims.iter().product();
-        if known == 0 || x.elem_count() % known != 0 {
+        if known == 0 || !x.elem_count().is_multiple_of(known) {
             candle_core::bail!("cannot reshape {:?} to {shape:?}", x.dims());
         }
         dims[i] = x.elem_count() / known;
