@@ -27,9 +27,19 @@ const ROWS: usize = 4;
 /// Output pixels per register block: one AVX-512 vector.
 const PX: usize = 16;
 
+/// Largest slab (one task's padded input rows), so that it stays in the
+/// per-core cache and the transient memory stays that of im2col's buffer.
+const SLAB_BYTES: usize = 2 << 20;
+
 /// Whether `s` takes this kernel on this CPU.
 pub(super) fn eligible(s: &ConvShape) -> bool {
-    s.stride == 1 && s.kernel > 1 && s.c_out <= 32 && s.out_width() >= PX && avx512()
+    let slab = s.c_in * (ROWS + s.dilation * (s.kernel - 1)) * (s.width + 2 * s.padding + PX);
+    s.stride == 1
+        && s.kernel > 1
+        && s.c_out <= 32
+        && s.out_width() >= PX
+        && slab * 4 <= SLAB_BYTES
+        && avx512()
 }
 
 fn avx512() -> bool {

@@ -373,8 +373,16 @@ impl UpConcat {
         let changed = self.resize.plan(x, extra)?;
         let r = x.rank();
         let ax = super::shape::axis(self.axis, r)?;
-        let (h, w) = (x.dim(r - 2)?, x.dim(r - 1)?);
-        let [rows, cols] = self.resize.nearest_indices(&changed, r, h, w);
+        let (h, w) = if r == 4 {
+            (x.dim(2)?, x.dim(3)?)
+        } else {
+            (1, 1)
+        };
+        let [rows, cols] = if r == 4 {
+            self.resize.nearest_indices(&changed, r, h, w)
+        } else {
+            [vec![], vec![]]
+        };
         let fast = !self.resize.linear
             && r == 4
             && ax == 1
