@@ -110,6 +110,26 @@ impl ConvShape {
         2 * (self.batch * self.c_out * self.out_pixels()) as u64 * self.patch_len() as u64
     }
 
+    /// The stride-1 convolution whose output is this layer's input
+    /// gradient (or transposed convolution): channels swapped, over this
+    /// layer's output, padded by the kernel's reach minus the padding
+    /// (with the flipped, transposed kernel, see `flip_transpose`).
+    fn transposed(&self) -> ConvShape {
+        let reach = self.dilation * (self.kernel - 1);
+        debug_assert!(self.stride == 1 && self.padding <= reach);
+        ConvShape {
+            batch: self.batch,
+            c_in: self.c_out,
+            height: self.out_height(),
+            width: self.out_width(),
+            c_out: self.c_in,
+            kernel: self.kernel,
+            stride: 1,
+            padding: reach - self.padding,
+            dilation: self.dilation,
+        }
+    }
+
     fn out_pixels(&self) -> usize {
         self.out_height() * self.out_width()
     }
@@ -675,17 +695,7 @@ fn input_gradient(s: &ConvShape, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let reach = s.dilation * (k - 1);
     if s.stride == 1 && s.padding <= reach && (k == 1 || s.out_pixels() >= 256) {
         // dx = conv(dy, flip(w)ᵀ), padding reach − p, same dilation
-        let t = ConvShape {
-            batch: s.batch,
-            c_in: s.c_out,
-            height: s.out_height(),
-            width: s.out_width(),
-            c_out: s.c_in,
-            kernel: k,
-            stride: 1,
-            padding: reach - s.padding,
-            dilation: s.dilation,
-        };
+        let t = s.transposed();
         debug_assert_eq!(t.out_height(), s.height);
         return if k == 1 && t.out_pixels() < 1024 {
             pointwise_batched_transposed(&t, dy, w)
@@ -718,17 +728,7 @@ pub fn conv2d_transpose(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), s.output_len(), "input length");
     let reach = s.dilation * (s.kernel - 1);
     if s.stride == 1 && s.padding <= reach {
-        let t = ConvShape {
-            batch: s.batch,
-            c_in: s.c_out,
-            height: s.out_height(),
-            width: s.out_width(),
-            c_out: s.c_in,
-            kernel: s.kernel,
-            stride: 1,
-            padding: reach - s.padding,
-            dilation: s.dilation,
-        };
+        let t = s.transposed();
         return conv2d_forward(&t, x, &flip_transpose(s, w), &Epilogue::default());
     }
     gemm_col2im(s, x, w)
@@ -881,44 +881,6 @@ fn batch_major(v: &[f32], batch: usize, rows: usize, p: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// Straight from the definition, in f64.
-    fn naive(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f64> {
-        let (oh, ow, k) = (s.out_height(), s.out_width(), s.kernel);
-        let mut y = vec![0f64; s.output_len()];
-        for b in 0..s.batch {
-            for co in 0..s.c_out {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = 0f64;
-                        for ci in 0..s.c_in {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (oy * s.stride + ky * s.dilation) as isize
-                                        - s.padding as isize;
-                                    let ix = (ox * s.stride + kx * s.dilation) as isize
-                                        - s.padding as isize;
-                                    if iy < 0
-                                        || ix < 0
-                                        || iy >= s.height as isize
-                                        || ix >= s.width as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xi = ((b * s.c_in + ci) * s.height + iy as usize) * s.width
-                                        + ix as usize;
-                                    let wi = ((co * s.c_in + ci) * k + ky) * k + kx;
-                                    acc += x[xi] as f64 * w[wi] as f64;
-                                }
-                            }
-                        }
-                        y[((b * s.c_out + co) * oh + oy) * ow + ox] = acc;
-                    }
-                }
-            }
-        }
-        y
-    }
-
     fn pseudo(n: usize, seed: u64) -> Vec<f32> {
         let mut z = seed;
         (0..n)
@@ -969,7 +931,7 @@ mod tests {
             let x = pseudo(s.input_len(), 1);
             let w = pseudo(s.weight_len(), 2);
             let y = conv2d_forward(&s, &x, &w, &Epilogue::default());
-            for (a, b) in y.iter().zip(naive(&s, &x, &w)) {
+            for (a, b) in y.iter().zip(super::super::reference_conv(&s, 1, &x, &w)) {
                 assert!((*a as f64 - b).abs() < 1e-5, "{s:?}: {a} vs {b}");
             }
         }
@@ -1026,7 +988,7 @@ mod tests {
                 for co in 0..c_out {
                     e[co * k_len + r] = 1.0;
                 }
-                let y = naive(&s, &x, &e);
+                let y = super::super::reference_conv(&s, 1, &x, &e);
                 let p = s.out_pixels();
                 for co in 0..c_out {
                     let want: f64 = (0..s.batch)

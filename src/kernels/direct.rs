@@ -220,42 +220,6 @@ unsafe fn block_avx512<const CB: usize>(
 mod tests {
     use super::*;
 
-    /// The definition in f64.
-    fn reference(s: &ConvShape, x: &[f32], w: &[f32]) -> Vec<f64> {
-        let (oh, ow, k) = (s.out_height(), s.out_width(), s.kernel);
-        let mut y = vec![];
-        for b in 0..s.batch {
-            for co in 0..s.c_out {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = 0f64;
-                        for ci in 0..s.c_in {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (oy + ky * s.dilation) as isize - s.padding as isize;
-                                    let ix = (ox + kx * s.dilation) as isize - s.padding as isize;
-                                    if iy < 0
-                                        || ix < 0
-                                        || iy >= s.height as isize
-                                        || ix >= s.width as isize
-                                    {
-                                        continue;
-                                    }
-                                    acc += x[((b * s.c_in + ci) * s.height + iy as usize) * s.width
-                                        + ix as usize]
-                                        as f64
-                                        * w[((co * s.c_in + ci) * k + ky) * k + kx] as f64;
-                                }
-                            }
-                        }
-                        y.push(acc);
-                    }
-                }
-            }
-        }
-        y
-    }
-
     #[test]
     fn matches_the_definition_with_its_epilogue() {
         if !avx512() {
@@ -298,7 +262,7 @@ mod tests {
                 relu: true,
             };
             let y = forward(&s, &x, &w, &ep);
-            let want = reference(&s, &x, &w);
+            let want = crate::kernels::reference_conv(&s, 1, &x, &w);
             let plane = s.out_height() * s.out_width();
             for (i, (y, r)) in y.iter().zip(&want).enumerate() {
                 let r = (r + shift[(i / plane) % c_out] as f64 + res[i] as f64).max(0.0);

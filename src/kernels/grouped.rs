@@ -156,48 +156,6 @@ fn per_group(s: &ConvShape, groups: usize, x: &[f32], w: &[f32], ep: &Epilogue) 
 mod tests {
     use super::*;
 
-    /// The definition, one output value at a time.
-    fn reference(s: &ConvShape, groups: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
-        let (ci_g, co_g) = (s.c_in / groups, s.c_out / groups);
-        let (oh, ow, k) = (s.out_height(), s.out_width(), s.kernel);
-        let mut y = vec![];
-        for b in 0..s.batch {
-            for co in 0..s.c_out {
-                let g = co / co_g;
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = 0f64;
-                        for c in 0..ci_g {
-                            let ci = g * ci_g + c;
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (oy * s.stride + ky * s.dilation) as isize
-                                        - s.padding as isize;
-                                    let ix = (ox * s.stride + kx * s.dilation) as isize
-                                        - s.padding as isize;
-                                    if iy < 0
-                                        || ix < 0
-                                        || iy >= s.height as isize
-                                        || ix >= s.width as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xv = x[((b * s.c_in + ci) * s.height + iy as usize)
-                                        * s.width
-                                        + ix as usize];
-                                    let wv = w[((co * ci_g + c) * k + ky) * k + kx];
-                                    acc += (xv * wv) as f64;
-                                }
-                            }
-                        }
-                        y.push(acc as f32);
-                    }
-                }
-            }
-        }
-        y
-    }
-
     #[test]
     fn grouped_and_depthwise_match_the_definition() {
         // (c_in, c_out, groups, kernel, stride, padding, dilation)
@@ -228,10 +186,13 @@ mod tests {
                 .map(|i| ((i * 104_729) % 13) as f32 / 5.0 - 1.2)
                 .collect();
             let y = conv2d_grouped(&s, groups, &x, &w, &Epilogue::default());
-            let want = reference(&s, groups, &x, &w);
+            let want = crate::kernels::reference_conv(&s, groups, &x, &w);
             assert_eq!(y.len(), want.len());
             for (a, b) in y.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "{s:?} in {groups} groups: {a} vs {b}");
+                assert!(
+                    (*a as f64 - b).abs() < 1e-4,
+                    "{s:?} in {groups} groups: {a} vs {b}"
+                );
             }
             // the epilogue: shift, residual, ReLU
             let shift: Vec<f32> = (0..c_out).map(|c| c as f32 - 2.0).collect();

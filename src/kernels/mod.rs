@@ -102,3 +102,47 @@ pub(crate) fn huge_pages(ptr: *mut f32, len: usize) {
     #[cfg(not(target_os = "linux"))]
     let _ = (ptr, HUGE);
 }
+
+/// The convolution straight from its definition, in `f64`, for the tests:
+/// `groups` groups (1 for an ordinary layer), `w` is `c_out x (c_in /
+/// groups) x k x k`.
+#[cfg(test)]
+pub(crate) fn reference_conv(s: &ConvShape, groups: usize, x: &[f32], w: &[f32]) -> Vec<f64> {
+    let (ci_g, co_g) = (s.c_in / groups, s.c_out / groups);
+    let (oh, ow, k) = (s.out_height(), s.out_width(), s.kernel);
+    let mut y = Vec::with_capacity(s.output_len());
+    for b in 0..s.batch {
+        for co in 0..s.c_out {
+            let g = co / co_g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0f64;
+                    for c in 0..ci_g {
+                        let ci = g * ci_g + c;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy =
+                                    (oy * s.stride + ky * s.dilation) as isize - s.padding as isize;
+                                let ix =
+                                    (ox * s.stride + kx * s.dilation) as isize - s.padding as isize;
+                                if iy < 0
+                                    || ix < 0
+                                    || iy >= s.height as isize
+                                    || ix >= s.width as isize
+                                {
+                                    continue;
+                                }
+                                let xi = ((b * s.c_in + ci) * s.height + iy as usize) * s.width
+                                    + ix as usize;
+                                let wi = ((co * ci_g + c) * k + ky) * k + kx;
+                                acc += x[xi] as f64 * w[wi] as f64;
+                            }
+                        }
+                    }
+                    y.push(acc);
+                }
+            }
+        }
+    }
+    y
+}

@@ -430,13 +430,7 @@ impl Graph {
                 }
             }
         }
-        let nodes = std::mem::take(&mut self.nodes);
-        self.nodes = nodes
-            .into_iter()
-            .zip(removed)
-            .filter(|(_, r)| !r)
-            .map(|(n, _)| n)
-            .collect();
+        self.drop_nodes(&removed);
         Ok(())
     }
 
@@ -462,6 +456,17 @@ impl Graph {
             }
         }
         Ok(())
+    }
+
+    /// Drops the nodes flagged in `removed` (by node index).
+    fn drop_nodes(&mut self, removed: &[bool]) {
+        let nodes = std::mem::take(&mut self.nodes);
+        self.nodes = nodes
+            .into_iter()
+            .zip(removed)
+            .filter(|(_, r)| !**r)
+            .map(|(n, _)| n)
+            .collect();
     }
 
     /// A nearest Resize whose output feeds only one Concat becomes part of
@@ -503,13 +508,7 @@ impl Graph {
             });
             removed[r] = true;
         }
-        let nodes = std::mem::take(&mut self.nodes);
-        self.nodes = nodes
-            .into_iter()
-            .zip(removed)
-            .filter(|(_, r)| !r)
-            .map(|(n, _)| n)
-            .collect();
+        self.drop_nodes(&removed);
     }
 
     /// Drops a Softmax over the channel axis (of a rank-4 output) that
