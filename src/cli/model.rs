@@ -320,6 +320,11 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
     if a.batch == 0 || a.size < 32 || a.iters == 0 {
         bail!("model bench: --batch and --iters must be at least 1, --size at least 32");
     }
+    if a.profile && !a.model.as_deref().is_some_and(is_onnx) {
+        bail!("model bench: --profile times the nodes of an .onnx model");
+    }
+    // with --profile, the graph as the forward pass runs it
+    let mut graph = None;
     let model = match &a.model {
         Some(path) => {
             let mut flags = rstile::model::facts::Overrides {
@@ -329,7 +334,7 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
             if is_onnx(path) {
                 // the legend and normalisation change no arithmetic: a
                 // graph that names no classes is timed with stand-ins
-                let g = rstile::model::onnx::OnnxModel::load(path, &device)?;
+                let mut g = rstile::model::onnx::OnnxModel::load(path, &device)?;
                 let fixed = g.outputs().first().and_then(|o| o.dims.get(1)?.fixed());
                 let k = match fixed {
                     Some(k) => k,
@@ -340,6 +345,11 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
                 flags.classes = Some(rstile::model::facts::named_classes(&names));
                 flags.mean = Some(vec![0.0; bands]);
                 flags.std = Some(vec![1.0; bands]);
+                if a.profile {
+                    // what the forward pass runs: the map's logits
+                    g.strip_final_softmax();
+                    graph = Some(g);
+                }
             }
             let m = Model::open(path, &device, &flags)?;
             if m.imported().is_some() && a.train {
@@ -367,16 +377,8 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
         train: a.train,
     };
     let sp = rstile::model::bench::measure(&model, &cfg)?;
-    let profile = match (&a.model, a.profile) {
-        (Some(path), true) if is_onnx(path) => {
-            let mut g = rstile::model::onnx::OnnxModel::load(path, &device)?;
-            // what the forward pass above ran: the map's logits
-            if model
-                .imported()
-                .is_some_and(|i| i.output == rstile::model::imported::Output::Probabilities)
-            {
-                g.strip_final_softmax();
-            }
+    let profile = match graph {
+        Some(g) => {
             let x = candle_core::Tensor::randn(
                 0f32,
                 1f32,
@@ -385,8 +387,7 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
             )?;
             Some(g.profile(&x, a.iters)?)
         }
-        (_, true) => bail!("model bench: --profile times the nodes of an .onnx model"),
-        _ => None,
+        None => None,
     };
     let px = (a.batch * a.size * a.size) as f64;
     let gflops = sp.forward_flops as f64 / 1e9;

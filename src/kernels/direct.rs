@@ -106,20 +106,18 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], ep: &Epilogue) -> Vec
                 }
                 for (c0, wt) in &blocks {
                     let n_co = cb.min(s.c_out - c0);
+                    let taps = Taps {
+                        slab: &slab,
+                        plane: slab_rows * wp,
+                        wp,
+                        c_in: s.c_in,
+                        k,
+                        d,
+                        wt,
+                    };
                     for oy in r0..r1 {
                         for ox0 in (0..ow).step_by(PX) {
-                            let acc = block(
-                                cb,
-                                &slab,
-                                slab_rows * wp,
-                                wp,
-                                s.c_in,
-                                k,
-                                d,
-                                wt,
-                                oy - r0,
-                                ox0,
-                            );
+                            let acc = taps.block(cb, oy - r0, ox0);
                             let n = PX.min(ow - ox0);
                             for (co, a) in acc.iter().take(n_co).enumerate() {
                                 let at = (b * s.c_out + c0 + co) * plane_out + oy * ow + ox0;
@@ -145,75 +143,76 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], ep: &Epilogue) -> Vec
     unsafe { super::filled(s.output_len(), |out| fill(Shared(out))) }
 }
 
-/// 16 output pixels from `ox0` of slab row `row` (the output row's first
-/// tap), for `cb` (8 or 16) channels.
-#[allow(clippy::too_many_arguments)]
-fn block(
-    cb: usize,
-    slab: &[f32],
+/// One task's padded input slab (`c_in` planes of `plane` values, rows
+/// `wp` apart) and one channel block's weights (`[c_in][ky][kx][cb]`), for
+/// a `k x k` kernel of dilation `d`.
+#[derive(Clone, Copy)]
+struct Taps<'a> {
+    slab: &'a [f32],
     plane: usize,
     wp: usize,
     c_in: usize,
     k: usize,
     d: usize,
-    wt: &[f32],
-    row: usize,
-    ox0: usize,
-) -> [[f32; PX]; 16] {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `eligible` checked that the CPU has AVX-512F and FMA
-    unsafe {
-        if cb == 8 {
-            let a = block_avx512::<8>(slab, plane, wp, c_in, k, d, wt, row, ox0);
-            let mut out = [[0f32; PX]; 16];
-            out[..8].copy_from_slice(&a);
-            return out;
-        }
-        block_avx512::<16>(slab, plane, wp, c_in, k, d, wt, row, ox0)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("the direct kernel runs on x86_64 only ({cb} {slab:?} {plane} {wp} {c_in} {k} {d} {wt:?} {row} {ox0})")
+    wt: &'a [f32],
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_avx512<const CB: usize>(
-    slab: &[f32],
-    plane: usize,
-    wp: usize,
-    c_in: usize,
-    k: usize,
-    d: usize,
-    wt: &[f32],
-    row: usize,
-    ox0: usize,
-) -> [[f32; PX]; CB] {
-    use std::arch::x86_64::*;
-    // the furthest reads, checked once for the whole block
-    let reach = d * (k - 1);
-    assert!((c_in - 1) * plane + (row + reach) * wp + ox0 + reach + PX <= slab.len());
-    assert!(c_in * k * k * CB <= wt.len());
-    let (xs, ws) = (slab.as_ptr(), wt.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); CB];
-    for ci in 0..c_in {
-        for ky in 0..k {
-            let base = ci * plane + (row + ky * d) * wp + ox0;
-            for kx in 0..k {
-                // SAFETY: inside the bounds asserted above
-                let xv = _mm512_loadu_ps(xs.add(base + kx * d));
-                let w = ws.add(((ci * k + ky) * k + kx) * CB);
-                for (co, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(co)), xv, *a);
+impl Taps<'_> {
+    /// 16 output pixels from `ox0` of slab row `row` (the output row's
+    /// first tap), for `cb` (8 or 16) channels; rows past `cb` are zero.
+    fn block(&self, cb: usize, row: usize, ox0: usize) -> [[f32; PX]; 16] {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `eligible` checked that the CPU has AVX-512F
+        unsafe {
+            if cb == 8 {
+                let mut out = [[0f32; PX]; 16];
+                out[..8].copy_from_slice(&self.block_avx512::<8>(row, ox0));
+                return out;
+            }
+            self.block_avx512::<16>(row, ox0)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("the direct kernel runs on x86_64 only ({cb}, {row}, {ox0})")
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block_avx512<const CB: usize>(&self, row: usize, ox0: usize) -> [[f32; PX]; CB] {
+        let Taps {
+            slab,
+            plane,
+            wp,
+            c_in,
+            k,
+            d,
+            wt,
+        } = *self;
+        use std::arch::x86_64::*;
+        // the furthest reads, checked once for the whole block
+        let reach = d * (k - 1);
+        assert!((c_in - 1) * plane + (row + reach) * wp + ox0 + reach + PX <= slab.len());
+        assert!(c_in * k * k * CB <= wt.len());
+        let (xs, ws) = (slab.as_ptr(), wt.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); CB];
+        for ci in 0..c_in {
+            for ky in 0..k {
+                let base = ci * plane + (row + ky * d) * wp + ox0;
+                for kx in 0..k {
+                    // SAFETY: inside the bounds asserted above
+                    let xv = _mm512_loadu_ps(xs.add(base + kx * d));
+                    let w = ws.add(((ci * k + ky) * k + kx) * CB);
+                    for (co, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(co)), xv, *a);
+                    }
                 }
             }
         }
+        let mut out = [[0f32; PX]; CB];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            _mm512_storeu_ps(o.as_mut_ptr(), *a);
+        }
+        out
     }
-    let mut out = [[0f32; PX]; CB];
-    for (o, a) in out.iter_mut().zip(&acc) {
-        _mm512_storeu_ps(o.as_mut_ptr(), *a);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -49,7 +49,6 @@ pub struct NodeTime {
     pub kind: String,
     /// The first output's shape.
     pub output: Vec<usize>,
-    pub calls: usize,
     pub seconds: f64,
     /// Conv and ConvTranspose FLOPs over all calls.
     pub flops: u64,
@@ -103,7 +102,6 @@ pub(crate) fn run(
                 output: outs.first().map(|t| t.dims().to_vec()).unwrap_or_default(),
                 ..Default::default()
             });
-            e.calls += 1;
             e.seconds += t0.elapsed().as_secs_f64();
             e.flops += node_flops;
         }

@@ -104,12 +104,9 @@ impl Conv {
         } else {
             (pad2(x, 0.0, p)?, 0)
         };
-        let fast = self.group == 1
-            && kh == kw
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && w.dtype() == DType::F32;
-        if fast {
+        let on_kernels =
+            kh == kw && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+        if on_kernels && self.group == 1 {
             let conv =
                 Conv2d::new(w.clone(), b.cloned(), self.stride, pad).with_dilation(self.dilation);
             let s = conv.shape_for(&x)?;
@@ -121,12 +118,7 @@ impl Conv {
             let y = conv.forward_fused(&x, None, None, false)?;
             return self.epilogue(y, None, residual);
         }
-        let grouped = self.group > 1
-            && kh == kw
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && w.dtype() == DType::F32;
-        if grouped {
+        if on_kernels {
             return self.eval_grouped(&x, w, b, residual, pad);
         }
         let y = x.conv2d(w, pad, self.stride, self.dilation, self.group)?;
