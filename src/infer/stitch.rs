@@ -142,6 +142,10 @@ pub fn quantise_probs(p: impl Iterator<Item = f32>, best: usize, out: &mut [u8])
 
 /// The accumulator of one region: raster columns `[x0, x1)` and rows
 /// `[y0, y1)`.
+///
+/// The strip is a ring of `cap` rows, one plane per class (`[k][cap][width]`),
+/// so that a window's row adds to contiguous memory in every class, and an
+/// emitted row is cleared rather than the strip shifted up.
 pub struct ChunkStitcher {
     grid: WindowGrid,
     k: usize,
@@ -151,14 +155,18 @@ pub struct ChunkStitcher {
     probabilities: bool,
     x0: usize,
     width: usize,
+    y0: usize,
     y1: usize,
     tile_rows: usize,
     cap: usize,
-    /// Raster row of buffer row 0 (= first row not yet emitted).
+    /// First raster row not yet emitted.
     top: usize,
+    /// `[k][cap][width]`: ring row of raster row `y` is `(y - y0) % cap`.
     acc: Vec<f32>,
     wsum: Vec<f32>,
     valid: Vec<u8>,
+    /// One window row's weights, `wts[j] * wts[i]` over the clipped columns.
+    wrow: Vec<f32>,
 }
 
 /// A rectangle of raster columns and rows to stitch.
@@ -168,6 +176,16 @@ pub struct Region {
     pub x1: usize,
     pub y0: usize,
     pub y1: usize,
+}
+
+/// A zeroed vector whose pages are first touched by a write. `vec![0; n]`
+/// of a large `n` is a fresh zero mapping: the stitcher's first `+=` on
+/// each page would read the shared zero page and then copy it on the
+/// write, each copy a TLB shootdown across the run's threads.
+fn zeroed<T: Copy + Default>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, T::default());
+    v
 }
 
 impl ChunkStitcher {
@@ -186,6 +204,7 @@ impl ChunkStitcher {
         let size = grid.raster();
         assert!(x0 < x1 && x1 <= size.width && y0 < y1 && y1 <= size.height && tile_rows > 0);
         let k = class_ids.len();
+        assert!((1..=256).contains(&k), "{k} classes: 1 to 256 fit a u8 id");
         let width = x1 - x0;
         let cap = grid.window_size() + tile_rows;
         ChunkStitcher {
@@ -197,13 +216,15 @@ impl ChunkStitcher {
             probabilities: false,
             x0,
             width,
+            y0,
             y1,
             tile_rows,
             cap,
             top: y0,
-            acc: vec![0.0; cap * width * k],
-            wsum: vec![0.0; cap * width],
-            valid: vec![0; cap * width],
+            acc: zeroed(cap * width * k),
+            wsum: zeroed(cap * width),
+            valid: zeroed(cap * width),
+            wrow: Vec::with_capacity(grid.window_size()),
         }
     }
 
@@ -221,6 +242,11 @@ impl ChunkStitcher {
     /// The accumulator size for a configuration, for the memory bound.
     pub fn bytes_for(window: usize, tile_rows: usize, width: usize, k: usize) -> usize {
         (window + tile_rows) * width * (4 * k + 4 + 1)
+    }
+
+    /// Offset of raster row `y`'s first column in a `[cap][width]` plane.
+    fn ring(&self, y: usize) -> usize {
+        ((y - self.y0) % self.cap) * self.width
     }
 
     /// Adds a window. `pred` is `None` for a window skipped as all-nodata.
@@ -244,25 +270,30 @@ impl ChunkStitcher {
             "window beyond the strip: rows must come in order"
         );
         let plane = n * n;
+        let len = cx1 - cx0;
+        let i0 = (cx0 as i64 - w.x) as usize;
+        let plane_len = self.cap * self.width;
+        let mut wrow = std::mem::take(&mut self.wrow);
         for y in cy0..cy1 {
             let j = (y as i64 - w.y) as usize;
             let wy = self.wts[j];
-            let brow = (y - self.top) * self.width;
-            for x in cx0..cx1 {
-                let i = (x as i64 - w.x) as usize;
-                let wt = wy * self.wts[i];
-                let b = brow + (x - self.x0);
-                let src = j * n + i;
-                if p.valid[src] != 0 {
-                    self.valid[b] = 1;
-                }
-                self.wsum[b] += wt;
-                let a = &mut self.acc[b * k..(b + 1) * k];
-                for (c, slot) in a.iter_mut().enumerate() {
-                    *slot += wt * p.probs[c * plane + src];
-                }
+            wrow.clear();
+            wrow.extend(self.wts[i0..i0 + len].iter().map(|&wx| wy * wx));
+            let b = self.ring(y) + (cx0 - self.x0);
+            let src = j * n + i0;
+            add_row(
+                &mut self.wsum[b..b + len],
+                &mut self.valid[b..b + len],
+                &wrow,
+                &p.valid[src..src + len],
+            );
+            for c in 0..k {
+                let a = c * plane_len + b;
+                let s = c * plane + src;
+                add_class_row(&mut self.acc[a..a + len], &wrow, &p.probs[s..s + len]);
             }
         }
+        self.wrow = wrow;
     }
 
     /// Declares window row `row` complete and returns the bands that became
@@ -298,35 +329,45 @@ impl ChunkStitcher {
     fn emit(&mut self, rows: usize) -> Band {
         let (k, width) = (self.k, self.width);
         let npx = rows * width;
-        let mut classes = vec![crate::classes::NODATA; npx];
+        let plane_len = self.cap * width;
+        let mut classes = vec![0u8; npx];
         let mut conf = self.confidence.then(|| vec![crate::classes::NODATA; npx]);
         let mut probs = self
             .probabilities
             .then(|| vec![crate::classes::NODATA; npx * k]);
         let mut q = vec![0u8; k];
-        for b in 0..npx {
-            let ws = self.wsum[b];
-            if self.valid[b] == 0 || ws <= 0.0 {
-                continue;
-            }
-            let a = &self.acc[b * k..(b + 1) * k];
-            let (mut best, mut bv) = (0usize, a[0]);
-            for (c, &v) in a.iter().enumerate().skip(1) {
-                if v > bv {
-                    best = c;
-                    bv = v;
+        let mut best = vec![0u8; width];
+        let mut bv = vec![0f32; width];
+        for r in 0..rows {
+            let b = self.ring(self.top + r);
+            argmax_row(&self.acc, plane_len, b, k, &mut best, &mut bv);
+            let o = r * width;
+            let (ws, valid) = (&self.wsum[b..b + width], &self.valid[b..b + width]);
+            classes_row(&mut classes[o..o + width], &best, &self.ids, ws, valid);
+            if conf.is_some() || probs.is_some() {
+                for x in 0..width {
+                    if valid[x] == 0 || ws[x] <= 0.0 {
+                        continue;
+                    }
+                    let c = best[x] as usize;
+                    if let Some(cf) = conf.as_mut() {
+                        cf[o + x] = ((bv[x] / ws[x]).clamp(0.0, 1.0) * 100.0).round() as u8;
+                    }
+                    if let Some(pr) = probs.as_mut() {
+                        let a = (0..k).map(|ch| self.acc[ch * plane_len + b + x] / ws[x]);
+                        quantise_probs(a, c, &mut q);
+                        for (ch, &v) in q.iter().enumerate() {
+                            pr[ch * npx + o + x] = v;
+                        }
+                    }
                 }
             }
-            classes[b] = self.ids[best];
-            if let Some(cf) = conf.as_mut() {
-                cf[b] = ((bv / ws).clamp(0.0, 1.0) * 100.0).round() as u8;
+            // the ring row is free for the row `cap` further down
+            for ch in 0..k {
+                self.acc[ch * plane_len + b..ch * plane_len + b + width].fill(0.0);
             }
-            if let Some(pr) = probs.as_mut() {
-                quantise_probs(a.iter().map(|&v| v / ws), best, &mut q);
-                for (c, &v) in q.iter().enumerate() {
-                    pr[c * npx + b] = v;
-                }
-            }
+            self.wsum[b..b + width].fill(0.0);
+            self.valid[b..b + width].fill(0);
         }
         let band = Band {
             rect: Rect {
@@ -339,16 +380,85 @@ impl ChunkStitcher {
             confidence: conf,
             probabilities: probs,
         };
-        // shift the strip up by `rows`
-        self.acc.copy_within(npx * k.., 0);
-        self.wsum.copy_within(npx.., 0);
-        self.valid.copy_within(npx.., 0);
-        let keep = (self.cap - rows) * width;
-        self.acc[keep * k..].fill(0.0);
-        self.wsum[keep..].fill(0.0);
-        self.valid[keep..].fill(0);
         self.top += rows;
         band
+    }
+}
+
+/// A function compiled twice, plain and for AVX2, picked at run time. Without
+/// fused multiply-add (Rust never contracts) the arithmetic, and so every
+/// bit, is the same on either path.
+macro_rules! multiversion {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn generic($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($a: $t),*) {
+                    generic($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            generic($($a),*)
+        }
+    };
+}
+
+multiversion! {
+    /// `wsum += wrow` and `valid |= mask != 0` over one window row.
+    fn add_row(wsum: &mut [f32], valid: &mut [u8], wrow: &[f32], mask: &[u8]) {
+        for (s, &w) in wsum.iter_mut().zip(wrow) {
+            *s += w;
+        }
+        for (v, &m) in valid.iter_mut().zip(mask) {
+            *v |= (m != 0) as u8;
+        }
+    }
+}
+
+multiversion! {
+    /// `acc += wrow * p` over one window row of one class: per pixel the
+    /// same product and sum as one pixel at a time, so the same bits.
+    fn add_class_row(acc: &mut [f32], wrow: &[f32], p: &[f32]) {
+        for ((a, &w), &v) in acc.iter_mut().zip(wrow).zip(p) {
+            *a += w * v;
+        }
+    }
+}
+
+multiversion! {
+    /// The first largest class of each pixel of one strip row (at offset
+    /// `b` of each `[cap][width]` plane, `plane_len` apart) into `best`, its
+    /// value into `bv`. NaN never wins, as in a scalar `v > best` scan.
+    fn argmax_row(acc: &[f32], plane_len: usize, b: usize, k: usize, best: &mut [u8], bv: &mut [f32]) {
+        let width = best.len();
+        bv.copy_from_slice(&acc[b..b + width]);
+        best.fill(0);
+        for c in 1..k {
+            let row = &acc[c * plane_len + b..c * plane_len + b + width];
+            for ((m, i), &v) in bv.iter_mut().zip(best.iter_mut()).zip(row) {
+                let gt = v > *m;
+                *m = if gt { v } else { *m };
+                *i = if gt { c as u8 } else { *i };
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Class ids of one strip row: `ids[best]` where the pixel is valid and
+    /// weighed, nodata elsewhere.
+    fn classes_row(out: &mut [u8], best: &[u8], ids: &[u8], ws: &[f32], valid: &[u8]) {
+        for (((o, &c), &w), &v) in out.iter_mut().zip(best).zip(ws).zip(valid) {
+            let id = ids[c as usize];
+            *o = if v != 0 && w > 0.0 { id } else { crate::classes::NODATA };
+        }
     }
 }
 
