@@ -12,7 +12,8 @@
 //! Beside the path: [`scale`] (AOI, split runs, merge, Slurm), [`train`],
 //! [`vaihingen`] (the ISPRS benchmark), [`synth`] (generated scenes),
 //! [`vectorize`] (a map's classes as polygons, joined across block seams),
-//! [`kernels`] (the CPU compute), [`metrics`], [`classes`] and [`raster`]
+//! [`kernels`] (the CPU compute; `simd` compiles hot loops for AVX2 and
+//! AVX-512 where the CPU has them), [`metrics`], [`classes`] and [`raster`]
 //! (opening, probing and PNG writing through GDAL), and the one seeded
 //! generator ([`rng`]) and hash ([`hash`]) that every part uses.
 //! [`infer::window`], [`infer::stitch`] and [`metrics`] are pure: they know
@@ -31,6 +32,7 @@ pub mod qml;
 pub mod raster;
 pub mod rng;
 pub mod scale;
+mod simd;
 pub mod synth;
 pub mod train;
 pub mod vaihingen;

@@ -3,7 +3,7 @@
 //! The model stage collects up to `batch` windows in whatever order the
 //! readers finish them; [`batch_input`] stacks their normalised inputs into
 //! one `(B, bands, n, n)` tensor, the model turns it into class
-//! probabilities, and [`split_output`] cuts the flat result back into one
+//! probabilities, and [`WindowProbs::split`] cuts the flat result into one
 //! `[classes][n][n]` prediction per window, in the same order. The model is
 //! batch-invariant, so a window's prediction does not depend on the batch
 //! it rode in.
@@ -21,6 +21,8 @@ use super::tta::Tta;
 use crate::error::Result;
 use crate::model::{softmax_channels, softmax_channels_from, Model};
 use candle_core::{DType, Device, Tensor};
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Stacks `windows`, each `[bands][n][n]` f32, into one `(B, bands, n, n)`
@@ -34,11 +36,43 @@ pub fn batch_input(windows: &[&[f32]], bands: usize, n: usize, device: &Device) 
     Ok(Tensor::from_vec(input, (b, bands, n, n), &Device::Cpu)?.to_device(device)?)
 }
 
-/// Cuts the model's flat output for a batch of `b` windows into one
-/// prediction per window, in batch order.
-pub fn split_output(probs: &[f32], b: usize) -> Vec<Vec<f32>> {
-    let per = probs.len() / b.max(1);
-    probs.chunks(per.max(1)).map(|c| c.to_vec()).collect()
+/// One window's class probabilities `[classes][n][n]`: its part of the
+/// batch's output, shared with the batch's other windows, not copied.
+#[derive(Debug, Clone)]
+pub struct WindowProbs {
+    batch: Arc<Vec<f32>>,
+    range: Range<usize>,
+}
+
+impl WindowProbs {
+    /// Cuts the model's flat output for a batch of `b` windows into one
+    /// prediction per window, in batch order.
+    pub fn split(probs: Vec<f32>, b: usize) -> Vec<WindowProbs> {
+        let per = (probs.len() / b.max(1)).max(1);
+        let len = probs.len();
+        let batch = Arc::new(probs);
+        (0..len.div_ceil(per))
+            .map(|i| WindowProbs {
+                batch: batch.clone(),
+                range: i * per..((i + 1) * per).min(len),
+            })
+            .collect()
+    }
+
+    /// A prediction of its own.
+    pub fn owned(probs: Vec<f32>) -> WindowProbs {
+        WindowProbs {
+            range: 0..probs.len(),
+            batch: Arc::new(probs),
+        }
+    }
+}
+
+impl std::ops::Deref for WindowProbs {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.batch[self.range.clone()]
+    }
 }
 
 /// A window of a batch whose model output is not finite.
@@ -89,7 +123,7 @@ pub fn run_batch(
     bands: usize,
     n: usize,
     clocks: &Profile,
-) -> Result<std::result::Result<Vec<Vec<f32>>, NonFiniteWindow>> {
+) -> Result<std::result::Result<Vec<WindowProbs>, NonFiniteWindow>> {
     let t = Instant::now();
     let x = batch_input(windows, bands, n, model.device())?;
     let t = clocks.model_upload.lap(t);
@@ -108,13 +142,15 @@ pub fn run_batch(
             .into());
         };
         let logits = &cpu.as_slice::<f32>()?[a..z];
-        if let Some(bad) = first_non_finite(logits, b, k) {
-            return Ok(Err(bad));
-        }
         let t = clocks.model_download.lap(t);
-        // the copy out of the tensor and the softmax in one parallel pass
-        let mut v = vec![0f32; logits.len()];
-        softmax_channels_from(logits, &mut v, b, k, h * w);
+        // the copy out of the tensor, the check of the logits and the
+        // softmax in one parallel pass
+        let (v, finite) = softmax_channels_from(logits, b, k, h * w);
+        if !finite {
+            if let Some(bad) = first_non_finite(logits, b, k) {
+                return Ok(Err(bad));
+            }
+        }
         clocks.model_softmax.lap(t);
         v
     } else {
@@ -129,7 +165,7 @@ pub fn run_batch(
         clocks.model_softmax.lap(t);
         v
     };
-    Ok(Ok(split_output(&probs, b)))
+    Ok(Ok(WindowProbs::split(probs, b)))
 }
 
 /// A batch's predictions left on the model's device, for the
@@ -291,7 +327,7 @@ pub fn run_batch_tta(
     n: usize,
     tta: Tta,
     clocks: &Profile,
-) -> Result<std::result::Result<Vec<Vec<f32>>, NonFiniteWindow>> {
+) -> Result<std::result::Result<Vec<WindowProbs>, NonFiniteWindow>> {
     if tta == Tta::None {
         return run_batch(model, windows, bands, n, clocks);
     }
@@ -323,7 +359,7 @@ pub fn run_batch_tta(
         for (w, probs) in outs.into_iter().enumerate() {
             if i == 0 {
                 // the identity comes first
-                sum.push(probs);
+                sum.push(probs.to_vec());
                 continue;
             }
             for (c, src) in probs.chunks_exact(plane).enumerate() {
@@ -342,7 +378,7 @@ pub fn run_batch_tta(
             *v *= scale;
         }
     }
-    Ok(Ok(sum))
+    Ok(Ok(sum.into_iter().map(WindowProbs::owned).collect()))
 }
 
 #[cfg(test)]
@@ -356,8 +392,9 @@ mod tests {
         let x = batch_input(&[&a, &b], 2, 2, &Device::Cpu).unwrap();
         assert_eq!(x.dims(), &[2, 2, 2, 2]);
         let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let parts = split_output(&flat, 2);
-        assert_eq!(parts, vec![a.to_vec(), b.to_vec()]);
+        let parts = WindowProbs::split(flat, 2);
+        assert_eq!(parts.len(), 2);
+        assert_eq!((&*parts[0], &*parts[1]), (&a[..], &b[..]));
     }
 
     #[test]

@@ -32,7 +32,7 @@
 //! again on the joining thread.
 
 use crate::error::{Error, Result};
-use crate::infer::batch::{run_batch_device, run_batch_tta, NonFiniteWindow};
+use crate::infer::batch::{run_batch_device, run_batch_tta, NonFiniteWindow, WindowProbs};
 use crate::infer::plan::InferPlan;
 use crate::infer::profile::Profile;
 use crate::infer::read::{CellLattice, Pixels, WindowData, WindowSource};
@@ -61,7 +61,7 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 /// when the post-processing runs there.
 enum Slot {
     Skipped,
-    Done { probs: Vec<f32>, valid: Vec<u8> },
+    Done { probs: WindowProbs, valid: Vec<u8> },
     OnDevice { probs: Tensor, valid: Tensor },
 }
 

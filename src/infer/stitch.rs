@@ -17,6 +17,7 @@
 //! This module is pure: it knows neither GDAL nor candle.
 
 use crate::infer::window::{Rect, Window, WindowGrid};
+use crate::simd::multiversion;
 
 /// How overlapping predictions are weighted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -383,31 +384,6 @@ impl ChunkStitcher {
         self.top += rows;
         band
     }
-}
-
-/// A function compiled twice, plain and for AVX2, picked at run time. Without
-/// fused multiply-add (Rust never contracts) the arithmetic, and so every
-/// bit, is the same on either path.
-macro_rules! multiversion {
-    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
-        $(#[$m])*
-        fn $name($($a: $t),*) {
-            #[inline(always)]
-            fn generic($($a: $t),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($a: $t),*) {
-                    generic($($a),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2
-                    return unsafe { avx2($($a),*) };
-                }
-            }
-            generic($($a),*)
-        }
-    };
 }
 
 multiversion! {

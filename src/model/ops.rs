@@ -1,6 +1,11 @@
 //! Host-side arithmetic on plain `f32` buffers: the fast `e^x` and the
 //! channel softmax that [`super::Model::predict_probs`] and the training
-//! loss run outside candle.
+//! loss run outside candle. The same operations in the same order whatever
+//! the instruction set (no fused multiply-add: Rust never contracts), so
+//! AVX-512, AVX2 and SSE2 agree bit for bit.
+
+use crate::simd::multiversion;
+use std::mem::MaybeUninit;
 
 /// `e^x` for `x <= 0`, branch-free so that the softmax loop vectorises:
 /// Cody-Waite reduction `x = k ln2 + r`, a degree-6 polynomial for `e^r`
@@ -9,114 +14,174 @@
 #[inline(always)]
 pub fn exp_neg(x: f32) -> f32 {
     let x = x.max(-87.0);
-    // round to nearest by the 1.5·2²³ trick (|x·log2 e| < 2²²): unlike
-    // `f32::round`, a libm call below SSE4.1, it vectorises
+    // round to nearest by the 1.5·2²³ trick (|x·log2 e| < 2²²): `t`'s low
+    // mantissa bits then hold the integer k itself, so neither `f32::round`
+    // (a libm call below SSE4.1) nor a saturating `as i32` (scalar code,
+    // lane by lane) stands in the way of vectorising
     const MAGIC: f32 = 12_582_912.0;
-    let k = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let k = t - MAGIC;
+    let ki = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    f32::from_bits(((k as i32 + 127) as u32) << 23) * p
+    // k in [-126, 0]: a normal power of two
+    f32::from_bits((ki.wrapping_add(127) as u32) << 23) * p
 }
 
 /// In-place softmax over the channel axis of `[b][k][n]` data, with the
 /// usual max subtraction. Pixels are independent, so blocks of them run
 /// on rayon's threads (each pixel's arithmetic, and so its result, is the
-/// same whatever the split), with AVX2 where the CPU has it.
+/// same whatever the split), with AVX-512 or AVX2 where the CPU has it.
 pub fn softmax_channels(v: &mut [f32], b: usize, k: usize, n: usize) {
     assert!(v.len() >= b * k * n, "softmax_channels: short buffer");
-    softmax_blocks(v, None, b, k, n);
-}
-
-/// [`softmax_channels`] of `src` into `dst` (both `[b][k][n]`): each block
-/// of pixels is copied and then normalised while it is in the cache, so
-/// the copy out of a model's output tensor and the softmax are one
-/// parallel pass instead of a serial copy and a second pass. The same
-/// arithmetic, so the same bits, as copying first and calling
-/// `softmax_channels`.
-pub fn softmax_channels_from(src: &[f32], dst: &mut [f32], b: usize, k: usize, n: usize) {
-    assert!(
-        src.len() >= b * k * n && dst.len() >= b * k * n,
-        "softmax_channels_from: short buffer"
-    );
-    softmax_blocks(dst, Some(src), b, k, n);
-}
-
-/// The channel softmax of `dst` in blocks of pixels on rayon's threads,
-/// each block first copied from `src` when given.
-fn softmax_blocks(dst: &mut [f32], src: Option<&[f32]>, b: usize, k: usize, n: usize) {
-    use rayon::prelude::*;
-    const BLOCK: usize = 1024;
     if k == 0 || n == 0 {
         return;
     }
-    let blocks = n.div_ceil(BLOCK);
-    let out = crate::kernels::Shared(dst.as_mut_ptr());
-    (0..b * blocks).into_par_iter().for_each(|u| {
-        let (i, j) = (u / blocks, u % blocks);
-        let (p0, p1) = (j * BLOCK, ((j + 1) * BLOCK).min(n));
+    let out = crate::kernels::Shared(v.as_mut_ptr());
+    for_blocks(b, n, |i, p| {
         let mut planes: Vec<&mut [f32]> = (0..k)
-            .map(|c| {
-                let r = i * k * n + c * n + p0..i * k * n + c * n + p1;
-                // SAFETY: block (i, j) owns pixels p0..p1 of sample i in
-                // every channel: disjoint from every other block's
-                let plane = unsafe { out.slice(r.clone()) };
-                if let Some(src) = src {
-                    plane.copy_from_slice(&src[r]);
-                }
-                plane
-            })
+            // SAFETY: the block owns pixels p of sample i in every channel,
+            // disjoint from every other block's
+            .map(|c| unsafe { out.slice(i * k * n + c * n + p.start..i * k * n + c * n + p.end) })
             .collect();
         softmax_block(&mut planes);
     });
 }
 
-/// Softmax across `planes` (one slice per channel, the same pixels).
-fn softmax_block(planes: &mut [&mut [f32]]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2
-            return unsafe { softmax_block_avx2(planes) };
-        }
+/// [`softmax_channels`] of `src` (`[b][k][n]`) into a new vector, and
+/// whether every value of `src` was finite: each block of pixels is read,
+/// checked and normalised into the vector while it is in the cache, so the
+/// copy out of a model's output tensor, the check of the logits and the
+/// softmax are one parallel pass, and the vector is never zeroed first. The
+/// same arithmetic, so the same bits, as copying first and calling
+/// `softmax_channels`.
+pub fn softmax_channels_from(src: &[f32], b: usize, k: usize, n: usize) -> (Vec<f32>, bool) {
+    let len = b * k * n;
+    assert!(src.len() >= len, "softmax_channels_from: short buffer");
+    let mut v = Vec::<f32>::with_capacity(len);
+    if k == 0 || n == 0 {
+        return (v, true);
     }
-    softmax_block_generic(planes)
+    let finite = std::sync::atomic::AtomicBool::new(true);
+    let out = SharedUninit(v.spare_capacity_mut().as_mut_ptr());
+    for_blocks(b, n, |i, p| {
+        let at = |c: usize| i * k * n + c * n + p.start..i * k * n + c * n + p.end;
+        let from: Vec<&[f32]> = (0..k).map(|c| &src[at(c)]).collect();
+        let mut to: Vec<&mut [MaybeUninit<f32>]> = (0..k)
+            // SAFETY: the block owns pixels p of sample i in every channel,
+            // disjoint from every other block's, inside the capacity
+            .map(|c| unsafe { out.slice(at(c)) })
+            .collect();
+        if !softmax_block_from(&from, &mut to) {
+            finite.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // SAFETY: the blocks cover every pixel of every sample in every channel,
+    // and `softmax_block_from` writes each value of its block
+    unsafe { v.set_len(len) };
+    (v, finite.into_inner())
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn softmax_block_avx2(planes: &mut [&mut [f32]]) {
-    softmax_block_generic(planes)
+/// A pointer into a vector's spare capacity that blocks on several threads
+/// write disjoint parts of.
+struct SharedUninit(*mut MaybeUninit<f32>);
+// SAFETY: the users write disjoint ranges
+unsafe impl Send for SharedUninit {}
+unsafe impl Sync for SharedUninit {}
+
+impl SharedUninit {
+    /// # Safety
+    /// `r` must lie inside the allocation, and no two live slices overlap.
+    unsafe fn slice<'a>(&self, r: std::ops::Range<usize>) -> &'a mut [MaybeUninit<f32>] {
+        std::slice::from_raw_parts_mut(self.0.add(r.start), r.len())
+    }
 }
 
-/// The same operations in the same order whatever the instruction set (no
-/// fused multiply-add: Rust never contracts), so AVX2 and SSE2 agree bit
-/// for bit.
-#[inline(always)]
-fn softmax_block_generic(planes: &mut [&mut [f32]]) {
-    let len = planes[0].len();
-    let mut mx = [0f32; 1024];
-    let mut sum = [0f32; 1024];
-    let (mx, sum) = (&mut mx[..len], &mut sum[..len]);
-    mx.copy_from_slice(planes[0]);
-    for p in planes.iter().skip(1) {
-        for (m, &x) in mx.iter_mut().zip(p.iter()) {
-            *m = m.max(x);
+/// Pixels of softmax work per block: all channels of a block fit L1.
+const BLOCK: usize = 1024;
+
+/// Runs `f(sample, pixels)` for blocks of at most [`BLOCK`] pixels of each
+/// of `b` samples of `n` pixels, on rayon's threads.
+fn for_blocks(b: usize, n: usize, f: impl Fn(usize, std::ops::Range<usize>) + Sync) {
+    use rayon::prelude::*;
+    let blocks = n.div_ceil(BLOCK);
+    (0..b * blocks).into_par_iter().for_each(|u| {
+        let (i, j) = (u / blocks, u % blocks);
+        f(i, j * BLOCK..((j + 1) * BLOCK).min(n))
+    });
+}
+
+multiversion! {
+    /// Softmax across `planes` (one slice per channel, the same pixels), in
+    /// place.
+    fn softmax_block(planes: &mut [&mut [f32]]) {
+        let len = planes[0].len();
+        let mut mx = [0f32; BLOCK];
+        let mut sum = [0f32; BLOCK];
+        let (mx, sum) = (&mut mx[..len], &mut sum[..len]);
+        mx.copy_from_slice(planes[0]);
+        for p in planes.iter().skip(1) {
+            for (m, &x) in mx.iter_mut().zip(p.iter()) {
+                *m = m.max(x);
+            }
+        }
+        for p in planes.iter_mut() {
+            for ((x, &m), acc) in p.iter_mut().zip(mx.iter()).zip(sum.iter_mut()) {
+                *x = exp_neg(*x - m);
+                *acc += *x;
+            }
+        }
+        // one division per pixel, not per class
+        for t in sum.iter_mut() {
+            *t = 1.0 / *t;
+        }
+        for p in planes.iter_mut() {
+            for (x, &t) in p.iter_mut().zip(sum.iter()) {
+                *x *= t;
+            }
         }
     }
-    for p in planes.iter_mut() {
-        for ((x, &m), acc) in p.iter_mut().zip(mx.iter()).zip(sum.iter_mut()) {
-            *x = exp_neg(*x - m);
-            *acc += *x;
+}
+
+multiversion! {
+    /// [`softmax_block`] of `src` into `dst`, with the same operations in
+    /// the same order; and whether every value of `src` is finite.
+    fn softmax_block_from(src: &[&[f32]], dst: &mut [&mut [MaybeUninit<f32>]]) -> bool {
+        let len = src[0].len();
+        let mut mx = [0f32; BLOCK];
+        let mut sum = [0f32; BLOCK];
+        let (mx, sum) = (&mut mx[..len], &mut sum[..len]);
+        let bad = src
+            .iter()
+            .fold(false, |bad, p| p.iter().fold(bad, |bad, v| bad | !v.is_finite()));
+        mx.copy_from_slice(src[0]);
+        for p in src.iter().skip(1) {
+            for (m, &x) in mx.iter_mut().zip(p.iter()) {
+                *m = m.max(x);
+            }
         }
-    }
-    for p in planes.iter_mut() {
-        for (x, &t) in p.iter_mut().zip(sum.iter()) {
-            *x /= t;
+        for (p, d) in src.iter().zip(dst.iter_mut()) {
+            for (((d, &x), &m), acc) in d.iter_mut().zip(p.iter()).zip(mx.iter()).zip(sum.iter_mut()) {
+                let e = exp_neg(x - m);
+                d.write(e);
+                *acc += e;
+            }
         }
+        for t in sum.iter_mut() {
+            *t = 1.0 / *t;
+        }
+        for d in dst.iter_mut() {
+            for (d, &t) in d.iter_mut().zip(sum.iter()) {
+                // SAFETY: written in the loop above
+                let v = unsafe { d.assume_init() } * t;
+                d.write(v);
+            }
+        }
+        !bad
     }
 }
 
@@ -143,8 +208,8 @@ mod tests {
             .collect();
         let mut want = src.clone();
         softmax_channels(&mut want, b, k, n);
-        let mut got = vec![f32::NAN; b * k * n];
-        softmax_channels_from(&src, &mut got, b, k, n);
+        let (got, finite) = softmax_channels_from(&src, b, k, n);
+        assert!(finite);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&want), bits(&got));
     }

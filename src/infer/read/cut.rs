@@ -17,6 +17,9 @@
 use super::{Normalize, WindowData};
 use crate::infer::window::{reflect, Rect, Window, WindowGrid};
 use crate::scale::aoi::Aoi;
+use crate::simd::multiversion;
+use std::mem::MaybeUninit;
+use std::ops::Range;
 
 /// A decoded rectangle of the raster: its selected bands' values as f32
 /// (`[band][height][width]`) and whether the masks call each pixel valid
@@ -50,98 +53,90 @@ pub struct CutSpec {
     pub aoi: Option<std::sync::Arc<Aoi>>,
 }
 
-/// Copies `dst_rect` (inside the union of `cells`) out of `cells` into
-/// `pixels`' layout.
-fn gather(cells: &[&Pixels], dst_rect: Rect, bands: usize) -> Pixels {
-    if let [one] = cells {
-        if one.rect == dst_rect {
-            return (*one).clone();
-        }
-    }
-    let (w, h) = (dst_rect.width, dst_rect.height);
-    let mut out = Pixels {
-        rect: dst_rect,
-        values: vec![0f32; bands * w * h],
-        mask: vec![0u8; w * h],
-    };
-    for c in cells {
+/// The pieces of raster row `y`, columns `[x0, x0 + len)`, that `cells`
+/// hold: `(offset in the run, the cell, index of the piece's first pixel in
+/// the cell's planes)`.
+fn row_pieces<'a>(
+    cells: &'a [&'a Pixels],
+    y: usize,
+    x0: usize,
+    len: usize,
+) -> impl Iterator<Item = (Range<usize>, &'a Pixels, usize)> + 'a {
+    cells.iter().filter_map(move |c| {
         let r = c.rect;
-        let x0 = r.x.max(dst_rect.x);
-        let x1 = (r.x + r.width).min(dst_rect.x + w);
-        let y0 = r.y.max(dst_rect.y);
-        let y1 = (r.y + r.height).min(dst_rect.y + h);
-        if x0 >= x1 || y0 >= y1 {
-            continue;
+        if !(r.y..r.y + r.height).contains(&y) {
+            return None;
         }
-        let len = x1 - x0;
-        for y in y0..y1 {
-            let s = (y - r.y) * r.width + (x0 - r.x);
-            let d = (y - dst_rect.y) * w + (x0 - dst_rect.x);
-            out.mask[d..d + len].copy_from_slice(&c.mask[s..s + len]);
-            for b in 0..bands {
-                let (sp, dp) = (b * r.width * r.height, b * w * h);
-                out.values[dp + d..dp + d + len].copy_from_slice(&c.values[sp + s..sp + s + len]);
-            }
-        }
-    }
-    out
+        let (a, b) = (r.x.max(x0), (r.x + r.width).min(x0 + len));
+        (a < b).then(|| (a - x0..b - x0, *c, (y - r.y) * r.width + (a - r.x)))
+    })
 }
 
 /// Cuts window `w` out of `cells`, which together cover its source
 /// rectangle ([`WindowGrid::source_rect`]): reflects the rows and columns
 /// beyond the raster, normalises, sets invalid pixels (masked, not finite
-/// once normalised, outside the AOI) to 0 and marks them.
+/// once normalised, outside the AOI) to 0 and marks them. Each window row
+/// is read straight from the cells that hold it.
 pub fn cut(spec: &CutSpec, w: &Window, cells: &[&Pixels]) -> WindowData {
     let nb = cells.first().map_or(0, |c| c.bands());
-    let src = spec.grid.source_rect(w);
-    let px = gather(cells, src, nb);
     let n = w.size;
     let size = spec.grid.raster();
-    // source offsets of each window row and column
+    // raster columns and rows of the window's columns and rows
     let xs: Vec<usize> = (0..n)
-        .map(|i| reflect(w.x + i as i64, size.width) - src.x)
+        .map(|i| reflect(w.x + i as i64, size.width))
         .collect();
     let ys: Vec<usize> = (0..n)
-        .map(|j| reflect(w.y + j as i64, size.height) - src.y)
+        .map(|j| reflect(w.y + j as i64, size.height))
         .collect();
-    let npx = src.area();
-    let mut input = vec![0f32; nb * n * n];
+    let mut input: Vec<f32> = Vec::with_capacity(nb * n * n);
     let mut valid = vec![0u8; n * n];
     // pixels the masks call valid whose value is not finite (NaN, ±inf,
     // an f64 beyond f32's range, or one that overflows normalised)
     let mut bad = vec![0u8; n * n];
-    // the window's columns are one run of the source's (away from the
+    // the window's columns are one run of the raster's (away from the
     // raster's left and right edges), or gathered through `xs`
     let run = xs.windows(2).all(|p| p[1] == p[0] + 1);
     let (mut tv, mut tm) = (vec![0f32; n], vec![0u8; n]);
+    let out = &mut input.spare_capacity_mut()[..nb * n * n];
     for bi in 0..nb {
-        let values = &px.values[bi * npx..(bi + 1) * npx];
         let (mean, std) = (spec.norm.mean[bi], spec.norm.std[bi]);
-        let plane = &mut input[bi * n * n..(bi + 1) * n * n];
-        for (j, &sy) in ys.iter().enumerate() {
-            let srow = &values[sy * src.width..(sy + 1) * src.width];
-            let mrow = &px.mask[sy * src.width..(sy + 1) * src.width];
-            let (s, m) = if run {
-                (&srow[xs[0]..xs[0] + n], &mrow[xs[0]..xs[0] + n])
-            } else {
-                for (i, &sx) in xs.iter().enumerate() {
-                    tv[i] = srow[sx];
-                    tm[i] = mrow[sx];
-                }
-                (&tv[..], &tm[..])
-            };
+        let plane = &mut out[bi * n * n..(bi + 1) * n * n];
+        for (j, &y) in ys.iter().enumerate() {
             let r = j * n..(j + 1) * n;
-            normalise_row(
-                s,
-                m,
-                (mean, std),
-                bi == 0,
-                &mut plane[r.clone()],
-                &mut valid[r.clone()],
-                &mut bad[r],
-            );
+            let (o, v, b) = (&mut plane[r.clone()], &mut valid[r.clone()], &mut bad[r]);
+            if run {
+                let mut covered = 0;
+                for (at, c, s) in row_pieces(cells, y, xs[0], n) {
+                    covered += at.len();
+                    let sp = bi * c.rect.area() + s;
+                    normalise_row(
+                        &c.values[sp..sp + at.len()],
+                        &c.mask[s..s + at.len()],
+                        mean,
+                        std,
+                        bi == 0,
+                        &mut o[at.clone()],
+                        &mut v[at.clone()],
+                        &mut b[at],
+                    );
+                }
+                assert_eq!(covered, n, "the cells cover the window's source rectangle");
+            } else {
+                for (i, &x) in xs.iter().enumerate() {
+                    let (_, c, s) = row_pieces(cells, y, x, 1)
+                        .next()
+                        .expect("the cells cover the window's source rectangle");
+                    tv[i] = c.values[bi * c.rect.area() + s];
+                    tm[i] = c.mask[s];
+                }
+                normalise_row(&tv, &tm, mean, std, bi == 0, o, v, b);
+            }
         }
     }
+    // SAFETY: the loops above wrote every value of every band: each window
+    // row of each band either through the pieces of a run, which cover the
+    // row (the cells cover the source rectangle), or through `tv` whole
+    unsafe { input.set_len(nb * n * n) };
     // a pixel invalid in one band (masked, or not finite) is invalid in
     // all, and enters the network as 0
     for bi in 0..nb {
@@ -191,35 +186,38 @@ pub fn cut(spec: &CutSpec, w: &Window, cells: &[&Pixels]) -> WindowData {
     }
 }
 
-/// Normalises one window row of one band (`s`, with the masks' validity
-/// `m`): writes the values to `out`, sets (first band) or narrows (the
-/// others) `valid` to the pixels valid so far, and marks in `bad` those the
-/// masks call valid whose value is not finite. A band masks a pixel out by
-/// its mask (shared by all bands) or by a value that is not finite; the
-/// caller zeroes the invalid pixels of every band afterwards.
-#[inline]
-fn normalise_row(
-    s: &[f32],
-    m: &[u8],
-    (mean, std): (f32, f32),
-    first: bool,
-    out: &mut [f32],
-    valid: &mut [u8],
-    bad: &mut [u8],
-) {
-    let n = out.len();
-    let (s, m, valid, bad) = (&s[..n], &m[..n], &mut valid[..n], &mut bad[..n]);
-    for i in 0..n {
-        let x = (s[i] - mean) / std;
-        let finite = x.is_finite() as u8;
-        let masked_in = (m[i] != 0) as u8;
-        out[i] = x;
-        valid[i] = if first {
-            masked_in & finite
-        } else {
-            valid[i] & finite
-        };
-        bad[i] |= masked_in & (finite ^ 1);
+multiversion! {
+    /// Normalises one window row of one band (`s`, with the masks'
+    /// validity `m`): writes the values to `out`, sets (first band) or
+    /// narrows (the others) `valid` to the pixels valid so far, and marks in
+    /// `bad` those the masks call valid whose value is not finite. A band
+    /// masks a pixel out by its mask (shared by all bands) or by a value
+    /// that is not finite; the caller zeroes the invalid pixels of every
+    /// band afterwards.
+    fn normalise_row(
+        s: &[f32],
+        m: &[u8],
+        mean: f32,
+        std: f32,
+        first: bool,
+        out: &mut [MaybeUninit<f32>],
+        valid: &mut [u8],
+        bad: &mut [u8],
+    ) {
+        let n = out.len();
+        let (s, m, valid, bad) = (&s[..n], &m[..n], &mut valid[..n], &mut bad[..n]);
+        for i in 0..n {
+            let x = (s[i] - mean) / std;
+            let finite = x.is_finite() as u8;
+            let masked_in = (m[i] != 0) as u8;
+            out[i].write(x);
+            valid[i] = if first {
+                masked_in & finite
+            } else {
+                valid[i] & finite
+            };
+            bad[i] |= masked_in & (finite ^ 1);
+        }
     }
 }
 
