@@ -1212,6 +1212,14 @@ fn train_bad_input_gives_one_line_errors() {
     );
     let p = write("b1.toml", cfg(&good, "").replace("batch = 2", "batch = 1"));
     common::fails(&["train", "--config", common::s(&p)], "batch");
+    let p = write(
+        "identity.toml",
+        cfg(&good, "").replace("arch = \"tiny\"", "arch = \"identity\""),
+    );
+    common::fails(
+        &["train", "--config", common::s(&p)],
+        "\"identity\" has no weights to train",
+    );
     let p = write("typo.toml", cfg(&good, "learning_rate = 3\n"));
     common::fails(&["train", "--config", common::s(&p)], "learning_rate");
     let p = write("noval.toml", cfg(&pair(&a, "train"), ""));

@@ -120,6 +120,8 @@ registry! {
     // grew 292 at 512 px the same way); registered with 2.9x headroom, as
     // the U-Nets are
     Resnet50FcnOs8 = "resnet50-fcn-os8", 2048, super::fcn::build_os8;
+    // no weights: the output (K f32 per pixel) and the gathered copy
+    Identity      = "identity",         64, super::identity::build;
 }
 
 impl Arch {
@@ -304,6 +306,7 @@ mod tests {
             ("tiny", Tiny),
             ("linear", Linear),
             ("resnet50-fcn-os8", Resnet50FcnOs8),
+            ("identity", Identity),
         ] {
             assert_eq!(name.parse::<Arch>().unwrap(), a);
             assert_eq!(a.name(), name);
@@ -317,7 +320,7 @@ mod tests {
             e.starts_with(
                 "unknown architecture 'vgg16' (known: resnet50-fcn, resnet50-fcn8s, \
                  resnet18-fcn, resnet18-fcn8s, resnet34-fcn, resnet34-fcn8s, unet-resnet18, \
-                 unet-resnet34, unet-resnet50, tiny, linear"
+                 unet-resnet34, unet-resnet50, tiny, linear, "
             ),
             "{e}"
         );

@@ -293,6 +293,15 @@ pub fn to_onnx(model: &Model, metadata: &[(String, String)]) -> Result<ModelProt
     };
     let logits = match arch {
         Arch::Linear => b.conv(x, "cls", 1, 0, hw)?.0,
+        Arch::Identity => {
+            let bands = meta.bands;
+            let idx: Vec<i64> = super::identity::Identity::band_of_class(bands, k)
+                .into_iter()
+                .map(i64::from)
+                .collect();
+            let idx = b.int64s("band_of_class", &idx);
+            b.node("Gather", &[x, &idx], vec![("axis", Attr::Int(1))])
+        }
         Arch::Tiny => {
             let mut y = (x.to_string(), hw);
             for (i, s) in super::tiny::TINY_STRIDES.iter().enumerate() {

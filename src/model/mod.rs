@@ -23,6 +23,7 @@ pub mod export;
 pub mod facts;
 mod fcn;
 pub mod file;
+mod identity;
 pub mod import;
 pub mod imported;
 mod init;

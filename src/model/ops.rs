@@ -210,6 +210,12 @@ mod tests {
         softmax_channels(&mut want, b, k, n);
         let (got, finite) = softmax_channels_from(&src, b, k, n);
         assert!(finite);
+        // a value that is not finite, in any block, clears the flag
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut src = src.clone();
+            src[b * k * n - 7] = bad;
+            assert!(!softmax_channels_from(&src, b, k, n).1, "{bad}");
+        }
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&want), bits(&got));
     }

@@ -312,6 +312,12 @@ impl TrainConfig {
     /// Checks values that serde cannot.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.train;
+        if self.model.arch == crate::model::Arch::Identity.name() {
+            return Err(format!(
+                "model.arch {:?} has no weights to train (it measures the pipeline)",
+                self.model.arch
+            ));
+        }
         if t.epochs == 0 {
             return Err("train.epochs must be at least 1".into());
         }
