@@ -38,6 +38,7 @@ fn bench(c: &mut Criterion) {
                             &grid.window(col, r),
                             Some(Prediction {
                                 probs: &probs,
+                                logits: false,
                                 valid: &valid,
                             }),
                         );

@@ -36,21 +36,42 @@ pub fn batch_input(windows: &[&[f32]], bands: usize, n: usize, device: &Device) 
     Ok(Tensor::from_vec(input, (b, bands, n, n), &Device::Cpu)?.to_device(device)?)
 }
 
-/// One window's class probabilities `[classes][n][n]`: its part of the
-/// batch's output, shared with the batch's other windows, not copied.
+/// One window's class scores `[classes][n][n]`: its part of the batch's
+/// output, shared with the batch's other windows, not copied. The scores
+/// are probabilities, or on the CPU the logits still in the model's output
+/// tensor ([`WindowProbs::is_logits`]), whose softmax the stitcher takes
+/// where it blends them.
 #[derive(Debug, Clone)]
 pub struct WindowProbs {
-    batch: Arc<Vec<f32>>,
+    batch: Batch,
     range: Range<usize>,
+}
+
+/// A batch's output: probabilities on the host, or logits in a contiguous
+/// `f32` tensor on the CPU.
+#[derive(Debug, Clone)]
+enum Batch {
+    Probs(Arc<Vec<f32>>),
+    Logits(Tensor),
 }
 
 impl WindowProbs {
     /// Cuts the model's flat output for a batch of `b` windows into one
     /// prediction per window, in batch order.
     pub fn split(probs: Vec<f32>, b: usize) -> Vec<WindowProbs> {
-        let per = (probs.len() / b.max(1)).max(1);
         let len = probs.len();
-        let batch = Arc::new(probs);
+        Self::cut(Batch::Probs(Arc::new(probs)), len, b)
+    }
+
+    /// One prediction per window of a batch's logits, a contiguous `f32`
+    /// tensor on the CPU.
+    fn split_logits(logits: Tensor, b: usize) -> Vec<WindowProbs> {
+        let len = logits.elem_count();
+        Self::cut(Batch::Logits(logits), len, b)
+    }
+
+    fn cut(batch: Batch, len: usize, b: usize) -> Vec<WindowProbs> {
+        let per = (len / b.max(1)).max(1);
         (0..len.div_ceil(per))
             .map(|i| WindowProbs {
                 batch: batch.clone(),
@@ -63,15 +84,30 @@ impl WindowProbs {
     pub fn owned(probs: Vec<f32>) -> WindowProbs {
         WindowProbs {
             range: 0..probs.len(),
-            batch: Arc::new(probs),
+            batch: Batch::Probs(Arc::new(probs)),
         }
     }
-}
 
-impl std::ops::Deref for WindowProbs {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        &self.batch[self.range.clone()]
+    /// Whether the scores are logits rather than probabilities.
+    pub fn is_logits(&self) -> bool {
+        matches!(self.batch, Batch::Logits(_))
+    }
+
+    /// `f` of the window's scores.
+    pub fn with<R>(&self, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+        match &self.batch {
+            Batch::Probs(v) => Ok(f(&v[self.range.clone()])),
+            Batch::Logits(t) => {
+                let (storage, layout) = t.storage_and_layout();
+                let (candle_core::Storage::Cpu(cpu), Some((a, _))) =
+                    (&*storage, layout.contiguous_offsets())
+                else {
+                    candle_core::bail!("a window's logits are not contiguous on the CPU")
+                };
+                let v = cpu.as_slice::<f32>()?;
+                Ok(f(&v[a + self.range.start..a + self.range.end]))
+            }
+        }
     }
 }
 
@@ -92,9 +128,11 @@ pub struct NonFiniteWindow {
 /// probabilities) holding a value that is not finite, if any.
 pub fn first_non_finite(out: &[f32], b: usize, k: usize) -> Option<NonFiniteWindow> {
     let per = out.len() / b.max(1);
-    // one branch-free pass first (it vectorises); the details only on failure
+    // one branch-free pass first (it vectorises), on rayon's threads; the
+    // details only on failure
+    use rayon::prelude::*;
     let any_bad = out
-        .chunks(4096)
+        .par_chunks(1 << 16)
         .any(|c| c.iter().fold(false, |acc, v| acc | !v.is_finite()));
     if !any_bad {
         return None;
@@ -122,6 +160,7 @@ pub fn run_batch(
     windows: &[&[f32]],
     bands: usize,
     n: usize,
+    softmax: bool,
     clocks: &Profile,
 ) -> Result<std::result::Result<Vec<WindowProbs>, NonFiniteWindow>> {
     let t = Instant::now();
@@ -141,13 +180,22 @@ pub fn run_batch(
             )
             .into());
         };
-        let logits = &cpu.as_slice::<f32>()?[a..z];
+        let values = &cpu.as_slice::<f32>()?[a..z];
+        if !softmax {
+            // the logits stay in the tensor: the stitcher takes their softmax
+            if let Some(bad) = first_non_finite(values, b, k) {
+                return Ok(Err(bad));
+            }
+            clocks.model_download.lap(t);
+            drop(storage);
+            return Ok(Ok(WindowProbs::split_logits(logits, b)));
+        }
         let t = clocks.model_download.lap(t);
         // the copy out of the tensor, the check of the logits and the
         // softmax in one parallel pass
-        let (v, finite) = softmax_channels_from(logits, b, k, h * w);
+        let (v, finite) = softmax_channels_from(values, b, k, h * w);
         if !finite {
-            if let Some(bad) = first_non_finite(logits, b, k) {
+            if let Some(bad) = first_non_finite(values, b, k) {
                 return Ok(Err(bad));
             }
         }
@@ -329,7 +377,7 @@ pub fn run_batch_tta(
     clocks: &Profile,
 ) -> Result<std::result::Result<Vec<WindowProbs>, NonFiniteWindow>> {
     if tta == Tta::None {
-        return run_batch(model, windows, bands, n, clocks);
+        return run_batch(model, windows, bands, n, false, clocks);
     }
     let plane = n * n;
     let transforms = tta.transforms();
@@ -348,7 +396,7 @@ pub fn run_batch_tta(
             .collect();
         let refs: Vec<&[f32]> = moved.iter().map(Vec::as_slice).collect();
         clocks.model_tta.lap(t0);
-        let outs = match run_batch(model, &refs, bands, n, clocks)? {
+        let outs = match run_batch(model, &refs, bands, n, true, clocks)? {
             Ok(o) => o,
             Err(bad) => return Ok(Err(bad)),
         };
@@ -359,16 +407,18 @@ pub fn run_batch_tta(
         for (w, probs) in outs.into_iter().enumerate() {
             if i == 0 {
                 // the identity comes first
-                sum.push(probs.to_vec());
+                sum.push(probs.with(<[f32]>::to_vec)?);
                 continue;
             }
-            for (c, src) in probs.chunks_exact(plane).enumerate() {
-                back.apply(src, &mut tmp, n);
-                let acc = &mut sum[w][c * plane..(c + 1) * plane];
-                for (a, v) in acc.iter_mut().zip(&tmp) {
-                    *a += v;
+            probs.with(|probs| {
+                for (c, src) in probs.chunks_exact(plane).enumerate() {
+                    back.apply(src, &mut tmp, n);
+                    let acc = &mut sum[w][c * plane..(c + 1) * plane];
+                    for (a, v) in acc.iter_mut().zip(&tmp) {
+                        *a += v;
+                    }
                 }
-            }
+            })?;
         }
         clocks.model_tta.lap(t0);
     }
@@ -394,7 +444,12 @@ mod tests {
         let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let parts = WindowProbs::split(flat, 2);
         assert_eq!(parts.len(), 2);
-        assert_eq!((&*parts[0], &*parts[1]), (&a[..], &b[..]));
+        assert_eq!(parts[0].with(<[f32]>::to_vec).unwrap(), a.to_vec());
+        assert_eq!(parts[1].with(<[f32]>::to_vec).unwrap(), b.to_vec());
+        // logits stay in their tensor, one view per window
+        let parts = WindowProbs::split_logits(x, 2);
+        assert!(parts[1].is_logits());
+        assert_eq!(parts[1].with(<[f32]>::to_vec).unwrap(), b.to_vec());
     }
 
     #[test]

@@ -60,12 +60,16 @@ pub struct Profile {
     pub model_forward: Clock,
     /// The output brought back to the host as f32.
     pub model_download: Clock,
-    /// Softmax over the classes (and the finiteness check of the output).
+    /// Softmax over the classes (and the finiteness check of the output)
+    /// where the model stage takes it (test-time augmentation; on the CPU
+    /// otherwise the stitcher does, and the model stage only checks the
+    /// logits, in `model_download`).
     pub model_softmax: Clock,
     /// Test-time augmentation: transforming windows and predictions back.
     pub model_tta: Clock,
     pub stitch_wait_in: Clock,
-    /// Blend weights and the weighted accumulation of the probabilities.
+    /// Softmax of logits (on the CPU), blend weights and the weighted
+    /// accumulation of the probabilities.
     pub stitch_blend: Clock,
     /// Argmax, confidence and probabilities of finished rows.
     pub stitch_argmax: Clock,
@@ -164,7 +168,10 @@ impl Profile {
                 "stitch",
                 1,
                 vec![
-                    ("weights and accumulation", self.stitch_blend.secs()),
+                    (
+                        "softmax, weights and accumulation",
+                        self.stitch_blend.secs(),
+                    ),
                     ("argmax", self.stitch_argmax.secs()),
                 ],
                 self.stitch_wait_in.secs(),

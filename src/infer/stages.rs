@@ -78,13 +78,21 @@ impl Stitcher {
         match (self, slot) {
             (Stitcher::Host(s), Slot::Skipped) => s.add(w, None),
             (Stitcher::Device(s), Slot::Skipped) => s.add(w, None).map_err(post_error)?,
-            (Stitcher::Host(s), Slot::Done { probs, valid }) => s.add(
-                w,
-                Some(Prediction {
-                    probs: &probs,
-                    valid: &valid,
-                }),
-            ),
+            (Stitcher::Host(s), Slot::Done { probs, valid }) => probs
+                .with(|scores| {
+                    s.add(
+                        w,
+                        Some(Prediction {
+                            probs: scores,
+                            logits: probs.is_logits(),
+                            valid: &valid,
+                        }),
+                    )
+                })
+                .map_err(|e| Error::Model {
+                    context: "reading a window's logits".into(),
+                    source: Box::new(e.into()),
+                })?,
             (Stitcher::Device(s), Slot::OnDevice { probs, valid }) => s
                 .add(
                     w,

@@ -17,6 +17,7 @@
 //! This module is pure: it knows neither GDAL nor candle.
 
 use crate::infer::window::{Rect, Window, WindowGrid};
+use crate::model::softmax_run;
 use crate::simd::multiversion;
 
 /// How overlapping predictions are weighted.
@@ -103,11 +104,16 @@ pub fn weights_1d(blend: Blend, grid: &WindowGrid) -> Vec<f32> {
     }
 }
 
-/// One window's prediction: class probabilities `[k][size][size]` and the
-/// input validity `[size][size]` (non-zero = valid).
+/// One window's prediction: class scores `[k][size][size]` and the input
+/// validity `[size][size]` (non-zero = valid). The scores are
+/// probabilities, or, with `logits`, logits whose channel softmax the
+/// stitcher takes itself, one window row at a time where it blends them
+/// ([`softmax_run`]: the same bits as the model stage's softmax, without
+/// every window's probabilities written out and read back).
 #[derive(Debug, Clone, Copy)]
 pub struct Prediction<'a> {
     pub probs: &'a [f32],
+    pub logits: bool,
     pub valid: &'a [u8],
 }
 
@@ -168,6 +174,8 @@ pub struct ChunkStitcher {
     valid: Vec<u8>,
     /// One window row's weights, `wts[j] * wts[i]` over the clipped columns.
     wrow: Vec<f32>,
+    /// One window row's probabilities `[k][columns]`, from logits.
+    probs_row: Vec<f32>,
 }
 
 /// A rectangle of raster columns and rows to stitch.
@@ -177,6 +185,12 @@ pub struct Region {
     pub x1: usize,
     pub y0: usize,
     pub y1: usize,
+}
+
+/// Offset of raster row `y`'s first column in a `[cap][width]` ring of
+/// rows whose row 0 held raster row `y0`.
+fn ring(y: usize, y0: usize, cap: usize, width: usize) -> usize {
+    ((y - y0) % cap) * width
 }
 
 /// A zeroed vector whose pages are first touched by a write. `vec![0; n]`
@@ -226,6 +240,7 @@ impl ChunkStitcher {
             wsum: zeroed(cap * width),
             valid: zeroed(cap * width),
             wrow: Vec::with_capacity(grid.window_size()),
+            probs_row: Vec::new(),
         }
     }
 
@@ -243,11 +258,6 @@ impl ChunkStitcher {
     /// The accumulator size for a configuration, for the memory bound.
     pub fn bytes_for(window: usize, tile_rows: usize, width: usize, k: usize) -> usize {
         (window + tile_rows) * width * (4 * k + 4 + 1)
-    }
-
-    /// Offset of raster row `y`'s first column in a `[cap][width]` plane.
-    fn ring(&self, y: usize) -> usize {
-        ((y - self.y0) % self.cap) * self.width
     }
 
     /// Adds a window. `pred` is `None` for a window skipped as all-nodata.
@@ -275,12 +285,14 @@ impl ChunkStitcher {
         let i0 = (cx0 as i64 - w.x) as usize;
         let plane_len = self.cap * self.width;
         let mut wrow = std::mem::take(&mut self.wrow);
+        let mut probs_row = std::mem::take(&mut self.probs_row);
+        probs_row.resize(if p.logits { k * len } else { 0 }, 0.0);
         for y in cy0..cy1 {
             let j = (y as i64 - w.y) as usize;
             let wy = self.wts[j];
             wrow.clear();
             wrow.extend(self.wts[i0..i0 + len].iter().map(|&wx| wy * wx));
-            let b = self.ring(y) + (cx0 - self.x0);
+            let b = ring(y, self.y0, self.cap, self.width) + (cx0 - self.x0);
             let src = j * n + i0;
             add_row(
                 &mut self.wsum[b..b + len],
@@ -288,12 +300,24 @@ impl ChunkStitcher {
                 &wrow,
                 &p.valid[src..src + len],
             );
+            if p.logits {
+                let from: Vec<&[f32]> = (0..k)
+                    .map(|c| &p.probs[c * plane + src..c * plane + src + len])
+                    .collect();
+                let mut to: Vec<&mut [f32]> = probs_row.chunks_mut(len).collect();
+                softmax_run(&from, &mut to);
+            }
             for c in 0..k {
                 let a = c * plane_len + b;
-                let s = c * plane + src;
-                add_class_row(&mut self.acc[a..a + len], &wrow, &p.probs[s..s + len]);
+                let row = if p.logits {
+                    &probs_row[c * len..(c + 1) * len]
+                } else {
+                    &p.probs[c * plane + src..c * plane + src + len]
+                };
+                add_class_row(&mut self.acc[a..a + len], &wrow, row);
             }
         }
+        self.probs_row = probs_row;
         self.wrow = wrow;
     }
 
@@ -337,11 +361,13 @@ impl ChunkStitcher {
             .probabilities
             .then(|| vec![crate::classes::NODATA; npx * k]);
         let mut q = vec![0u8; k];
-        let mut best = vec![0u8; width];
-        let mut bv = vec![0f32; width];
+        let (mut best, mut bv) = (vec![0u8; width], vec![0f32; width]);
         for r in 0..rows {
-            let b = self.ring(self.top + r);
-            argmax_row(&self.acc, plane_len, b, k, &mut best, &mut bv);
+            let b = ring(self.top + r, self.y0, self.cap, width);
+            let planes: Vec<&[f32]> = (0..k)
+                .map(|c| &self.acc[c * plane_len + b..c * plane_len + b + width])
+                .collect();
+            argmax_row(&planes, &mut best, &mut bv);
             let o = r * width;
             let (ws, valid) = (&self.wsum[b..b + width], &self.valid[b..b + width]);
             classes_row(&mut classes[o..o + width], &best, &self.ids, ws, valid);
@@ -355,8 +381,7 @@ impl ChunkStitcher {
                         cf[o + x] = ((bv[x] / ws[x]).clamp(0.0, 1.0) * 100.0).round() as u8;
                     }
                     if let Some(pr) = probs.as_mut() {
-                        let a = (0..k).map(|ch| self.acc[ch * plane_len + b + x] / ws[x]);
-                        quantise_probs(a, c, &mut q);
+                        quantise_probs(planes.iter().map(|pl| pl[x] / ws[x]), c, &mut q);
                         for (ch, &v) in q.iter().enumerate() {
                             pr[ch * npx + o + x] = v;
                         }
@@ -364,8 +389,8 @@ impl ChunkStitcher {
                 }
             }
             // the ring row is free for the row `cap` further down
-            for ch in 0..k {
-                self.acc[ch * plane_len + b..ch * plane_len + b + width].fill(0.0);
+            for c in 0..k {
+                self.acc[c * plane_len + b..c * plane_len + b + width].fill(0.0);
             }
             self.wsum[b..b + width].fill(0.0);
             self.valid[b..b + width].fill(0);
@@ -409,16 +434,14 @@ multiversion! {
 }
 
 multiversion! {
-    /// The first largest class of each pixel of one strip row (at offset
-    /// `b` of each `[cap][width]` plane, `plane_len` apart) into `best`, its
-    /// value into `bv`. NaN never wins, as in a scalar `v > best` scan.
-    fn argmax_row(acc: &[f32], plane_len: usize, b: usize, k: usize, best: &mut [u8], bv: &mut [f32]) {
-        let width = best.len();
-        bv.copy_from_slice(&acc[b..b + width]);
+    /// The first largest class of each pixel of one strip row (`planes[c]`:
+    /// class c's row) into `best`, its value into `bv`. NaN never wins, as
+    /// in a scalar `v > best` scan.
+    fn argmax_row(planes: &[&[f32]], best: &mut [u8], bv: &mut [f32]) {
+        bv.copy_from_slice(planes[0]);
         best.fill(0);
-        for c in 1..k {
-            let row = &acc[c * plane_len + b..c * plane_len + b + width];
-            for ((m, i), &v) in bv.iter_mut().zip(best.iter_mut()).zip(row) {
+        for (c, row) in planes.iter().enumerate().skip(1) {
+            for ((m, i), &v) in bv.iter_mut().zip(best.iter_mut()).zip(row.iter()) {
                 let gt = v > *m;
                 *m = if gt { v } else { *m };
                 *i = if gt { c as u8 } else { *i };
@@ -505,6 +528,7 @@ mod tests {
                         &w,
                         Some(Prediction {
                             probs: &p,
+                            logits: false,
                             valid: &v,
                         }),
                     );
@@ -562,7 +586,7 @@ mod tests {
                         let wd = g.window(c, r);
                         let p = f(&wd);
                         let v = vec![1u8; win * win];
-                        st.add(&wd, Some(Prediction { probs: &p, valid: &v }));
+                        st.add(&wd, Some(Prediction { probs: &p, logits: false, valid: &v }));
                     }
                     bands.extend(st.end_row(r));
                 }
@@ -592,6 +616,60 @@ mod tests {
             let m = stitch_all(Size { width: w, height: h }, win, ov, blend, 37, 16, k, &f);
             prop_assert!(m.iter().all(|&v| v as usize == cls));
         }
+    }
+
+    /// Logits stitched as logits (the softmax taken row by row in the
+    /// stitcher) give the bands, to the bit, of their softmax stitched as
+    /// probabilities.
+    #[test]
+    fn logits_stitch_as_their_softmax() {
+        let size = Size {
+            width: 70,
+            height: 45,
+        };
+        let (win, k) = (24usize, 4usize);
+        let g = WindowGrid::new(size, win, 0.3).unwrap();
+        let logits = |w: &Window| -> Vec<f32> {
+            fake_probs(w, k)
+                .iter()
+                .map(|p| (p * 40.0).ln() * 3.0 - 2.0)
+                .collect()
+        };
+        let run = |as_logits: bool| {
+            let region = Region {
+                x0: 5,
+                x1: 61,
+                y0: 0,
+                y1: 45,
+            };
+            let mut st = ChunkStitcher::new(g, Blend::Hann, vec![3, 1, 4, 0], region, 16, true)
+                .with_probabilities(true);
+            let mut bands = Vec::new();
+            let v = vec![1u8; win * win];
+            for r in 0..g.rows() {
+                for c in g.cols_touching(5, 61) {
+                    let w = g.window(c, r);
+                    let mut p = logits(&w);
+                    if !as_logits {
+                        crate::model::softmax_channels(&mut p, 1, k, win * win);
+                    }
+                    st.add(
+                        &w,
+                        Some(Prediction {
+                            probs: &p,
+                            logits: as_logits,
+                            valid: &v,
+                        }),
+                    );
+                }
+                bands.extend(st.end_row(r));
+            }
+            bands.extend(st.finish());
+            bands
+        };
+        let (a, b) = (run(true), run(false));
+        assert!(!a.is_empty());
+        assert_eq!(a, b);
     }
 
     #[test]
@@ -662,6 +740,7 @@ mod tests {
                     &w,
                     Some(Prediction {
                         probs: &p,
+                        logits: false,
                         valid: &v,
                     }),
                 );

@@ -456,6 +456,7 @@ mod tests {
                             &w,
                             Some(Prediction {
                                 probs: &p,
+                                logits: false,
                                 valid: &v,
                             }),
                         );

@@ -50,7 +50,7 @@ impl Network for Identity {
         // whole copies of the input, then its first `classes mod bands`
         // bands: plane copies (an index_select gathers value by value)
         let mut parts = vec![x.clone(); self.classes / bands];
-        if self.classes % bands > 0 {
+        if !self.classes.is_multiple_of(bands) {
             parts.push(x.narrow(1, 0, self.classes % bands)?);
         }
         Tensor::cat(&parts, 1)

@@ -147,6 +147,58 @@ multiversion! {
     }
 }
 
+/// The channel softmax of one run of pixels: `src[c]` holds class `c`'s
+/// logits, `dst[c]` gets its probabilities (all the same length). The same
+/// operations per pixel as [`softmax_channels`], so the same bits: the
+/// stitcher takes a window row's softmax with it where it blends, instead
+/// of the model stage writing every window's probabilities out first.
+pub fn softmax_run(src: &[&[f32]], dst: &mut [&mut [f32]]) {
+    assert_eq!(src.len(), dst.len(), "softmax_run: one output per class");
+    let len = src.first().map_or(0, |p| p.len());
+    assert!(
+        src.iter().all(|p| p.len() == len) && dst.iter().all(|p| p.len() == len),
+        "softmax_run: runs of different lengths"
+    );
+    let mut at = 0;
+    while at < len {
+        let end = (at + BLOCK).min(len);
+        let from: Vec<&[f32]> = src.iter().map(|p| &p[at..end]).collect();
+        let mut to: Vec<&mut [f32]> = dst.iter_mut().map(|p| &mut p[at..end]).collect();
+        softmax_block_to(&from, &mut to);
+        at = end;
+    }
+}
+
+multiversion! {
+    /// [`softmax_block`] of `src` into `dst`, both initialised.
+    fn softmax_block_to(src: &[&[f32]], dst: &mut [&mut [f32]]) {
+        let len = src[0].len();
+        let mut mx = [0f32; BLOCK];
+        let mut sum = [0f32; BLOCK];
+        let (mx, sum) = (&mut mx[..len], &mut sum[..len]);
+        mx.copy_from_slice(src[0]);
+        for p in src.iter().skip(1) {
+            for (m, &x) in mx.iter_mut().zip(p.iter()) {
+                *m = m.max(x);
+            }
+        }
+        for (p, d) in src.iter().zip(dst.iter_mut()) {
+            for (((d, &x), &m), acc) in d.iter_mut().zip(p.iter()).zip(mx.iter()).zip(sum.iter_mut()) {
+                *d = exp_neg(x - m);
+                *acc += *d;
+            }
+        }
+        for t in sum.iter_mut() {
+            *t = 1.0 / *t;
+        }
+        for d in dst.iter_mut() {
+            for (d, &t) in d.iter_mut().zip(sum.iter()) {
+                *d *= t;
+            }
+        }
+    }
+}
+
 multiversion! {
     /// [`softmax_block`] of `src` into `dst`, with the same operations in
     /// the same order; and whether every value of `src` is finite.
@@ -198,6 +250,33 @@ mod tests {
             x -= 0.0137;
         }
         assert!(exp_neg(-1000.0) < 1e-37 && exp_neg(-1000.0) >= 0.0);
+    }
+
+    #[test]
+    fn softmax_of_runs_equals_softmax_channels() {
+        let (k, n) = (4usize, 2500usize);
+        let src: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
+            .collect();
+        let mut want = src.clone();
+        softmax_channels(&mut want, 1, k, n);
+        // runs of any length and offset: pixels 3..2403 (more than a block)
+        let (a, b) = (3usize, 2403usize);
+        let from: Vec<&[f32]> = (0..k).map(|c| &src[c * n + a..c * n + b]).collect();
+        let mut got = vec![f32::NAN; k * (b - a)];
+        let mut to: Vec<&mut [f32]> = got.chunks_mut(b - a).collect();
+        softmax_run(&from, &mut to);
+        for c in 0..k {
+            let w: Vec<u32> = want[c * n + a..c * n + b]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let g: Vec<u32> = got[c * (b - a)..(c + 1) * (b - a)]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(w, g, "class {c}");
+        }
     }
 
     #[test]

@@ -112,8 +112,7 @@ pub fn cut(spec: &CutSpec, w: &Window, cells: &[&Pixels]) -> WindowData {
                     normalise_row(
                         &c.values[sp..sp + at.len()],
                         &c.mask[s..s + at.len()],
-                        mean,
-                        std,
+                        (mean, std),
                         bi == 0,
                         &mut o[at.clone()],
                         &mut v[at.clone()],
@@ -129,7 +128,7 @@ pub fn cut(spec: &CutSpec, w: &Window, cells: &[&Pixels]) -> WindowData {
                     tv[i] = c.values[bi * c.rect.area() + s];
                     tm[i] = c.mask[s];
                 }
-                normalise_row(&tv, &tm, mean, std, bi == 0, o, v, b);
+                normalise_row(&tv, &tm, (mean, std), bi == 0, o, v, b);
             }
         }
     }
@@ -197,14 +196,14 @@ multiversion! {
     fn normalise_row(
         s: &[f32],
         m: &[u8],
-        mean: f32,
-        std: f32,
+        norm: (f32, f32),
         first: bool,
         out: &mut [MaybeUninit<f32>],
         valid: &mut [u8],
         bad: &mut [u8],
     ) {
         let n = out.len();
+        let (mean, std) = norm;
         let (s, m, valid, bad) = (&s[..n], &m[..n], &mut valid[..n], &mut bad[..n]);
         for i in 0..n {
             let x = (s[i] - mean) / std;
