@@ -14,7 +14,9 @@
 //! size or the thread count. The map is thus bit-identical across all of them.
 //! Argmax ties go to the lowest channel.
 //!
-//! This module is pure: it knows neither GDAL nor candle.
+//! This module is pure: it knows neither GDAL nor candle. The softmax it
+//! takes of logits is `model::ops`' plain `f32` arithmetic, shared with the
+//! model stage so that both give the same bits.
 
 use crate::infer::window::{Rect, Window, WindowGrid};
 use crate::model::softmax_run;
