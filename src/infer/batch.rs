@@ -19,7 +19,7 @@
 use super::profile::Profile;
 use super::tta::Tta;
 use crate::error::Result;
-use crate::model::{softmax_channels, softmax_channels_from, Model};
+use crate::model::{softmax_channels, Model};
 use candle_core::{DType, Device, Tensor};
 use std::ops::Range;
 use std::sync::Arc;
@@ -148,13 +148,15 @@ pub fn first_non_finite(out: &[f32], b: usize, k: usize) -> Option<NonFiniteWind
     })
 }
 
-/// Class probabilities for each of `windows` (`[bands][n][n]` each), from
-/// one forward pass of `model`: `[classes][n][n]` per window, in order; or
-/// the first window whose output is not finite.
+/// Class scores for each of `windows` (`[bands][n][n]` each), from one
+/// forward pass of `model`: `[classes][n][n]` per window, in order; or the
+/// first window whose output is not finite.
 ///
 /// The same arithmetic as [`Model::predict_probs`] (on the CPU the logits,
 /// checked here, then [`softmax_channels`]; elsewhere candle's softmax on
-/// the device, whose result is checked), so the maps do not change.
+/// the device, whose result is checked), so the maps do not change. On the
+/// CPU without `softmax` the checked logits are returned as they are, for
+/// the stitcher to take their softmax ([`WindowProbs::is_logits`]).
 pub fn run_batch(
     model: &Model,
     windows: &[&[f32]],
@@ -181,24 +183,17 @@ pub fn run_batch(
             .into());
         };
         let values = &cpu.as_slice::<f32>()?[a..z];
+        if let Some(bad) = first_non_finite(values, b, k) {
+            return Ok(Err(bad));
+        }
+        let t = clocks.model_download.lap(t);
         if !softmax {
             // the logits stay in the tensor: the stitcher takes their softmax
-            if let Some(bad) = first_non_finite(values, b, k) {
-                return Ok(Err(bad));
-            }
-            clocks.model_download.lap(t);
             drop(storage);
             return Ok(Ok(WindowProbs::split_logits(logits, b)));
         }
-        let t = clocks.model_download.lap(t);
-        // the copy out of the tensor, the check of the logits and the
-        // softmax in one parallel pass
-        let (v, finite) = softmax_channels_from(values, b, k, h * w);
-        if !finite {
-            if let Some(bad) = first_non_finite(values, b, k) {
-                return Ok(Err(bad));
-            }
-        }
+        let mut v = values.to_vec();
+        softmax_channels(&mut v, b, k, h * w);
         clocks.model_softmax.lap(t);
         v
     } else {

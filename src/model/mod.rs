@@ -42,7 +42,7 @@ pub use crate::classes::ClassTable;
 pub use arch::{Arch, Net, NetSpec, Network};
 pub use fcn::resize_bilinear;
 pub use file::{read_meta, ModelMeta, FORMAT, META_KEY};
-pub use ops::{exp_neg, softmax_channels, softmax_channels_from, softmax_run};
+pub use ops::{exp_neg, softmax_channels, softmax_run};
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};

@@ -5,7 +5,6 @@
 //! AVX-512, AVX2 and SSE2 agree bit for bit.
 
 use crate::simd::multiversion;
-use std::mem::MaybeUninit;
 
 /// `e^x` for `x <= 0`, branch-free so that the softmax loop vectorises:
 /// Cody-Waite reduction `x = k ln2 + r`, a degree-6 polynomial for `e^r`
@@ -48,57 +47,12 @@ pub fn softmax_channels(v: &mut [f32], b: usize, k: usize, n: usize) {
             // disjoint from every other block's
             .map(|c| unsafe { out.slice(i * k * n + c * n + p.start..i * k * n + c * n + p.end) })
             .collect();
-        softmax_block(&mut planes);
+        // the block's logits, copied (in the cache) so that the kernel reads
+        // one buffer and writes the other
+        let logits: Vec<f32> = planes.iter().flat_map(|p| p.iter().copied()).collect();
+        let from: Vec<&[f32]> = logits.chunks(p.len()).collect();
+        softmax_block_to(&from, &mut planes);
     });
-}
-
-/// [`softmax_channels`] of `src` (`[b][k][n]`) into a new vector, and
-/// whether every value of `src` was finite: each block of pixels is read,
-/// checked and normalised into the vector while it is in the cache, so the
-/// copy out of a model's output tensor, the check of the logits and the
-/// softmax are one parallel pass, and the vector is never zeroed first. The
-/// same arithmetic, so the same bits, as copying first and calling
-/// `softmax_channels`.
-pub fn softmax_channels_from(src: &[f32], b: usize, k: usize, n: usize) -> (Vec<f32>, bool) {
-    let len = b * k * n;
-    assert!(src.len() >= len, "softmax_channels_from: short buffer");
-    let mut v = Vec::<f32>::with_capacity(len);
-    if k == 0 || n == 0 {
-        return (v, true);
-    }
-    let finite = std::sync::atomic::AtomicBool::new(true);
-    let out = SharedUninit(v.spare_capacity_mut().as_mut_ptr());
-    for_blocks(b, n, |i, p| {
-        let at = |c: usize| i * k * n + c * n + p.start..i * k * n + c * n + p.end;
-        let from: Vec<&[f32]> = (0..k).map(|c| &src[at(c)]).collect();
-        let mut to: Vec<&mut [MaybeUninit<f32>]> = (0..k)
-            // SAFETY: the block owns pixels p of sample i in every channel,
-            // disjoint from every other block's, inside the capacity
-            .map(|c| unsafe { out.slice(at(c)) })
-            .collect();
-        if !softmax_block_from(&from, &mut to) {
-            finite.store(false, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    // SAFETY: the blocks cover every pixel of every sample in every channel,
-    // and `softmax_block_from` writes each value of its block
-    unsafe { v.set_len(len) };
-    (v, finite.into_inner())
-}
-
-/// A pointer into a vector's spare capacity that blocks on several threads
-/// write disjoint parts of.
-struct SharedUninit(*mut MaybeUninit<f32>);
-// SAFETY: the users write disjoint ranges
-unsafe impl Send for SharedUninit {}
-unsafe impl Sync for SharedUninit {}
-
-impl SharedUninit {
-    /// # Safety
-    /// `r` must lie inside the allocation, and no two live slices overlap.
-    unsafe fn slice<'a>(&self, r: std::ops::Range<usize>) -> &'a mut [MaybeUninit<f32>] {
-        std::slice::from_raw_parts_mut(self.0.add(r.start), r.len())
-    }
 }
 
 /// Pixels of softmax work per block: all channels of a block fit L1.
@@ -113,38 +67,6 @@ fn for_blocks(b: usize, n: usize, f: impl Fn(usize, std::ops::Range<usize>) + Sy
         let (i, j) = (u / blocks, u % blocks);
         f(i, j * BLOCK..((j + 1) * BLOCK).min(n))
     });
-}
-
-multiversion! {
-    /// Softmax across `planes` (one slice per channel, the same pixels), in
-    /// place.
-    fn softmax_block(planes: &mut [&mut [f32]]) {
-        let len = planes[0].len();
-        let mut mx = [0f32; BLOCK];
-        let mut sum = [0f32; BLOCK];
-        let (mx, sum) = (&mut mx[..len], &mut sum[..len]);
-        mx.copy_from_slice(planes[0]);
-        for p in planes.iter().skip(1) {
-            for (m, &x) in mx.iter_mut().zip(p.iter()) {
-                *m = m.max(x);
-            }
-        }
-        for p in planes.iter_mut() {
-            for ((x, &m), acc) in p.iter_mut().zip(mx.iter()).zip(sum.iter_mut()) {
-                *x = exp_neg(*x - m);
-                *acc += *x;
-            }
-        }
-        // one division per pixel, not per class
-        for t in sum.iter_mut() {
-            *t = 1.0 / *t;
-        }
-        for p in planes.iter_mut() {
-            for (x, &t) in p.iter_mut().zip(sum.iter()) {
-                *x *= t;
-            }
-        }
-    }
 }
 
 /// The channel softmax of one run of pixels: `src[c]` holds class `c`'s
@@ -170,7 +92,9 @@ pub fn softmax_run(src: &[&[f32]], dst: &mut [&mut [f32]]) {
 }
 
 multiversion! {
-    /// [`softmax_block`] of `src` into `dst`, both initialised.
+    /// The channel softmax of `src` (one slice per class, the same pixels,
+    /// at most [`BLOCK`]) into `dst`: the max subtracted, `e^x`, one
+    /// reciprocal of the sum per pixel.
     fn softmax_block_to(src: &[&[f32]], dst: &mut [&mut [f32]]) {
         let len = src[0].len();
         let mut mx = [0f32; BLOCK];
@@ -188,6 +112,7 @@ multiversion! {
                 *acc += *d;
             }
         }
+        // one division per pixel, not per class
         for t in sum.iter_mut() {
             *t = 1.0 / *t;
         }
@@ -196,44 +121,6 @@ multiversion! {
                 *d *= t;
             }
         }
-    }
-}
-
-multiversion! {
-    /// [`softmax_block`] of `src` into `dst`, with the same operations in
-    /// the same order; and whether every value of `src` is finite.
-    fn softmax_block_from(src: &[&[f32]], dst: &mut [&mut [MaybeUninit<f32>]]) -> bool {
-        let len = src[0].len();
-        let mut mx = [0f32; BLOCK];
-        let mut sum = [0f32; BLOCK];
-        let (mx, sum) = (&mut mx[..len], &mut sum[..len]);
-        let bad = src
-            .iter()
-            .fold(false, |bad, p| p.iter().fold(bad, |bad, v| bad | !v.is_finite()));
-        mx.copy_from_slice(src[0]);
-        for p in src.iter().skip(1) {
-            for (m, &x) in mx.iter_mut().zip(p.iter()) {
-                *m = m.max(x);
-            }
-        }
-        for (p, d) in src.iter().zip(dst.iter_mut()) {
-            for (((d, &x), &m), acc) in d.iter_mut().zip(p.iter()).zip(mx.iter()).zip(sum.iter_mut()) {
-                let e = exp_neg(x - m);
-                d.write(e);
-                *acc += e;
-            }
-        }
-        for t in sum.iter_mut() {
-            *t = 1.0 / *t;
-        }
-        for d in dst.iter_mut() {
-            for (d, &t) in d.iter_mut().zip(sum.iter()) {
-                // SAFETY: written in the loop above
-                let v = unsafe { d.assume_init() } * t;
-                d.write(v);
-            }
-        }
-        !bad
     }
 }
 
@@ -277,25 +164,5 @@ mod tests {
                 .collect();
             assert_eq!(w, g, "class {c}");
         }
-    }
-
-    #[test]
-    fn softmax_from_a_source_equals_copy_then_softmax() {
-        let (b, k, n) = (3usize, 5usize, 2500usize);
-        let src: Vec<f32> = (0..b * k * n)
-            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
-            .collect();
-        let mut want = src.clone();
-        softmax_channels(&mut want, b, k, n);
-        let (got, finite) = softmax_channels_from(&src, b, k, n);
-        assert!(finite);
-        // a value that is not finite, in any block, clears the flag
-        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let mut src = src.clone();
-            src[b * k * n - 7] = bad;
-            assert!(!softmax_channels_from(&src, b, k, n).1, "{bad}");
-        }
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&want), bits(&got));
     }
 }
