@@ -479,12 +479,12 @@ impl InferPlan {
         // the windows the run computes: a window that straddles a column
         // chunk's border is computed for both chunks (a 2176 px window with
         // 4096 px chunks was computed 1.98 times per map pixel, halo 128)
-        let chunk = plan.chunk;
+        let spans = chunks(plan.scene.size.width, plan.chunk);
         let cost = |w: usize| {
             WindowGrid::new(plan.scene.size, w, halo as f64 / w as f64).map_or(f64::INFINITY, |g| {
-                let cols: usize = chunks(plan.scene.size.width, chunk)
-                    .into_iter()
-                    .map(|(x0, x1)| g.cols_touching(x0, x1).len())
+                let cols: usize = spans
+                    .iter()
+                    .map(|&(x0, x1)| g.cols_touching(x0, x1).len())
                     .sum();
                 (w * w) as f64 * (cols * g.rows()) as f64
             })
